@@ -1,0 +1,6 @@
+//! libnet: the only crate of knit that talks to the kernel (netlink, namespaces, sysctls,
+//! nftables) and the home of the pure planners (IPAM, rule plans) those effects are driven by.
+
+pub mod error;
+
+pub use error::{HasKind, Kind};
