@@ -45,8 +45,15 @@ pub fn kind_of_errno(errno: i32) -> Kind {
         }
         libc::EEXIST | libc::EADDRINUSE | libc::ENOTEMPTY => Kind::Exists,
         libc::EBUSY | libc::EWOULDBLOCK => Kind::Busy,
-        libc::EINVAL | libc::ERANGE | libc::EOPNOTSUPP | libc::ENAMETOOLONG | libc::E2BIG
-        | libc::EAFNOSUPPORT | libc::EPERM | libc::EACCES | libc::ENETUNREACH => Kind::Invalid,
+        libc::EINVAL
+        | libc::ERANGE
+        | libc::EOPNOTSUPP
+        | libc::ENAMETOOLONG
+        | libc::E2BIG
+        | libc::EAFNOSUPPORT
+        | libc::EPERM
+        | libc::EACCES
+        | libc::ENETUNREACH => Kind::Invalid,
         libc::EINTR | libc::ENOBUFS | libc::ENOMEM | libc::ETIMEDOUT => Kind::Transient,
         _ => Kind::Internal,
     }

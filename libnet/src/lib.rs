@@ -2,5 +2,8 @@
 //! nftables) and the home of the pure planners (IPAM, rule plans) those effects are driven by.
 
 pub mod error;
+pub mod netlink;
+pub mod netns;
+pub mod sysctl;
 
 pub use error::{HasKind, Kind};

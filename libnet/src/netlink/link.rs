@@ -1,0 +1,414 @@
+//! Links: `ip link ...`.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::{Handle, NetlinkError, Result};
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// The kinds of link knit creates or inspects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkKind {
+    Veth,
+    Bridge,
+    Other(String),
+}
+
+/// What the kernel says about one link.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub mac: Vec<u8>,
+    pub flags: u32,
+    /// Index of the bridge (or other controller) this link is a port of.
+    pub master: Option<u32>,
+    /// For a veth: the peer's index (in the namespace named by `link_netnsid`).
+    pub peer_index: Option<u32>,
+    pub link_netnsid: Option<i32>,
+    pub txqlen: u32,
+    pub promiscuity: u32,
+    pub allmulti: u32,
+    /// For a bridge port: hairpin mode, when the kernel reported it.
+    pub hairpin: Option<bool>,
+}
+
+impl Link {
+    pub fn is_up(&self) -> bool {
+        self.flags & LinkFlags::Up.bits() != 0
+    }
+    pub fn is_promisc(&self) -> bool {
+        self.flags & LinkFlags::Promisc.bits() != 0
+    }
+    /// `aa:bb:cc:dd:ee:ff`
+    pub fn mac_string(&self) -> String {
+        format_mac(&self.mac)
+    }
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff` (also `-` separated).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut n = 0;
+    for part in s.split([':', '-']) {
+        if n == 6 || part.len() != 2 {
+            return None;
+        }
+        out[n] = u8::from_str_radix(part, 16).ok()?;
+        n += 1;
+    }
+    (n == 6).then_some(out)
+}
+
+/// The other end of a new veth pair.
+#[derive(Debug, Clone, Default)]
+pub struct VethPeer<'a> {
+    pub name: &'a str,
+    /// Create the peer straight into this namespace (an fd), so it never appears in ours.
+    pub netns_fd: Option<RawFd>,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+}
+
+fn link_from_msg(msg: LinkMessage) -> Link {
+    let mut l = Link {
+        index: msg.header.index,
+        flags: msg.header.flags.bits(),
+        ..Link::default()
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => l.name = n,
+            LinkAttribute::Mtu(m) => l.mtu = m,
+            LinkAttribute::Address(a) => l.mac = a,
+            LinkAttribute::Controller(m) => l.master = Some(m),
+            LinkAttribute::Link(p) => l.peer_index = Some(p),
+            LinkAttribute::LinkNetNsId(id) => l.link_netnsid = Some(id),
+            LinkAttribute::TxQueueLen(q) => l.txqlen = q,
+            LinkAttribute::Promiscuity(p) => l.promiscuity = p,
+            LinkAttribute::AllMulticast(a) => l.allmulti = a,
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
+                        LinkInfo::PortData(InfoPortData::BridgePort(attrs)) => {
+                            for a in attrs {
+                                if let InfoBridgePort::HairpinMode(h) = a {
+                                    l.hairpin = Some(h);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+fn by_index(index: u32) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m
+}
+
+fn check_name(op: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > IFNAME_MAX || name.contains(['/', ':', ' ', '\0']) {
+        return Err(NetlinkError::Invalid {
+            op,
+            object: format!("link {name:?}"),
+            detail: format!(
+                "interface names are 1 to {IFNAME_MAX} bytes without '/', ':' or spaces"
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Handle {
+    /// `ip link show NAME`
+    pub fn link_by_name(&self, name: &str) -> Result<Link> {
+        check_name("get link", name)?;
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.into()));
+        self.one_link("get link", &|| format!("link {name}"), m)
+    }
+
+    /// `ip link show NAME` that answers `None` when there is no such link.
+    pub fn find_link(&self, name: &str) -> Result<Option<Link>> {
+        match self.link_by_name(name) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `ip link show` for one index.
+    pub fn link_by_index(&self, index: u32) -> Result<Link> {
+        self.one_link("get link", &|| format!("link #{index}"), by_index(index))
+    }
+
+    fn one_link(&self, op: &'static str, obj: &dyn Fn() -> String, m: LinkMessage) -> Result<Link> {
+        self.get(op, obj, RouteNetlinkMessage::GetLink(m))?
+            .into_iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_from_msg(l)),
+                _ => None,
+            })
+            .ok_or_else(|| NetlinkError::NotFound { op, object: obj() })
+    }
+
+    /// `ip link show` (all links of this namespace).
+    pub fn links(&self) -> Result<Vec<Link>> {
+        Ok(self
+            .dump(
+                "dump links",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            )?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_from_msg(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `ip link add NAME [mtu M] [address MAC] type veth peer name PEER [netns NS] ...`
+    ///
+    /// Creating the peer directly in the target namespace avoids a window in which a half-made
+    /// pair is visible (and must be cleaned up) in ours.
+    pub fn add_veth(
+        &self,
+        name: &str,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+        peer: &VethPeer<'_>,
+    ) -> Result<()> {
+        check_name("add veth", name)?;
+        check_name("add veth", peer.name)?;
+        let mut p = LinkMessage::default();
+        p.attributes.push(LinkAttribute::IfName(peer.name.into()));
+        if let Some(fd) = peer.netns_fd {
+            p.attributes.push(LinkAttribute::NetNsFd(fd));
+        }
+        if let Some(m) = peer.mtu.or(mtu) {
+            p.attributes.push(LinkAttribute::Mtu(m));
+        }
+        if let Some(mac) = peer.mac {
+            p.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.into()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = mac {
+            m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+        ]));
+        self.exec(
+            "add veth",
+            &|| format!("link {name} (peer {})", peer.name),
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// `ip link add NAME [mtu M] [address MAC] type bridge`
+    pub fn add_bridge(&self, name: &str, mtu: Option<u32>, mac: Option<[u8; 6]>) -> Result<()> {
+        check_name("add bridge", name)?;
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.into()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = mac {
+            m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        self.exec(
+            "add bridge",
+            &|| format!("link {name}"),
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// `ip link del dev #INDEX`
+    pub fn del_link(&self, index: u32) -> Result<()> {
+        self.exec(
+            "del link",
+            &|| format!("link #{index}"),
+            RouteNetlinkMessage::DelLink(by_index(index)),
+            0,
+        )
+    }
+
+    /// `ip link del NAME`, where a missing link is success (tolerant teardown).
+    pub fn del_link_by_name(&self, name: &str) -> Result<()> {
+        check_name("del link", name)?;
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.into()));
+        match self.exec(
+            "del link",
+            &|| format!("link {name}"),
+            RouteNetlinkMessage::DelLink(m),
+            0,
+        ) {
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn set(&self, op: &'static str, index: u32, m: LinkMessage) -> Result<()> {
+        self.exec(
+            op,
+            &|| format!("link #{index}"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
+    }
+
+    fn set_flag(&self, op: &'static str, index: u32, flag: LinkFlags, on: bool) -> Result<()> {
+        let mut m = by_index(index);
+        m.header.change_mask = flag;
+        if on {
+            m.header.flags = flag;
+        }
+        self.set(op, index, m)
+    }
+
+    /// `ip link set #INDEX up|down`
+    pub fn set_up(&self, index: u32, up: bool) -> Result<()> {
+        self.set_flag("set link up/down", index, LinkFlags::Up, up)
+    }
+
+    /// `ip link set #INDEX promisc on|off`
+    pub fn set_promisc(&self, index: u32, on: bool) -> Result<()> {
+        self.set_flag("set promisc", index, LinkFlags::Promisc, on)
+    }
+
+    /// `ip link set #INDEX allmulticast on|off`
+    pub fn set_allmulti(&self, index: u32, on: bool) -> Result<()> {
+        self.set_flag("set allmulticast", index, LinkFlags::Allmulti, on)
+    }
+
+    fn set_attr(&self, op: &'static str, index: u32, attr: LinkAttribute) -> Result<()> {
+        let mut m = by_index(index);
+        m.attributes.push(attr);
+        self.set(op, index, m)
+    }
+
+    /// `ip link set #INDEX mtu M`
+    pub fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.set_attr("set mtu", index, LinkAttribute::Mtu(mtu))
+    }
+
+    /// `ip link set #INDEX address MAC`
+    pub fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        self.set_attr("set address", index, LinkAttribute::Address(mac.to_vec()))
+    }
+
+    /// `ip link set #INDEX txqueuelen N`
+    pub fn set_txqlen(&self, index: u32, len: u32) -> Result<()> {
+        self.set_attr("set txqueuelen", index, LinkAttribute::TxQueueLen(len))
+    }
+
+    /// `ip link set #INDEX name NAME`
+    pub fn rename(&self, index: u32, name: &str) -> Result<()> {
+        check_name("rename link", name)?;
+        self.set_attr("rename link", index, LinkAttribute::IfName(name.into()))
+    }
+
+    /// `ip link set #INDEX master #MASTER` (0 = nomaster)
+    pub fn set_master(&self, index: u32, master: u32) -> Result<()> {
+        self.set_attr("set master", index, LinkAttribute::Controller(master))
+    }
+
+    /// `ip link set #INDEX netns NS`
+    pub fn set_netns(&self, index: u32, ns: &impl AsRawFd) -> Result<()> {
+        self.set_attr(
+            "move link to netns",
+            index,
+            LinkAttribute::NetNsFd(ns.as_raw_fd()),
+        )
+    }
+
+    /// `ip link set #INDEX type bridge_slave hairpin on|off [learning on|off]`
+    pub fn set_bridge_port(
+        &self,
+        index: u32,
+        hairpin: Option<bool>,
+        learning: Option<bool>,
+    ) -> Result<()> {
+        let mut attrs = Vec::new();
+        if let Some(h) = hairpin {
+            attrs.push(InfoBridgePort::HairpinMode(h));
+        }
+        if let Some(l) = learning {
+            attrs.push(InfoBridgePort::Learning(l));
+        }
+        if attrs.is_empty() {
+            return Ok(());
+        }
+        let mut m = by_index(index);
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(attrs)),
+        ]));
+        // Port attributes go through NEWLINK on an existing link, as iproute2 sends them.
+        self.exec(
+            "set bridge port",
+            &|| format!("link #{index}"),
+            RouteNetlinkMessage::NewLink(m),
+            0,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_and_format() {
+        let m = parse_mac("0A:58:0a:f4:00:02").unwrap();
+        assert_eq!(format_mac(&m), "0a:58:0a:f4:00:02");
+        assert!(parse_mac("0a:58:0a:f4:00").is_none());
+        assert!(parse_mac("0a:58:0a:f4:00:02:03").is_none());
+        assert!(parse_mac("zz:58:0a:f4:00:02").is_none());
+    }
+
+    #[test]
+    fn bad_names_are_invalid_before_any_syscall() {
+        assert!(check_name("t", "a-name-longer-than-15").is_err());
+        assert!(check_name("t", "").is_err());
+        assert!(check_name("t", "../x").is_err());
+        check_name("t", "eth0").unwrap();
+    }
+}

@@ -1,0 +1,182 @@
+//! Kernel tests of the netlink layer, each in fresh namespaces of its own.
+//! Run as root with `cargo test -p libnet --features root-tests`; without root they fail.
+#![cfg(feature = "root-tests")]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ipnet::IpNet;
+use libnet::netlink::{Handle, Route, VethPeer};
+use libnet::netns::NetNs;
+use libnet::{sysctl, HasKind, Kind};
+
+struct TestNs {
+    name: String,
+    ns: NetNs,
+}
+
+impl TestNs {
+    fn new(tag: &str) -> TestNs {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "root-tests must run as root"
+        );
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "knt-{}-{tag}{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns = NetNs::create_named(&name).expect("create netns");
+        TestNs { name, ns }
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = NetNs::delete_named(&self.name);
+    }
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+#[test]
+fn veth_into_another_netns_bridge_addr_route() {
+    let host = TestNs::new("h");
+    let ctr = TestNs::new("c");
+    let h = Handle::new_in(&host.ns).unwrap();
+    let c = Handle::new_in(&ctr.ns).unwrap();
+
+    h.add_bridge("kbr0", Some(1400), None).unwrap();
+    let br = h.link_by_name("kbr0").unwrap();
+    assert_eq!(br.kind.as_deref(), Some("bridge"));
+    assert_eq!(br.mtu, 1400);
+    h.set_up(br.index, true).unwrap();
+
+    let peer = VethPeer {
+        name: "eth0",
+        netns_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&ctr.ns)),
+        ..Default::default()
+    };
+    h.add_veth("veth-k1", Some(1400), None, &peer).unwrap();
+    // A second pair with the same host name is refused as Exists.
+    let err = h.add_veth("veth-k1", None, None, &peer).unwrap_err();
+    assert_eq!(err.kind(), Kind::Exists, "{err}");
+
+    let hv = h.link_by_name("veth-k1").unwrap();
+    assert_eq!(hv.kind.as_deref(), Some("veth"));
+    h.set_master(hv.index, br.index).unwrap();
+    h.set_bridge_port(hv.index, Some(true), None).unwrap();
+    h.set_up(hv.index, true).unwrap();
+    let hv = h.link_by_index(hv.index).unwrap();
+    assert_eq!(hv.master, Some(br.index));
+    assert_eq!(hv.hairpin, Some(true));
+
+    let eth0 = c.link_by_name("eth0").unwrap();
+    assert_eq!(eth0.mtu, 1400);
+    assert!(
+        h.find_link("eth0").unwrap().is_none(),
+        "peer must not appear in the host"
+    );
+    c.set_up(eth0.index, true).unwrap();
+    c.add_addr(eth0.index, net("10.244.7.2/24"), false).unwrap();
+    c.add_addr(eth0.index, net("fd00:6b6e:7::2/64"), true)
+        .unwrap();
+    let addrs = c.addrs(eth0.index).unwrap();
+    assert!(
+        addrs.iter().any(|a| a.net == net("10.244.7.2/24")),
+        "{addrs:?}"
+    );
+    assert!(
+        addrs.iter().any(|a| a.net == net("fd00:6b6e:7::2/64")),
+        "{addrs:?}"
+    );
+    assert_eq!(
+        c.add_addr(eth0.index, net("10.244.7.2/24"), false)
+            .unwrap_err()
+            .kind(),
+        Kind::Exists
+    );
+
+    let gw = "10.244.7.1".parse().unwrap();
+    let def = Route::new(net("0.0.0.0/0"), Some(gw), Some(eth0.index));
+    c.add_route(&def).unwrap();
+    let routes = c.routes(false).unwrap();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.dst == net("0.0.0.0/0") && r.gw == Some(gw) && r.table == 254),
+        "{routes:?}"
+    );
+    c.del_route(&def).unwrap();
+    c.del_route(&def).unwrap(); // tolerant
+    assert!(!c.routes(false).unwrap().iter().any(|r| r.gw == Some(gw)));
+
+    c.del_addr(eth0.index, net("10.244.7.2/24")).unwrap();
+    c.del_addr(eth0.index, net("10.244.7.2/24")).unwrap(); // tolerant
+
+    h.set_mtu(hv.index, 1300).unwrap();
+    h.set_mac(hv.index, [0x0a, 0x58, 1, 2, 3, 4]).unwrap();
+    h.set_promisc(hv.index, true).unwrap();
+    h.set_txqlen(hv.index, 500).unwrap();
+    let hv2 = h.link_by_index(hv.index).unwrap();
+    assert_eq!(hv2.mtu, 1300);
+    assert_eq!(hv2.mac_string(), "0a:58:01:02:03:04");
+    assert!(hv2.is_promisc());
+    assert_eq!(hv2.txqlen, 500);
+    h.set_up(hv.index, false).unwrap();
+    h.rename(hv.index, "veth-k2").unwrap();
+    assert!(h.find_link("veth-k1").unwrap().is_none());
+
+    h.del_link_by_name("veth-k2").unwrap();
+    h.del_link_by_name("veth-k2").unwrap(); // tolerant
+    assert!(
+        c.find_link("eth0").unwrap().is_none(),
+        "deleting one end removes the pair"
+    );
+    assert_eq!(h.link_by_name("nope0").unwrap_err().kind(), Kind::NotFound);
+}
+
+#[test]
+fn sysctls_are_per_namespace() {
+    let a = TestNs::new("s");
+    a.ns.run_in(|| sysctl::set("net.ipv4.ip_forward", "1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        a.ns.run_in(|| sysctl::get("net.ipv4.ip_forward"))
+            .unwrap()
+            .unwrap(),
+        "1"
+    );
+    let b = TestNs::new("s");
+    assert_eq!(
+        b.ns.run_in(|| sysctl::get("net.ipv4.ip_forward"))
+            .unwrap()
+            .unwrap(),
+        "0"
+    );
+}
+
+#[test]
+fn move_link_between_namespaces() {
+    let a = TestNs::new("m");
+    let b = TestNs::new("m");
+    let ha = Handle::new_in(&a.ns).unwrap();
+    let hb = Handle::new_in(&b.ns).unwrap();
+    ha.add_veth(
+        "kva",
+        None,
+        None,
+        &VethPeer {
+            name: "kvb",
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let l = ha.link_by_name("kvb").unwrap();
+    ha.set_netns(l.index, &b.ns).unwrap();
+    assert!(ha.find_link("kvb").unwrap().is_none());
+    assert!(hb.find_link("kvb").unwrap().is_some());
+}
