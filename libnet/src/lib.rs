@@ -1,9 +1,11 @@
 //! libnet: the only crate of knit that talks to the kernel (netlink, namespaces, sysctls,
 //! nftables) and the home of the pure planners (IPAM, rule plans) those effects are driven by.
 
+pub mod driver;
 pub mod error;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;
+pub mod undo;
 
 pub use error::{HasKind, Kind};

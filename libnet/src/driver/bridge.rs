@@ -1,0 +1,292 @@
+//! The bridge driver: a Linux bridge on the host, one veth pair per endpoint.
+//!
+//! Attach, in order (each step registered with the undo guard):
+//! 1. `ip link add BR type bridge` if missing (promisc, mtu), `accept_ra=0` on it, up;
+//! 2. `ip link add vethXXXX mtu M type veth peer name IFNAME netns CTR` (peer made in place);
+//! 3. `ip link set vethXXXX master BR up`, hairpin per config;
+//! 4. inside the container: dad/arp_notify sysctls, `ip link set IFNAME up`, addresses, routes;
+//! 5. gateway addresses on the bridge (isGateway) and ip forwarding.
+//!
+//! Detach deletes the host end of the pair by its derived name (which removes both ends) and
+//! needs nothing from the container; the bridge itself is shared and stays.
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use ipnet::IpNet;
+
+use super::{host_veth_name, DriverError};
+use crate::netlink::{Handle, Link, Route, VethPeer};
+use crate::netns::NetNs;
+use crate::sysctl;
+use crate::undo::Undo;
+
+/// The network-wide settings of a bridge network.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeNet {
+    pub bridge: String,
+    pub mtu: Option<u32>,
+    pub promisc: bool,
+    pub hairpin: bool,
+    /// Put each address's gateway on the bridge and enable forwarding.
+    pub is_gateway: bool,
+    /// Replace a different address of the same family already on the bridge.
+    pub force_address: bool,
+    pub enable_dad: bool,
+}
+
+/// One address of an endpoint, with the gateway to reach beyond its subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpConf {
+    pub addr: IpNet,
+    pub gateway: Option<IpAddr>,
+}
+
+/// A route to install in the container; `gw: None` means the gateway of the same family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConf {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+}
+
+/// What to attach.
+#[derive(Debug)]
+pub struct Endpoint<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub netns: &'a NetNs,
+    pub mac: Option<[u8; 6]>,
+    pub ips: Vec<IpConf>,
+    pub routes: Vec<RouteConf>,
+}
+
+/// A link as reported in a CNI result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRef {
+    pub name: String,
+    pub mac: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub bridge: LinkRef,
+    pub host: LinkRef,
+    pub container: LinkRef,
+}
+
+/// Create the bridge if it does not exist; error if the name is taken by another kind of link.
+pub fn ensure_bridge(h: &Handle, net: &BridgeNet) -> Result<(Link, bool), DriverError> {
+    let mut created = false;
+    let br = match h.find_link(&net.bridge)? {
+        Some(l) => l,
+        None => {
+            match h.add_bridge(&net.bridge, net.mtu, None) {
+                Ok(()) => created = true,
+                // Another ADD made it between our look and our create: use theirs.
+                Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            h.link_by_name(&net.bridge)?
+        }
+    };
+    if br.kind.as_deref() != Some("bridge") {
+        return Err(DriverError::Exists(format!(
+            "{:?} already exists but is not a bridge",
+            net.bridge
+        )));
+    }
+    if net.promisc && !br.is_promisc() {
+        h.set_promisc(br.index, true)?;
+    }
+    if created {
+        // We own the routes of this interface: no router advertisements.
+        let _ = sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", net.bridge), "0");
+    }
+    if !br.is_up() {
+        h.set_up(br.index, true)?;
+    }
+    Ok((br, created))
+}
+
+/// Attach an endpoint. On error everything this call made is removed again.
+pub fn attach(h: &Handle, net: &BridgeNet, ep: &Endpoint<'_>) -> Result<Attached, DriverError> {
+    if net.hairpin && net.promisc {
+        return Err(DriverError::Invalid(
+            "cannot set hairpin mode and promiscuous mode at the same time".into(),
+        ));
+    }
+    let mut undo = Undo::new();
+    let (br, created) = ensure_bridge(h, net)?;
+    if created {
+        let idx = br.index;
+        undo.push("bridge", move || {
+            // Only if no other endpoint joined it meanwhile.
+            if let Ok(links) = h.links() {
+                if !links.iter().any(|l| l.master == Some(idx)) {
+                    let _ = h.del_link(idx);
+                }
+            }
+        });
+    }
+
+    let host_name = host_veth_name(ep.container_id, ep.ifname);
+    let peer = VethPeer {
+        name: ep.ifname,
+        netns_fd: Some(ep.netns.as_raw_fd()),
+        mac: ep.mac,
+        mtu: None,
+    };
+    if let Err(e) = h.add_veth(&host_name, net.mtu, None, &peer) {
+        if e.errno() == Some(libc::EEXIST) {
+            return Err(DriverError::Exists(format!(
+                "container {} already has an interface {} on this host or in its namespace ({e})",
+                ep.container_id, ep.ifname
+            )));
+        }
+        return Err(e.into());
+    }
+    let host = h.link_by_name(&host_name)?;
+    let host_idx = host.index;
+    undo.push("veth", move || {
+        let _ = h.del_link(host_idx);
+    });
+    h.set_master(host_idx, br.index)?;
+    if net.hairpin {
+        h.set_bridge_port(host_idx, Some(true), None)?;
+    }
+    h.set_up(host_idx, true)?;
+
+    let container = ep.netns.run_in(|| configure_container(net, ep))??;
+
+    if net.is_gateway {
+        ensure_gateways(h, net, &br, &ep.ips)?;
+    }
+
+    // The bridge's MAC follows its lowest port until set explicitly; read it now.
+    let br = h.link_by_index(br.index)?;
+    let host = h.link_by_index(host_idx)?;
+    undo.commit();
+    Ok(Attached {
+        bridge: LinkRef {
+            name: br.name.clone(),
+            mac: br.mac_string(),
+        },
+        host: LinkRef {
+            name: host.name.clone(),
+            mac: host.mac_string(),
+        },
+        container,
+    })
+}
+
+/// Runs inside the container's namespace: sysctls, link up, addresses, routes.
+fn configure_container(net: &BridgeNet, ep: &Endpoint<'_>) -> Result<LinkRef, DriverError> {
+    let c = Handle::new()?;
+    let link = c.link_by_name(ep.ifname)?;
+    if !ep.ips.is_empty() {
+        let ifn = ep.ifname;
+        if net.enable_dad {
+            let _ = sysctl::set(&format!("net/ipv6/conf/{ifn}/enhanced_dad"), "1");
+            let _ = sysctl::set(&format!("net/ipv6/conf/{ifn}/accept_dad"), "1");
+        } else {
+            let _ = sysctl::set(&format!("net/ipv6/conf/{ifn}/accept_dad"), "0");
+        }
+        let _ = sysctl::set(&format!("net/ipv4/conf/{ifn}/arp_notify"), "1");
+    }
+    c.set_up(link.index, true)?;
+    for ip in &ep.ips {
+        c.add_addr(link.index, ip.addr, !net.enable_dad)?;
+    }
+    for r in &ep.routes {
+        let gw = r.gw.or_else(|| {
+            ep.ips
+                .iter()
+                .find(|ip| ip.addr.addr().is_ipv4() == r.dst.addr().is_ipv4())
+                .and_then(|ip| ip.gateway)
+        });
+        let mut route = Route::new(r.dst, gw, Some(link.index));
+        route.scope = crate::netlink::RouteScope::Universe;
+        c.add_route(&route)?;
+    }
+    Ok(LinkRef {
+        name: link.name.clone(),
+        mac: link.mac_string(),
+    })
+}
+
+/// isGateway: each address's gateway (with the address's prefix) on the bridge, forwarding on.
+fn ensure_gateways(
+    h: &Handle,
+    net: &BridgeNet,
+    br: &Link,
+    ips: &[IpConf],
+) -> Result<(), DriverError> {
+    let mut v4 = false;
+    let mut v6 = false;
+    let existing = h.addrs(br.index)?;
+    for ip in ips {
+        let Some(gw) = ip.gateway else { continue };
+        let want = IpNet::new(gw, ip.addr.prefix_len())
+            .map_err(|e| DriverError::Invalid(format!("gateway {gw}: {e}")))?;
+        let is_v4 = gw.is_ipv4();
+        if existing.iter().any(|a| a.net == want) {
+            (v4, v6) = (v4 || is_v4, v6 || !is_v4);
+            continue;
+        }
+        for a in existing.iter().filter(|a| a.net.addr().is_ipv4() == is_v4) {
+            // One IPv4 address per bridge; IPv6 may hold several unless the subnets overlap.
+            let clash = is_v4 || a.net.contains(&want.addr()) || want.contains(&a.net.addr());
+            if a.net.addr().is_ipv6() && a.net.addr().to_string().starts_with("fe80") {
+                continue;
+            }
+            if clash {
+                if net.force_address {
+                    h.del_addr(br.index, a.net)?;
+                } else {
+                    return Err(DriverError::Exists(format!(
+                        "{:?} already has an IP address different from {want}",
+                        br.name
+                    )));
+                }
+            }
+        }
+        match h.add_addr(br.index, want, false) {
+            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            r => r?,
+        }
+        (v4, v6) = (v4 || is_v4, v6 || !is_v4);
+    }
+    if v4 {
+        sysctl::set("net/ipv4/ip_forward", "1")?;
+    }
+    if v6 {
+        sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
+    }
+    Ok(())
+}
+
+/// Detach an endpoint: delete the host end of its veth pair (both ends go). Tolerant: a
+/// missing link is success, and the container's namespace is not needed. When the pair was not
+/// made by knit (a node switched from the reference plugins), the container side is deleted by
+/// its name in `netns`, if that namespace is still there.
+pub fn detach(
+    h: &Handle,
+    container_id: &str,
+    ifname: &str,
+    netns: Option<&NetNs>,
+) -> Result<(), DriverError> {
+    let host_name = host_veth_name(container_id, ifname);
+    if let Some(l) = h.find_link(&host_name)? {
+        return match h.del_link(l.index) {
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            r => Ok(r?),
+        };
+    }
+    if let Some(ns) = netns {
+        ns.run_in(|| -> Result<(), DriverError> {
+            Handle::new()?.del_link_by_name(ifname)?;
+            Ok(())
+        })??;
+    }
+    Ok(())
+}
