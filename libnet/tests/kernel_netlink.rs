@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ipnet::IpNet;
+use libnet::driver::bridge::{self, BridgeNet, Endpoint, IpConf, RouteConf};
 use libnet::netlink::{Handle, Route, VethPeer};
 use libnet::netns::NetNs;
 use libnet::{sysctl, HasKind, Kind};
@@ -179,4 +180,111 @@ fn move_link_between_namespaces() {
     ha.set_netns(l.index, &b.ns).unwrap();
     assert!(ha.find_link("kvb").unwrap().is_none());
     assert!(hb.find_link("kvb").unwrap().is_some());
+}
+
+#[test]
+fn bridge_driver_attach_detach_and_rollback() {
+    let host = TestNs::new("bh");
+    let c1 = TestNs::new("bc");
+    let c2 = TestNs::new("bc");
+    let h = Handle::new_in(&host.ns).unwrap();
+    let net_conf = BridgeNet {
+        bridge: "kbr1".into(),
+        mtu: Some(1450),
+        is_gateway: true,
+        ..Default::default()
+    };
+    let gw: std::net::IpAddr = "10.244.9.1".parse().unwrap();
+    let ips1 = vec![IpConf {
+        addr: net("10.244.9.2/24"),
+        gateway: Some(gw),
+    }];
+    let ips2 = vec![IpConf {
+        addr: net("10.244.9.3/24"),
+        gateway: Some(gw),
+    }];
+    let routes = vec![RouteConf {
+        dst: net("0.0.0.0/0"),
+        gw: None,
+    }];
+    // The driver runs in the plugin's own namespace: here, the test "host" namespace.
+    let a1 = host
+        .ns
+        .run_in(|| {
+            bridge::attach(
+                &h,
+                &net_conf,
+                &Endpoint {
+                    container_id: "ctr1",
+                    ifname: "eth0",
+                    netns: &c1.ns,
+                    mac: None,
+                    ips: ips1.clone(),
+                    routes: routes.clone(),
+                },
+            )
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(a1.bridge.name, "kbr1");
+    assert_eq!(a1.container.name, "eth0");
+    let br = h.link_by_name("kbr1").unwrap();
+    assert!(h
+        .addrs(br.index)
+        .unwrap()
+        .iter()
+        .any(|a| a.net == net("10.244.9.1/24")));
+    assert_eq!(
+        host.ns
+            .run_in(|| sysctl::get("net.ipv4.ip_forward"))
+            .unwrap()
+            .unwrap(),
+        "1"
+    );
+    let c = Handle::new_in(&c1.ns).unwrap();
+    let eth0 = c.link_by_name("eth0").unwrap();
+    assert_eq!(eth0.mtu, 1450);
+    assert!(c
+        .routes(false)
+        .unwrap()
+        .iter()
+        .any(|r| r.dst == net("0.0.0.0/0") && r.gw == Some("10.244.9.1".parse().unwrap())));
+
+    // A second endpoint whose route cannot be added (gateway outside its subnet) fails half way
+    // and must leave no veth behind.
+    let bad = host.ns.run_in(|| {
+        bridge::attach(
+            &h,
+            &net_conf,
+            &Endpoint {
+                container_id: "ctr2",
+                ifname: "eth0",
+                netns: &c2.ns,
+                mac: None,
+                ips: ips2.clone(),
+                routes: vec![RouteConf {
+                    dst: net("10.9.0.0/16"),
+                    gw: Some("192.0.2.1".parse().unwrap()),
+                }],
+            },
+        )
+    });
+    assert!(bad.unwrap().is_err());
+    assert!(h
+        .find_link(&libnet::driver::host_veth_name("ctr2", "eth0"))
+        .unwrap()
+        .is_none());
+    assert!(Handle::new_in(&c2.ns)
+        .unwrap()
+        .find_link("eth0")
+        .unwrap()
+        .is_none());
+    assert!(
+        h.find_link("kbr1").unwrap().is_some(),
+        "the bridge in use by ctr1 stays"
+    );
+
+    bridge::detach(&h, "ctr1", "eth0", None).unwrap();
+    bridge::detach(&h, "ctr1", "eth0", None).unwrap();
+    assert!(c.find_link("eth0").unwrap().is_none());
 }

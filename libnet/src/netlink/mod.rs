@@ -12,8 +12,8 @@ pub mod addr;
 pub mod link;
 pub mod route;
 
-use std::cell::Cell;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP,
@@ -88,7 +88,7 @@ pub type Result<T> = std::result::Result<T, NetlinkError>;
 #[derive(Debug)]
 pub struct Handle {
     sock: Socket,
-    seq: Cell<u32>,
+    seq: AtomicU32,
 }
 
 impl Handle {
@@ -103,7 +103,7 @@ impl Handle {
         let _ = sock.set_rx_buf_sz(1 << 20);
         Ok(Handle {
             sock,
-            seq: Cell::new(1),
+            seq: AtomicU32::new(1),
         })
     }
 
@@ -113,9 +113,7 @@ impl Handle {
     }
 
     fn next_seq(&self) -> u32 {
-        let s = self.seq.get().wrapping_add(1);
-        self.seq.set(s);
-        s
+        self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
     }
 
     fn send(&self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {
