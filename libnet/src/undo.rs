@@ -2,9 +2,11 @@
 //! remove it; unless the operation commits, dropping the guard runs the undos in reverse order.
 //! This is how an ADD that fails half way leaves nothing behind.
 
+type Step<'a> = (&'static str, Box<dyn FnOnce() + 'a>);
+
 #[derive(Default)]
 pub struct Undo<'a> {
-    steps: Vec<(&'static str, Box<dyn FnOnce() + 'a>)>,
+    steps: Vec<Step<'a>>,
 }
 
 impl<'a> Undo<'a> {
