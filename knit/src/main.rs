@@ -4,7 +4,8 @@
 use anyhow::{bail, Context, Result};
 use libnet::netns::{NetNs, NETNS_RUN_DIR};
 
-const USAGE: &str = "usage: knit version | knit netns add NAME | knit netns del NAME | knit netns list";
+const USAGE: &str =
+    "usage: knit version | knit netns add NAME | knit netns del NAME | knit netns list";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
