@@ -1,0 +1,51 @@
+# knit — see README.md. Targets: build, test, bench, demo, install, clean.
+CARGO ?= cargo
+PREFIX ?= /usr/local
+CNI_BIN_DIR ?= /opt/cni/bin
+# Every plugin is one multi-call binary (knit-cni) linked under the reference names.
+PLUGINS := bridge host-local static loopback portmap firewall tuning
+
+.PHONY: all build deps test test-unit test-kernel test-netns lint bench demo install clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace --bins
+	rm -rf target/cni/bin && mkdir -p target/cni/bin
+	for p in $(PLUGINS); do ln -f target/release/knit-cni target/cni/bin/$$p; done
+
+deps:
+	scripts/deps.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test-unit:
+	$(CARGO) test --workspace
+
+test-kernel:
+	scripts/require-root.sh
+	$(CARGO) test --release -p libnet --features root-tests -- --test-threads=2
+
+test-netns: build
+	scripts/require-root.sh
+	$(CARGO) test --release -p netns-tests --features root-tests -- --test-threads=1 --nocapture
+
+test: deps lint test-unit test-kernel test-netns
+
+bench: deps build
+	scripts/require-root.sh
+	$(CARGO) run --release -p netns-tests --bin knit-bench
+
+demo: deps build
+	scripts/require-root.sh
+	scripts/demo.sh
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_BIN_DIR)
+	install -m 0755 target/release/knit $(DESTDIR)$(PREFIX)/bin/knit
+	for p in $(PLUGINS); do install -m 0755 target/release/knit-cni $(DESTDIR)$(CNI_BIN_DIR)/$$p; done
+
+clean:
+	$(CARGO) clean
