@@ -26,7 +26,7 @@ test-unit:
 
 test-kernel:
 	scripts/require-root.sh
-	$(CARGO) test --release -p libnet --features root-tests -- --test-threads=2
+	$(CARGO) test --release -p libnet -p cni-plugins --features root-tests -- --test-threads=2
 
 test-netns: build
 	scripts/require-root.sh

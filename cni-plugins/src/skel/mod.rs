@@ -208,7 +208,7 @@ impl Args {
 }
 
 /// What a plugin implements. Verbs a plugin has no work for keep the defaults.
-pub trait Plugin {
+pub trait Plugin: Sync {
     fn add(&self, a: &Args) -> Result<CniResult, CniError>;
     fn del(&self, a: &Args) -> Result<(), CniError>;
     fn check(&self, a: &Args) -> Result<(), CniError>;
