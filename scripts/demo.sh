@@ -11,7 +11,7 @@
 set -euo pipefail
 
 WS=$(cd "$(dirname "$0")/.." && pwd)
-CNI_BIN=${KNIT_CNI_BIN:-$WS/target/cni/bin}
+CNI_BIN=$(realpath -m "${KNIT_CNI_BIN:-$WS/target/cni/bin}") # podman wants it absolute
 ID=knit-demo-$$
 HOST_NS=$ID-host            # stands for the machine podman runs on
 OUT_NS=$ID-outside          # a client somewhere on the network

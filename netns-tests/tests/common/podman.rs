@@ -48,12 +48,14 @@ pub fn require_tools(tools: &[&str]) {
     }
 }
 
-/// The CNI plugin dir under test: `$KNIT_CNI_BIN`, else `<workspace>/target/cni/bin` (`make build`).
+/// The CNI plugin dir under test: `$KNIT_CNI_BIN`, else `<workspace>/target/cni/bin` (`make build`),
+/// made absolute (podman's `cni_plugin_dirs` must be).
 pub fn cni_bin_dir() -> PathBuf {
-    match std::env::var_os("KNIT_CNI_BIN") {
+    let dir = match std::env::var_os("KNIT_CNI_BIN") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/cni/bin"),
-    }
+    };
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// Checks the plugin dir holds every plugin podman's conflist needs.
