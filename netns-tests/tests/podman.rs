@@ -61,7 +61,7 @@ fn podman_bridge_network_through_cni_plugins() -> Result<()> {
 
     let t0 = Instant::now();
     let c1 = pm.run_container(&unique("c1"), &net, &[], &[IMAGE, "sleep", "300"])?;
-    let c2 = pm.run_container(
+    let mut c2 = pm.run_container(
         &unique("c2"),
         &net,
         &["-p", &format!("{HOST_PORT}:80")],
@@ -73,6 +73,22 @@ fn podman_bridge_network_through_cni_plugins() -> Result<()> {
         c1.name, c1.ip, c2.name, c2.ip, c1.gateway
     );
 
+    check_traffic(&pm, &t, &o, &c1, &c2)?;
+
+    // A restart is DEL then ADD for the same container id: the mapping must follow the new
+    // address and nothing of the old attachment may stay.
+    let t0 = Instant::now();
+    let restarted = pm.restart(&c2.name, &net)?;
+    let restart_time = t0.elapsed();
+    println!(
+        "c2 restarted: {} -> {} (sandbox {})",
+        c2.ip, restarted.ip, restarted.sandbox
+    );
+    let c2_first_sandbox = std::mem::replace(&mut c2, restarted).sandbox;
+    ensure!(
+        !Path::new(&c2_first_sandbox).exists() || c2_first_sandbox == c2.sandbox,
+        "c2's old sandbox {c2_first_sandbox} outlived the restart"
+    );
     check_traffic(&pm, &t, &o, &c1, &c2)?;
 
     let t0 = Instant::now();
@@ -100,8 +116,8 @@ fn podman_bridge_network_through_cni_plugins() -> Result<()> {
     );
     drop((t, o));
     println!(
-        "timings: setup {setup:?}, 2x podman run {run_time:?}, rm+network rm {rm_time:?}, \
-         total {:?}",
+        "timings: setup {setup:?}, 2x podman run {run_time:?}, restart {restart_time:?}, \
+         rm+network rm {rm_time:?}, total {:?}",
         start.elapsed()
     );
     Ok(())

@@ -295,6 +295,17 @@ impl Podman {
         args.extend_from_slice(extra);
         args.extend_from_slice(image_cmd);
         self.run(&args)?;
+        self.inspect(name, net)
+    }
+
+    /// `podman restart -t 0 NAME`: the runtime calls DEL, then ADD on a fresh sandbox.
+    pub fn restart(&mut self, name: &str, net: &str) -> Result<Container> {
+        self.run(&["restart", "-t", "0", name])?;
+        self.inspect(name, net)
+    }
+
+    /// `podman inspect NAME`: id, address and gateway on `net`, sandbox netns file.
+    pub fn inspect(&mut self, name: &str, net: &str) -> Result<Container> {
         let json: serde_json::Value = serde_json::from_str(&self.run(&["inspect", name])?)?;
         let c = &json[0];
         let settings = &c["NetworkSettings"];
