@@ -29,7 +29,7 @@ run() { printf '    $ %s\n' "$*"; "$@" 2>&1 | sed 's/^/      /'; }
 die() { echo "demo: FAIL: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (network namespaces, podman)"
-for tool in podman runc conmon nsenter ip curl tar; do
+for tool in podman runc conmon nsenter ip curl tar jq; do
   command -v "$tool" >/dev/null || die "$tool is not installed (run 'make deps')"
 done
 [ -x /bin/busybox ] || die "/bin/busybox missing (busybox-static)"
