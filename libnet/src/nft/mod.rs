@@ -230,21 +230,25 @@ impl<A: NftApply> Nft<A> {
         Ok(())
     }
 
+    /// One `get element` batch (libnftables fetches the element cache once per call, so this
+    /// costs O(elements in the table); fine for CHECK, which is not on the ADD path).
     fn check(&self, att: &Attachment, elems: &[Elem]) -> Result<(), NftError> {
+        if elems.is_empty() {
+            return Ok(());
+        }
+        let script: String = elems.iter().map(plan::render_get).collect();
+        let missing = |detail: String| NftError::Missing {
+            attachment: att.to_string(),
+            detail,
+        };
+        let out = self
+            .apply
+            .query("check", &script, false)
+            .map_err(|e| missing(e.to_string()))?;
         for e in elems {
-            let out = self
-                .apply
-                .query("check", &plan::render_get(e), false)
-                .map_err(|_| NftError::Missing {
-                    attachment: att.to_string(),
-                    detail: format!("{} {{ {} }}", e.set, e.key),
-                })?;
             if let Some(v) = &e.value {
-                if !out.contains(&format!(": {v}")) {
-                    return Err(NftError::Missing {
-                        attachment: att.to_string(),
-                        detail: format!("{} {{ {} : {v} }}", e.set, e.key),
-                    });
+                if !out.contains(&format!("{} : {v}", e.key)) && !out.contains(&format!(": {v}")) {
+                    return Err(missing(format!("{} {{ {} : {v} }}", e.set, e.key)));
                 }
             }
         }
