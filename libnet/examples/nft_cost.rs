@@ -73,7 +73,17 @@ fn main() {
             nft.check_portmap(&att(i + 1), &[pm(40001 + i)], &[cip(i + 1)])
                 .unwrap();
         });
+        let st = StateDir::new(format!("{dir}/w"));
+        let write = time(50, |i| {
+            let rec = libnet::nft::Record {
+                attachment: att(5000 + i),
+                feature: libnet::nft::Feature::Portmap,
+                elems: Vec::new(),
+            };
+            st.write(&rec).unwrap();
+        });
         println!("one element add, libnftables in-process: {lib:?} (median)");
+        println!("state file write + fsync:                {write:?}");
         println!("one element add, forked nft -f -:        {cli:?}");
         println!("ensure_portmap, ~50 present:             {first:?}");
         println!("ensure_portmap, ~1000 present:           {last:?}");

@@ -262,6 +262,15 @@ fn portmap_host_ip_specific_and_conflict() {
     assert_eq!(err.kind(), Kind::Exists, "{err}");
     assert!(dir_has(&dir, "pm3").is_empty());
     assert_eq!(t.h.elems("pm4_ip").len(), 1);
+    // CHECK notices a mapping whose target was changed behind our back.
+    let check = || {
+        t.h.ns
+            .run_in(|| nft.check_portmap(&att("pm2"), &maps, &cips))
+            .unwrap()
+    };
+    check().unwrap();
+    t.h.sh("nft flush map inet knit pm4_ip; nft add element inet knit pm4_ip '{ 10.244.8.1 . tcp . 18081 : 10.244.9.3 . 8081 }'");
+    assert_eq!(check().unwrap_err().kind(), Kind::NotFound);
 }
 
 fn dir_has(dir: &TmpDir, cid: &str) -> Vec<PathBuf> {

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use super::error::NftError;
+use super::wire::WireElem;
 
 /// Runs nft scripts. Each call is one atomic transaction (nft batches a whole buffer).
 pub trait NftApply {
@@ -19,6 +20,11 @@ pub trait NftApply {
     fn run(&self, op: &'static str, script: &str) -> Result<(), NftError>;
     /// Run a read command (`list ...`, `get ...`) and return its output; `json` asks for JSON.
     fn query(&self, op: &'static str, cmd: &str, json: bool) -> Result<String, NftError>;
+    /// Look one element up: `None` if absent, else its map data (empty for a set element).
+    /// Default: one NFT_MSG_GETSETELEM over netlink, O(1) in the size of the table.
+    fn lookup(&self, elem: &WireElem) -> Result<Option<Vec<u8>>, NftError> {
+        super::wire::lookup(elem)
+    }
 }
 
 const LIBNFTABLES: &[&str] = &[

@@ -39,10 +39,20 @@
 //! scanning: the 1,000th mapping costs what the first did (hash sets; `masq_skip` is a pipapo
 //! set whose lookups stay O(1)-ish in practice).
 //!
-//! # Speed (measured here, kernel 6.18, nft 1.0.6; `examples/nft_cost.rs`)
-//! See the report in `docs` / the commit message; numbers are filled in by `nft_cost`:
-//! forking `nft -f -` costs the process start plus nft's cache fetch per call, libnftables
-//! in-process only the cache fetch. We use libnftables ([`LibNft`]) by default.
+//! # Speed (measured here, kernel 6.18, nft 1.0.6, 2 loaded cores; `examples/nft_cost.rs`)
+//! - One element transaction: libnftables in-process ~0.14-0.19 ms (a fresh `nft_ctx` per call:
+//!   its cache fetch reads tables and sets, not elements); forked `nft -f -` 3-8 ms. Chosen:
+//!   libnftables ([`LibNft`], dlopen'ed) for element transactions and the skeleton.
+//! - The state file's fsync: median ~0.5 ms on this ext4, p90 ~5 ms while others compile; it is
+//!   the largest part of an ensure (whole `ensure_portmap` ~1-4 ms under load, the same with 50
+//!   or 1,000 attachments present). A state dir on tmpfs (e.g. under /run, which is enough: the
+//!   elements do not survive a reboot either) removes it.
+//! - DEL: ~15 ms, independent of the table size, and not nft's: closing an nf_tables netlink
+//!   socket after a transaction that freed elements waits for the deferred destroy work (an RCU
+//!   grace period, like a veth's unregister). A caller deleting a veth too can overlap the two.
+//! - CHECK: libnftables' `get element` dumps every element first (~25 µs per element: 50 ms at
+//!   1,000 attachments), so CHECK sends its own NFT_MSG_GETSETELEM per element ([`wire`]):
+//!   ~0.04 ms whatever the table holds.
 //!
 //! # Portmap options not implemented
 //! `markMasqBit` / `externalSetMarkChain`: accepted and ignored; we masquerade directly instead
@@ -53,6 +63,7 @@ mod apply;
 mod error;
 pub mod plan;
 mod state;
+mod wire;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -63,6 +74,7 @@ pub use apply::{LibNft, NftApply, NftCli};
 pub use error::NftError;
 pub use plan::{Elem, IngressPolicy, PortMapping, Proto, RawPortMapping};
 pub use state::{Attachment, Feature, Record, StateDir, DEFAULT_STATE_DIR, STATE_DIR_ENV};
+pub use wire::WireElem;
 
 /// The sysctl the portmap caller sets to 1 on the bridge so 127.0.0.0/8 can be DNATed out.
 pub fn route_localnet_key(bridge: &str) -> String {
@@ -230,26 +242,27 @@ impl<A: NftApply> Nft<A> {
         Ok(())
     }
 
-    /// One `get element` batch (libnftables fetches the element cache once per call, so this
-    /// costs O(elements in the table); fine for CHECK, which is not on the ADD path).
+    /// One NFT_MSG_GETSETELEM per element, compared with the planned key and map data.
+    /// (libnftables' `get element` would dump every element first: O(table) instead of O(1).)
     fn check(&self, att: &Attachment, elems: &[Elem]) -> Result<(), NftError> {
-        if elems.is_empty() {
-            return Ok(());
-        }
-        let script: String = elems.iter().map(plan::render_get).collect();
-        let missing = |detail: String| NftError::Missing {
-            attachment: att.to_string(),
-            detail,
-        };
-        let out = self
-            .apply
-            .query("check", &script, false)
-            .map_err(|e| missing(e.to_string()))?;
         for e in elems {
-            if let Some(v) = &e.value {
-                if !out.contains(&format!("{} : {v}", e.key)) && !out.contains(&format!(": {v}")) {
-                    return Err(missing(format!("{} {{ {} : {v} }}", e.set, e.key)));
-                }
+            let want = WireElem::encode(e)?;
+            let got = self.apply.lookup(&want)?;
+            let ok = match (&got, &want.data) {
+                (None, _) => false,
+                (Some(d), Some(w)) => d == w,
+                (Some(_), None) => true,
+            };
+            if !ok {
+                let value = e
+                    .value
+                    .as_deref()
+                    .map(|v| format!(" : {v}"))
+                    .unwrap_or_default();
+                return Err(NftError::Missing {
+                    attachment: att.to_string(),
+                    detail: format!("{} {{ {}{value} }}", e.set, e.key),
+                });
             }
         }
         Ok(())

@@ -318,16 +318,6 @@ pub fn render_replace(old: &[Elem], new: &[Elem], comment: &str) -> String {
     s
 }
 
-/// `get element` of each key: fails on the first one missing.
-pub fn render_get(elem: &Elem) -> String {
-    let key_only = Elem::new(&elem.set, elem.key.clone(), None);
-    format!(
-        "get element {TABLE} {} {}\n",
-        elem.set,
-        key_only.render(None)
-    )
-}
-
 /// Create the skeleton: `create table` fails if the table is already there, so two creators (or
 /// a table made by another knit version) can never duplicate the fixed rules.
 pub fn render_create_skeleton() -> String {
