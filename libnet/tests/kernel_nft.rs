@@ -337,6 +337,25 @@ fn del_tolerates_elements_or_table_already_gone() {
 }
 
 #[test]
+fn ensure_again_replaces_the_attachments_elements() {
+    let h = TestNs::new("h");
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let a = att("re1");
+    let cips = [ip("10.244.14.2"), ip("fd00:6b6e:14::2")];
+    let run = |m: &[PortMapping]| h.ns.run_in(|| nft.ensure_portmap(&a, m, &cips)).unwrap();
+    run(&[pm(21000, 80, ""), pm(21001, 81, "")]).unwrap();
+    assert_eq!(h.elems("pm4_any").len(), 2);
+    assert_eq!(h.elems("pm6_any").len(), 2);
+    run(&[pm(21001, 81, "")]).unwrap();
+    assert_eq!(h.elems("pm4_any").len(), 1);
+    assert_eq!(h.elems("pm6_any").len(), 1);
+    run(&[]).unwrap();
+    assert!(h.elems("pm4_any").is_empty() && h.elems("hairpin6").is_empty());
+    assert!(nft.state().read(&a, Feature::Portmap).unwrap().is_none());
+}
+
+#[test]
 fn concurrent_adds_make_one_skeleton() {
     let h = TestNs::new("h");
     let dir = TmpDir::new();

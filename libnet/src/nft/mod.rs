@@ -190,19 +190,33 @@ impl<A: NftApply> Nft<A> {
         })
     }
 
+    /// Run one transaction, retrying a few times when the kernel says "try again" (a dump
+    /// interrupted by a concurrent change, a full socket buffer).
+    fn run(&self, op: &'static str, script: &str) -> Result<(), NftError> {
+        let mut tries = 0;
+        loop {
+            match self.apply.run(op, script) {
+                Err(e) if crate::HasKind::kind(&e) == crate::Kind::Transient && tries < 3 => {
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Run `script`; if our table or a set is missing, create the skeleton under the lock.
     fn run_with_skeleton(&self, op: &'static str, script: &str) -> Result<(), NftError> {
-        match self.apply.run(op, script) {
+        match self.run(op, script) {
             Err(e) if e.is_missing() => {}
             r => return r,
         }
         let _lock = self.state.lock()?;
-        match self.apply.run(op, script) {
+        match self.run(op, script) {
             Err(e) if e.is_missing() => {}
             r => return r,
         }
         let full = format!("{}{script}", plan::render_create_skeleton());
-        self.apply.run(op, &full).map_err(|e| match e {
+        self.run(op, &full).map_err(|e| match e {
             NftError::Apply {
                 kind: crate::Kind::Exists,
                 text,
@@ -223,7 +237,7 @@ impl<A: NftApply> Nft<A> {
     /// Delete tolerantly. If the batch fails (the table is gone: fine; a map key was taken over
     /// by another attachment with a different value: not ours, leave it), retry one by one.
     fn del_elems(&self, elems: &[Elem]) -> Result<(), NftError> {
-        match self.apply.run("del", &plan::render_del(elems)) {
+        match self.run("del", &plan::render_del(elems)) {
             Ok(()) => return Ok(()),
             Err(e) if e.is_missing() => return Ok(()),
             Err(_) => {}

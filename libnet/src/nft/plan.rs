@@ -179,6 +179,8 @@ pub fn plan_masq(ips: &[IpNet]) -> Vec<Elem> {
 }
 
 /// portmap: DNAT elements per mapping and family, plus the hairpin/localhost masquerade keys.
+/// As the reference does, a mapping whose hostIP family has no container address is skipped
+/// (dual-stack configs pass v6 hostIPs to v4-only containers); the same host key twice is invalid.
 pub fn plan_portmap(maps: &[PortMapping], container_ips: &[IpAddr]) -> Result<Vec<Elem>, NftError> {
     let first = |v4: bool| container_ips.iter().find(|ip| ip.is_ipv4() == v4).copied();
     let mut out = Vec::new();
@@ -188,7 +190,6 @@ pub fn plan_portmap(maps: &[PortMapping], container_ips: &[IpAddr]) -> Result<Ve
             None => vec![true, false],
             Some(h) => vec![h.is_ipv4()],
         };
-        let mut placed = false;
         for v4 in families {
             let Some(cip) = first(v4) else { continue };
             let f = fam(&cip);
@@ -213,17 +214,6 @@ pub fn plan_portmap(maps: &[PortMapping], container_ips: &[IpAddr]) -> Result<Ve
                 ));
             }
             out.push(elem);
-            placed = true;
-        }
-        if !placed {
-            return Err(NftError::invalid(
-                "portMappings",
-                format!(
-                    "{}/{} has no container address of its hostIP's family",
-                    m.protocol.as_str(),
-                    m.host_port
-                ),
-            ));
         }
     }
     if !out.is_empty() {

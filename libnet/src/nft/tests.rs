@@ -109,9 +109,12 @@ fn validation() {
     assert_eq!(bad(80, 80, "icmp", ""), Kind::Invalid);
     assert_eq!(bad(80, 80, "tcp", "not-an-ip"), Kind::Invalid);
     assert_eq!(pm(80, 80, "", "").protocol, Proto::Tcp);
-    // A v6 hostIP with only a v4 container address cannot be served.
-    let e = plan_portmap(&[pm(80, 80, "tcp", "::1")], &[ip("10.244.1.5")]).unwrap_err();
-    assert_eq!(e.kind(), Kind::Invalid);
+    // A v6 hostIP with only a v4 container address is skipped, as the reference does.
+    assert!(
+        plan_portmap(&[pm(80, 80, "tcp", "::1")], &[ip("10.244.1.5")])
+            .unwrap()
+            .is_empty()
+    );
     let dup = [pm(80, 80, "tcp", ""), pm(80, 81, "tcp", "")];
     assert_eq!(
         plan_portmap(&dup, &[ip("10.244.1.5")]).unwrap_err().kind(),
@@ -202,4 +205,19 @@ fn ensure_makes_skeleton_once_and_del_uses_state() {
         "gc removed masq"
     );
     let _ = std::fs::remove_dir_all(nft.state.dir());
+}
+
+#[test]
+fn state_dir_from_env() {
+    // The only test touching this variable.
+    std::env::set_var(STATE_DIR_ENV, "/tmp/knit-x");
+    assert_eq!(
+        StateDir::from_env().dir(),
+        std::path::Path::new("/tmp/knit-x/nft")
+    );
+    std::env::remove_var(STATE_DIR_ENV);
+    assert_eq!(
+        StateDir::from_env().dir(),
+        std::path::Path::new(DEFAULT_STATE_DIR)
+    );
 }
