@@ -1,28 +1,47 @@
-//! The bridge plugin's `ipMasq`, through libnet's nftables layer (keyed by network, container
-//! id and ifname, so DEL works without the container's namespace).
+//! The bridge plugin's `ipMasq`, through libnet's nftables layer. Keyed by (network, container
+//! id, ifname), so DEL needs neither the container's namespace nor a prevResult.
 
-use crate::skel::{Args, CniError, ERR_UNSUPPORTED_FIELD};
+use libnet::nft::{Attachment, Nft};
+
+use crate::skel::{Args, CniError, OrCni};
 use crate::types::CniResult;
 
-fn unsupported() -> CniError {
-    CniError::new(
-        ERR_UNSUPPORTED_FIELD,
-        "ipMasq: knit's nftables layer is not in this build yet",
-    )
+pub fn attachment(a: &Args) -> Attachment {
+    Attachment::new(&a.conf.name, &a.container_id, &a.ifname)
 }
 
-pub fn ensure(_a: &Args, _r: &CniResult) -> Result<(), CniError> {
-    Err(unsupported())
+/// The valid attachments of a GC call on this network.
+pub fn valid_attachments(a: &Args) -> Vec<Attachment> {
+    a.valid_attachments()
+        .iter()
+        .map(|(cid, ifname)| Attachment::new(&a.conf.name, cid, ifname))
+        .collect()
 }
 
-pub fn del(_a: &Args) -> Result<(), CniError> {
-    Ok(())
+pub fn ensure(a: &Args, r: &CniResult) -> Result<(), CniError> {
+    let ips: Vec<_> = r.ips.iter().map(|ip| ip.address).collect();
+    Nft::new()
+        .cni()?
+        .ensure_masq(&attachment(a), &ips)
+        .cni_ctx("ipMasq")
 }
 
-pub fn check(_a: &Args) -> Result<(), CniError> {
-    Err(unsupported())
+pub fn del(a: &Args) -> Result<(), CniError> {
+    Nft::new().cni()?.del_masq(&attachment(a)).cni_ctx("ipMasq")
 }
 
-pub fn gc(_a: &Args) -> Result<(), CniError> {
-    Ok(())
+pub fn check(a: &Args, prev: &CniResult) -> Result<(), CniError> {
+    let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address).collect();
+    Nft::new()
+        .cni()?
+        .check_masq(&attachment(a), &ips)
+        .cni_ctx("ipMasq")
+}
+
+/// GC of this network's nftables state (every feature) for attachments not in the valid list.
+pub fn gc(a: &Args) -> Result<(), CniError> {
+    Nft::new()
+        .cni()?
+        .gc(&a.conf.name, &valid_attachments(a))
+        .cni_ctx("GC of nftables state")
 }

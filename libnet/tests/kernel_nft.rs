@@ -406,7 +406,7 @@ fn gc_removes_invalid_attachments_and_leaked_elements() {
     for p in dir_has(&dir, "gc-leak") {
         std::fs::remove_file(p).unwrap();
     }
-    h.ns.run_in(|| nft.gc(std::slice::from_ref(&keep)))
+    h.ns.run_in(|| nft.gc("knt-net", std::slice::from_ref(&keep)))
         .unwrap()
         .unwrap();
     let left = h.elems("pm4_any");

@@ -288,7 +288,7 @@ impl Plugin for Bridge {
         };
         driver::check(&h, &c.net(), &want).cni()?;
         if c.ip_masq {
-            crate::masq::check(a)?;
+            crate::masq::check(a, &prev)?;
         }
         Ok(())
     }

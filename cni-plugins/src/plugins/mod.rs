@@ -1,19 +1,25 @@
 //! One module per plugin; `by_name` is the multi-call table.
 
 pub mod bridge;
+pub mod firewall;
 pub mod loopback;
+pub mod portmap;
 pub mod static_ipam;
 pub mod tuning;
 
 use crate::skel::Plugin;
 
 /// Every plugin this binary answers to, under the reference names.
-pub const NAMES: &[&str] = &["bridge", "loopback", "static", "tuning"];
+pub const NAMES: &[&str] = &[
+    "bridge", "firewall", "loopback", "portmap", "static", "tuning",
+];
 
 pub fn by_name(name: &str) -> Option<&'static dyn Plugin> {
     Some(match name {
         "bridge" => &bridge::Bridge,
+        "firewall" => &firewall::Firewall,
         "loopback" => &loopback::Loopback,
+        "portmap" => &portmap::Portmap,
         "static" => &static_ipam::Static,
         "tuning" => &tuning::Tuning,
         _ => return None,

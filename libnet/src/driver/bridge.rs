@@ -82,7 +82,9 @@ pub fn ensure_bridge(h: &Handle, net: &BridgeNet) -> Result<(Link, bool), Driver
     let br = match h.find_link(&net.bridge)? {
         Some(l) => l,
         None => {
-            match h.add_bridge(&net.bridge, net.mtu, None) {
+            // An explicit MAC: otherwise the bridge takes the lowest MAC of its ports and changes
+            // it as containers come and go, leaving stale gateway entries in their ARP caches.
+            match h.add_bridge(&net.bridge, net.mtu, Some(random_mac())) {
                 Ok(()) => created = true,
                 // Another ADD made it between our look and our create: use theirs.
                 Err(e) if e.errno() == Some(libc::EEXIST) => {}
@@ -108,6 +110,24 @@ pub fn ensure_bridge(h: &Handle, net: &BridgeNet) -> Result<(Link, bool), Driver
         h.set_up(br.index, true)?;
     }
     Ok((br, created))
+}
+
+/// A random locally administered unicast MAC (`x2:xx:xx:xx:xx:xx`).
+pub fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: mac is a valid writable buffer of mac.len() bytes.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        // No entropy yet (early boot): time and pid are unique enough for a bridge's MAC.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let seed = t ^ (u128::from(std::process::id()) << 64);
+        mac.copy_from_slice(&seed.to_le_bytes()[..6]);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
 }
 
 /// Attach an endpoint. On error everything this call made is removed again.
@@ -349,4 +369,14 @@ pub fn check(h: &Handle, net: &BridgeNet, want: &Expected<'_>) -> Result<(), Dri
         }
         Ok(())
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_macs_are_local_unicast_and_differ() {
+        let (a, b) = (super::random_mac(), super::random_mac());
+        assert_eq!(a[0] & 0x03, 0x02, "locally administered, unicast");
+        assert_ne!(a, b);
+    }
 }

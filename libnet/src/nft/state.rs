@@ -15,7 +15,7 @@ use super::error::NftError;
 use super::plan::{Elem, COMMENT_MAX};
 
 /// Default state dir; `KNIT_STATE_DIR=D` makes it `D/nft` (tests point it at a temp dir).
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/knit/nft";
+pub const DEFAULT_STATE_DIR: &str = "/run/cni/knit/nft";
 pub const STATE_DIR_ENV: &str = "KNIT_STATE_DIR";
 const LOCK_FILE: &str = ".lock";
 

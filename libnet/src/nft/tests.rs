@@ -199,7 +199,12 @@ fn ensure_makes_skeleton_once_and_del_uses_state() {
         n,
         "second DEL: nothing to do"
     );
-    nft.gc(&[]).unwrap();
+    nft.gc("other", &[]).unwrap();
+    assert!(
+        nft.state.read(&a, Feature::Masq).unwrap().is_some(),
+        "a GC of another network keeps this one's state"
+    );
+    nft.gc(&a.network, &[]).unwrap();
     assert!(
         nft.state.read(&a, Feature::Masq).unwrap().is_none(),
         "gc removed masq"
