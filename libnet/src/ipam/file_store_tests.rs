@@ -1,1 +1,287 @@
+//! FileStore in a temp dir: the reference's layout byte for byte, the index, concurrency.
 
+use super::file_store::{FileStore, INDEX_DIR};
+use super::*;
+use crate::error::Kind;
+use serde_json::json;
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A unique temp dir removed on drop.
+pub(crate) struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "knit-ipam-{}-{}-{}",
+            std::process::id(),
+            tag,
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+fn dual(data: &Path) -> IpamConfig {
+    IpamConfig::from_json(&json!({
+        "ranges": [[{"subnet": "10.244.0.0/24"}], [{"subnet": "fd00:6b6e::/64"}]],
+        "dataDir": data,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn layout_is_the_references_byte_for_byte() {
+    let t = TempDir::new("layout");
+    let c = dual(&t.0);
+    let mut s = FileStore::open(&c.data_dir, "net1").unwrap();
+    let a = allocate(&mut s, &c, " c1 \n", "eth0", &[]).unwrap();
+    assert_eq!(a[0].address.to_string(), "10.244.0.2/24");
+    assert_eq!(a[1].address.to_string(), "fd00:6b6e::2/64");
+    let net = t.0.join("net1");
+    let want: BTreeSet<String> = [
+        "10.244.0.2",
+        "fd00:6b6e::2",
+        "last_reserved_ip.0",
+        "last_reserved_ip.1",
+        "lock",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(names(&net), want);
+    assert_eq!(fs::read(net.join("10.244.0.2")).unwrap(), b"c1\r\neth0");
+    assert_eq!(fs::read(net.join("fd00:6b6e::2")).unwrap(), b"c1\r\neth0");
+    assert_eq!(
+        fs::read(net.join("last_reserved_ip.0")).unwrap(),
+        b"10.244.0.2"
+    );
+    assert_eq!(
+        fs::read(net.join("last_reserved_ip.1")).unwrap(),
+        b"fd00:6b6e::2"
+    );
+    // knit's index sits outside the reference's directory; nothing else is left behind.
+    assert_eq!(
+        names(&t.0),
+        ["net1", INDEX_DIR].iter().map(|s| s.to_string()).collect()
+    );
+    assert_eq!(
+        names(&t.0.join(INDEX_DIR).join("net1")),
+        ["o.c1@eth0".to_string()].into()
+    );
+
+    release(&mut s, "c1", "eth0").unwrap();
+    release(&mut s, "c1", "eth0").unwrap();
+    let want: BTreeSet<String> = ["last_reserved_ip.0", "last_reserved_ip.1", "lock"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(names(&net), want);
+    assert!(names(&t.0.join(INDEX_DIR).join("net1")).is_empty());
+}
+
+#[test]
+fn round_robin_resumes_from_last_reserved_file() {
+    let t = TempDir::new("rr");
+    let c = dual(&t.0);
+    let net = t.0.join("n");
+    fs::create_dir_all(&net).unwrap();
+    fs::write(net.join("last_reserved_ip.0"), "10.244.0.200").unwrap();
+    fs::write(net.join("last_reserved_ip.1"), "garbage").unwrap();
+    let mut s = FileStore::open(&t.0, "n").unwrap();
+    let a = allocate(&mut s, &c, "c", "eth0", &[]).unwrap();
+    assert_eq!(a[0].address.addr(), ip("10.244.0.201"));
+    assert_eq!(a[1].address.addr(), ip("fd00:6b6e::2"));
+    // Wrap: .254 is the last, then .2 (.1 is the gateway).
+    fs::write(net.join("last_reserved_ip.0"), "10.244.0.254").unwrap();
+    let a = allocate(&mut s, &c, "d", "eth0", &[]).unwrap();
+    assert_eq!(a[0].address.addr(), ip("10.244.0.2"));
+}
+
+#[test]
+fn sees_and_releases_reservations_the_reference_made() {
+    let t = TempDir::new("foreign");
+    let c = dual(&t.0);
+    let mut s = FileStore::open(&t.0, "n").unwrap();
+    let net = t.0.join("n");
+    fs::write(net.join("10.244.0.2"), "ref1\r\neth0").unwrap();
+    fs::write(net.join("fd00:6b6e::2"), "ref1\r\neth0").unwrap();
+    fs::write(net.join("10.244.0.3"), "old1").unwrap(); // pre-ifname format
+    let a = allocate(&mut s, &c, "k1", "eth0", &[]).unwrap();
+    assert_eq!(a[0].address.addr(), ip("10.244.0.4"));
+    assert_eq!(a[1].address.addr(), ip("fd00:6b6e::3"));
+    let mut held = held_by(&mut s, "ref1", "eth0").unwrap();
+    held.sort();
+    assert_eq!(held, [ip("10.244.0.2"), ip("fd00:6b6e::2")]);
+    assert_eq!(held_by(&mut s, "old1", "eth9").unwrap(), [ip("10.244.0.3")]);
+    release(&mut s, "ref1", "eth0").unwrap();
+    release(&mut s, "old1", "eth9").unwrap();
+    assert!(!net.join("10.244.0.2").exists());
+    assert!(!net.join("fd00:6b6e::2").exists());
+    assert!(!net.join("10.244.0.3").exists());
+    assert!(net.join("10.244.0.4").exists());
+}
+
+#[test]
+fn stale_index_entries_are_harmless() {
+    let t = TempDir::new("stale");
+    let c = dual(&t.0);
+    let mut s = FileStore::open(&t.0, "n").unwrap();
+    let net = t.0.join("n");
+    allocate(&mut s, &c, "c1", "eth0", &[]).unwrap();
+    // The reference released c1 and gave its v4 address to someone else.
+    fs::remove_file(net.join("fd00:6b6e::2")).unwrap();
+    fs::write(net.join("10.244.0.2"), "other\r\neth0").unwrap();
+    assert!(held_by(&mut s, "c1", "eth0").unwrap().is_empty());
+    // No false duplicate; DEL leaves the other owner's reservation alone.
+    let a = allocate(&mut s, &c, "c1", "eth0", &[]).unwrap();
+    assert_eq!(a[0].address.addr(), ip("10.244.0.3"));
+    release(&mut s, "c1", "eth0").unwrap();
+    assert_eq!(fs::read(net.join("10.244.0.2")).unwrap(), b"other\r\neth0");
+    assert!(!net.join("10.244.0.3").exists());
+}
+
+#[test]
+fn duplicate_and_requested_taken_on_disk() {
+    let t = TempDir::new("dup");
+    let c = dual(&t.0);
+    let mut s = FileStore::open(&t.0, "n").unwrap();
+    allocate(&mut s, &c, "c1", "eth0", &[ip("10.244.0.9")]).unwrap();
+    let e = allocate(&mut s, &c, "c1", "eth0", &[]).unwrap_err();
+    assert_eq!(HasKind::kind(&e), Kind::Exists);
+    let e = allocate(&mut s, &c, "c2", "eth0", &[ip("10.244.0.9")]).unwrap_err();
+    assert_eq!(HasKind::kind(&e), Kind::Exists);
+    // The failed ADD of c2 left nothing behind (its v6 address was never reserved).
+    assert_eq!(names(&t.0.join("n")).len(), 5);
+}
+
+#[test]
+fn gc_keeps_only_valid_attachments() {
+    let t = TempDir::new("gc");
+    let c = dual(&t.0);
+    let mut s = FileStore::open(&t.0, "n").unwrap();
+    for (id, ifn) in [("a", "eth0"), ("b", "eth0"), ("b", "eth1")] {
+        allocate(&mut s, &c, id, ifn, &[]).unwrap();
+    }
+    fs::write(t.0.join("n").join("10.244.0.100"), "old1").unwrap();
+    fs::write(t.0.join("n").join("10.244.0.101"), "old2").unwrap();
+    let valid = vec![
+        ("b".to_string(), "eth1".to_string()),
+        ("old2".into(), "eth0".into()),
+    ];
+    let gone = gc(&mut s, &valid).unwrap();
+    let want: Vec<IpAddr> = [
+        "10.244.0.2",
+        "10.244.0.3",
+        "10.244.0.100",
+        "fd00:6b6e::2",
+        "fd00:6b6e::3",
+    ]
+    .iter()
+    .map(|s| ip(s))
+    .collect();
+    assert_eq!(gone, want);
+    assert_eq!(
+        names(&t.0.join(INDEX_DIR).join("n")),
+        ["o.b@eth1".to_string()].into()
+    );
+    let mut held = held_by(&mut s, "b", "eth1").unwrap();
+    held.sort();
+    assert_eq!(held, [ip("10.244.0.4"), ip("fd00:6b6e::4")]);
+}
+
+#[test]
+fn network_names_that_escape_are_invalid() {
+    let t = TempDir::new("names");
+    for bad in ["", ".", "..", "../x", "a/b", "/abs", ".knit-ipam", "a\0b"] {
+        let e = FileStore::open(&t.0, bad).unwrap_err();
+        assert_eq!(HasKind::kind(&e), Kind::Invalid, "{bad:?}");
+    }
+    assert!(names(&t.0).is_empty(), "nothing created");
+    FileStore::open(&t.0, "ok-net_1.x").unwrap();
+}
+
+#[test]
+fn odd_container_ids_get_distinct_index_entries() {
+    let t = TempDir::new("ids");
+    let c = dual(&t.0);
+    let mut s = FileStore::open(&t.0, "n").unwrap();
+    let long = "x".repeat(300);
+    for id in ["a@b", "a%40b", "a/b", &long] {
+        allocate(&mut s, &c, id, "eth0", &[]).unwrap();
+    }
+    for id in ["a@b", "a%40b", "a/b", &long] {
+        assert_eq!(held_by(&mut s, id, "eth0").unwrap().len(), 2, "{id}");
+        release(&mut s, id, "eth0").unwrap();
+    }
+    assert_eq!(names(&t.0.join("n")).len(), 3);
+}
+
+#[test]
+fn concurrent_allocations_get_distinct_addresses() {
+    let t = TempDir::new("conc");
+    let c = IpamConfig::from_json(&json!({"subnet": "10.244.0.0/24", "dataDir": t.0})).unwrap();
+    let got: Vec<IpAddr> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..64)
+            .map(|i| {
+                let c = &c;
+                sc.spawn(move || {
+                    let mut s = FileStore::open(&c.data_dir, "conc").unwrap();
+                    allocate(&mut s, c, &format!("c{i}"), "eth0", &[]).unwrap()[0]
+                        .address
+                        .addr()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let uniq: HashSet<_> = got.iter().collect();
+    assert_eq!(uniq.len(), 64);
+    assert_eq!(names(&t.0.join("conc")).len(), 64 + 2);
+}
+
+/// The ADD cost must not grow with the number of reservations (run with --ignored; timing).
+#[test]
+#[ignore]
+fn add_cost_is_flat_over_1000_reservations() {
+    let t = TempDir::new("scale");
+    let c = IpamConfig::from_json(&json!({"subnet": "10.244.0.0/16", "dataDir": t.0})).unwrap();
+    let mut times = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        let t0 = std::time::Instant::now();
+        let mut s = FileStore::open(&c.data_dir, "scale").unwrap();
+        allocate(&mut s, &c, &format!("{i:064x}"), "eth0", &[]).unwrap();
+        times.push(t0.elapsed());
+    }
+    let median = |v: &[std::time::Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (first, last) = (median(&times[..100]), median(&times[900..]));
+    let ratio = last.as_secs_f64() / first.as_secs_f64();
+    eprintln!("median ADD first 100: {first:?}, last 100: {last:?}, ratio {ratio:.3}");
+    assert!(ratio <= 1.2, "ratio {ratio}");
+}
