@@ -48,6 +48,7 @@ pub fn allocate<S: IpamStore + ?Sized>(
     ifname: &str,
     requested: &[IpAddr],
 ) -> Result<Vec<Allocation>, IpamError> {
+    check_attachment(id, ifname)?;
     let wanted = assign_requested(&cfg.ranges, requested)?;
     locked(store, |s| {
         // Duplicate allocation is not allowed (spec); checked for every set before reserving.
@@ -75,6 +76,27 @@ pub fn allocate<S: IpamStore + ?Sized>(
         }
         Ok(done)
     })
+}
+
+/// The reservation file holds `<id>\r\n<ifname>`: neither may be empty or break that format.
+fn check_attachment(id: &str, ifname: &str) -> Result<(), IpamError> {
+    let bad = |reason| {
+        Err(IpamError::Attachment {
+            id: id.to_string(),
+            ifname: ifname.to_string(),
+            reason,
+        })
+    };
+    if id.trim().is_empty() || ifname.is_empty() {
+        return bad("empty container ID or ifname");
+    }
+    if id.trim().contains(['\r', '\n', '\0']) {
+        return bad("container ID contains a line break or NUL");
+    }
+    if ifname.contains(|c: char| c.is_whitespace() || c == '/' || c == '\0') {
+        return bad("ifname contains whitespace, '/' or NUL");
+    }
+    Ok(())
 }
 
 /// Map each requested address to the first set containing it; a set takes at most one.

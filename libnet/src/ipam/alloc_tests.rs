@@ -224,3 +224,109 @@ fn n_allocations_fill_a_range_of_n_then_fail() {
         Kind::Busy
     );
 }
+
+#[test]
+fn attachment_must_fit_the_reservation_format() {
+    let c = small();
+    let mut s = FakeStore::default();
+    for (id, ifn) in [
+        ("", "eth0"),
+        ("  ", "eth0"),
+        ("a", ""),
+        ("a\r\nb", "eth0"),
+        ("a", "et h0"),
+        ("a", "a/b"),
+    ] {
+        let e = allocate(&mut s, &c, id, ifn, &[]).unwrap_err();
+        assert_eq!(e.kind(), Kind::Invalid, "{id:?} {ifn:?}");
+    }
+    assert!(s.ips.is_empty() && s.lock_count == 0);
+}
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add(u8, u8),
+        AddRequested(u8, u8, u8),
+        Del(u8, u8),
+        Gc(Vec<(u8, u8)>),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..10, 0u8..2).prop_map(|(i, n)| Op::Add(i, n)),
+            1 => (0u8..10, 0u8..2, 0u8..16).prop_map(|(i, n, o)| Op::AddRequested(i, n, o)),
+            3 => (0u8..10, 0u8..2).prop_map(|(i, n)| Op::Del(i, n)),
+            1 => proptest::collection::vec((0u8..10, 0u8..2), 0..6).prop_map(Op::Gc),
+        ]
+    }
+
+    fn owner(i: u8, n: u8) -> (String, String) {
+        (format!("c{i}"), format!("eth{n}"))
+    }
+
+    proptest! {
+        /// Random ADD/DEL/GC sequences against a model: every address is allocatable in its set,
+        /// held by exactly one attachment, one per set; failures change nothing.
+        #[test]
+        fn allocator_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let c = cfg(json!({"ranges": [
+                [{"subnet": "10.244.0.0/28", "rangeStart": "10.244.0.2", "gateway": "10.244.0.5"}],
+                [{"subnet": "fd00:6b6e::/120", "rangeStart": "fd00:6b6e::10", "rangeEnd": "fd00:6b6e::14"}]
+            ]}));
+            let mut s = FakeStore::default();
+            let mut model: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
+            for op in ops {
+                let before = s.ips.clone();
+                match op {
+                    Op::Add(i, n) | Op::AddRequested(i, n, _) => {
+                        let (id, ifn) = owner(i, n);
+                        let req: Vec<IpAddr> = match op {
+                            Op::AddRequested(_, _, o) => vec![from_u128_v4(o)],
+                            _ => vec![],
+                        };
+                        match allocate(&mut s, &c, &id, &ifn, &req) {
+                            Ok(a) => {
+                                prop_assert!(!model.contains_key(&(id.clone(), ifn.clone())));
+                                prop_assert_eq!(a.len(), 2);
+                                for (k, al) in a.iter().enumerate() {
+                                    prop_assert_eq!(al.range_set, k);
+                                    prop_assert!(c.ranges[k].0[0].is_allocatable(al.address.addr()));
+                                    prop_assert!(!before.contains_key(&al.address.addr()));
+                                }
+                                if let Some(r) = req.first() {
+                                    prop_assert_eq!(a[0].address.addr(), *r);
+                                }
+                                model.insert((id, ifn), a.iter().map(|a| a.address.addr()).collect());
+                            }
+                            Err(_) => prop_assert_eq!(&s.ips, &before),
+                        }
+                    }
+                    Op::Del(i, n) => {
+                        let (id, ifn) = owner(i, n);
+                        release(&mut s, &id, &ifn).unwrap();
+                        model.remove(&(id, ifn));
+                    }
+                    Op::Gc(valid) => {
+                        let valid: Vec<(String, String)> = valid.iter().map(|(i, n)| owner(*i, *n)).collect();
+                        gc(&mut s, &valid).unwrap();
+                        model.retain(|k, _| valid.contains(k));
+                    }
+                }
+                prop_assert!(!s.locked);
+                let mut want: Vec<IpAddr> = model.values().flatten().copied().collect();
+                want.sort();
+                let got: Vec<IpAddr> = s.ips.keys().copied().collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+
+    fn from_u128_v4(o: u8) -> IpAddr {
+        IpAddr::from([10, 244, 0, o])
+    }
+}

@@ -164,7 +164,7 @@ impl FileStore {
     /// Create `dst` holding `data` unless it exists; it appears complete or not at all.
     fn create_exclusive(&self, dst: &Path, data: &[u8]) -> Result<bool, IpamError> {
         let tmp = self.index.join("tmp.reserve");
-        write_file(&tmp, data, true)?;
+        write_synced(&tmp, data)?;
         let linked = fs::hard_link(&tmp, dst);
         let _ = fs::remove_file(&tmp);
         match linked {
@@ -197,7 +197,8 @@ impl FileStore {
             else {
                 continue;
             };
-            if let Some(text) = self.read_reservation(ip)? {
+            // Tolerant like the reference: an unreadable entry (a directory, EACCES) is skipped.
+            if let Ok(Some(text)) = self.read_reservation(ip) {
                 let (id, ifname) = parse_owner(&text);
                 out.push(Reservation { ip, id, ifname });
             }
@@ -373,7 +374,7 @@ fn escape_into(out: &mut String, s: &str) {
     }
 }
 
-fn write_file(path: &Path, data: &[u8], sync: bool) -> Result<(), IpamError> {
+fn write_synced(path: &Path, data: &[u8]) -> Result<(), IpamError> {
     let io = |e| IpamError::io("write", path, e);
     let mut f = OpenOptions::new()
         .write(true)
@@ -383,10 +384,7 @@ fn write_file(path: &Path, data: &[u8], sync: bool) -> Result<(), IpamError> {
         .open(path)
         .map_err(io)?;
     f.write_all(data).map_err(io)?;
-    if sync {
-        f.sync_all().map_err(io)?;
-    }
-    Ok(())
+    f.sync_all().map_err(io)
 }
 
 /// Overwrite from offset 0, then cut to length. Never truncates to zero first: on ext4 that

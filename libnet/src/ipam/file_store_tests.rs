@@ -285,3 +285,132 @@ fn add_cost_is_flat_over_1000_reservations() {
     eprintln!("median ADD first 100: {first:?}, last 100: {last:?}, ratio {ratio:.3}");
     assert!(ratio <= 1.2, "ratio {ratio}");
 }
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add(u8),
+        Del(u8),
+        /// The reference plugin reserves the lowest free address of each set for `r<i>`.
+        ForeignAdd(u8),
+        /// The reference plugin releases `c<i>` (knit's) or `r<i>` by content.
+        ForeignDel(bool, u8),
+        Gc(Vec<u8>),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..8).prop_map(Op::Add),
+            2 => (0u8..8).prop_map(Op::Del),
+            2 => (0u8..8).prop_map(Op::ForeignAdd),
+            1 => (any::<bool>(), 0u8..8).prop_map(|(k, i)| Op::ForeignDel(k, i)),
+            1 => proptest::collection::vec(0u8..16, 0..8).prop_map(Op::Gc),
+        ]
+    }
+
+    /// Owners 0..8 are knit's `c<i>`, 8..16 the reference's `r<i>` (for GC lists).
+    fn name(i: u8) -> String {
+        if i < 8 {
+            format!("c{i}")
+        } else {
+            format!("r{}", i - 8)
+        }
+    }
+
+    fn foreign_add(dir: &Path, c: &IpamConfig, id: &str) -> Vec<IpAddr> {
+        c.ranges
+            .iter()
+            .filter_map(|set| {
+                let free = set
+                    .candidates(None)
+                    .map(|x| x.1)
+                    .find(|ip| !dir.join(ip.to_string()).exists())?;
+                fs::write(dir.join(free.to_string()), format!("{id}\r\neth0")).unwrap();
+                Some(free)
+            })
+            .collect()
+    }
+
+    fn foreign_del(dir: &Path, id: &str) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if fs::read_to_string(&p).is_ok_and(|t| t.trim() == format!("{id}\r\neth0")) {
+                fs::remove_file(p).unwrap();
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Random knit and reference operations on one data dir keep the files and a model in
+        /// step: no address is ever handed out twice, DEL and GC release what they should.
+        #[test]
+        fn file_store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let t = TempDir::new("model");
+            let c = IpamConfig::from_json(&json!({"ranges": [
+                [{"subnet": "10.244.0.0/29"}],
+                [{"subnet": "fd00:6b6e::/64", "rangeStart": "fd00:6b6e::2", "rangeEnd": "fd00:6b6e::7"}]
+            ]})).unwrap();
+            let mut s = FileStore::open(&t.0, "m").unwrap();
+            let dir = t.0.join("m");
+            let mut model: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Add(i) => match allocate(&mut s, &c, &name(i), "eth0", &[]) {
+                        Ok(a) => {
+                            prop_assert!(!model.contains_key(&name(i)));
+                            model.insert(name(i), a.iter().map(|a| a.address.addr()).collect());
+                        }
+                        Err(e) => prop_assert!(
+                            model.contains_key(&name(i)) || matches!(e, IpamError::Exhausted { .. }),
+                            "{}", e
+                        ),
+                    },
+                    Op::Del(i) => {
+                        release(&mut s, &name(i), "eth0").unwrap();
+                        model.remove(&name(i));
+                    }
+                    Op::ForeignAdd(i) => {
+                        let id = name(i + 8);
+                        if let std::collections::btree_map::Entry::Vacant(v) = model.entry(id) {
+                            let got = foreign_add(&dir, &c, v.key());
+                            if !got.is_empty() {
+                                v.insert(got);
+                            }
+                        }
+                    }
+                    Op::ForeignDel(knits, i) => {
+                        let id = name(if knits { i } else { i + 8 });
+                        foreign_del(&dir, &id);
+                        model.remove(&id);
+                    }
+                    Op::Gc(valid) => {
+                        let valid: Vec<(String, String)> =
+                            valid.iter().map(|i| (name(*i), "eth0".to_string())).collect();
+                        gc(&mut s, &valid).unwrap();
+                        model.retain(|k, _| valid.iter().any(|v| &v.0 == k));
+                    }
+                }
+                let mut want: Vec<IpAddr> = model.values().flatten().copied().collect();
+                want.sort();
+                let mut on_disk: Vec<IpAddr> = fs::read_dir(&dir)
+                    .unwrap()
+                    .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+                    .collect();
+                on_disk.sort();
+                prop_assert_eq!(on_disk, want);
+                for (id, ips) in &model {
+                    let mut held = held_by(&mut s, id, "eth0").unwrap();
+                    held.sort();
+                    let mut ips = ips.clone();
+                    ips.sort();
+                    prop_assert_eq!(held, ips);
+                }
+            }
+        }
+    }
+}

@@ -79,6 +79,12 @@ pub enum IpamError {
     /// The `ipam` configuration is wrong; `field` is a JSON path such as `ranges[0][1].rangeEnd`.
     #[error("invalid ipam config: {field}: {reason}")]
     Config { field: String, reason: String },
+    #[error("invalid attachment ({id:?}, {ifname:?}): {reason}")]
+    Attachment {
+        id: String,
+        ifname: String,
+        reason: &'static str,
+    },
     #[error("invalid network name {name:?}: {reason}")]
     NetworkName { name: String, reason: &'static str },
     #[error("requested IP address {ip} is not available in range set {range_set}")]
@@ -135,6 +141,7 @@ impl HasKind for IpamError {
         match self {
             IpamError::Config { .. }
             | IpamError::NetworkName { .. }
+            | IpamError::Attachment { .. }
             | IpamError::RequestedGateway { .. }
             | IpamError::RequestedReserved { .. }
             | IpamError::RequestedUnassigned { .. } => Kind::Invalid,
