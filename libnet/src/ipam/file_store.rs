@@ -3,13 +3,15 @@
 //! `<dataDir>/<network>/last_reserved_ip.<set>` = the address, `<dataDir>/<network>/lock`
 //! flock'ed; plus knit's index `<dataDir>/.knit-ipam/<network>/`, outside the reference's sight.
 
+use super::index::{observe, remove_tolerant, write_in_place, Index};
 use super::store::{IpamStore, Lookup, Reservation};
 use super::IpamError;
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The reference's line break between container ID and ifname (`disk.LineBreak`).
@@ -19,16 +21,22 @@ pub const LOCK_FILE: &str = "lock";
 /// knit's index lives in `<dataDir>/INDEX_DIR/<network>`; a CNI network name cannot start with
 /// a dot, so this never collides with a network directory.
 pub const INDEX_DIR: &str = ".knit-ipam";
-const INDEX_PREFIX: &str = "o.";
 
 /// The store of one network. Open one per process (or per thread): the lock is an flock on
 /// this handle's own open file description, so handles exclude each other.
 #[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
-    index: PathBuf,
+    index: Index,
     dir_file: File,
     lock_file: File,
+    /// Under the lock: the index is known complete (stamp matched, or rebuilt), so lookups
+    /// never need to scan.
+    trusted: bool,
+    /// The directory state observed when the lock was taken.
+    seen: Option<String>,
+    /// Directory scans done by this handle (tests check ADD/DEL stay scan-free).
+    pub(crate) scans: usize,
 }
 
 /// Reject network names that would escape the data dir or hit knit's index dir, before any
@@ -76,9 +84,12 @@ impl FileStore {
             .map_err(|e| IpamError::io("open lock", &lock_path, e))?;
         Ok(FileStore {
             dir,
-            index,
+            index: Index::new(index),
             dir_file,
             lock_file,
+            trusted: false,
+            seen: None,
+            scans: 0,
         })
     }
 
@@ -116,23 +127,6 @@ impl FileStore {
         }
     }
 
-    fn index_path(&self, id: &str, ifname: &str) -> PathBuf {
-        self.index.join(index_name(id, ifname))
-    }
-
-    /// Addresses the index lists for (id, ifname); an entry naming another owner (a hash
-    /// collision) or unreadable counts as absent.
-    fn read_index(&self, id: &str, ifname: &str) -> Vec<IpAddr> {
-        let Ok(text) = fs::read_to_string(self.index_path(id, ifname)) else {
-            return Vec::new();
-        };
-        let mut lines = text.lines();
-        if lines.next() != Some(id.trim()) || lines.next() != Some(ifname) {
-            return Vec::new();
-        }
-        lines.filter_map(|l| l.parse().ok()).collect()
-    }
-
     /// Keep only the addresses whose reservation file names (id, ifname).
     fn verified(&self, id: &str, ifname: &str, ips: &[IpAddr]) -> Result<Vec<IpAddr>, IpamError> {
         let want = owner_line(id, ifname);
@@ -148,22 +142,9 @@ impl FileStore {
         Ok(out)
     }
 
-    fn write_index(&self, id: &str, ifname: &str, ips: &[IpAddr]) -> Result<(), IpamError> {
-        let path = self.index_path(id, ifname);
-        if ips.is_empty() {
-            return remove_tolerant(&path, "remove index");
-        }
-        let mut text = format!("{}\n{}\n", id.trim(), ifname);
-        for ip in ips {
-            text.push_str(&format!("{ip}\n"));
-        }
-        // A hint only (always verified), so written in place and not synced.
-        write_in_place(&path, text.as_bytes())
-    }
-
     /// Create `dst` holding `data` unless it exists; it appears complete or not at all.
     fn create_exclusive(&self, dst: &Path, data: &[u8]) -> Result<bool, IpamError> {
-        let tmp = self.index.join("tmp.reserve");
+        let tmp = self.index.dir().join("tmp.reserve");
         write_synced(&tmp, data)?;
         let linked = fs::hard_link(&tmp, dst);
         let _ = fs::remove_file(&tmp);
@@ -185,7 +166,8 @@ impl FileStore {
     }
 
     /// Every reservation file of the network (names that parse as addresses).
-    fn scan(&self) -> Result<Vec<Reservation>, IpamError> {
+    fn scan(&mut self) -> Result<Vec<Reservation>, IpamError> {
+        self.scans += 1;
         let rd = fs::read_dir(&self.dir).map_err(|e| IpamError::io("read dir", &self.dir, e))?;
         let mut out = Vec::new();
         for ent in rd {
@@ -207,7 +189,7 @@ impl FileStore {
     }
 
     /// The reference's matching: `<id>\r\n<ifname>`, or else the old `<id>`-only format.
-    fn scan_owner(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
+    fn scan_owner(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
         let all = self.scan()?;
         let pick = |old: bool| -> Vec<IpAddr> {
             all.iter()
@@ -221,6 +203,45 @@ impl FileStore {
         };
         let new = pick(false);
         Ok(if new.is_empty() { pick(true) } else { new })
+    }
+
+    /// The index cannot be made complete (see [`Index::write`]): scan until a rebuild succeeds.
+    fn distrust(&mut self) {
+        self.trusted = false;
+        let _ = self.index.set_stamp(None);
+    }
+
+    /// Make the index list every reservation of the directory (one scan). `Ok(false)` when
+    /// that is impossible: reservations in the reference's old format (container ID only, no
+    /// ifname to key them by) or an entry name collision. Lookups then keep scanning.
+    fn rebuild_index(&mut self) -> Result<bool, IpamError> {
+        let mut want: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
+        for r in self.scan()? {
+            let Some(ifname) = r.ifname else {
+                return Ok(false);
+            };
+            want.entry((r.id, ifname)).or_default().push(r.ip);
+        }
+        for e in self.index.entries()? {
+            let key = (e.id, e.ifname);
+            let mut listed = e.ips;
+            listed.sort();
+            match want.get_mut(&key) {
+                Some(ips) => {
+                    ips.sort();
+                    if *ips == listed {
+                        want.remove(&key);
+                    }
+                }
+                None => remove_tolerant(&e.path, "remove index entry")?,
+            }
+        }
+        for ((id, ifname), ips) in &want {
+            if !self.index.write(id, ifname, ips)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn remove_reservation(&self, ip: IpAddr) -> Result<bool, IpamError> {
@@ -238,10 +259,27 @@ impl FileStore {
 
 impl IpamStore for FileStore {
     fn lock(&mut self) -> Result<(), IpamError> {
-        self.flock(libc::LOCK_EX, "flock")
+        self.flock(libc::LOCK_EX, "flock")?;
+        self.seen = observe(&self.dir_file, &self.dir);
+        self.trusted = self.seen.is_some() && self.index.stamp() == self.seen;
+        if !self.trusted && self.seen.is_some() {
+            // Someone else (the reference plugin, or a knit that crashed mid-way) changed the
+            // directory since knit last looked: make the index complete again, once.
+            self.trusted = self.rebuild_index().unwrap_or(false);
+            if !self.trusted {
+                let _ = self.index.set_stamp(None);
+            }
+        }
+        Ok(())
     }
 
     fn unlock(&mut self) -> Result<(), IpamError> {
+        if std::mem::take(&mut self.trusted) {
+            let now = observe(&self.dir_file, &self.dir);
+            if now != self.index.stamp() {
+                let _ = self.index.set_stamp(now.as_deref());
+            }
+        }
         self.flock(libc::LOCK_UN, "unlock")
     }
 
@@ -258,9 +296,11 @@ impl IpamStore for FileStore {
         }
         // Index first: a crash may leave an index entry without reservation (filtered out by
         // verification), never a reservation the index does not list.
-        let mut ips = self.verified(id, ifname, &self.read_index(id, ifname))?;
+        let mut ips = self.verified(id, ifname, &self.index.read(id, ifname))?;
         ips.push(ip);
-        self.write_index(id, ifname, &ips)?;
+        if !self.index.write(id, ifname, &ips)? {
+            self.distrust();
+        }
         if !self.create_exclusive(&path, owner_line(id, ifname).as_bytes())? {
             return Ok(false);
         }
@@ -279,8 +319,8 @@ impl IpamStore for FileStore {
     }
 
     fn held_by(&mut self, id: &str, ifname: &str, how: Lookup) -> Result<Vec<IpAddr>, IpamError> {
-        let ips = self.verified(id, ifname, &self.read_index(id, ifname))?;
-        if ips.is_empty() && how == Lookup::Thorough {
+        let ips = self.verified(id, ifname, &self.index.read(id, ifname))?;
+        if ips.is_empty() && how == Lookup::Thorough && !self.trusted {
             return self.scan_owner(id, ifname);
         }
         Ok(ips)
@@ -302,7 +342,9 @@ impl IpamStore for FileStore {
                 released.push(ip);
             }
         }
-        self.write_index(id, ifname, &[])?;
+        if !self.index.write(id, ifname, &[])? {
+            self.distrust();
+        }
         if !released.is_empty() {
             self.sync_dir()?;
         }
@@ -314,19 +356,9 @@ impl IpamStore for FileStore {
     }
 
     fn forget_unless(&mut self, keep: &dyn Fn(&str, &str) -> bool) -> Result<(), IpamError> {
-        let rd =
-            fs::read_dir(&self.index).map_err(|e| IpamError::io("read dir", &self.index, e))?;
-        for ent in rd.flatten() {
-            let name = ent.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if !name.starts_with(INDEX_PREFIX) {
-                continue;
-            }
-            let text = fs::read_to_string(ent.path()).unwrap_or_default();
-            let mut lines = text.lines();
-            let owner = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-            if !keep(owner.0, owner.1) {
-                remove_tolerant(&ent.path(), "remove index")?;
+        for e in self.index.entries()? {
+            if !keep(&e.id, &e.ifname) {
+                remove_tolerant(&e.path, "remove index entry")?;
             }
         }
         Ok(())
@@ -346,34 +378,6 @@ fn parse_owner(text: &str) -> (String, Option<String>) {
     }
 }
 
-/// File name of the index entry of (id, ifname): the escaped pair, or a hash of it when too
-/// long for a file name (collisions are caught because the entry names its owner).
-fn index_name(id: &str, ifname: &str) -> String {
-    let mut s = String::from(INDEX_PREFIX);
-    escape_into(&mut s, id.trim());
-    s.push('@');
-    escape_into(&mut s, ifname);
-    if s.len() <= 240 {
-        return s;
-    }
-    // FNV-1a, 64 bit.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.trim().bytes().chain([0u8]).chain(ifname.bytes()) {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{INDEX_PREFIX}h{h:016x}")
-}
-
-fn escape_into(out: &mut String, s: &str) {
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-}
-
 fn write_synced(path: &Path, data: &[u8]) -> Result<(), IpamError> {
     let io = |e| IpamError::io("write", path, e);
     let mut f = OpenOptions::new()
@@ -385,22 +389,6 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<(), IpamError> {
         .map_err(io)?;
     f.write_all(data).map_err(io)?;
     f.sync_all().map_err(io)
-}
-
-/// Overwrite from offset 0, then cut to length. Never truncates to zero first: on ext4 that
-/// (like rename over an existing file) forces a data flush (`auto_da_alloc`), which made ADD
-/// cost grow with journal load.
-fn write_in_place(path: &Path, data: &[u8]) -> Result<(), IpamError> {
-    let io = |e| IpamError::io("write", path, e);
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(path)
-        .map_err(io)?;
-    f.write_all_at(data, 0).map_err(io)?;
-    f.set_len(data.len() as u64).map_err(io)
 }
 
 fn create_excl_direct(dst: &Path, data: &[u8]) -> Result<bool, IpamError> {
@@ -420,12 +408,4 @@ fn create_excl_direct(dst: &Path, data: &[u8]) -> Result<bool, IpamError> {
         return Err(io(e));
     }
     Ok(true)
-}
-
-fn remove_tolerant(path: &Path, op: &'static str) -> Result<(), IpamError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(IpamError::io(op, path, e)),
-    }
 }

@@ -44,6 +44,15 @@ fn names(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// Index entry names across the bucket directories.
+fn entries(index: &Path) -> BTreeSet<String> {
+    names(index)
+        .iter()
+        .filter(|b| b.len() == 2)
+        .flat_map(|b| names(&index.join(b)))
+        .collect()
+}
+
 fn dual(data: &Path) -> IpamConfig {
     IpamConfig::from_json(&json!({
         "ranges": [[{"subnet": "10.244.0.0/24"}], [{"subnet": "fd00:6b6e::/64"}]],
@@ -87,10 +96,9 @@ fn layout_is_the_references_byte_for_byte() {
         names(&t.0),
         ["net1", INDEX_DIR].iter().map(|s| s.to_string()).collect()
     );
-    assert_eq!(
-        names(&t.0.join(INDEX_DIR).join("net1")),
-        ["o.c1@eth0".to_string()].into()
-    );
+    let idx = t.0.join(INDEX_DIR).join("net1");
+    assert_eq!(entries(&idx), ["o.c1@eth0".to_string()].into());
+    assert!(idx.join("stamp").exists());
 
     release(&mut s, "c1", "eth0").unwrap();
     release(&mut s, "c1", "eth0").unwrap();
@@ -99,7 +107,7 @@ fn layout_is_the_references_byte_for_byte() {
         .map(|s| s.to_string())
         .collect();
     assert_eq!(names(&net), want);
-    assert!(names(&t.0.join(INDEX_DIR).join("net1")).is_empty());
+    assert!(entries(&idx).is_empty());
 }
 
 #[test]
@@ -204,7 +212,7 @@ fn gc_keeps_only_valid_attachments() {
     .collect();
     assert_eq!(gone, want);
     assert_eq!(
-        names(&t.0.join(INDEX_DIR).join("n")),
+        entries(&t.0.join(INDEX_DIR).join("n")),
         ["o.b@eth1".to_string()].into()
     );
     let mut held = held_by(&mut s, "b", "eth1").unwrap();
@@ -237,6 +245,56 @@ fn odd_container_ids_get_distinct_index_entries() {
         release(&mut s, id, "eth0").unwrap();
     }
     assert_eq!(names(&t.0.join("n")).len(), 3);
+}
+
+#[test]
+fn knit_only_traffic_never_scans_after_the_first_lock() {
+    let t = TempDir::new("noscan");
+    let c = dual(&t.0);
+    let mut s = FileStore::open(&t.0, "n").unwrap();
+    allocate(&mut s, &c, "c0", "eth0", &[]).unwrap();
+    assert_eq!(
+        s.scans, 1,
+        "the first lock indexes the (empty) directory once"
+    );
+    for i in 1..20 {
+        allocate(&mut s, &c, &format!("c{i}"), "eth0", &[]).unwrap();
+    }
+    release(&mut s, "c3", "eth0").unwrap();
+    release(&mut s, "c3", "eth0").unwrap();
+    release(&mut s, "never", "eth0").unwrap();
+    assert!(held_by(&mut s, "never", "eth0").unwrap().is_empty());
+    // Another handle (another process) trusts the same stamp.
+    let mut s2 = FileStore::open(&t.0, "n").unwrap();
+    allocate(&mut s2, &c, "x", "eth0", &[]).unwrap();
+    release(&mut s, "x", "eth0").unwrap();
+    assert_eq!((s.scans, s2.scans), (1, 0));
+}
+
+#[test]
+fn a_foreign_reservation_is_indexed_at_the_next_lock() {
+    let t = TempDir::new("foreign-dup");
+    let c = dual(&t.0);
+    let mut s = FileStore::open(&t.0, "n").unwrap();
+    allocate(&mut s, &c, "k1", "eth0", &[]).unwrap();
+    // What the reference does on ADD for r1: reservation files and last_reserved_ip.
+    let net = t.0.join("n");
+    fs::write(net.join("10.244.0.3"), "r1\r\neth0").unwrap();
+    fs::write(net.join("last_reserved_ip.0"), "10.244.0.3").unwrap();
+    let e = allocate(&mut s, &c, "r1", "eth0", &[]).unwrap_err();
+    assert!(matches!(e, IpamError::Duplicate { .. }), "{e}");
+    assert_eq!(s.scans, 2);
+    release(&mut s, "r1", "eth0").unwrap();
+    assert!(!net.join("10.244.0.3").exists());
+    assert_eq!(s.scans, 2, "released through the rebuilt index");
+    // A crashed knit (reservation without stamp update) is healed the same way.
+    fs::write(net.join("10.244.0.9"), "k9\r\neth0").unwrap();
+    assert_eq!(held_by(&mut s, "k9", "eth0").unwrap(), [ip("10.244.0.9")]);
+    // Old-format reservations cannot be indexed: lookups keep scanning and still work.
+    fs::write(net.join("10.244.0.10"), "old").unwrap();
+    assert_eq!(held_by(&mut s, "old", "eth1").unwrap(), [ip("10.244.0.10")]);
+    release(&mut s, "old", "eth1").unwrap();
+    assert!(!net.join("10.244.0.10").exists());
 }
 
 #[test]
@@ -330,6 +388,8 @@ mod model {
                     .map(|x| x.1)
                     .find(|ip| !dir.join(ip.to_string()).exists())?;
                 fs::write(dir.join(free.to_string()), format!("{id}\r\neth0")).unwrap();
+                let last = format!("last_reserved_ip.{}", usize::from(free.is_ipv6()));
+                fs::write(dir.join(last), free.to_string()).unwrap();
                 Some(free)
             })
             .collect()
@@ -413,4 +473,38 @@ mod model {
             }
         }
     }
+}
+
+/// Interleaved ADDs into a nearly empty network and one already holding 1000 reservations, so
+/// that machine load hits both alike (run with --ignored; timing).
+#[test]
+#[ignore]
+fn add_cost_interleaved_small_vs_full() {
+    let t = TempDir::new("inter");
+    let c = IpamConfig::from_json(&json!({"subnet": "10.244.0.0/16", "dataDir": t.0})).unwrap();
+    let mut full = FileStore::open(&c.data_dir, "full").unwrap();
+    for i in 0..1000 {
+        allocate(&mut full, &c, &format!("f{i:063x}"), "eth0", &[]).unwrap();
+    }
+    let (mut small_t, mut full_t) = (Vec::new(), Vec::new());
+    let mut scans = 0;
+    for i in 0..200 {
+        for (net, times) in [("small", &mut small_t), ("full", &mut full_t)] {
+            let t0 = std::time::Instant::now();
+            let mut s = FileStore::open(&c.data_dir, net).unwrap();
+            allocate(&mut s, &c, &format!("{i:064x}"), "eth0", &[]).unwrap();
+            times.push(t0.elapsed());
+            scans += s.scans;
+        }
+    }
+    eprintln!("scans after the fill: {scans}");
+    let median = |v: &mut Vec<std::time::Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (a, b) = (median(&mut small_t), median(&mut full_t));
+    eprintln!(
+        "median ADD small: {a:?}, with 1000 reservations: {b:?}, ratio {:.3}",
+        b.as_secs_f64() / a.as_secs_f64()
+    );
 }

@@ -115,9 +115,11 @@ fn reference_and_knit_share_one_data_dir() {
         b"fd00:6b6e:0:1::3"
     );
 
-    // knit continues after the reference.
+    // knit continues after the reference, and refuses a duplicate of the reference's ADD.
     let a = allocate(&mut s, &c, "k2", "eth0", &[]).unwrap();
     assert_eq!(a[0].address.to_string(), "10.244.7.4/24");
+    let e = allocate(&mut s, &c, "r1", "eth0", &[]).unwrap_err();
+    assert!(matches!(e, IpamError::Duplicate { .. }), "{e}");
 
     // The reference sees knit's reservations: CHECK finds them, a duplicate ADD and a request
     // for a knit address fail (the IPv6 file names agree), DEL removes them.
