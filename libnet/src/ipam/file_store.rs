@@ -33,8 +33,6 @@ pub struct FileStore {
     /// Under the lock: the index is known complete (stamp matched, or rebuilt), so lookups
     /// never need to scan.
     trusted: bool,
-    /// The directory state observed when the lock was taken.
-    seen: Option<String>,
     /// Directory scans done by this handle (tests check ADD/DEL stay scan-free).
     pub(crate) scans: usize,
 }
@@ -88,7 +86,6 @@ impl FileStore {
             dir_file,
             lock_file,
             trusted: false,
-            seen: None,
             scans: 0,
         })
     }
@@ -260,9 +257,9 @@ impl FileStore {
 impl IpamStore for FileStore {
     fn lock(&mut self) -> Result<(), IpamError> {
         self.flock(libc::LOCK_EX, "flock")?;
-        self.seen = observe(&self.dir_file, &self.dir);
-        self.trusted = self.seen.is_some() && self.index.stamp() == self.seen;
-        if !self.trusted && self.seen.is_some() {
+        let seen = observe(&self.dir_file, &self.dir);
+        self.trusted = seen.is_some() && self.index.stamp() == seen;
+        if !self.trusted && seen.is_some() {
             // Someone else (the reference plugin, or a knit that crashed mid-way) changed the
             // directory since knit last looked: make the index complete again, once.
             self.trusted = self.rebuild_index().unwrap_or(false);
