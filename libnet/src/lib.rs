@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod error;
+pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

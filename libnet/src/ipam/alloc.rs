@@ -1,0 +1,221 @@
+//! The allocator: pure logic over an [`IpamStore`]. Each public function takes the store's lock
+//! for its whole duration (one lock for all range sets of an ADD, unlike the reference's lock
+//! per set), so callers never lock themselves.
+
+use super::config::IpamConfig;
+use super::range::{canonical_ip, RangeSet};
+use super::store::{IpamStore, Lookup};
+use super::IpamError;
+use ipnet::IpNet;
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+/// One address handed out for one range set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// The address with its subnet's prefix length.
+    pub address: IpNet,
+    /// The range's gateway; always set today (the reference defaults it to the first host).
+    pub gateway: Option<IpAddr>,
+    /// Index into [`IpamConfig::ranges`].
+    pub range_set: usize,
+}
+
+/// Run `f` with the store locked; the lock is released on every path (and by the kernel if
+/// the process dies, since it is an flock).
+fn locked<S, T>(
+    store: &mut S,
+    f: impl FnOnce(&mut S) -> Result<T, IpamError>,
+) -> Result<T, IpamError>
+where
+    S: IpamStore + ?Sized,
+{
+    store.lock()?;
+    let out = f(store);
+    let unlocked = store.unlock();
+    let v = out?;
+    unlocked?;
+    Ok(v)
+}
+
+/// Allocate one address from every range set of `cfg` for (id, ifname). `requested` addresses
+/// must each fall into a distinct range set; that set then yields exactly that address. On any
+/// failure the addresses reserved by this call are released again.
+pub fn allocate<S: IpamStore + ?Sized>(
+    store: &mut S,
+    cfg: &IpamConfig,
+    id: &str,
+    ifname: &str,
+    requested: &[IpAddr],
+) -> Result<Vec<Allocation>, IpamError> {
+    check_attachment(id, ifname)?;
+    let wanted = assign_requested(&cfg.ranges, requested)?;
+    locked(store, |s| {
+        // Duplicate allocation is not allowed (spec); checked for every set before reserving.
+        let held = s.held_by(id, ifname, Lookup::Fast)?;
+        for set in &cfg.ranges {
+            if let Some(ip) = held.iter().find(|ip| set.contains(**ip)) {
+                return Err(IpamError::Duplicate {
+                    ip: *ip,
+                    id: id.to_string(),
+                    ifname: ifname.to_string(),
+                });
+            }
+        }
+        let mut done: Vec<Allocation> = Vec::with_capacity(cfg.ranges.len());
+        for (i, set) in cfg.ranges.iter().enumerate() {
+            match allocate_in_set(s, i, set, id, ifname, wanted[i]) {
+                Ok(a) => done.push(a),
+                Err(e) => {
+                    for a in &done {
+                        let _ = s.release_ip(a.address.addr());
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    })
+}
+
+/// The reservation file holds `<id>\r\n<ifname>`: neither may be empty or break that format.
+fn check_attachment(id: &str, ifname: &str) -> Result<(), IpamError> {
+    let bad = |reason| {
+        Err(IpamError::Attachment {
+            id: id.to_string(),
+            ifname: ifname.to_string(),
+            reason,
+        })
+    };
+    if id.trim().is_empty() || ifname.is_empty() {
+        return bad("empty container ID or ifname");
+    }
+    if id.trim().contains(['\r', '\n', '\0']) {
+        return bad("container ID contains a line break or NUL");
+    }
+    if ifname.contains(|c: char| c.is_whitespace() || c == '/' || c == '\0') {
+        return bad("ifname contains whitespace, '/' or NUL");
+    }
+    Ok(())
+}
+
+/// Map each requested address to the first set containing it; a set takes at most one.
+/// Leftovers (outside every set, or a second address for one set) are an error.
+fn assign_requested(
+    sets: &[RangeSet],
+    requested: &[IpAddr],
+) -> Result<Vec<Option<IpAddr>>, IpamError> {
+    let mut left: Vec<IpAddr> = Vec::new();
+    for ip in requested.iter().map(|i| canonical_ip(*i)) {
+        if !left.contains(&ip) {
+            left.push(ip);
+        }
+    }
+    let mut out = vec![None; sets.len()];
+    for (i, set) in sets.iter().enumerate() {
+        if let Some(pos) = left.iter().position(|ip| set.contains(*ip)) {
+            out[i] = Some(left.remove(pos));
+        }
+    }
+    if !left.is_empty() {
+        return Err(IpamError::RequestedUnassigned { ips: left });
+    }
+    Ok(out)
+}
+
+fn allocate_in_set<S: IpamStore + ?Sized>(
+    s: &mut S,
+    index: usize,
+    set: &RangeSet,
+    id: &str,
+    ifname: &str,
+    wanted: Option<IpAddr>,
+) -> Result<Allocation, IpamError> {
+    let found = |ri: usize, ip: IpAddr| {
+        let r = &set.0[ri];
+        Allocation {
+            address: IpNet::new(ip, r.subnet.prefix_len()).expect("prefix from a valid subnet"),
+            gateway: Some(r.gateway),
+            range_set: index,
+        }
+    };
+    if let Some(ip) = wanted {
+        let ri = set
+            .0
+            .iter()
+            .position(|r| r.contains(ip))
+            .expect("assigned by containment");
+        let r = &set.0[ri];
+        if ip == r.gateway {
+            return Err(IpamError::RequestedGateway { ip });
+        }
+        if r.is_reserved(ip) {
+            return Err(IpamError::RequestedReserved { ip });
+        }
+        if !s.reserve(id, ifname, ip, index)? {
+            return Err(IpamError::RequestedTaken {
+                ip,
+                range_set: set.to_string(),
+            });
+        }
+        return Ok(found(ri, ip));
+    }
+    let last = s.last_reserved(index).unwrap_or(None);
+    for (ri, ip) in set.candidates(last) {
+        if s.reserve(id, ifname, ip, index)? {
+            return Ok(found(ri, ip));
+        }
+    }
+    Err(IpamError::Exhausted {
+        index,
+        range_set: set.to_string(),
+    })
+}
+
+/// Release every address of (id, ifname). Idempotent: releasing nothing is success.
+pub fn release<S: IpamStore + ?Sized>(
+    store: &mut S,
+    id: &str,
+    ifname: &str,
+) -> Result<(), IpamError> {
+    locked(store, |s| s.release_owner(id, ifname).map(|_| ()))
+}
+
+/// Addresses held by (id, ifname), including ones the reference plugin reserved (for CHECK).
+pub fn held_by<S: IpamStore + ?Sized>(
+    store: &mut S,
+    id: &str,
+    ifname: &str,
+) -> Result<Vec<IpAddr>, IpamError> {
+    locked(store, |s| s.held_by(id, ifname, Lookup::Thorough))
+}
+
+/// CNI GC: release every reservation whose (containerID, ifname) is not in `valid`. A
+/// reservation in the reference's old format (container ID only) is kept if any valid
+/// attachment has that ID. Returns the released addresses, sorted.
+pub fn gc<S: IpamStore + ?Sized>(
+    store: &mut S,
+    valid: &[(String, String)],
+) -> Result<Vec<IpAddr>, IpamError> {
+    let pairs: HashSet<(&str, &str)> = valid.iter().map(|(i, n)| (i.trim(), n.as_str())).collect();
+    let ids: HashSet<&str> = valid.iter().map(|(i, _)| i.trim()).collect();
+    let keep = |id: &str, ifname: Option<&str>| match ifname {
+        Some(n) => pairs.contains(&(id, n)),
+        None => ids.contains(id),
+    };
+    locked(store, |s| {
+        let mut released = Vec::new();
+        for r in s.reservations()? {
+            if !keep(&r.id, r.ifname.as_deref()) && s.release_ip(r.ip)? {
+                released.push(r.ip);
+            }
+        }
+        s.forget_unless(&|id, ifname| keep(id, Some(ifname)))?;
+        released.sort();
+        Ok(released)
+    })
+}
+
+#[cfg(test)]
+#[path = "alloc_tests.rs"]
+mod tests;
