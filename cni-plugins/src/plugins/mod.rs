@@ -2,6 +2,7 @@
 
 pub mod bridge;
 pub mod firewall;
+pub mod host_local;
 pub mod loopback;
 pub mod portmap;
 pub mod static_ipam;
@@ -11,13 +12,20 @@ use crate::skel::Plugin;
 
 /// Every plugin this binary answers to, under the reference names.
 pub const NAMES: &[&str] = &[
-    "bridge", "firewall", "loopback", "portmap", "static", "tuning",
+    "bridge",
+    "firewall",
+    "host-local",
+    "loopback",
+    "portmap",
+    "static",
+    "tuning",
 ];
 
 pub fn by_name(name: &str) -> Option<&'static dyn Plugin> {
     Some(match name {
         "bridge" => &bridge::Bridge,
         "firewall" => &firewall::Firewall,
+        "host-local" => &host_local::HostLocal,
         "loopback" => &loopback::Loopback,
         "portmap" => &portmap::Portmap,
         "static" => &static_ipam::Static,
@@ -30,6 +38,7 @@ pub fn by_name(name: &str) -> Option<&'static dyn Plugin> {
 pub fn in_process_ipam(ty: &str) -> Option<&'static dyn Plugin> {
     match ty {
         "static" => Some(&static_ipam::Static),
+        "host-local" => Some(&host_local::HostLocal),
         _ => None,
     }
 }
