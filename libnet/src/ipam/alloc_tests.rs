@@ -130,6 +130,14 @@ fn requested_addresses() {
 }
 
 #[test]
+fn ipv4_mapped_requests_are_ipv4() {
+    let c = small();
+    let mut s = FakeStore::default();
+    let a = allocate(&mut s, &c, "a", "eth0", &[ip("::ffff:10.244.0.4")]).unwrap();
+    assert_eq!(addrs(&a), ["10.244.0.4/29"]);
+}
+
+#[test]
 fn explicit_network_address_cannot_be_requested() {
     let c = cfg(
         json!({"ranges": [[{"subnet": "10.244.0.0/29", "rangeStart": "10.244.0.0",

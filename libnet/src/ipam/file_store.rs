@@ -55,8 +55,8 @@ pub fn check_network_name(name: &str) -> Result<(), IpamError> {
     if name.starts_with('.') {
         return bad("starts with '.'");
     }
-    if name.len() > 200 {
-        return bad("longer than 200 bytes");
+    if name.len() > 255 {
+        return bad("longer than a file name may be (255 bytes)");
     }
     Ok(())
 }

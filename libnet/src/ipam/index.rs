@@ -205,3 +205,42 @@ pub(super) fn remove_tolerant(path: &Path, op: &'static str) -> Result<(), IpamE
         Err(e) => Err(IpamError::io(op, path, e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::file_store_tests::TempDir;
+
+    #[test]
+    fn entries_round_trip_and_collisions_are_refused() {
+        let t = TempDir::new("index");
+        let idx = Index::new(t.0.clone());
+        let ips: Vec<IpAddr> = vec![
+            "10.244.0.2".parse().unwrap(),
+            "fd00:6b6e::2".parse().unwrap(),
+        ];
+        assert!(idx.write("c1", "eth0", &ips).unwrap());
+        assert_eq!(idx.read("c1", "eth0"), ips);
+        assert!(idx.read("c1", "eth1").is_empty());
+        // Over-long names are hashed; a file there naming someone else is never overwritten.
+        let long = "y".repeat(300);
+        let p = idx.path(&long, "eth0");
+        assert!(p.file_name().unwrap().to_str().unwrap().starts_with("o.h"));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, "someone-else\neth0\n10.244.0.9\n").unwrap();
+        assert!(!idx.write(&long, "eth0", &ips).unwrap());
+        assert!(idx.read(&long, "eth0").is_empty());
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            "someone-else\neth0\n10.244.0.9\n"
+        );
+        let mut owners: Vec<String> = idx.entries().unwrap().into_iter().map(|e| e.id).collect();
+        owners.sort();
+        assert_eq!(owners, ["c1", "someone-else"]);
+        // Shorter content overwrites in place and is cut to length.
+        assert!(idx.write("c1", "eth0", &ips[..1]).unwrap());
+        assert_eq!(idx.read("c1", "eth0"), ips[..1]);
+        assert!(idx.write("c1", "eth0", &[]).unwrap());
+        assert!(idx.read("c1", "eth0").is_empty());
+    }
+}
