@@ -111,7 +111,7 @@ impl Drop for TmpDir {
 }
 
 fn nft(dir: &TmpDir) -> Nft<LibNft> {
-    Nft::with(LibNft::new().unwrap(), StateDir::new(&dir.0))
+    Nft::with(LibNft::new(), StateDir::new(&dir.0))
 }
 
 fn att(cid: &str) -> Attachment {

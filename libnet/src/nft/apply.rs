@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use super::error::NftError;
+use super::plan::ElemOp;
 use super::wire::WireElem;
 
 /// Runs nft scripts. Each call is one atomic transaction (nft batches a whole buffer).
@@ -24,6 +25,11 @@ pub trait NftApply {
     /// Default: one NFT_MSG_GETSETELEM over netlink, O(1) in the size of the table.
     fn lookup(&self, elem: &WireElem) -> Result<Option<Vec<u8>>, NftError> {
         super::wire::lookup(elem)
+    }
+    /// Apply element operations as one transaction, `comment` on every added element.
+    /// Default: one nfnetlink batch built by [`super::wire::batch`] (no libnftables).
+    fn elems(&self, op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftError> {
+        super::wire::apply(op, ops, comment)
     }
 }
 
@@ -113,10 +119,9 @@ fn lib() -> Result<&'static Lib, NftError> {
 pub struct LibNft;
 
 impl LibNft {
-    /// Check that the library loads.
-    pub fn new() -> Result<LibNft, NftError> {
-        lib()?;
-        Ok(LibNft)
+    /// The library is loaded on first use (only skeleton creation and GC need it).
+    pub fn new() -> LibNft {
+        LibNft
     }
 
     fn exec(&self, op: &'static str, script: &str, json: bool) -> Result<String, NftError> {

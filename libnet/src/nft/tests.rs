@@ -49,8 +49,11 @@ fn golden_masq() {
         "fd00:6b6e:1::5/64".parse().unwrap(),
     ];
     let elems = plan_masq(&ips);
-    golden("masq_add.nft", &render_add(&elems, &att().comment()));
-    golden("masq_del.nft", &render_del(&elems));
+    golden(
+        "masq_add.nft",
+        &render_ops(&ops_add(&elems), &att().comment()),
+    );
+    golden("masq_del.nft", &render_ops(&ops_del(&elems), "unused"));
 }
 
 #[test]
@@ -63,7 +66,10 @@ fn golden_portmap() {
     ];
     let ips = [ip("10.244.1.5"), ip("fd00:6b6e:1::5")];
     let elems = plan_portmap(&maps, &ips).unwrap();
-    golden("portmap_add.nft", &render_add(&elems, &att().comment()));
+    golden(
+        "portmap_add.nft",
+        &render_ops(&ops_add(&elems), &att().comment()),
+    );
 }
 
 #[test]
@@ -71,9 +77,9 @@ fn golden_firewall() {
     let ips = [ip("10.244.1.5"), ip("fd00:6b6e:1::5")];
     let open = plan_firewall("knbr0", &ips, IngressPolicy::Open).unwrap();
     let iso = plan_firewall("knbr0", &ips, IngressPolicy::SameBridge).unwrap();
-    let mut s = render_add(&open, "c");
+    let mut s = render_ops(&ops_add(&open), "c");
     s.push_str("# same-bridge\n");
-    s.push_str(&render_add(&iso, "c"));
+    s.push_str(&render_ops(&ops_add(&iso), "c"));
     golden("firewall_add.nft", &s);
 }
 
@@ -87,7 +93,10 @@ fn replace_deletes_only_stale() {
     let ips = [ip("10.244.1.5")];
     let old = plan_portmap(&[pm(8080, 80, "tcp", ""), pm(8081, 81, "tcp", "")], &ips).unwrap();
     let new = plan_portmap(&[pm(8080, 80, "tcp", "")], &ips).unwrap();
-    golden("portmap_replace.nft", &render_replace(&old, &new, "c"));
+    golden(
+        "portmap_replace.nft",
+        &render_ops(&ops_replace(&old, &new), "c"),
+    );
 }
 
 #[test]
@@ -137,7 +146,7 @@ fn comment_is_bounded_and_names_id() {
     assert_ne!(att().id(), Attachment::new("podman", "0123", "eth1").id());
 }
 
-/// Records scripts; reports "missing" until a skeleton was created.
+/// Records transactions (as nft syntax); reports "missing" until a skeleton was created.
 #[derive(Default)]
 struct Fake {
     scripts: RefCell<Vec<String>>,
@@ -145,18 +154,22 @@ struct Fake {
 }
 
 impl NftApply for Fake {
-    fn run(&self, op: &'static str, script: &str) -> Result<(), NftError> {
+    fn run(&self, _: &'static str, script: &str) -> Result<(), NftError> {
         self.scripts.borrow_mut().push(script.to_string());
-        if script.starts_with("create table") {
-            *self.have_table.borrow_mut() = true;
-        } else if !*self.have_table.borrow() {
-            return Err(NftError::apply(op, "Error: No such file or directory"));
-        }
+        *self.have_table.borrow_mut() |= script.starts_with("create table");
         Ok(())
     }
 
     fn query(&self, _: &'static str, _: &str, _: bool) -> Result<String, NftError> {
         Ok(r#"{"nftables":[]}"#.into())
+    }
+
+    fn elems(&self, op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftError> {
+        self.scripts.borrow_mut().push(render_ops(ops, comment));
+        if !*self.have_table.borrow() {
+            return Err(NftError::apply(op, "Error: No such file or directory"));
+        }
+        Ok(())
     }
 }
 
@@ -174,15 +187,15 @@ fn ensure_makes_skeleton_once_and_del_uses_state() {
         .unwrap();
     {
         let s = nft.apply.scripts.borrow();
-        assert_eq!(s.len(), 3, "try, retry under lock, create+elements");
+        assert_eq!(s.len(), 4, "try, retry under lock, skeleton, elements");
         assert!(s[2].starts_with("create table inet knit\n"));
-        assert!(s[2].ends_with(&s[0]));
+        assert_eq!(s[3], s[0]);
     }
     nft.ensure_masq(&a, &["10.244.1.5/24".parse().unwrap()])
         .unwrap();
     assert_eq!(
         nft.apply.scripts.borrow().len(),
-        4,
+        5,
         "table exists: one transaction"
     );
     nft.del_portmap(&a).unwrap();
