@@ -241,6 +241,57 @@ fn portmap_dnat_real_traffic_and_del() {
 }
 
 #[test]
+fn portmap_v6_dnat_real_traffic() {
+    let t = topo();
+    t.h.sh("ip addr add fd00:6b6e:8::1/64 dev kn-x nodad && ip addr add fd00:6b6e:9::1/64 dev kn-c nodad && sysctl -qw net.ipv6.conf.all.forwarding=1");
+    t.x.sh("ip addr add fd00:6b6e:8::2/64 dev eth0 nodad");
+    t.c.sh("ip addr add fd00:6b6e:9::2/64 dev eth0 nodad && ip -6 route add default via fd00:6b6e:9::1");
+    echo_peer_server(&t.c, "[fd00:6b6e:9::2]:8082");
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let cips = [ip("10.244.9.2"), ip("fd00:6b6e:9::2")];
+    let maps = [pm(18082, 8082, "")];
+    t.h.ns
+        .run_in(|| nft.ensure_portmap(&att("v6"), &maps, &cips))
+        .unwrap()
+        .unwrap();
+    // Fresh v6 links are still settling (link-local DAD, neighbour discovery): the very first
+    // SYN can be lost, so allow a few attempts.
+    let retry = |ns: &TestNs, addr: &str| {
+        (0..5)
+            .find_map(|_| {
+                connect_from(ns, addr)
+                    .map_err(|e| eprintln!("v6 connect: {e}"))
+                    .ok()
+            })
+            .expect("connect over v6")
+    };
+    let got = retry(&t.x, "[fd00:6b6e:8::1]:18082");
+    assert_eq!(got, "fd00:6b6e:8::2");
+    // Hairpin over v6 too.
+    assert_eq!(retry(&t.c, "[fd00:6b6e:8::1]:18082"), "fd00:6b6e:9::1");
+}
+
+#[test]
+fn many_mappings_in_one_call() {
+    let h = TestNs::new("h");
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let a = att("many");
+    let maps: Vec<PortMapping> = (0..500).map(|i| pm(22000 + i, 80, "")).collect();
+    let cips = [ip("10.244.15.2")];
+    h.ns.run_in(|| nft.ensure_portmap(&a, &maps, &cips))
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.elems("pm4_any").len(), 500);
+    h.ns.run_in(|| nft.check_portmap(&a, &maps, &cips))
+        .unwrap()
+        .unwrap();
+    h.ns.run_in(|| nft.del_portmap(&a)).unwrap().unwrap();
+    assert!(h.elems("pm4_any").is_empty());
+}
+
+#[test]
 fn portmap_host_ip_specific_and_conflict() {
     let t = topo();
     let dir = TmpDir::new();

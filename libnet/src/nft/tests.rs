@@ -234,3 +234,17 @@ fn state_dir_from_env() {
         std::path::Path::new(DEFAULT_STATE_DIR)
     );
 }
+
+#[test]
+fn golden_netlink_batch() {
+    let elems = plan_portmap(&[pm(8080, 80, "tcp", "")], &[ip("10.244.1.5")]).unwrap();
+    let mut ops = ops_del(&elems[..1]);
+    ops.extend(ops_add(&elems));
+    let bytes = super::wire::batch(&ops, "knit:c").unwrap();
+    let mut hex = String::new();
+    for (i, chunk) in bytes.chunks(16).enumerate() {
+        let line: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+        hex.push_str(&format!("{:04x}  {}\n", i * 16, line.join(" ")));
+    }
+    golden("portmap_batch.hex", &hex);
+}

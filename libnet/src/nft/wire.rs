@@ -264,9 +264,13 @@ pub fn apply(op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftE
     let mut acks = 0;
     let mut first_err: Option<(usize, i32)> = None;
     while acks < ops.len() {
-        let (buf, _) = sock
-            .recv_from_full()
-            .map_err(|e| NftError::apply(op, format!("recv: {e}")))?;
+        let Some(buf) = recv_queued(&sock, op)? else {
+            return Err(NftError::Apply {
+                op,
+                kind: crate::Kind::Internal,
+                text: format!("kernel answered {acks} of {} messages", ops.len()),
+            });
+        };
         for (ty, seq, body) in messages(&buf) {
             if ty != NLMSG_ERROR || body.len() < 4 {
                 continue;
@@ -298,6 +302,18 @@ pub fn apply(op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftE
                 text: format!("{what}: {err}"),
             })
         }
+    }
+}
+
+/// The next queued datagram, `None` when nothing more is queued. nfnetlink handles a request
+/// inside `send`, so every answer is already queued when `send` returns: never block for more.
+fn recv_queued(sock: &Socket, op: &'static str) -> Result<Option<Vec<u8>>, NftError> {
+    sock.set_non_blocking(true)
+        .map_err(|e| NftError::apply(op, format!("nonblock: {e}")))?;
+    match sock.recv_from_full() {
+        Ok((buf, _)) => Ok(Some(buf)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(NftError::apply(op, format!("recv: {e}"))),
     }
 }
 
@@ -379,9 +395,13 @@ pub fn lookup(e: &WireElem) -> Result<Option<Vec<u8>>, NftError> {
         .map_err(|err| NftError::apply("lookup", format!("send: {err}")))?;
     let mut found = None;
     loop {
-        let (buf, _) = sock
-            .recv_from_full()
-            .map_err(|err| NftError::apply("lookup", format!("recv: {err}")))?;
+        let Some(buf) = recv_queued(&sock, "lookup")? else {
+            return Err(NftError::Apply {
+                op: "lookup",
+                kind: crate::Kind::Internal,
+                text: format!("{}: no answer from the kernel", e.set),
+            });
+        };
         for (ty, _, body) in messages(&buf) {
             if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM {
                 found = Some(answer_data(body).unwrap_or_default());
