@@ -217,10 +217,11 @@ fn portmap_dnat_real_traffic_and_del() {
     );
     // The host itself through the output chain, and from 127.0.0.1 with route_localnet.
     assert!(connect_from(&t.h, "10.244.8.1:18080").is_ok());
-    t.h.sh(&format!(
-        "sysctl -qw {}=1",
-        libnet::nft::route_localnet_key("kn-c").replace('/', ".")
-    ));
+    let key = libnet::nft::route_localnet_key("kn-c");
+    t.h.ns
+        .run_in(|| libnet::sysctl::set(&key, "1"))
+        .unwrap()
+        .unwrap();
     assert_eq!(connect_from(&t.h, "127.0.0.1:18080").unwrap(), "10.244.9.1");
     // Hairpin: the container reaches its own mapped port, masqueraded to the host side.
     assert_eq!(

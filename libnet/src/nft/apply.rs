@@ -113,7 +113,8 @@ fn lib() -> Result<&'static Lib, NftError> {
         .map_err(|e| NftError::Library(e.clone()))
 }
 
-/// libnftables in-process. A fresh context per call, so the netlink socket is opened in the
+/// libnftables in-process (falling back to forking `nft` if the library cannot be loaded).
+/// A fresh context per call, so the netlink socket is opened in the
 /// calling thread's network namespace and no stale cache is ever reused.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LibNft;
@@ -125,7 +126,15 @@ impl LibNft {
     }
 
     fn exec(&self, op: &'static str, script: &str, json: bool) -> Result<String, NftError> {
-        let lib = lib()?;
+        let Ok(lib) = lib() else {
+            // No libnftables on this host: the nft binary does the same, only slower.
+            let args: &[&str] = if json {
+                &["-j", "-f", "-"]
+            } else {
+                &["-f", "-"]
+            };
+            return NftCli.exec(op, args, script);
+        };
         let cmd = CString::new(script).map_err(|_| NftError::invalid("nft script", "NUL byte"))?;
         // SAFETY: the context is created, used and freed within this call on this thread; the
         // buffers returned by get_output/get_error live until nft_ctx_free and are copied first.
