@@ -444,6 +444,7 @@ fn gc_removes_invalid_attachments_and_leaked_elements() {
     let dir = TmpDir::new();
     let nft = nft(&dir);
     let (keep, stale, leaked) = (att("gc-keep"), att("gc-stale"), att("gc-leak"));
+    let other = Attachment::new("knt-other", "gc-other", "eth0");
     let cips = |n: u8| [IpAddr::from([10, 244, 11, n])];
     h.ns.run_in(|| {
         nft.ensure_portmap(&keep, &[pm(20001, 80, "")], &cips(2))
@@ -452,18 +453,25 @@ fn gc_removes_invalid_attachments_and_leaked_elements() {
             .unwrap();
         nft.ensure_portmap(&leaked, &[pm(20003, 80, "")], &cips(4))
             .unwrap();
+        nft.ensure_portmap(&other, &[pm(20004, 80, "")], &cips(5))
+            .unwrap();
     })
     .unwrap();
     // Lose the state file of `leaked`: only its element comments remain.
     for p in dir_has(&dir, "gc-leak") {
         std::fs::remove_file(p).unwrap();
     }
-    h.ns.run_in(|| nft.gc(std::slice::from_ref(&keep)))
+    h.ns.run_in(|| nft.gc("knt-net", std::slice::from_ref(&keep)))
         .unwrap()
         .unwrap();
     let left = h.elems("pm4_any");
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert_eq!(h.elems("hairpin4").len(), 1);
+    assert_eq!(left.len(), 2, "keep's and the other network's: {left:?}");
+    assert_eq!(h.elems("hairpin4").len(), 2);
+    assert!(nft
+        .state()
+        .read(&other, Feature::Portmap)
+        .unwrap()
+        .is_some());
     assert!(nft
         .state()
         .read(&stale, Feature::Portmap)

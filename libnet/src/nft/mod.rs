@@ -304,12 +304,13 @@ impl<A: NftApply> Nft<A> {
         Ok(())
     }
 
-    /// CNI GC: remove everything of attachments not in `valid`, found through the state files
-    /// and through element comments (elements whose state file was lost).
-    pub fn gc(&self, valid: &[Attachment]) -> Result<(), NftError> {
+    /// CNI GC of `network`: remove everything of its attachments not in `valid`, found through
+    /// the state files and through element comments (elements whose state file was lost).
+    /// Other networks' attachments are never touched.
+    pub fn gc(&self, network: &str, valid: &[Attachment]) -> Result<(), NftError> {
         let keep: HashSet<String> = valid.iter().map(Attachment::id).collect();
         for rec in self.state.list()? {
-            if !keep.contains(&rec.attachment.id()) {
+            if rec.attachment.network == network && !keep.contains(&rec.attachment.id()) {
                 self.del_elems(&rec.elems)?;
                 self.state.remove(&rec.attachment, rec.feature)?;
             }
@@ -322,7 +323,7 @@ impl<A: NftApply> Nft<A> {
             Err(e) if e.is_missing() => return Ok(()),
             Err(e) => return Err(e),
         };
-        let script = gc::leaked_json(&listing, &keep)?;
+        let script = gc::leaked_json(&listing, network, &keep)?;
         if let Some(script) = script {
             self.apply.query("gc", &script, true)?;
         }

@@ -212,7 +212,12 @@ fn ensure_makes_skeleton_once_and_del_uses_state() {
         n,
         "second DEL: nothing to do"
     );
-    nft.gc(&[]).unwrap();
+    nft.gc("other-net", &[]).unwrap();
+    assert!(
+        nft.state.read(&a, Feature::Masq).unwrap().is_some(),
+        "another network's GC"
+    );
+    nft.gc("podman", &[]).unwrap();
     assert!(
         nft.state.read(&a, Feature::Masq).unwrap().is_none(),
         "gc removed masq"
