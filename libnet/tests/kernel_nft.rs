@@ -377,6 +377,12 @@ fn del_tolerates_elements_or_table_already_gone() {
     run(&|| nft.ensure_masq(&a, &ips)).unwrap();
     run(&|| nft.ensure_firewall(&b, "knbr0", &[ip("10.244.9.3")], IngressPolicy::SameBridge))
         .unwrap();
+    // Another attachment cannot take a's elements, and its DEL leaves them alone.
+    let thief = att("thief");
+    let e = run(&|| nft.ensure_masq(&thief, &ips)).unwrap_err();
+    assert_eq!(e.kind(), Kind::Exists, "{e}");
+    run(&|| nft.del_masq(&thief)).unwrap();
+    run(&|| nft.check_masq(&a, &ips)).unwrap();
     // Someone removed a's elements behind our back: DEL still succeeds and clears its state.
     h.sh("nft flush set inet knit masq4; nft flush set inet knit masq_skip6");
     run(&|| nft.del_masq(&a)).unwrap();

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use super::error::NftError;
+use super::lookup::Found;
 use super::plan::ElemOp;
 use super::wire::WireElem;
 
@@ -21,10 +22,10 @@ pub trait NftApply {
     fn run(&self, op: &'static str, script: &str) -> Result<(), NftError>;
     /// Run a read command (`list ...`, `get ...`) and return its output; `json` asks for JSON.
     fn query(&self, op: &'static str, cmd: &str, json: bool) -> Result<String, NftError>;
-    /// Look one element up: `None` if absent, else its map data (empty for a set element).
-    /// Default: one NFT_MSG_GETSETELEM over netlink, O(1) in the size of the table.
-    fn lookup(&self, elem: &WireElem) -> Result<Option<Vec<u8>>, NftError> {
-        super::wire::lookup(elem)
+    /// Look elements up: `None` if absent, else their map data and comment.
+    /// Default: one NFT_MSG_GETSETELEM each over one netlink socket, O(1) in the table's size.
+    fn lookup(&self, elems: &[WireElem]) -> Result<Vec<Option<Found>>, NftError> {
+        super::lookup::lookup(elems)
     }
     /// Apply element operations as one transaction, `comment` on every added element.
     /// Default: one nfnetlink batch built by [`super::wire::batch`] (no libnftables).

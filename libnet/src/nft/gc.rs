@@ -53,7 +53,10 @@ pub(super) fn leaked_json(
             if net != network || keep.contains(id) {
                 continue;
             }
-            let target = |elem: Value| json!({"element": {"family": "inet", "table": "knit", "name": name, "elem": [elem]}});
+            let target = |elem: Value| {
+                let e = json!({"family": "inet", "table": "knit", "name": name, "elem": [elem]});
+                json!({ "element": e })
+            };
             cmds.push(json!({ "add": target(el.clone()) }));
             cmds.push(json!({ "delete": target(key.clone()) }));
         }

@@ -29,14 +29,19 @@
 //! dir's flock, retries, and if still missing creates the skeleton with libnftables
 //! (`create table inet knit` + skeleton in one transaction: `create` fails if the table exists,
 //! so the fixed rules are never duplicated) and applies the elements again. A failed ADD leaves
-//! none of its elements (the shared skeleton may stay). DEL sends `add element X; delete element
-//! X` pairs (nft 1.0.6 and its kernel interface have no `destroy`), which never fail on a missing
-//! element; if such a batch still fails (a map key now holds another attachment's value) each
-//! element is retried alone and "not ours" is skipped. After a successful ADD the elements are
-//! recorded in `<state dir>/<attachment id>.<feature>.json` (written, fsynced, renamed) and DEL
-//! reads them from there, so DEL needs only (network, container id, ifname). Every element also
-//! carries the comment `knit:<attachment id> net/cid/if`, so [`Nft::gc`] finds leaked ones
-//! (state file lost) by listing only our table.
+//! none of its elements (the shared skeleton may stay).
+//!
+//! Every element carries the comment `knit:<attachment id> <network>/<cid>/<if>` and is owned by
+//! that attachment: before adding, ensure looks its new elements up (one GETSETELEM each, over
+//! one socket) and refuses with `Exists` if another attachment (or a hand-made element) has one;
+//! del looks its recorded elements up and deletes only those still present and still its own,
+//! so DEL never takes another attachment's element and costs no transaction when everything is
+//! already gone. The delete batch still uses `add element X; delete element X` pairs (nft 1.0.6
+//! and its kernel interface have no `destroy`), so an element vanishing meanwhile cannot fail
+//! it. After a successful ADD the elements are recorded in `<state dir>/<attachment
+//! id>.<feature>.json` (written, fsynced, renamed) and DEL reads them from there, so DEL needs
+//! only (network, container id, ifname). [`Nft::gc`] uses the state files and, for elements
+//! whose state file was lost, the comments (listing only our table).
 //!
 //! # How state grows
 //! Per attachment: masq 2 elements per address, portmap 1 per mapping and family plus 2 per
@@ -50,8 +55,8 @@
 //!   (+0.6-0.8 ms to dlopen it once per process); forked `nft -f -` 2.5-8 ms. Hence elements go
 //!   over netlink and libnftables is loaded only to create the skeleton (once per namespace,
 //!   ~28 ms including the dlopen) and for GC.
-//! - A whole `ensure_portmap` (state read, batch, state write): 0.03-0.04 ms with the state dir on
-//!   tmpfs, the same with 50 or 1,000 attachments present. On this ext4 the state file's fsync
+//! - A whole `ensure_portmap` (state read, ownership lookups, batch, state write): ~0.05 ms with
+//!   the state dir on tmpfs, the same with 50 or 1,000 attachments present. On this ext4 the state file's fsync
 //!   dominates: median ~0.5 ms, 3-5 ms while others compile. The state need not outlive a reboot
 //!   (neither do the elements), so a state dir under /run would drop that cost; the default stays
 //!   /var/lib/cni/knit/nft as specified.
@@ -69,6 +74,7 @@
 
 mod apply;
 mod error;
+mod lookup;
 pub mod plan;
 mod state;
 mod wire;
@@ -80,6 +86,7 @@ use ipnet::IpNet;
 
 pub use apply::{LibNft, NftApply, NftCli};
 pub use error::NftError;
+pub use lookup::Found;
 pub use plan::{Elem, ElemOp, IngressPolicy, PortMapping, Proto, RawPortMapping};
 pub use state::{Attachment, Feature, Record, StateDir, DEFAULT_STATE_DIR, STATE_DIR_ENV};
 pub use wire::WireElem;
@@ -195,7 +202,11 @@ impl<A: NftApply> Nft<A> {
             .read(att, feature)?
             .map(|r| r.elems)
             .unwrap_or_default();
-        let ops = plan::ops_replace(&old, &elems);
+        let fresh: Vec<Elem> = elems.iter().filter(|e| !old.contains(e)).cloned().collect();
+        self.refuse_foreign(att, &fresh)?;
+        let stale: Vec<Elem> = old.iter().filter(|e| !elems.contains(e)).cloned().collect();
+        let stale = self.owned(att, &stale)?;
+        let ops = plan::ops_replace(&stale, &elems);
         if !ops.is_empty() {
             self.elems_with_skeleton(&ops, &att.comment())?;
         }
@@ -207,6 +218,44 @@ impl<A: NftApply> Nft<A> {
             feature,
             elems,
         })
+    }
+
+    /// Fail if one of `elems` is already there under another owner: adding it would be a no-op
+    /// and a later DEL of that owner would take it from us (or ours from them).
+    fn refuse_foreign(&self, att: &Attachment, elems: &[Elem]) -> Result<(), NftError> {
+        let wire: Vec<WireElem> = elems
+            .iter()
+            .map(WireElem::encode)
+            .collect::<Result<_, _>>()?;
+        let me = att.id();
+        for (e, found) in elems.iter().zip(self.apply.lookup(&wire)?) {
+            if let Some(f) = found.filter(|f| f.owner() != Some(me.as_str())) {
+                return Err(NftError::Taken {
+                    attachment: att.to_string(),
+                    element: format!("{} {{ {} }}", e.set, e.key),
+                    owner: f
+                        .comment
+                        .unwrap_or_else(|| "an element without comment".into()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The elements of `elems` that are present and carry this attachment's comment.
+    fn owned(&self, att: &Attachment, elems: &[Elem]) -> Result<Vec<Elem>, NftError> {
+        let wire: Vec<WireElem> = elems
+            .iter()
+            .map(WireElem::encode)
+            .collect::<Result<_, _>>()?;
+        let me = att.id();
+        let found = self.apply.lookup(&wire)?;
+        Ok(elems
+            .iter()
+            .zip(found)
+            .filter(|(_, f)| f.as_ref().and_then(Found::owner) == Some(me.as_str()))
+            .map(|(e, _)| e.clone())
+            .collect())
     }
 
     /// Retry a few times when the kernel says "try again" (a dump interrupted by a concurrent
@@ -255,19 +304,24 @@ impl<A: NftApply> Nft<A> {
         let Some(rec) = self.state.read(att, feature)? else {
             return Ok(());
         };
-        self.del_elems(&rec.elems)?;
+        self.del_elems(att, &rec.elems)?;
         self.state.remove(att, feature)
     }
 
-    /// Delete tolerantly. If the batch fails (the table is gone: fine; a map key was taken over
-    /// by another attachment with a different value: not ours, leave it), retry one by one.
-    fn del_elems(&self, elems: &[Elem]) -> Result<(), NftError> {
-        match self.elems("del", &plan::ops_del(elems), "") {
+    /// Delete tolerantly what is still there and still ours (elements already gone cost no
+    /// transaction). If the batch fails anyway (the table went away meanwhile: fine), retry
+    /// one by one and skip what is gone or no longer ours.
+    fn del_elems(&self, att: &Attachment, elems: &[Elem]) -> Result<(), NftError> {
+        let mine = self.owned(att, elems)?;
+        if mine.is_empty() {
+            return Ok(());
+        }
+        match self.elems("del", &plan::ops_del(&mine), "") {
             Ok(()) => return Ok(()),
             Err(e) if e.is_missing() => return Ok(()),
             Err(_) => {}
         }
-        for e in elems {
+        for e in &mine {
             match self.elems("del", &plan::ops_del(std::slice::from_ref(e)), "") {
                 Ok(()) => {}
                 Err(err)
@@ -278,17 +332,18 @@ impl<A: NftApply> Nft<A> {
         Ok(())
     }
 
-    /// One NFT_MSG_GETSETELEM per element, compared with the planned key and map data.
-    /// (libnftables' `get element` would dump every element first: O(table) instead of O(1).)
+    /// One NFT_MSG_GETSETELEM per element over one socket, compared with the planned key, map
+    /// data and owner. (libnftables' `get element` would dump every element first.)
     fn check(&self, att: &Attachment, elems: &[Elem]) -> Result<(), NftError> {
-        for e in elems {
-            let want = WireElem::encode(e)?;
-            let got = self.apply.lookup(&want)?;
-            let ok = match (&got, &want.data) {
-                (None, _) => false,
-                (Some(d), Some(w)) => d == w,
-                (Some(_), None) => true,
-            };
+        let wire: Vec<WireElem> = elems
+            .iter()
+            .map(WireElem::encode)
+            .collect::<Result<_, _>>()?;
+        let me = att.id();
+        for ((e, w), found) in elems.iter().zip(&wire).zip(self.apply.lookup(&wire)?) {
+            let ok = found.is_some_and(|f| {
+                f.owner() == Some(me.as_str()) && w.data.as_ref().is_none_or(|d| *d == f.data)
+            });
             if !ok {
                 let value = e
                     .value
@@ -311,7 +366,7 @@ impl<A: NftApply> Nft<A> {
         let keep: HashSet<String> = valid.iter().map(Attachment::id).collect();
         for rec in self.state.list()? {
             if rec.attachment.network == network && !keep.contains(&rec.attachment.id()) {
-                self.del_elems(&rec.elems)?;
+                self.del_elems(&rec.attachment, &rec.elems)?;
                 self.state.remove(&rec.attachment, rec.feature)?;
             }
         }

@@ -146,11 +146,15 @@ fn comment_is_bounded_and_names_id() {
     assert_ne!(att().id(), Attachment::new("podman", "0123", "eth1").id());
 }
 
-/// Records transactions (as nft syntax); reports "missing" until a skeleton was created.
+type Key = (String, Vec<u8>);
+
+/// Records transactions (as nft syntax) and keeps the elements they leave; reports "missing"
+/// until a skeleton was created.
 #[derive(Default)]
 struct Fake {
     scripts: RefCell<Vec<String>>,
     have_table: RefCell<bool>,
+    elems: RefCell<std::collections::HashMap<Key, Found>>,
 }
 
 impl NftApply for Fake {
@@ -169,7 +173,33 @@ impl NftApply for Fake {
         if !*self.have_table.borrow() {
             return Err(NftError::apply(op, "Error: No such file or directory"));
         }
+        let mut have = self.elems.borrow_mut();
+        for op in ops {
+            let (ElemOp::Add(e) | ElemOp::Touch(e) | ElemOp::Del(e)) = op;
+            let w = WireElem::encode(e).unwrap();
+            let key = (w.set.clone(), w.key.clone());
+            match op {
+                ElemOp::Add(_) => {
+                    have.entry(key).or_insert(Found {
+                        data: w.data.unwrap_or_default(),
+                        comment: Some(comment.to_string()),
+                    });
+                }
+                ElemOp::Touch(_) => {}
+                ElemOp::Del(_) => {
+                    have.remove(&key);
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn lookup(&self, elems: &[WireElem]) -> Result<Vec<Option<Found>>, NftError> {
+        let have = self.elems.borrow();
+        Ok(elems
+            .iter()
+            .map(|w| have.get(&(w.set.clone(), w.key.clone())).cloned())
+            .collect())
     }
 }
 
@@ -252,4 +282,31 @@ fn golden_netlink_batch() {
         hex.push_str(&format!("{:04x}  {}\n", i * 16, line.join(" ")));
     }
     golden("portmap_batch.hex", &hex);
+}
+
+#[test]
+fn elements_of_another_attachment_are_refused_and_never_deleted() {
+    let nft = Nft::with(Fake::default(), tmp_state("owner"));
+    let (a, b) = (att(), Attachment::new("podman", "other", "eth0"));
+    let ips: Vec<IpNet> = vec!["10.244.1.5/24".parse().unwrap()];
+    nft.ensure_masq(&a, &ips).unwrap();
+    nft.ensure_masq(&a, &ips).unwrap();
+    let e = nft.ensure_masq(&b, &ips).unwrap_err();
+    assert_eq!(e.kind(), Kind::Exists, "{e}");
+    nft.check_masq(&a, &ips).unwrap();
+    assert_eq!(nft.check_masq(&b, &ips).unwrap_err().kind(), Kind::NotFound);
+    // b's DEL (nothing recorded) and a stale record of b leave a's elements alone.
+    nft.del_masq(&b).unwrap();
+    nft.state
+        .write(&Record {
+            attachment: b.clone(),
+            feature: Feature::Masq,
+            elems: plan_masq(&ips),
+        })
+        .unwrap();
+    nft.del_masq(&b).unwrap();
+    nft.check_masq(&a, &ips).unwrap();
+    nft.del_masq(&a).unwrap();
+    assert!(nft.check_masq(&a, &ips).is_err());
+    let _ = std::fs::remove_dir_all(nft.state.dir());
 }

@@ -1,6 +1,5 @@
-//! nf_tables netlink encoding of our elements, and a one-element lookup (NFT_MSG_GETSETELEM with
-//! a key) that costs O(1) whatever the table holds — libnftables' `get element` first dumps every
-//! element of every set (about 25 µs per element here), which would make CHECK grow with the host.
+//! nf_tables netlink encoding of our elements: the batches ensure/del send (NEWSETELEM and
+//! DELSETELEM between BATCH_BEGIN/END) and the one-key GETSETELEM requests of [`super::lookup`].
 //!
 //! Key layout as the kernel wants it: the concatenated fields, each padded to 4 bytes (ipv4 4,
 //! ipv6 16, inet_proto 1→4, inet_service 2 big-endian→4, ifname 16); an interval concatenation
@@ -14,27 +13,27 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use super::error::NftError;
 use super::plan::{Elem, ElemOp, Proto};
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETSETELEM: u16 = 13;
-const NFT_MSG_NEWSETELEM: u16 = 12;
+pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFTA_SET_ELEM_USERDATA: u16 = 6;
+pub(super) const NFTA_SET_ELEM_USERDATA: u16 = 6;
 /// libnftnl's user-data TLV type for an element comment.
-const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
+pub(super) const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
 const NLM_F_CREATE: u16 = 0x400;
 const NFPROTO_INET: u8 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
+pub(super) const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
-const NFTA_DATA_VALUE: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 /// The table name inside `inet knit`.
@@ -241,7 +240,7 @@ pub fn batch(ops: &[ElemOp], comment: &str) -> Result<Vec<u8>, NftError> {
 }
 
 /// A netlink socket for nf_tables in the calling thread's namespace.
-fn socket(op: &'static str) -> Result<Socket, NftError> {
+pub(super) fn socket(op: &'static str) -> Result<Socket, NftError> {
     let io = |what: &str, err: std::io::Error| NftError::apply(op, format!("{what}: {err}"));
     let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| io("socket", e))?;
     sock.bind_auto().map_err(|e| io("bind", e))?;
@@ -307,7 +306,7 @@ pub fn apply(op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftE
 
 /// The next queued datagram, `None` when nothing more is queued. nfnetlink handles a request
 /// inside `send`, so every answer is already queued when `send` returns: never block for more.
-fn recv_queued(sock: &Socket, op: &'static str) -> Result<Option<Vec<u8>>, NftError> {
+pub(super) fn recv_queued(sock: &Socket, op: &'static str) -> Result<Option<Vec<u8>>, NftError> {
     sock.set_non_blocking(true)
         .map_err(|e| NftError::apply(op, format!("nonblock: {e}")))?;
     match sock.recv_from_full() {
@@ -318,7 +317,7 @@ fn recv_queued(sock: &Socket, op: &'static str) -> Result<Option<Vec<u8>>, NftEr
 }
 
 /// The netlink messages in a datagram: (type, seq, payload after the header).
-fn messages(mut b: &[u8]) -> Vec<(u16, u32, &[u8])> {
+pub(super) fn messages(mut b: &[u8]) -> Vec<(u16, u32, &[u8])> {
     let mut out = Vec::new();
     while b.len() >= 16 {
         let len = (u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize).min(b.len());
@@ -375,49 +374,8 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn find(b: &[u8], ty: u16) -> Option<&[u8]> {
+pub(super) fn find(b: &[u8], ty: u16) -> Option<&[u8]> {
     attrs(b).find(|(t, _)| *t == ty).map(|(_, p)| p)
-}
-
-/// The data value of the (single) element in a NEWSETELEM answer.
-fn answer_data(body: &[u8]) -> Option<Vec<u8>> {
-    let list = find(body.get(4..)?, NFTA_SET_ELEM_LIST_ELEMENTS)?;
-    let el = find(list, NFTA_LIST_ELEM)?;
-    let data = find(el, NFTA_SET_ELEM_DATA)?;
-    find(data, NFTA_DATA_VALUE).map(<[u8]>::to_vec)
-}
-
-/// Look one element up in the calling thread's namespace. `Ok(None)`: absent (or no table).
-/// `Ok(Some(data))`: present, with its map data (empty for a plain set).
-pub fn lookup(e: &WireElem) -> Result<Option<Vec<u8>>, NftError> {
-    let sock = socket("lookup")?;
-    sock.send(&e.get_request(1), 0)
-        .map_err(|err| NftError::apply("lookup", format!("send: {err}")))?;
-    let mut found = None;
-    loop {
-        let Some(buf) = recv_queued(&sock, "lookup")? else {
-            return Err(NftError::Apply {
-                op: "lookup",
-                kind: crate::Kind::Internal,
-                text: format!("{}: no answer from the kernel", e.set),
-            });
-        };
-        for (ty, _, body) in messages(&buf) {
-            if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM {
-                found = Some(answer_data(body).unwrap_or_default());
-            } else if ty == NLMSG_ERROR && body.len() >= 4 {
-                let errno = -i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
-                return match errno {
-                    0 => Ok(found),
-                    libc::ENOENT => Ok(None),
-                    n => Err(NftError::apply(
-                        "lookup",
-                        format!("{}: {}", e.set, std::io::Error::from_raw_os_error(n)),
-                    )),
-                };
-            }
-        }
-    }
 }
 
 #[cfg(test)]
