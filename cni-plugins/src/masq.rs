@@ -21,19 +21,17 @@ pub fn valid_attachments(a: &Args) -> Vec<Attachment> {
 pub fn ensure(a: &Args, r: &CniResult) -> Result<(), CniError> {
     let ips: Vec<_> = r.ips.iter().map(|ip| ip.address).collect();
     Nft::new()
-        .cni()?
         .ensure_masq(&attachment(a), &ips)
         .cni_ctx("ipMasq")
 }
 
 pub fn del(a: &Args) -> Result<(), CniError> {
-    Nft::new().cni()?.del_masq(&attachment(a)).cni_ctx("ipMasq")
+    Nft::new().del_masq(&attachment(a)).cni_ctx("ipMasq")
 }
 
 pub fn check(a: &Args, prev: &CniResult) -> Result<(), CniError> {
     let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address).collect();
     Nft::new()
-        .cni()?
         .check_masq(&attachment(a), &ips)
         .cni_ctx("ipMasq")
 }
@@ -41,7 +39,6 @@ pub fn check(a: &Args, prev: &CniResult) -> Result<(), CniError> {
 /// GC of this network's nftables state (every feature) for attachments not in the valid list.
 pub fn gc(a: &Args) -> Result<(), CniError> {
     Nft::new()
-        .cni()?
         .gc(&a.conf.name, &valid_attachments(a))
         .cni_ctx("GC of nftables state")
 }

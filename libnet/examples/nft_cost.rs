@@ -1,7 +1,7 @@
 //! Measures what the nft layer costs per CNI call in a throwaway namespace (root):
 //! `cargo run --release -p libnet --example nft_cost [STATE_DIR]`.
-//! Prints: one element transaction through libnftables vs a forked `nft -f -`, the state file
-//! write, a whole ensure_portmap with 0 and 1,000 attachments present, and a whole del_portmap.
+//! Prints: one element transaction over netlink vs libnftables vs a forked `nft -f -`, the state
+//! file write, a whole ensure_portmap with 0 and 1,000 attachments present, and a whole del_portmap.
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ fn main() {
     let dir = std::env::args()
         .nth(1)
         .unwrap_or_else(|| format!("/tmp/knt-{pid}-cost-state"));
-    let nft = Nft::with(LibNft::new().unwrap(), StateDir::new(&dir));
+    let nft = Nft::with(LibNft::new(), StateDir::new(&dir));
     let pm = |port: u32| {
         RawPortMapping {
             host_port: i64::from(port),
@@ -46,8 +46,13 @@ fn main() {
     let cip = |i: u32| IpAddr::from([10, 244, 40 + (i / 250) as u8, (i % 250) as u8 + 2]);
     ns.run_in(|| {
         let att = |i: u32| Attachment::new("knt-cost", &format!("c{i}"), "eth0");
+        let t0 = Instant::now();
         nft.ensure_portmap(&att(0), &[pm(40000)], &[cip(0)])
             .unwrap();
+        println!(
+            "first ensure (dlopen libnftables, skeleton): {:?}",
+            t0.elapsed()
+        );
         let lib = time(50, |i| {
             let s = format!("add element inet knit masq4 {{ 10.244.60.{} }}\n", i + 2);
             LibNft.run("add", &s).unwrap();
@@ -82,6 +87,17 @@ fn main() {
             };
             st.write(&rec).unwrap();
         });
+        let raw = time(50, |i| {
+            let e = libnet::nft::Elem {
+                set: "masq4".into(),
+                key: format!("10.244.62.{}", i + 2),
+                value: None,
+            };
+            nft.apply()
+                .elems("add", &[libnet::nft::ElemOp::Add(e)], "c")
+                .unwrap();
+        });
+        println!("one element add, netlink batch:          {raw:?} (median)");
         println!("one element add, libnftables in-process: {lib:?} (median)");
         println!("state file write + fsync:                {write:?}");
         println!("one element add, forked nft -f -:        {cli:?}");

@@ -111,7 +111,7 @@ impl Drop for TmpDir {
 }
 
 fn nft(dir: &TmpDir) -> Nft<LibNft> {
-    Nft::with(LibNft::new().unwrap(), StateDir::new(&dir.0))
+    Nft::with(LibNft::new(), StateDir::new(&dir.0))
 }
 
 fn att(cid: &str) -> Attachment {
@@ -217,10 +217,11 @@ fn portmap_dnat_real_traffic_and_del() {
     );
     // The host itself through the output chain, and from 127.0.0.1 with route_localnet.
     assert!(connect_from(&t.h, "10.244.8.1:18080").is_ok());
-    t.h.sh(&format!(
-        "sysctl -qw {}=1",
-        libnet::nft::route_localnet_key("kn-c").replace('/', ".")
-    ));
+    let key = libnet::nft::route_localnet_key("kn-c");
+    t.h.ns
+        .run_in(|| libnet::sysctl::set(&key, "1"))
+        .unwrap()
+        .unwrap();
     assert_eq!(connect_from(&t.h, "127.0.0.1:18080").unwrap(), "10.244.9.1");
     // Hairpin: the container reaches its own mapped port, masqueraded to the host side.
     assert_eq!(
@@ -238,6 +239,57 @@ fn portmap_dnat_real_traffic_and_del() {
     assert_eq!(e.unwrap_err().kind(), Kind::NotFound);
     // Idempotent DEL.
     t.h.ns.run_in(|| nft.del_portmap(&a)).unwrap().unwrap();
+}
+
+#[test]
+fn portmap_v6_dnat_real_traffic() {
+    let t = topo();
+    t.h.sh("ip addr add fd00:6b6e:8::1/64 dev kn-x nodad && ip addr add fd00:6b6e:9::1/64 dev kn-c nodad && sysctl -qw net.ipv6.conf.all.forwarding=1");
+    t.x.sh("ip addr add fd00:6b6e:8::2/64 dev eth0 nodad");
+    t.c.sh("ip addr add fd00:6b6e:9::2/64 dev eth0 nodad && ip -6 route add default via fd00:6b6e:9::1");
+    echo_peer_server(&t.c, "[fd00:6b6e:9::2]:8082");
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let cips = [ip("10.244.9.2"), ip("fd00:6b6e:9::2")];
+    let maps = [pm(18082, 8082, "")];
+    t.h.ns
+        .run_in(|| nft.ensure_portmap(&att("v6"), &maps, &cips))
+        .unwrap()
+        .unwrap();
+    // Fresh v6 links are still settling (link-local DAD, neighbour discovery): the very first
+    // SYN can be lost, so allow a few attempts.
+    let retry = |ns: &TestNs, addr: &str| {
+        (0..5)
+            .find_map(|_| {
+                connect_from(ns, addr)
+                    .map_err(|e| eprintln!("v6 connect: {e}"))
+                    .ok()
+            })
+            .expect("connect over v6")
+    };
+    let got = retry(&t.x, "[fd00:6b6e:8::1]:18082");
+    assert_eq!(got, "fd00:6b6e:8::2");
+    // Hairpin over v6 too.
+    assert_eq!(retry(&t.c, "[fd00:6b6e:8::1]:18082"), "fd00:6b6e:9::1");
+}
+
+#[test]
+fn many_mappings_in_one_call() {
+    let h = TestNs::new("h");
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let a = att("many");
+    let maps: Vec<PortMapping> = (0..500).map(|i| pm(22000 + i, 80, "")).collect();
+    let cips = [ip("10.244.15.2")];
+    h.ns.run_in(|| nft.ensure_portmap(&a, &maps, &cips))
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.elems("pm4_any").len(), 500);
+    h.ns.run_in(|| nft.check_portmap(&a, &maps, &cips))
+        .unwrap()
+        .unwrap();
+    h.ns.run_in(|| nft.del_portmap(&a)).unwrap().unwrap();
+    assert!(h.elems("pm4_any").is_empty());
 }
 
 #[test]
@@ -325,6 +377,12 @@ fn del_tolerates_elements_or_table_already_gone() {
     run(&|| nft.ensure_masq(&a, &ips)).unwrap();
     run(&|| nft.ensure_firewall(&b, "knbr0", &[ip("10.244.9.3")], IngressPolicy::SameBridge))
         .unwrap();
+    // Another attachment cannot take a's elements, and its DEL leaves them alone.
+    let thief = att("thief");
+    let e = run(&|| nft.ensure_masq(&thief, &ips)).unwrap_err();
+    assert_eq!(e.kind(), Kind::Exists, "{e}");
+    run(&|| nft.del_masq(&thief)).unwrap();
+    run(&|| nft.check_masq(&a, &ips)).unwrap();
     // Someone removed a's elements behind our back: DEL still succeeds and clears its state.
     h.sh("nft flush set inet knit masq4; nft flush set inet knit masq_skip6");
     run(&|| nft.del_masq(&a)).unwrap();
@@ -392,6 +450,7 @@ fn gc_removes_invalid_attachments_and_leaked_elements() {
     let dir = TmpDir::new();
     let nft = nft(&dir);
     let (keep, stale, leaked) = (att("gc-keep"), att("gc-stale"), att("gc-leak"));
+    let other = Attachment::new("knt-other", "gc-other", "eth0");
     let cips = |n: u8| [IpAddr::from([10, 244, 11, n])];
     h.ns.run_in(|| {
         nft.ensure_portmap(&keep, &[pm(20001, 80, "")], &cips(2))
@@ -399,6 +458,8 @@ fn gc_removes_invalid_attachments_and_leaked_elements() {
         nft.ensure_portmap(&stale, &[pm(20002, 80, "")], &cips(3))
             .unwrap();
         nft.ensure_portmap(&leaked, &[pm(20003, 80, "")], &cips(4))
+            .unwrap();
+        nft.ensure_portmap(&other, &[pm(20004, 80, "")], &cips(5))
             .unwrap();
     })
     .unwrap();
@@ -410,8 +471,13 @@ fn gc_removes_invalid_attachments_and_leaked_elements() {
         .unwrap()
         .unwrap();
     let left = h.elems("pm4_any");
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert_eq!(h.elems("hairpin4").len(), 1);
+    assert_eq!(left.len(), 2, "keep's and the other network's: {left:?}");
+    assert_eq!(h.elems("hairpin4").len(), 2);
+    assert!(nft
+        .state()
+        .read(&other, Feature::Portmap)
+        .unwrap()
+        .is_some());
     assert!(nft
         .state()
         .read(&stale, Feature::Portmap)

@@ -67,7 +67,6 @@ impl Plugin for Firewall {
         let policy = load(a)?;
         let (prev, t) = target(a)?;
         Nft::new()
-            .cni()?
             .ensure_firewall(&attachment(a), &t.bridge, &t.ips, policy)
             .cni_ctx("firewall")?;
         Ok(prev)
@@ -75,17 +74,13 @@ impl Plugin for Firewall {
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
         load(a)?;
-        Nft::new()
-            .cni()?
-            .del_firewall(&attachment(a))
-            .cni_ctx("firewall")
+        Nft::new().del_firewall(&attachment(a)).cni_ctx("firewall")
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {
         let policy = load(a)?;
         let (_, t) = target(a)?;
         Nft::new()
-            .cni()?
             .check_firewall(&attachment(a), &t.bridge, &t.ips, policy)
             .cni_ctx("firewall")
     }

@@ -83,7 +83,6 @@ impl Plugin for Portmap {
             }
         }
         Nft::new()
-            .cni()?
             .ensure_portmap(&attachment(a), &l.maps, &ips)
             .cni_ctx("portmap")?;
         Ok(prev)
@@ -91,10 +90,7 @@ impl Plugin for Portmap {
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
         load(a)?;
-        Nft::new()
-            .cni()?
-            .del_portmap(&attachment(a))
-            .cni_ctx("portmap")
+        Nft::new().del_portmap(&attachment(a)).cni_ctx("portmap")
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {
@@ -104,7 +100,6 @@ impl Plugin for Portmap {
             return Ok(());
         }
         Nft::new()
-            .cni()?
             .check_portmap(&attachment(a), &l.maps, &container_ips(&prev))
             .cni_ctx("portmap")
     }

@@ -12,6 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use super::error::NftError;
+use super::lookup::Found;
+use super::plan::ElemOp;
 use super::wire::WireElem;
 
 /// Runs nft scripts. Each call is one atomic transaction (nft batches a whole buffer).
@@ -20,10 +22,15 @@ pub trait NftApply {
     fn run(&self, op: &'static str, script: &str) -> Result<(), NftError>;
     /// Run a read command (`list ...`, `get ...`) and return its output; `json` asks for JSON.
     fn query(&self, op: &'static str, cmd: &str, json: bool) -> Result<String, NftError>;
-    /// Look one element up: `None` if absent, else its map data (empty for a set element).
-    /// Default: one NFT_MSG_GETSETELEM over netlink, O(1) in the size of the table.
-    fn lookup(&self, elem: &WireElem) -> Result<Option<Vec<u8>>, NftError> {
-        super::wire::lookup(elem)
+    /// Look elements up: `None` if absent, else their map data and comment.
+    /// Default: one NFT_MSG_GETSETELEM each over one netlink socket, O(1) in the table's size.
+    fn lookup(&self, elems: &[WireElem]) -> Result<Vec<Option<Found>>, NftError> {
+        super::lookup::lookup(elems)
+    }
+    /// Apply element operations as one transaction, `comment` on every added element.
+    /// Default: one nfnetlink batch built by [`super::wire::batch`] (no libnftables).
+    fn elems(&self, op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftError> {
+        super::wire::apply(op, ops, comment)
     }
 }
 
@@ -107,20 +114,28 @@ fn lib() -> Result<&'static Lib, NftError> {
         .map_err(|e| NftError::Library(e.clone()))
 }
 
-/// libnftables in-process. A fresh context per call, so the netlink socket is opened in the
+/// libnftables in-process (falling back to forking `nft` if the library cannot be loaded).
+/// A fresh context per call, so the netlink socket is opened in the
 /// calling thread's network namespace and no stale cache is ever reused.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LibNft;
 
 impl LibNft {
-    /// Check that the library loads.
-    pub fn new() -> Result<LibNft, NftError> {
-        lib()?;
-        Ok(LibNft)
+    /// The library is loaded on first use (only skeleton creation and GC need it).
+    pub fn new() -> LibNft {
+        LibNft
     }
 
     fn exec(&self, op: &'static str, script: &str, json: bool) -> Result<String, NftError> {
-        let lib = lib()?;
+        let Ok(lib) = lib() else {
+            // No libnftables on this host: the nft binary does the same, only slower.
+            let args: &[&str] = if json {
+                &["-j", "-f", "-"]
+            } else {
+                &["-f", "-"]
+            };
+            return NftCli.exec(op, args, script);
+        };
         let cmd = CString::new(script).map_err(|_| NftError::invalid("nft script", "NUL byte"))?;
         // SAFETY: the context is created, used and freed within this call on this thread; the
         // buffers returned by get_output/get_error live until nft_ctx_free and are copied first.

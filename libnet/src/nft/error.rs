@@ -29,6 +29,13 @@ pub enum NftError {
     },
     #[error("nft state {path}: bad content: {detail}")]
     StateContent { path: String, detail: String },
+    /// The element is already there for another attachment (or was added by hand).
+    #[error("nft {attachment}: {element} already belongs to {owner}")]
+    Taken {
+        attachment: String,
+        element: String,
+        owner: String,
+    },
     /// CHECK found an element of the attachment missing.
     #[error("nft check {attachment}: missing {detail}")]
     Missing { attachment: String, detail: String },
@@ -43,6 +50,7 @@ impl HasKind for NftError {
             NftError::Skeleton(_) => Kind::Internal,
             NftError::State { source, .. } => HasKind::kind(source),
             NftError::StateContent { .. } => Kind::Internal,
+            NftError::Taken { .. } => Kind::Exists,
             NftError::Missing { .. } => Kind::NotFound,
         }
     }

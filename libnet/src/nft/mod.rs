@@ -23,36 +23,49 @@
 //!   iptables rules have the same limit towards other tables.
 //!
 //! # Order and atomicity
-//! Each ensure/del is ONE nft transaction of element operations. If it fails because the table or
-//! a set is missing, the caller takes the state dir's flock, retries, and if still missing runs
-//! `create table inet knit` + skeleton + the elements as one transaction (`create` fails if
-//! another process made the table meanwhile, so fixed rules are never duplicated). A failed ADD
-//! leaves nothing. DEL uses `add element X; delete element X` pairs (nft 1.0.6 has no `destroy`),
-//! which never fail on a missing element. After a successful ADD the elements are recorded in
-//! `<state dir>/<attachment id>.<feature>.json` (fsynced) and DEL reads them from there, so DEL
-//! needs only (network, container id, ifname). Every element also carries the comment
-//! `knit:<attachment id> net/cid/if`, so [`Nft::gc`] finds leaked ones without state files.
+//! Each ensure/del is ONE nf_tables transaction of element operations, sent as an nfnetlink
+//! batch of NEWSETELEM/DELSETELEM built by [`wire`] (no nft process, no libnftables, no cache).
+//! If the kernel answers ENOENT (the table or a set is missing), the caller takes the state
+//! dir's flock, retries, and if still missing creates the skeleton with libnftables
+//! (`create table inet knit` + skeleton in one transaction: `create` fails if the table exists,
+//! so the fixed rules are never duplicated) and applies the elements again. A failed ADD leaves
+//! none of its elements (the shared skeleton may stay).
+//!
+//! Every element carries the comment `knit:<attachment id> <network>/<cid>/<if>` and is owned by
+//! that attachment: before adding, ensure looks its new elements up (one GETSETELEM each, over
+//! one socket) and refuses with `Exists` if another attachment (or a hand-made element) has one;
+//! del looks its recorded elements up and deletes only those still present and still its own,
+//! so DEL never takes another attachment's element and costs no transaction when everything is
+//! already gone. The delete batch still uses `add element X; delete element X` pairs (nft 1.0.6
+//! and its kernel interface have no `destroy`), so an element vanishing meanwhile cannot fail
+//! it. After a successful ADD the elements are recorded in `<state dir>/<attachment
+//! id>.<feature>.json` (written, fsynced, renamed) and DEL reads them from there, so DEL needs
+//! only (network, container id, ifname). [`Nft::gc`] uses the state files and, for elements
+//! whose state file was lost, the comments (listing only our table).
 //!
 //! # How state grows
 //! Per attachment: masq 2 elements per address, portmap 1 per mapping and family plus 2 per
 //! container address, firewall 1-2 per address. No per-container chains or rules, no rule
 //! scanning: the 1,000th mapping costs what the first did (hash sets; `masq_skip` is a pipapo
-//! set whose lookups stay O(1)-ish in practice).
+//! set). The only per-call work proportional to the host is GC's listing of our table.
 //!
-//! # Speed (measured here, kernel 6.18, nft 1.0.6, 2 loaded cores; `examples/nft_cost.rs`)
-//! - One element transaction: libnftables in-process ~0.14-0.19 ms (a fresh `nft_ctx` per call:
-//!   its cache fetch reads tables and sets, not elements); forked `nft -f -` 3-8 ms. Chosen:
-//!   libnftables ([`LibNft`], dlopen'ed) for element transactions and the skeleton.
-//! - The state file's fsync: median ~0.5 ms on this ext4, p90 ~5 ms while others compile; it is
-//!   the largest part of an ensure (whole `ensure_portmap` ~1-4 ms under load, the same with 50
-//!   or 1,000 attachments present). A state dir on tmpfs (e.g. under /run, which is enough: the
-//!   elements do not survive a reboot either) removes it.
-//! - DEL: ~15 ms, independent of the table size, and not nft's: closing an nf_tables netlink
-//!   socket after a transaction that freed elements waits for the deferred destroy work (an RCU
-//!   grace period, like a veth's unregister). A caller deleting a veth too can overlap the two.
-//! - CHECK: libnftables' `get element` dumps every element first (~25 µs per element: 50 ms at
-//!   1,000 attachments), so CHECK sends its own NFT_MSG_GETSETELEM per element ([`wire`]):
-//!   ~0.04 ms whatever the table holds.
+//! # Speed (measured here, kernel 6.18, nft 1.0.6, 2 cores shared with 4 compiles;
+//! `cargo run --release -p libnet --example nft_cost [STATE_DIR]`)
+//! - One element transaction: netlink batch ~0.01 ms; libnftables in-process 0.1-0.2 ms per call
+//!   (+0.6-0.8 ms to dlopen it once per process); forked `nft -f -` 2.5-8 ms. Hence elements go
+//!   over netlink and libnftables is loaded only to create the skeleton (once per namespace,
+//!   ~28 ms including the dlopen) and for GC.
+//! - A whole `ensure_portmap` (state read, ownership lookups, batch, state write): ~0.05 ms with
+//!   the state dir on tmpfs, the same with 50 or 1,000 attachments present. On this ext4 the state file's fsync
+//!   dominates: median ~0.5 ms, 3-5 ms while others compile. The state need not outlive a reboot
+//!   (neither do the elements), so a state dir under /run would drop that cost; the default stays
+//!   /var/lib/cni/knit/nft as specified.
+//! - DEL: ~12-16 ms, independent of the table size, and not ours: the kernel frees deleted
+//!   elements after an RCU grace period, and closing any bound nf_tables netlink socket while such
+//!   work is pending waits for it (`nft_rcv_nl_event` flushes the destroy work). The batch itself
+//!   is ~0.01 ms. A caller that also deletes a veth can overlap the two waits.
+//! - CHECK: one NFT_MSG_GETSETELEM per element, ~0.03 ms; libnftables' `get element` dumps every
+//!   element first (~25 µs per element: ~50 ms at 1,000 attachments).
 //!
 //! # Portmap options not implemented
 //! `markMasqBit` / `externalSetMarkChain`: accepted and ignored; we masquerade directly instead
@@ -61,6 +74,7 @@
 
 mod apply;
 mod error;
+mod lookup;
 pub mod plan;
 mod state;
 mod wire;
@@ -72,7 +86,8 @@ use ipnet::IpNet;
 
 pub use apply::{LibNft, NftApply, NftCli};
 pub use error::NftError;
-pub use plan::{Elem, IngressPolicy, PortMapping, Proto, RawPortMapping};
+pub use lookup::Found;
+pub use plan::{Elem, ElemOp, IngressPolicy, PortMapping, Proto, RawPortMapping};
 pub use state::{Attachment, Feature, Record, StateDir, DEFAULT_STATE_DIR, STATE_DIR_ENV};
 pub use wire::WireElem;
 
@@ -89,9 +104,16 @@ pub struct Nft<A: NftApply = LibNft> {
 }
 
 impl Nft<LibNft> {
-    /// libnftables in-process, state dir from the environment.
-    pub fn new() -> Result<Nft<LibNft>, NftError> {
-        Ok(Nft::with(LibNft::new()?, StateDir::from_env()))
+    /// Elements over netlink, the skeleton through libnftables (loaded only when needed), the
+    /// state dir from the environment.
+    pub fn new() -> Nft<LibNft> {
+        Nft::with(LibNft::new(), StateDir::from_env())
+    }
+}
+
+impl Default for Nft<LibNft> {
+    fn default() -> Nft<LibNft> {
+        Nft::new()
     }
 }
 
@@ -102,6 +124,10 @@ impl<A: NftApply> Nft<A> {
 
     pub fn state(&self) -> &StateDir {
         &self.state
+    }
+
+    pub fn apply(&self) -> &A {
+        &self.apply
     }
 
     /// bridge ipMasq for `ips` (each with its subnet prefix). Replaces what this attachment had.
@@ -176,9 +202,13 @@ impl<A: NftApply> Nft<A> {
             .read(att, feature)?
             .map(|r| r.elems)
             .unwrap_or_default();
-        let script = plan::render_replace(&old, &elems, &att.comment());
-        if !script.is_empty() {
-            self.run_with_skeleton("add", &script)?;
+        let fresh: Vec<Elem> = elems.iter().filter(|e| !old.contains(e)).cloned().collect();
+        self.refuse_foreign(att, &fresh)?;
+        let stale: Vec<Elem> = old.iter().filter(|e| !elems.contains(e)).cloned().collect();
+        let stale = self.owned(att, &stale)?;
+        let ops = plan::ops_replace(&stale, &elems);
+        if !ops.is_empty() {
+            self.elems_with_skeleton(&ops, &att.comment())?;
         }
         if elems.is_empty() {
             return self.state.remove(att, feature);
@@ -190,12 +220,50 @@ impl<A: NftApply> Nft<A> {
         })
     }
 
-    /// Run one transaction, retrying a few times when the kernel says "try again" (a dump
-    /// interrupted by a concurrent change, a full socket buffer).
-    fn run(&self, op: &'static str, script: &str) -> Result<(), NftError> {
+    /// Fail if one of `elems` is already there under another owner: adding it would be a no-op
+    /// and a later DEL of that owner would take it from us (or ours from them).
+    fn refuse_foreign(&self, att: &Attachment, elems: &[Elem]) -> Result<(), NftError> {
+        let wire: Vec<WireElem> = elems
+            .iter()
+            .map(WireElem::encode)
+            .collect::<Result<_, _>>()?;
+        let me = att.id();
+        for (e, found) in elems.iter().zip(self.apply.lookup(&wire)?) {
+            if let Some(f) = found.filter(|f| f.owner() != Some(me.as_str())) {
+                return Err(NftError::Taken {
+                    attachment: att.to_string(),
+                    element: format!("{} {{ {} }}", e.set, e.key),
+                    owner: f
+                        .comment
+                        .unwrap_or_else(|| "an element without comment".into()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The elements of `elems` that are present and carry this attachment's comment.
+    fn owned(&self, att: &Attachment, elems: &[Elem]) -> Result<Vec<Elem>, NftError> {
+        let wire: Vec<WireElem> = elems
+            .iter()
+            .map(WireElem::encode)
+            .collect::<Result<_, _>>()?;
+        let me = att.id();
+        let found = self.apply.lookup(&wire)?;
+        Ok(elems
+            .iter()
+            .zip(found)
+            .filter(|(_, f)| f.as_ref().and_then(Found::owner) == Some(me.as_str()))
+            .map(|(e, _)| e.clone())
+            .collect())
+    }
+
+    /// Retry a few times when the kernel says "try again" (a dump interrupted by a concurrent
+    /// change, a full socket buffer).
+    fn retry(mut f: impl FnMut() -> Result<(), NftError>) -> Result<(), NftError> {
         let mut tries = 0;
         loop {
-            match self.apply.run(op, script) {
+            match f() {
                 Err(e) if crate::HasKind::kind(&e) == crate::Kind::Transient && tries < 3 => {
                     tries += 1;
                 }
@@ -204,49 +272,57 @@ impl<A: NftApply> Nft<A> {
         }
     }
 
-    /// Run `script`; if our table or a set is missing, create the skeleton under the lock.
-    fn run_with_skeleton(&self, op: &'static str, script: &str) -> Result<(), NftError> {
-        match self.run(op, script) {
+    fn elems(&self, op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftError> {
+        Self::retry(|| self.apply.elems(op, ops, comment))
+    }
+
+    /// Apply `ops`; if our table or a set is missing, create the skeleton under the lock (one
+    /// libnftables transaction: `create table` + skeleton), then apply `ops` again.
+    fn elems_with_skeleton(&self, ops: &[ElemOp], comment: &str) -> Result<(), NftError> {
+        match self.elems("add", ops, comment) {
             Err(e) if e.is_missing() => {}
             r => return r,
         }
         let _lock = self.state.lock()?;
-        match self.run(op, script) {
+        match self.elems("add", ops, comment) {
             Err(e) if e.is_missing() => {}
             r => return r,
         }
-        let full = format!("{}{script}", plan::render_create_skeleton());
-        self.run(op, &full).map_err(|e| match e {
+        let skeleton = plan::render_create_skeleton();
+        Self::retry(|| self.apply.run("create skeleton", &skeleton)).map_err(|e| match e {
             NftError::Apply {
                 kind: crate::Kind::Exists,
                 text,
                 ..
             } => NftError::Skeleton(text),
             e => e,
-        })
+        })?;
+        self.elems("add", ops, comment)
     }
 
     fn del(&self, att: &Attachment, feature: Feature) -> Result<(), NftError> {
         let Some(rec) = self.state.read(att, feature)? else {
             return Ok(());
         };
-        self.del_elems(&rec.elems)?;
+        self.del_elems(att, &rec.elems)?;
         self.state.remove(att, feature)
     }
 
-    /// Delete tolerantly. If the batch fails (the table is gone: fine; a map key was taken over
-    /// by another attachment with a different value: not ours, leave it), retry one by one.
-    fn del_elems(&self, elems: &[Elem]) -> Result<(), NftError> {
-        match self.run("del", &plan::render_del(elems)) {
+    /// Delete tolerantly what is still there and still ours (elements already gone cost no
+    /// transaction). If the batch fails anyway (the table went away meanwhile: fine), retry
+    /// one by one and skip what is gone or no longer ours.
+    fn del_elems(&self, att: &Attachment, elems: &[Elem]) -> Result<(), NftError> {
+        let mine = self.owned(att, elems)?;
+        if mine.is_empty() {
+            return Ok(());
+        }
+        match self.elems("del", &plan::ops_del(&mine), "") {
             Ok(()) => return Ok(()),
             Err(e) if e.is_missing() => return Ok(()),
             Err(_) => {}
         }
-        for e in elems {
-            match self
-                .apply
-                .run("del", &plan::render_del(std::slice::from_ref(e)))
-            {
+        for e in &mine {
+            match self.elems("del", &plan::ops_del(std::slice::from_ref(e)), "") {
                 Ok(()) => {}
                 Err(err)
                     if err.is_missing() || crate::HasKind::kind(&err) == crate::Kind::Exists => {}
@@ -256,17 +332,18 @@ impl<A: NftApply> Nft<A> {
         Ok(())
     }
 
-    /// One NFT_MSG_GETSETELEM per element, compared with the planned key and map data.
-    /// (libnftables' `get element` would dump every element first: O(table) instead of O(1).)
+    /// One NFT_MSG_GETSETELEM per element over one socket, compared with the planned key, map
+    /// data and owner. (libnftables' `get element` would dump every element first.)
     fn check(&self, att: &Attachment, elems: &[Elem]) -> Result<(), NftError> {
-        for e in elems {
-            let want = WireElem::encode(e)?;
-            let got = self.apply.lookup(&want)?;
-            let ok = match (&got, &want.data) {
-                (None, _) => false,
-                (Some(d), Some(w)) => d == w,
-                (Some(_), None) => true,
-            };
+        let wire: Vec<WireElem> = elems
+            .iter()
+            .map(WireElem::encode)
+            .collect::<Result<_, _>>()?;
+        let me = att.id();
+        for ((e, w), found) in elems.iter().zip(&wire).zip(self.apply.lookup(&wire)?) {
+            let ok = found.is_some_and(|f| {
+                f.owner() == Some(me.as_str()) && w.data.as_ref().is_none_or(|d| *d == f.data)
+            });
             if !ok {
                 let value = e
                     .value
@@ -282,14 +359,14 @@ impl<A: NftApply> Nft<A> {
         Ok(())
     }
 
-    /// CNI GC of one network: remove everything of that network's attachments not in `valid`,
-    /// found through the state files and through element comments (elements whose state file
-    /// was lost). Other networks are left alone.
+    /// CNI GC of `network`: remove everything of its attachments not in `valid`, found through
+    /// the state files and through element comments (elements whose state file was lost).
+    /// Other networks' attachments are never touched.
     pub fn gc(&self, network: &str, valid: &[Attachment]) -> Result<(), NftError> {
         let keep: HashSet<String> = valid.iter().map(Attachment::id).collect();
         for rec in self.state.list()? {
             if rec.attachment.network == network && !keep.contains(&rec.attachment.id()) {
-                self.del_elems(&rec.elems)?;
+                self.del_elems(&rec.attachment, &rec.elems)?;
                 self.state.remove(&rec.attachment, rec.feature)?;
             }
         }

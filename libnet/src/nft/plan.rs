@@ -268,43 +268,56 @@ fn validate_ifname(name: &str) -> Result<(), NftError> {
     }
 }
 
+/// One element operation of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElemOp {
+    /// Add with the attachment's comment (a no-op when the same element is already there).
+    Add(Elem),
+    /// Add without a comment, only ever right before a `Del` of the same element.
+    Touch(Elem),
+    /// Delete by key.
+    Del(Elem),
+}
+
 /// The elements to add (with the attachment's comment): one transaction.
-pub fn render_add(elems: &[Elem], comment: &str) -> String {
-    let mut s = String::new();
-    for e in elems {
-        let _ = writeln!(
-            s,
-            "add element {TABLE} {} {}",
-            e.set,
-            e.render(Some(comment))
-        );
-    }
-    s
+pub fn ops_add(elems: &[Elem]) -> Vec<ElemOp> {
+    elems.iter().cloned().map(ElemOp::Add).collect()
 }
 
 /// Tolerant delete: `add` then `delete` of the same element in one transaction never fails on a
 /// missing element (nft 1.0.6 has no `destroy`), and leaves the element gone either way.
-pub fn render_del(elems: &[Elem]) -> String {
-    let mut s = String::new();
-    for e in elems {
-        let _ = writeln!(s, "add element {TABLE} {} {}", e.set, e.render(None));
-        let key_only = Elem::new(&e.set, e.key.clone(), None);
-        let _ = writeln!(
-            s,
-            "delete element {TABLE} {} {}",
-            e.set,
-            key_only.render(None)
-        );
-    }
-    s
+pub fn ops_del(elems: &[Elem]) -> Vec<ElemOp> {
+    elems
+        .iter()
+        .flat_map(|e| [ElemOp::Touch(e.clone()), ElemOp::Del(e.clone())])
+        .collect()
 }
 
 /// Replace an attachment's elements `old` by `new` in one transaction: stale ones go, new ones
 /// come, unchanged ones are re-added (a no-op for the kernel).
-pub fn render_replace(old: &[Elem], new: &[Elem], comment: &str) -> String {
+pub fn ops_replace(old: &[Elem], new: &[Elem]) -> Vec<ElemOp> {
     let stale: Vec<Elem> = old.iter().filter(|e| !new.contains(e)).cloned().collect();
-    let mut s = render_del(&stale);
-    s.push_str(&render_add(new, comment));
+    let mut ops = ops_del(&stale);
+    ops.extend(ops_add(new));
+    ops
+}
+
+/// The nft syntax equivalent of a transaction (what `nft -f` would be given; golden tests and
+/// the libnftables fallback use it).
+pub fn render_ops(ops: &[ElemOp], comment: &str) -> String {
+    let mut s = String::new();
+    for op in ops {
+        let (verb, e, text) = match op {
+            ElemOp::Add(e) => ("add", e, e.render(Some(comment))),
+            ElemOp::Touch(e) => ("add", e, e.render(None)),
+            ElemOp::Del(e) => (
+                "delete",
+                e,
+                Elem::new(&e.set, e.key.clone(), None).render(None),
+            ),
+        };
+        let _ = writeln!(s, "{verb} element {TABLE} {} {text}", e.set);
+    }
     s
 }
 

@@ -49,8 +49,11 @@ fn golden_masq() {
         "fd00:6b6e:1::5/64".parse().unwrap(),
     ];
     let elems = plan_masq(&ips);
-    golden("masq_add.nft", &render_add(&elems, &att().comment()));
-    golden("masq_del.nft", &render_del(&elems));
+    golden(
+        "masq_add.nft",
+        &render_ops(&ops_add(&elems), &att().comment()),
+    );
+    golden("masq_del.nft", &render_ops(&ops_del(&elems), "unused"));
 }
 
 #[test]
@@ -63,7 +66,10 @@ fn golden_portmap() {
     ];
     let ips = [ip("10.244.1.5"), ip("fd00:6b6e:1::5")];
     let elems = plan_portmap(&maps, &ips).unwrap();
-    golden("portmap_add.nft", &render_add(&elems, &att().comment()));
+    golden(
+        "portmap_add.nft",
+        &render_ops(&ops_add(&elems), &att().comment()),
+    );
 }
 
 #[test]
@@ -71,9 +77,9 @@ fn golden_firewall() {
     let ips = [ip("10.244.1.5"), ip("fd00:6b6e:1::5")];
     let open = plan_firewall("knbr0", &ips, IngressPolicy::Open).unwrap();
     let iso = plan_firewall("knbr0", &ips, IngressPolicy::SameBridge).unwrap();
-    let mut s = render_add(&open, "c");
+    let mut s = render_ops(&ops_add(&open), "c");
     s.push_str("# same-bridge\n");
-    s.push_str(&render_add(&iso, "c"));
+    s.push_str(&render_ops(&ops_add(&iso), "c"));
     golden("firewall_add.nft", &s);
 }
 
@@ -87,7 +93,10 @@ fn replace_deletes_only_stale() {
     let ips = [ip("10.244.1.5")];
     let old = plan_portmap(&[pm(8080, 80, "tcp", ""), pm(8081, 81, "tcp", "")], &ips).unwrap();
     let new = plan_portmap(&[pm(8080, 80, "tcp", "")], &ips).unwrap();
-    golden("portmap_replace.nft", &render_replace(&old, &new, "c"));
+    golden(
+        "portmap_replace.nft",
+        &render_ops(&ops_replace(&old, &new), "c"),
+    );
 }
 
 #[test]
@@ -137,26 +146,60 @@ fn comment_is_bounded_and_names_id() {
     assert_ne!(att().id(), Attachment::new("podman", "0123", "eth1").id());
 }
 
-/// Records scripts; reports "missing" until a skeleton was created.
+type Key = (String, Vec<u8>);
+
+/// Records transactions (as nft syntax) and keeps the elements they leave; reports "missing"
+/// until a skeleton was created.
 #[derive(Default)]
 struct Fake {
     scripts: RefCell<Vec<String>>,
     have_table: RefCell<bool>,
+    elems: RefCell<std::collections::HashMap<Key, Found>>,
 }
 
 impl NftApply for Fake {
-    fn run(&self, op: &'static str, script: &str) -> Result<(), NftError> {
+    fn run(&self, _: &'static str, script: &str) -> Result<(), NftError> {
         self.scripts.borrow_mut().push(script.to_string());
-        if script.starts_with("create table") {
-            *self.have_table.borrow_mut() = true;
-        } else if !*self.have_table.borrow() {
-            return Err(NftError::apply(op, "Error: No such file or directory"));
-        }
+        *self.have_table.borrow_mut() |= script.starts_with("create table");
         Ok(())
     }
 
     fn query(&self, _: &'static str, _: &str, _: bool) -> Result<String, NftError> {
         Ok(r#"{"nftables":[]}"#.into())
+    }
+
+    fn elems(&self, op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftError> {
+        self.scripts.borrow_mut().push(render_ops(ops, comment));
+        if !*self.have_table.borrow() {
+            return Err(NftError::apply(op, "Error: No such file or directory"));
+        }
+        let mut have = self.elems.borrow_mut();
+        for op in ops {
+            let (ElemOp::Add(e) | ElemOp::Touch(e) | ElemOp::Del(e)) = op;
+            let w = WireElem::encode(e).unwrap();
+            let key = (w.set.clone(), w.key.clone());
+            match op {
+                ElemOp::Add(_) => {
+                    have.entry(key).or_insert(Found {
+                        data: w.data.unwrap_or_default(),
+                        comment: Some(comment.to_string()),
+                    });
+                }
+                ElemOp::Touch(_) => {}
+                ElemOp::Del(_) => {
+                    have.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, elems: &[WireElem]) -> Result<Vec<Option<Found>>, NftError> {
+        let have = self.elems.borrow();
+        Ok(elems
+            .iter()
+            .map(|w| have.get(&(w.set.clone(), w.key.clone())).cloned())
+            .collect())
     }
 }
 
@@ -174,15 +217,15 @@ fn ensure_makes_skeleton_once_and_del_uses_state() {
         .unwrap();
     {
         let s = nft.apply.scripts.borrow();
-        assert_eq!(s.len(), 3, "try, retry under lock, create+elements");
+        assert_eq!(s.len(), 4, "try, retry under lock, skeleton, elements");
         assert!(s[2].starts_with("create table inet knit\n"));
-        assert!(s[2].ends_with(&s[0]));
+        assert_eq!(s[3], s[0]);
     }
     nft.ensure_masq(&a, &["10.244.1.5/24".parse().unwrap()])
         .unwrap();
     assert_eq!(
         nft.apply.scripts.borrow().len(),
-        4,
+        5,
         "table exists: one transaction"
     );
     nft.del_portmap(&a).unwrap();
@@ -199,12 +242,12 @@ fn ensure_makes_skeleton_once_and_del_uses_state() {
         n,
         "second DEL: nothing to do"
     );
-    nft.gc("other", &[]).unwrap();
+    nft.gc("other-net", &[]).unwrap();
     assert!(
         nft.state.read(&a, Feature::Masq).unwrap().is_some(),
-        "a GC of another network keeps this one's state"
+        "another network's GC"
     );
-    nft.gc(&a.network, &[]).unwrap();
+    nft.gc("podman", &[]).unwrap();
     assert!(
         nft.state.read(&a, Feature::Masq).unwrap().is_none(),
         "gc removed masq"
@@ -225,4 +268,45 @@ fn state_dir_from_env() {
         StateDir::from_env().dir(),
         std::path::Path::new(DEFAULT_STATE_DIR)
     );
+}
+
+#[test]
+fn golden_netlink_batch() {
+    let elems = plan_portmap(&[pm(8080, 80, "tcp", "")], &[ip("10.244.1.5")]).unwrap();
+    let mut ops = ops_del(&elems[..1]);
+    ops.extend(ops_add(&elems));
+    let bytes = super::wire::batch(&ops, "knit:c").unwrap();
+    let mut hex = String::new();
+    for (i, chunk) in bytes.chunks(16).enumerate() {
+        let line: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+        hex.push_str(&format!("{:04x}  {}\n", i * 16, line.join(" ")));
+    }
+    golden("portmap_batch.hex", &hex);
+}
+
+#[test]
+fn elements_of_another_attachment_are_refused_and_never_deleted() {
+    let nft = Nft::with(Fake::default(), tmp_state("owner"));
+    let (a, b) = (att(), Attachment::new("podman", "other", "eth0"));
+    let ips: Vec<IpNet> = vec!["10.244.1.5/24".parse().unwrap()];
+    nft.ensure_masq(&a, &ips).unwrap();
+    nft.ensure_masq(&a, &ips).unwrap();
+    let e = nft.ensure_masq(&b, &ips).unwrap_err();
+    assert_eq!(e.kind(), Kind::Exists, "{e}");
+    nft.check_masq(&a, &ips).unwrap();
+    assert_eq!(nft.check_masq(&b, &ips).unwrap_err().kind(), Kind::NotFound);
+    // b's DEL (nothing recorded) and a stale record of b leave a's elements alone.
+    nft.del_masq(&b).unwrap();
+    nft.state
+        .write(&Record {
+            attachment: b.clone(),
+            feature: Feature::Masq,
+            elems: plan_masq(&ips),
+        })
+        .unwrap();
+    nft.del_masq(&b).unwrap();
+    nft.check_masq(&a, &ips).unwrap();
+    nft.del_masq(&a).unwrap();
+    assert!(nft.check_masq(&a, &ips).is_err());
+    let _ = std::fs::remove_dir_all(nft.state.dir());
 }

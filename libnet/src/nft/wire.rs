@@ -1,6 +1,5 @@
-//! nf_tables netlink encoding of our elements, and a one-element lookup (NFT_MSG_GETSETELEM with
-//! a key) that costs O(1) whatever the table holds — libnftables' `get element` first dumps every
-//! element of every set (about 25 µs per element here), which would make CHECK grow with the host.
+//! nf_tables netlink encoding of our elements: the batches ensure/del send (NEWSETELEM and
+//! DELSETELEM between BATCH_BEGIN/END) and the one-key GETSETELEM requests of [`super::lookup`].
 //!
 //! Key layout as the kernel wants it: the concatenated fields, each padded to 4 bytes (ipv4 4,
 //! ipv6 16, inet_proto 1→4, inet_service 2 big-endian→4, ifname 16); an interval concatenation
@@ -12,22 +11,29 @@ use ipnet::IpNet;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use super::error::NftError;
-use super::plan::{Elem, Proto};
+use super::plan::{Elem, ElemOp, Proto};
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETSETELEM: u16 = 13;
-const NFT_MSG_NEWSETELEM: u16 = 12;
+pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+pub(super) const NFTA_SET_ELEM_USERDATA: u16 = 6;
+/// libnftnl's user-data TLV type for an element comment.
+pub(super) const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
+const NLM_F_CREATE: u16 = 0x400;
 const NFPROTO_INET: u8 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
+pub(super) const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
-const NFTA_DATA_VALUE: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 /// The table name inside `inet knit`.
@@ -149,16 +155,27 @@ impl WireElem {
         })
     }
 
-    /// NFT_MSG_GETSETELEM for this key (no dump: the kernel looks the one key up).
-    pub fn get_request(&self, seq: u32) -> Vec<u8> {
-        let mut key = Vec::new();
-        nla(&mut key, NFTA_DATA_VALUE, &self.key);
+    /// NFTA_SET_ELEM_LIST_* for this one element: key (+ key end), data and comment if given.
+    fn list_body(&self, with_data: bool, comment: Option<&str>) -> Vec<u8> {
+        let value = |v: &[u8]| {
+            let mut b = Vec::new();
+            nla(&mut b, NFTA_DATA_VALUE, v);
+            b
+        };
         let mut el = Vec::new();
-        nla(&mut el, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &key);
+        nla(&mut el, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &value(&self.key));
         if let Some(end) = &self.key_end {
-            let mut k = Vec::new();
-            nla(&mut k, NFTA_DATA_VALUE, end);
-            nla(&mut el, NFTA_SET_ELEM_KEY_END | NLA_F_NESTED, &k);
+            nla(&mut el, NFTA_SET_ELEM_KEY_END | NLA_F_NESTED, &value(end));
+        }
+        if let (true, Some(d)) = (with_data, &self.data) {
+            nla(&mut el, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &value(d));
+        }
+        if let Some(c) = comment {
+            let c = &c.as_bytes()[..c.len().min(super::plan::COMMENT_MAX - 1)];
+            let mut ud = vec![NFTNL_UDATA_SET_ELEM_COMMENT, (c.len() + 1) as u8];
+            ud.extend_from_slice(c);
+            ud.push(0);
+            nla(&mut el, NFTA_SET_ELEM_USERDATA, &ud);
         }
         let mut list = Vec::new();
         nla(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &el);
@@ -166,9 +183,153 @@ impl WireElem {
         nla(&mut body, NFTA_SET_ELEM_LIST_TABLE, &cstr(TABLE_NAME));
         nla(&mut body, NFTA_SET_ELEM_LIST_SET, &cstr(&self.set));
         nla(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
-        let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM;
-        nlmsg(ty, NLM_F_REQUEST | NLM_F_ACK, seq, &body)
+        body
     }
+
+    /// NFT_MSG_GETSETELEM for this key (no dump: the kernel looks the one key up).
+    pub fn get_request(&self, seq: u32) -> Vec<u8> {
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM;
+        nlmsg(
+            ty,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            &self.list_body(false, None),
+        )
+    }
+}
+
+/// One nfnetlink batch (BEGIN, one NEWSETELEM/DELSETELEM per op, END): the kernel applies it as
+/// one transaction or not at all. Every element message asks for an ack.
+pub fn batch(ops: &[ElemOp], comment: &str) -> Result<Vec<u8>, NftError> {
+    let subsys = NFNL_SUBSYS_NFTABLES.to_be_bytes();
+    let ctl = [0, 0, subsys[0], subsys[1]]; // AF_UNSPEC, v0, res_id = the subsystem
+    let mut out = nlmsg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, &ctl);
+    for (i, op) in ops.iter().enumerate() {
+        let (ty, flags, body) = match op {
+            ElemOp::Add(e) => (
+                NFT_MSG_NEWSETELEM,
+                NLM_F_CREATE,
+                WireElem::encode(e)?.list_body(true, Some(comment)),
+            ),
+            ElemOp::Touch(e) => (
+                NFT_MSG_NEWSETELEM,
+                NLM_F_CREATE,
+                WireElem::encode(e)?.list_body(true, None),
+            ),
+            ElemOp::Del(e) => (
+                NFT_MSG_DELSETELEM,
+                0,
+                WireElem::encode(e)?.list_body(false, None),
+            ),
+        };
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | ty;
+        out.extend(nlmsg(
+            ty,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            i as u32 + 1,
+            &body,
+        ));
+    }
+    out.extend(nlmsg(
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        ops.len() as u32 + 1,
+        &ctl,
+    ));
+    Ok(out)
+}
+
+/// A netlink socket for nf_tables in the calling thread's namespace.
+pub(super) fn socket(op: &'static str) -> Result<Socket, NftError> {
+    let io = |what: &str, err: std::io::Error| NftError::apply(op, format!("{what}: {err}"));
+    let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| io("socket", e))?;
+    sock.bind_auto().map_err(|e| io("bind", e))?;
+    sock.connect(&SocketAddr::new(0, 0))
+        .map_err(|e| io("connect", e))?;
+    Ok(sock)
+}
+
+/// Apply `ops` as one transaction over netlink (no nft process, no libnftables, no cache).
+/// The kernel handles the whole batch inside `send`, so every answer is queued when it returns.
+pub fn apply(op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let msg = batch(ops, comment)?;
+    let sock = socket(op)?;
+    let _ = sock.set_rx_buf_sz(1 << 20);
+    sock.send(&msg, 0)
+        .map_err(|e| NftError::apply(op, format!("send: {e}")))?;
+    let mut acks = 0;
+    let mut first_err: Option<(usize, i32)> = None;
+    while acks < ops.len() {
+        let Some(buf) = recv_queued(&sock, op)? else {
+            return Err(NftError::Apply {
+                op,
+                kind: crate::Kind::Internal,
+                text: format!("kernel answered {acks} of {} messages", ops.len()),
+            });
+        };
+        for (ty, seq, body) in messages(&buf) {
+            if ty != NLMSG_ERROR || body.len() < 4 {
+                continue;
+            }
+            acks += 1;
+            let errno = -i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
+            if errno != 0 && first_err.is_none() {
+                first_err = Some((seq as usize, errno));
+            }
+        }
+        if first_err.is_some() {
+            break;
+        }
+    }
+    match first_err {
+        None => Ok(()),
+        Some((seq, errno)) => {
+            let what = match ops.get(seq.wrapping_sub(1)) {
+                Some(ElemOp::Add(e) | ElemOp::Touch(e)) => {
+                    format!("add element {} {{ {} }}", e.set, e.key)
+                }
+                Some(ElemOp::Del(e)) => format!("delete element {} {{ {} }}", e.set, e.key),
+                None => "batch".to_string(),
+            };
+            let err = std::io::Error::from_raw_os_error(errno);
+            Err(NftError::Apply {
+                op,
+                kind: crate::error::kind_of_errno(errno),
+                text: format!("{what}: {err}"),
+            })
+        }
+    }
+}
+
+/// The next queued datagram, `None` when nothing more is queued. nfnetlink handles a request
+/// inside `send`, so every answer is already queued when `send` returns: never block for more.
+pub(super) fn recv_queued(sock: &Socket, op: &'static str) -> Result<Option<Vec<u8>>, NftError> {
+    sock.set_non_blocking(true)
+        .map_err(|e| NftError::apply(op, format!("nonblock: {e}")))?;
+    match sock.recv_from_full() {
+        Ok((buf, _)) => Ok(Some(buf)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(NftError::apply(op, format!("recv: {e}"))),
+    }
+}
+
+/// The netlink messages in a datagram: (type, seq, payload after the header).
+pub(super) fn messages(mut b: &[u8]) -> Vec<(u16, u32, &[u8])> {
+    let mut out = Vec::new();
+    while b.len() >= 16 {
+        let len = (u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize).min(b.len());
+        if len < 16 {
+            break;
+        }
+        let ty = u16::from_ne_bytes([b[4], b[5]]);
+        let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+        out.push((ty, seq, &b[16..len]));
+        b = &b[(len.div_ceil(4) * 4).min(b.len())..];
+    }
+    out
 }
 
 fn cstr(s: &str) -> Vec<u8> {
@@ -213,55 +374,8 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn find(b: &[u8], ty: u16) -> Option<&[u8]> {
+pub(super) fn find(b: &[u8], ty: u16) -> Option<&[u8]> {
     attrs(b).find(|(t, _)| *t == ty).map(|(_, p)| p)
-}
-
-/// The data value of the (single) element in a NEWSETELEM answer.
-fn answer_data(body: &[u8]) -> Option<Vec<u8>> {
-    let list = find(body.get(4..)?, NFTA_SET_ELEM_LIST_ELEMENTS)?;
-    let el = find(list, NFTA_LIST_ELEM)?;
-    let data = find(el, NFTA_SET_ELEM_DATA)?;
-    find(data, NFTA_DATA_VALUE).map(<[u8]>::to_vec)
-}
-
-/// Look one element up in the calling thread's namespace. `Ok(None)`: absent (or no table).
-/// `Ok(Some(data))`: present, with its map data (empty for a plain set).
-pub fn lookup(e: &WireElem) -> Result<Option<Vec<u8>>, NftError> {
-    let io = |what: &str, err: std::io::Error| NftError::apply("lookup", format!("{what}: {err}"));
-    let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| io("socket", e))?;
-    sock.bind_auto().map_err(|e| io("bind", e))?;
-    sock.connect(&SocketAddr::new(0, 0))
-        .map_err(|e| io("connect", e))?;
-    sock.send(&e.get_request(1), 0).map_err(|e| io("send", e))?;
-    let mut found = None;
-    loop {
-        let (buf, _) = sock.recv_from_full().map_err(|e| io("recv", e))?;
-        let mut b = &buf[..];
-        while b.len() >= 16 {
-            let len = (u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize).min(b.len());
-            if len < 20 {
-                break;
-            }
-            let ty = u16::from_ne_bytes([b[4], b[5]]);
-            let body = &b[16..len];
-            if ty == NLMSG_ERROR {
-                let errno = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
-                return match -errno {
-                    0 => Ok(found),
-                    libc::ENOENT => Ok(None),
-                    n => Err(NftError::apply(
-                        "lookup",
-                        format!("{}: {}", e.set, std::io::Error::from_raw_os_error(n)),
-                    )),
-                };
-            }
-            if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM {
-                found = Some(answer_data(body).unwrap_or_default());
-            }
-            b = &b[(len.div_ceil(4) * 4).min(b.len())..];
-        }
-    }
 }
 
 #[cfg(test)]
