@@ -242,26 +242,34 @@ impl Plugin for Bridge {
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
         let c = Conf::load(a)?;
-        let mut first_err = None;
-        if !ipam::ipam_type(a).is_empty() {
-            if let Err(e) = ipam::del(a) {
-                first_err.get_or_insert(e);
-            }
+        // The address release and the masquerade removal run beside the veth deletion: deleting
+        // a link and closing an nf_tables socket after a delete each wait for an RCU grace
+        // period in the kernel (~15 ms here), and concurrent waits share one.
+        let (bookkeeping, link) = std::thread::scope(|s| {
+            let side = s.spawn(|| {
+                let mut errs = Vec::new();
+                if !ipam::ipam_type(a).is_empty() {
+                    errs.extend(ipam::del(a).err());
+                }
+                if c.ip_masq {
+                    errs.extend(crate::masq::del(a).err());
+                }
+                errs
+            });
+            let link = detach_link(a);
+            let errs = side.join().unwrap_or_else(|_| {
+                vec![CniError::new(
+                    crate::skel::ERR_INTERNAL,
+                    "bridge DEL: teardown thread panicked",
+                )]
+            });
+            (errs, link)
+        });
+        // Everything was attempted; report the first failure.
+        match bookkeeping.into_iter().next() {
+            Some(e) => Err(e),
+            None => link,
         }
-        // The container's namespace may be gone already: that is not an error for DEL.
-        let ns = a.netns.as_ref().and_then(|p| NetNs::open(p).ok());
-        let h = Handle::new().cni()?;
-        if let Err(e) = driver::detach(&h, &a.container_id, &a.ifname, ns.as_ref()) {
-            if e.kind() != libnet::Kind::NotFound {
-                first_err.get_or_insert(CniError::from_kind(e.kind(), &e));
-            }
-        }
-        if c.ip_masq {
-            if let Err(e) = crate::masq::del(a) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {
@@ -307,6 +315,17 @@ impl Plugin for Bridge {
     fn status(&self, a: &Args) -> Result<(), CniError> {
         Conf::load(a)?;
         Ok(())
+    }
+}
+
+/// Delete the endpoint's veth pair. The container's namespace may be gone already: that is not
+/// an error for DEL.
+fn detach_link(a: &Args) -> Result<(), CniError> {
+    let ns = a.netns.as_ref().and_then(|p| NetNs::open(p).ok());
+    let h = Handle::new().cni()?;
+    match driver::detach(&h, &a.container_id, &a.ifname, ns.as_ref()) {
+        Err(e) if e.kind() != libnet::Kind::NotFound => Err(CniError::from_kind(e.kind(), &e)),
+        _ => Ok(()),
     }
 }
 
