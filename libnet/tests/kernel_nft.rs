@@ -580,3 +580,44 @@ fn thousand_mappings_cost_the_same() {
         .unwrap();
     eprintln!("forked nft -f - for one element: {cli:?}");
 }
+
+#[test]
+fn del_with_a_record_cut_short_sweeps_by_comment() {
+    // Records are not fsynced; after a crash one may be empty. DEL must still find the
+    // attachment's elements (by their comments) and leave nothing.
+    let h = TestNs::new("h");
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let (cut, other) = (att("cut-short"), att("bystander"));
+    h.ns.run_in(|| {
+        nft.ensure_portmap(
+            &cut,
+            &[pm(20011, 80, "")],
+            &[IpAddr::from([10, 244, 14, 2])],
+        )
+        .unwrap();
+        nft.ensure_portmap(
+            &other,
+            &[pm(20012, 80, "")],
+            &[IpAddr::from([10, 244, 14, 3])],
+        )
+        .unwrap();
+    })
+    .unwrap();
+    let files = dir_has(&dir, "cut-short");
+    assert!(!files.is_empty());
+    for p in &files {
+        std::fs::write(p, b"").unwrap();
+    }
+    h.ns.run_in(|| nft.del_portmap(&cut)).unwrap().unwrap();
+    let left = h.elems("pm4_any");
+    assert_eq!(
+        left.len(),
+        1,
+        "only the bystander's mapping stays: {left:?}"
+    );
+    assert!(
+        dir_has(&dir, "cut-short").is_empty(),
+        "the broken record is gone"
+    );
+}

@@ -4,8 +4,6 @@
 //! cannot fail the batch). Elements of other networks, and comments too truncated to name their
 //! network for sure, are left alone.
 
-use std::collections::HashSet;
-
 use serde_json::{json, Value};
 
 use super::error::NftError;
@@ -19,12 +17,12 @@ fn comment_owner(elem: &Value) -> Option<(&str, &str)> {
     Some((id, network))
 }
 
-/// A JSON nft script deleting every element of `listing` (output of `nft -j list table inet knit`)
-/// whose comment names an attachment of `network` not in `keep`; `None` when nothing leaked.
-pub(super) fn leaked_json(
+/// A JSON nft script deleting every element of `listing` (output of `nft -j list table inet
+/// knit`) whose owner (attachment id, network), read from its comment, `doomed` picks; `None`
+/// when there is none. A GC passes "this network, not valid", a DEL without a record "this id".
+pub(super) fn sweep_json(
     listing: &str,
-    network: &str,
-    keep: &HashSet<String>,
+    doomed: &dyn Fn(&str, &str) -> bool,
 ) -> Result<Option<String>, NftError> {
     let doc: Value = serde_json::from_str(listing)
         .map_err(|e| NftError::invalid("nft json listing", e.to_string()))?;
@@ -50,7 +48,7 @@ pub(super) fn leaked_json(
             let Some((id, net)) = comment_owner(key) else {
                 continue;
             };
-            if net != network || keep.contains(id) {
+            if !doomed(id, net) {
                 continue;
             }
             let target = |elem: Value| {
@@ -70,6 +68,7 @@ pub(super) fn leaked_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn finds_leaked_elements_only() {
@@ -83,7 +82,9 @@ mod tests {
             [{"elem":{"val":{"concat":["tcp",8080]},"comment":"knit:bbbb n/d/eth0"}},
              {"concat":["10.244.0.6",80]}]]}}]}"#;
         let keep: HashSet<String> = ["aaaa".to_string()].into();
-        let s = leaked_json(listing, "n", &keep).unwrap().unwrap();
+        let s = sweep_json(listing, &|id, net| net == "n" && !keep.contains(id))
+            .unwrap()
+            .unwrap();
         let v: Value = serde_json::from_str(&s).unwrap();
         let cmds = v["nftables"].as_array().unwrap();
         assert_eq!(cmds.len(), 4, "{s}");
@@ -93,6 +94,10 @@ mod tests {
             8080
         );
         let keep_all: HashSet<String> = ["aaaa".to_string(), "bbbb".to_string()].into();
-        assert!(leaked_json(listing, "n", &keep_all).unwrap().is_none());
+        assert!(
+            sweep_json(listing, &|id, net| net == "n" && !keep_all.contains(id))
+                .unwrap()
+                .is_none()
+        );
     }
 }

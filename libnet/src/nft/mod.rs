@@ -301,11 +301,37 @@ impl<A: NftApply> Nft<A> {
     }
 
     fn del(&self, att: &Attachment, feature: Feature) -> Result<(), NftError> {
-        let Some(rec) = self.state.read(att, feature)? else {
-            return Ok(());
+        let rec = match self.state.read(att, feature) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Ok(()),
+            // A record cut short by a crash (records are not fsynced: after a power loss the
+            // kernel's elements are gone too). Find this attachment's elements by their
+            // comments instead, then drop the record.
+            Err(NftError::StateContent { .. }) => {
+                let id = att.id();
+                self.sweep(&|owner, _| owner == id)?;
+                return self.state.remove(att, feature);
+            }
+            Err(e) => return Err(e),
         };
         self.del_elems(att, &rec.elems)?;
         self.state.remove(att, feature)
+    }
+
+    /// Delete every element of our table whose comment names an owner `doomed` picks.
+    fn sweep(&self, doomed: &dyn Fn(&str, &str) -> bool) -> Result<(), NftError> {
+        let listing = match self
+            .apply
+            .query("gc", &format!("list table {}", plan::TABLE), true)
+        {
+            Ok(s) => s,
+            Err(e) if e.is_missing() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if let Some(script) = gc::sweep_json(&listing, doomed)? {
+            self.apply.query("gc", &script, true)?;
+        }
+        Ok(())
     }
 
     /// Delete tolerantly what is still there and still ours (elements already gone cost no
@@ -370,19 +396,7 @@ impl<A: NftApply> Nft<A> {
                 self.state.remove(&rec.attachment, rec.feature)?;
             }
         }
-        let listing = match self
-            .apply
-            .query("gc", &format!("list table {}", plan::TABLE), true)
-        {
-            Ok(s) => s,
-            Err(e) if e.is_missing() => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let script = gc::leaked_json(&listing, network, &keep)?;
-        if let Some(script) = script {
-            self.apply.query("gc", &script, true)?;
-        }
-        Ok(())
+        self.sweep(&|id, net| net == network && !keep.contains(id))
     }
 }
 

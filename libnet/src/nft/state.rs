@@ -162,7 +162,9 @@ impl StateDir {
         read_record(&self.path(att, feature))
     }
 
-    /// Write the record durably: temp file, fsync, rename over the old one.
+    /// Write the record: temp file, rename over the old one. Not fsynced: the elements it
+    /// describes live in the kernel and die with it, so after a power loss a record lost or cut
+    /// short describes nothing (DEL then sweeps by comment); a process crash loses nothing.
     pub fn write(&self, rec: &Record) -> Result<(), NftError> {
         std::fs::create_dir_all(&self.dir).map_err(Self::io("mkdir", &self.dir))?;
         let path = self.path(&rec.attachment, rec.feature);
@@ -173,7 +175,6 @@ impl StateDir {
         })?;
         let mut f = File::create(&tmp).map_err(Self::io("create", &tmp))?;
         f.write_all(&body).map_err(Self::io("write", &tmp))?;
-        f.sync_all().map_err(Self::io("fsync", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(Self::io("rename", &path))
     }
 
