@@ -1,0 +1,330 @@
+//! knit-bench: knit's CNI plugins against the reference, side by side in one run, as whole
+//! processes through the harness's chain runner, each side in its own namespaces.
+//!
+//! `knit-bench [--cycles N] [--scale N] [--scale-ref] [--no-scale] [--ref DIR] [--knit DIR]`
+//! Prints ADD, DEL and whole-cycle medians per side with knit/reference ratios, the kernel's own
+//! `ip link del` floor, a 1,000-container scale run, peak RSS, and a verdict per target.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use netns_tests::cases::{self, Case};
+use netns_tests::cni::{ChainOutcome, Runtime};
+use netns_tests::median_ms;
+use netns_tests::scenario::Side;
+use netns_tests::topology::TestNs;
+use serde_json::json;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Bail out of a loop after Ctrl-C so every namespace is dropped (and deleted) on the way out.
+fn check_stop() -> Result<()> {
+    if STOP.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Args {
+    cycles: usize,
+    scale: usize,
+    scale_ref: bool,
+    ref_dir: PathBuf,
+    knit_dir: PathBuf,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        cycles: 20,
+        scale: 1000,
+        scale_ref: false,
+        ref_dir: netns_tests::reference_dir(),
+        knit_dir: netns_tests::knit_dir(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--cycles" => a.cycles = val()?.parse()?,
+            "--scale" => a.scale = val()?.parse()?,
+            "--no-scale" => a.scale = 0,
+            "--scale-ref" => a.scale_ref = true,
+            "--ref" => a.ref_dir = val()?.into(),
+            "--knit" => a.knit_dir = val()?.into(),
+            "-h" | "--help" => {
+                println!("knit-bench [--cycles N] [--scale N|--no-scale] [--scale-ref] [--ref DIR] [--knit DIR]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if a.cycles == 0 {
+        bail!("--cycles must be at least 1");
+    }
+    Ok(a)
+}
+
+/// Samples of one side for one case.
+#[derive(Debug, Default)]
+struct Samples {
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+    cycle: Vec<Duration>,
+    /// Peak RSS (KiB) of any single plugin process seen (wait4 ru_maxrss).
+    max_rss_kib: i64,
+}
+
+impl Samples {
+    fn push(&mut self, add: &ChainOutcome, del: &ChainOutcome) {
+        self.add.push(add.elapsed);
+        self.del.push(del.elapsed);
+        self.cycle.push(add.elapsed + del.elapsed);
+        for c in add.calls.iter().chain(&del.calls) {
+            self.max_rss_kib = self.max_rss_kib.max(c.max_rss_kib);
+        }
+    }
+}
+
+/// One ADD+DEL of a fresh container on `side`; namespace setup is not timed.
+fn cycle(side: &Side, case: &Case, n: usize, samples: &mut Samples) -> Result<()> {
+    check_stop()?;
+    let ns = TestNs::new("b")?;
+    let mut rt = Runtime::new(&format!("knt-bench-{n}"), Some(&ns.path()), "eth0");
+    rt.capability_args = case.capability_args(0);
+    let add = side.runner().add(&side.conflist, &rt);
+    let result = add
+        .ok()
+        .with_context(|| format!("{} ADD", side.label))?
+        .clone();
+    let del = side.runner().del(&side.conflist, &rt, Some(&result));
+    del.ok().with_context(|| format!("{} DEL", side.label))?;
+    samples.push(&add, &del);
+    Ok(())
+}
+
+/// Interleaved cycles of both sides (order alternating), after one warm-up cycle each.
+fn compare(case: &Case, a: &Args) -> Result<[Samples; 2]> {
+    let sides = [
+        Side::new("ref", &a.ref_dir, &case.conflist)?,
+        Side::new("knit", &a.knit_dir, &case.conflist)?,
+    ];
+    let mut out = [Samples::default(), Samples::default()];
+    for side in &sides {
+        cycle(side, case, 0, &mut Samples::default())?;
+    }
+    for i in 0..a.cycles {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            cycle(&sides[k], case, i + 1, &mut out[k])?;
+        }
+    }
+    Ok(out)
+}
+
+fn ratio(knit: f64, reference: f64) -> f64 {
+    knit / reference
+}
+
+fn print_case(label: &str, s: &[Samples; 2]) {
+    let m = |v: &[Duration]| median_ms(v);
+    for (side, x) in ["ref", "knit"].iter().zip(s) {
+        println!(
+            "{label:<24} {side:<6} {:>9.2} {:>9.2} {:>9.2}",
+            m(&x.add),
+            m(&x.del),
+            m(&x.cycle)
+        );
+    }
+    println!(
+        "{:<24} {:<6} {:>9.3} {:>9.3} {:>9.3}",
+        "",
+        "ratio",
+        ratio(m(&s[1].add), m(&s[0].add)),
+        ratio(m(&s[1].del), m(&s[0].del)),
+        ratio(m(&s[1].cycle), m(&s[0].cycle))
+    );
+}
+
+/// The kernel's own cost of DEL: `ip link del` of a host veth whose peer is in another netns.
+fn link_del_floor(n: usize) -> Result<(f64, f64)> {
+    let host = TestNs::new("f")?;
+    let c = TestNs::new("fc")?;
+    let h = host.handle()?;
+    let (mut proc_t, mut nl_t) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        check_stop()?;
+        for via_ip in [true, false] {
+            host.run(&[
+                "ip",
+                "link",
+                "add",
+                "kntf0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                c.name(),
+            ])?;
+            let t = Instant::now();
+            if via_ip {
+                host.run(&["ip", "link", "del", "kntf0"])?;
+                proc_t.push(t.elapsed());
+            } else {
+                h.del_link_by_name("kntf0")?;
+                nl_t.push(t.elapsed());
+            }
+        }
+    }
+    Ok((median_ms(&proc_t), median_ms(&nl_t)))
+}
+
+/// `n` containers attached one after another to one bridge network; ADD times in order.
+fn scale(dir: &std::path::Path, label: &str, n: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let mut case = cases::bridge_gateway(128);
+    case.conflist["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": "10.244.128.0/20"}]]);
+    let side = Side::new(label, dir, &case.conflist)?;
+    let mut attached = Vec::with_capacity(n);
+    let mut adds = Vec::with_capacity(n);
+    for i in 0..n {
+        check_stop()?;
+        let ns = TestNs::new("s")?;
+        let rt = Runtime::new(&format!("knt-scale-{i}"), Some(&ns.path()), "eth0");
+        let add = side.runner().add(&side.conflist, &rt);
+        let result = add
+            .ok()
+            .with_context(|| format!("{label} ADD #{i}"))?
+            .clone();
+        adds.push(add.elapsed);
+        attached.push((ns, rt, result));
+    }
+    let mut dels = Vec::with_capacity(n);
+    for (ns, rt, result) in attached.iter().rev() {
+        check_stop()?;
+        let del = side.runner().del(&side.conflist, rt, Some(result));
+        del.ok()
+            .with_context(|| format!("{label} DEL {}", ns.name()))?;
+        dels.push(del.elapsed);
+    }
+    Ok((adds, dels))
+}
+
+struct Verdict {
+    lines: Vec<(String, f64, f64)>,
+}
+
+impl Verdict {
+    fn target(&mut self, what: &str, got: f64, max: f64) {
+        self.lines.push((what.to_string(), got, max));
+    }
+
+    fn print(&self) {
+        println!("\nverdict:");
+        let mut met = 0;
+        for (what, got, max) in &self.lines {
+            let ok = *got <= *max;
+            met += usize::from(ok);
+            let mark = if ok { "PASS" } else { "FAIL" };
+            println!("  {mark} {what:<46} {got:>7.3} (target <= {max})");
+        }
+        println!("  {met}/{} targets met", self.lines.len());
+    }
+}
+
+fn run(a: &Args) -> Result<()> {
+    println!(
+        "knit-bench: reference {} vs knit {}, {} cycles per side (medians, ms)",
+        a.ref_dir.display(),
+        a.knit_dir.display(),
+        a.cycles
+    );
+    let mut verdict = Verdict { lines: Vec::new() };
+    println!(
+        "\n{:<24} {:<6} {:>9} {:>9} {:>9}",
+        "case", "side", "ADD", "DEL", "cycle"
+    );
+    let bridge = compare(&cases::bridge_gateway(1), a)?;
+    print_case("bridge+host-local", &bridge);
+    let podman = compare(&cases::podman(10), a)?;
+    print_case("podman chain (0.4.0)", &podman);
+    let m = |s: &Samples, f: fn(&Samples) -> &Vec<Duration>| median_ms(f(s));
+    verdict.target(
+        "bridge+host-local ADD knit/ref",
+        m(&bridge[1], |s| &s.add) / m(&bridge[0], |s| &s.add),
+        0.25,
+    );
+    verdict.target(
+        "bridge+host-local DEL knit/ref",
+        m(&bridge[1], |s| &s.del) / m(&bridge[0], |s| &s.del),
+        0.6,
+    );
+    verdict.target(
+        "podman chain whole cycle knit/ref",
+        m(&podman[1], |s| &s.cycle) / m(&podman[0], |s| &s.cycle),
+        0.25,
+    );
+    let (ip_del, nl_del) = link_del_floor(a.cycles)?;
+    println!(
+        "\nkernel floor for DEL: `ip link del` of a veth {ip_del:.2} ms (process), \
+         netlink alone {nl_del:.2} ms"
+    );
+    let mib = |k: i64| k as f64 / 1024.0;
+    println!(
+        "peak RSS of one plugin process (incl. its IPAM child): ref {:.1} MiB, knit {:.1} MiB",
+        mib(bridge[0].max_rss_kib.max(podman[0].max_rss_kib)),
+        mib(bridge[1].max_rss_kib.max(podman[1].max_rss_kib))
+    );
+    if a.scale > 0 {
+        let mut sides = vec![("knit", &a.knit_dir)];
+        if a.scale_ref {
+            sides.push(("ref", &a.ref_dir));
+        }
+        for (label, dir) in sides {
+            let t = Instant::now();
+            let (adds, dels) = scale(dir, label, a.scale)?;
+            let k = 100.min(adds.len());
+            let (first, last) = (median_ms(&adds[..k]), median_ms(&adds[adds.len() - k..]));
+            println!(
+                "\nscale {label}: {} containers on one bridge in {:.1} s: ADD median first {k} \
+                 {first:.2} ms, last {k} {last:.2} ms (x{:.3}); DEL median {:.2} ms",
+                a.scale,
+                t.elapsed().as_secs_f64(),
+                last / first,
+                median_ms(&dels)
+            );
+            if label == "knit" {
+                verdict.target(
+                    &format!("{} containers: ADD last {k} / first {k}", a.scale),
+                    last / first,
+                    1.2,
+                );
+            }
+        }
+    }
+    verdict.print();
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    netns_tests::require_root();
+    let args = parse_args()?;
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_sigint),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGINT, &action)?;
+        nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGTERM, &action)?;
+    }
+    run(&args)
+}
