@@ -92,8 +92,10 @@ impl Samples {
     }
 }
 
-/// One ADD+DEL of a fresh container on `side`; namespace setup is not timed.
-fn cycle(side: &Side, case: &Case, n: usize, samples: &mut Samples) -> Result<()> {
+/// One ADD+DEL of a fresh container on `side`; namespace setup is not timed. The namespace is
+/// handed back, not deleted: the kernel tears a netns down asynchronously (under the RTNL), which
+/// would land on the next cycle's clock, so callers drop them after measuring.
+fn cycle(side: &Side, case: &Case, n: usize, samples: &mut Samples) -> Result<TestNs> {
     check_stop()?;
     let ns = TestNs::new("b")?;
     let mut rt = Runtime::new(&format!("knt-bench-{n}"), Some(&ns.path()), "eth0");
@@ -106,7 +108,7 @@ fn cycle(side: &Side, case: &Case, n: usize, samples: &mut Samples) -> Result<()
     let del = side.runner().del(&side.conflist, &rt, Some(&result));
     del.ok().with_context(|| format!("{} DEL", side.label))?;
     samples.push(&add, &del);
-    Ok(())
+    Ok(ns)
 }
 
 /// Interleaved cycles of both sides (order alternating), after one warm-up cycle each.
@@ -116,15 +118,17 @@ fn compare(case: &Case, a: &Args) -> Result<[Samples; 2]> {
         Side::new("knit", &a.knit_dir, &case.conflist)?,
     ];
     let mut out = [Samples::default(), Samples::default()];
+    let mut used = Vec::with_capacity(2 * a.cycles + 2);
     for side in &sides {
-        cycle(side, case, 0, &mut Samples::default())?;
+        used.push(cycle(side, case, 0, &mut Samples::default())?);
     }
     for i in 0..a.cycles {
         let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
         for k in order {
-            cycle(&sides[k], case, i + 1, &mut out[k])?;
+            used.push(cycle(&sides[k], case, i + 1, &mut out[k])?);
         }
     }
+    drop(used);
     Ok(out)
 }
 
@@ -217,6 +221,38 @@ fn scale(dir: &std::path::Path, label: &str, n: usize) -> Result<(Vec<Duration>,
     Ok((adds, dels))
 }
 
+/// The kernel's share of an ADD at scale: a veth into a fresh netns, attached to one bridge and
+/// set up over netlink, `n` times; what a plugin cannot do faster than. Times in order.
+fn kernel_scale(n: usize) -> Result<Vec<Duration>> {
+    use std::os::fd::AsRawFd;
+    let host = TestNs::new("k")?;
+    let h = host.handle()?;
+    h.add_bridge(cases::BRIDGE, None, None)?;
+    let br = h.link_by_name(cases::BRIDGE)?.index;
+    h.set_up(br, true)?;
+    let mut nss = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        check_stop()?;
+        let ns = TestNs::new("ks")?;
+        let name = format!("kntv{i}");
+        let t = Instant::now();
+        let peer = libnet::netlink::VethPeer {
+            name: "eth0",
+            netns_fd: Some(ns.ns().as_raw_fd()),
+            mac: None,
+            mtu: None,
+        };
+        h.add_veth(&name, None, None, &peer)?;
+        let idx = h.link_by_name(&name)?.index;
+        h.set_master(idx, br)?;
+        h.set_up(idx, true)?;
+        times.push(t.elapsed());
+        nss.push(ns);
+    }
+    Ok(times)
+}
+
 struct Verdict {
     lines: Vec<(String, f64, f64)>,
 }
@@ -283,6 +319,17 @@ fn run(a: &Args) -> Result<()> {
         mib(bridge[1].max_rss_kib.max(podman[1].max_rss_kib))
     );
     if a.scale > 0 {
+        let t = Instant::now();
+        let k = kernel_scale(a.scale)?;
+        let n = 100.min(k.len());
+        let (first, last) = (median_ms(&k[..n]), median_ms(&k[k.len() - n..]));
+        println!(
+            "\nkernel floor at scale: veth into a netns + attach + up over netlink, {} times in \
+             {:.1} s: first {n} {first:.2} ms, last {n} {last:.2} ms (x{:.3})",
+            a.scale,
+            t.elapsed().as_secs_f64(),
+            last / first
+        );
         let mut sides = vec![("knit", &a.knit_dir)];
         if a.scale_ref {
             sides.push(("ref", &a.ref_dir));
