@@ -2,8 +2,8 @@
 CARGO ?= cargo
 PREFIX ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
-# Every plugin is one multi-call binary (knit-cni) linked under the reference names.
-PLUGINS := bridge host-local static loopback portmap firewall tuning
+# Every plugin is one multi-call binary (knit-cni) linked under the reference names it answers
+# to (`knit-cni --list`).
 
 .PHONY: all build deps test test-unit test-kernel test-netns lint bench demo install clean
 
@@ -12,7 +12,7 @@ all: build
 build:
 	$(CARGO) build --release --workspace --bins
 	rm -rf target/cni/bin && mkdir -p target/cni/bin
-	for p in $(PLUGINS); do ln -f target/release/knit-cni target/cni/bin/$$p; done
+	for p in $$(target/release/knit-cni --list); do ln -f target/release/knit-cni target/cni/bin/$$p; done
 
 deps:
 	scripts/deps.sh
@@ -26,7 +26,7 @@ test-unit:
 
 test-kernel:
 	scripts/require-root.sh
-	$(CARGO) test --release -p libnet --features root-tests -- --test-threads=2
+	$(CARGO) test --release -p libnet -p cni-plugins --features root-tests -- --test-threads=2
 
 test-netns: build
 	scripts/require-root.sh
@@ -45,7 +45,8 @@ demo: deps build
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_BIN_DIR)
 	install -m 0755 target/release/knit $(DESTDIR)$(PREFIX)/bin/knit
-	for p in $(PLUGINS); do install -m 0755 target/release/knit-cni $(DESTDIR)$(CNI_BIN_DIR)/$$p; done
+	install -m 0755 target/release/knit-cni $(DESTDIR)$(CNI_BIN_DIR)/knit-cni
+	for p in $$(target/release/knit-cni --list); do ln -f $(DESTDIR)$(CNI_BIN_DIR)/knit-cni $(DESTDIR)$(CNI_BIN_DIR)/$$p; done
 
 clean:
 	$(CARGO) clean

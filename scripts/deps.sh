@@ -2,7 +2,7 @@
 # Installs every Debian package the build, the tests, the benchmarks and the demo need.
 # Idempotent; run as root on Debian 12. Skips apt entirely when everything is already present.
 set -euo pipefail
-PKGS=(iproute2 nftables iptables iputils-ping etcd-server etcd-client podman containernetworking-plugins
+PKGS=(iproute2 nftables iptables iputils-ping etcd-server etcd-client podman runc containernetworking-plugins
       netavark aardvark-dns busybox-static iperf3 curl jq)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -188,6 +188,46 @@ impl AsRawFd for NetNs {
     }
 }
 
+/// A named namespace that is deleted again when dropped: scratch "hosts" and "containers" for
+/// tests, benchmarks and demos. Names should carry a unique prefix (`knt-<pid>-...`).
+#[derive(Debug)]
+pub struct ScratchNs {
+    name: String,
+    ns: NetNs,
+}
+
+impl ScratchNs {
+    pub fn create(name: &str) -> Result<ScratchNs, NetnsError> {
+        let ns = NetNs::create_named(name)?;
+        Ok(ScratchNs {
+            name: name.to_string(),
+            ns,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/NAME`
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_RUN_DIR).join(&self.name)
+    }
+}
+
+impl std::ops::Deref for ScratchNs {
+    type Target = NetNs;
+    fn deref(&self) -> &NetNs {
+        &self.ns
+    }
+}
+
+impl Drop for ScratchNs {
+    fn drop(&mut self) {
+        let _ = NetNs::delete_named(&self.name);
+    }
+}
+
 fn validate_name(name: &str) -> Result<(), NetnsError> {
     let ok = !name.is_empty()
         && name != "."

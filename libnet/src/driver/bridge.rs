@@ -33,6 +33,8 @@ pub struct BridgeNet {
     /// Replace a different address of the same family already on the bridge.
     pub force_address: bool,
     pub enable_dad: bool,
+    /// Leave the container's interface down (no addresses then).
+    pub disable_container_interface: bool,
 }
 
 /// One address of an endpoint, with the gateway to reach beyond its subnet.
@@ -193,7 +195,9 @@ fn configure_container(net: &BridgeNet, ep: &Endpoint<'_>) -> Result<LinkRef, Dr
         }
         let _ = sysctl::set(&format!("net/ipv4/conf/{ifn}/arp_notify"), "1");
     }
-    c.set_up(link.index, true)?;
+    if !net.disable_container_interface {
+        c.set_up(link.index, true)?;
+    }
     for ip in &ep.ips {
         c.add_addr(link.index, ip.addr, !net.enable_dad)?;
     }
@@ -289,4 +293,60 @@ pub fn detach(
         })??;
     }
     Ok(())
+}
+
+/// What CHECK expects to find, from the attachment's previous result.
+#[derive(Debug)]
+pub struct Expected<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub netns: &'a NetNs,
+    pub mac: Option<String>,
+    pub ips: Vec<IpNet>,
+    pub routes: Vec<IpNet>,
+}
+
+/// Verify an attachment: the bridge, the host veth as its port, the container's interface with
+/// its MAC, addresses and routes. The first difference is the error.
+pub fn check(h: &Handle, net: &BridgeNet, want: &Expected<'_>) -> Result<(), DriverError> {
+    let drift = |what: String| Err(DriverError::Invalid(what));
+    let br = h.link_by_name(&net.bridge)?;
+    if br.kind.as_deref() != Some("bridge") {
+        return drift(format!("{:?} is not a bridge", net.bridge));
+    }
+    let host_name = host_veth_name(want.container_id, want.ifname);
+    if let Some(host) = h.find_link(&host_name)? {
+        if host.master != Some(br.index) {
+            return drift(format!("{host_name} is not a port of {}", net.bridge));
+        }
+    }
+    want.netns.run_in(|| -> Result<(), DriverError> {
+        let c = Handle::new()?;
+        let link = c.link_by_name(want.ifname)?;
+        if let Some(mac) = &want.mac {
+            if !mac.is_empty() && !mac.eq_ignore_ascii_case(&link.mac_string()) {
+                return drift(format!(
+                    "interface {} has MAC {}, expected {mac}",
+                    want.ifname,
+                    link.mac_string()
+                ));
+            }
+        }
+        let addrs = c.addrs(link.index)?;
+        for ip in &want.ips {
+            if !addrs.iter().any(|a| a.net == *ip) {
+                return drift(format!("address {ip} is missing on {}", want.ifname));
+            }
+        }
+        for dst in &want.routes {
+            let routes = c.routes(dst.addr().is_ipv6())?;
+            if !routes
+                .iter()
+                .any(|r| r.dst == dst.trunc() && r.oif == Some(link.index))
+            {
+                return drift(format!("route to {dst} via {} is missing", want.ifname));
+            }
+        }
+        Ok(())
+    })?
 }

@@ -1,0 +1,376 @@
+//! `bridge`: a Linux bridge on the host and a veth pair per container, with the options of the
+//! reference plugin (containernetworking/plugins `plugins/main/bridge`). The kernel work is
+//! libnet's bridge driver; this module turns configuration and IPAM results into its input and
+//! its output into a CNI result.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use libnet::driver::bridge::{self as driver, BridgeNet, Endpoint, IpConf, RouteConf};
+use libnet::netlink::link::parse_mac;
+use libnet::netlink::Handle;
+use libnet::netns::NetNs;
+use libnet::HasKind;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::ipam;
+use crate::skel::{Args, CniError, OrCni, Plugin, ERR_UNSUPPORTED_FIELD};
+use crate::types::{CniResult, Interface, IpConfig, RouteEntry};
+
+pub struct Bridge;
+
+fn default_bridge() -> String {
+    "cni0".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Conf {
+    #[serde(default = "default_bridge")]
+    bridge: String,
+    #[serde(default)]
+    is_gateway: bool,
+    #[serde(default)]
+    is_default_gateway: bool,
+    #[serde(default)]
+    force_address: bool,
+    #[serde(default)]
+    ip_masq: bool,
+    #[serde(default)]
+    mtu: u32,
+    #[serde(default)]
+    hairpin_mode: bool,
+    #[serde(default)]
+    promisc_mode: bool,
+    #[serde(default)]
+    vlan: i64,
+    #[serde(default)]
+    macspoofchk: bool,
+    #[serde(default, rename = "enabledad")]
+    enable_dad: bool,
+    #[serde(default)]
+    disable_container_interface: bool,
+}
+
+impl Conf {
+    fn load(a: &Args) -> Result<Conf, CniError> {
+        let mut c: Conf = a.parse()?;
+        if c.is_default_gateway {
+            c.is_gateway = true;
+        }
+        if c.vlan != 0 {
+            return Err(CniError::new(
+                ERR_UNSUPPORTED_FIELD,
+                "vlan: VLAN filtering on the bridge is not supported by knit yet",
+            ));
+        }
+        if c.macspoofchk {
+            return Err(CniError::new(
+                ERR_UNSUPPORTED_FIELD,
+                "macspoofchk is not supported by knit yet",
+            ));
+        }
+        if c.hairpin_mode && c.promisc_mode {
+            return Err(CniError::config(
+                "cannot set hairpin mode and promiscuous mode at the same time",
+            ));
+        }
+        if c.disable_container_interface && !ipam::ipam_type(a).is_empty() {
+            return Err(CniError::config(
+                "disableContainerInterface keeps the interface down, so it cannot be used with IPAM",
+            ));
+        }
+        Ok(c)
+    }
+
+    fn net(&self) -> BridgeNet {
+        BridgeNet {
+            bridge: self.bridge.clone(),
+            mtu: (self.mtu != 0).then_some(self.mtu),
+            promisc: self.promisc_mode,
+            hairpin: self.hairpin_mode,
+            is_gateway: self.is_gateway,
+            force_address: self.force_address,
+            enable_dad: self.enable_dad,
+            disable_container_interface: self.disable_container_interface,
+        }
+    }
+}
+
+/// The MAC asked for through `runtimeConfig.mac` (capability `mac`), `args.cni.mac` or
+/// `CNI_ARGS` `MAC=`, strongest first.
+fn requested_mac(a: &Args) -> Result<Option<[u8; 6]>, CniError> {
+    let s = a
+        .conf
+        .runtime_config
+        .get("mac")
+        .and_then(Value::as_str)
+        .or_else(|| a.conf.args.pointer("/cni/mac").and_then(Value::as_str))
+        .or_else(|| a.cni_arg("MAC"));
+    match s {
+        None | Some("") => Ok(None),
+        Some(s) => parse_mac(s)
+            .map(Some)
+            .ok_or_else(|| CniError::config(format!("invalid MAC address {s:?}"))),
+    }
+}
+
+/// The first address of a subnet, the reference's gateway when IPAM named none.
+fn first_host(net: &IpNet) -> IpAddr {
+    match net.network() {
+        IpAddr::V4(n) => IpAddr::V4((u32::from(n) + 1).into()),
+        IpAddr::V6(n) => IpAddr::V6((u128::from(n) + 1).into()),
+    }
+}
+
+/// Fill in gateways and the default routes the configuration asks for.
+fn complete_ipam(c: &Conf, r: &mut CniResult) -> Result<(), CniError> {
+    for ip in &mut r.ips {
+        if ip.gateway.is_none() && c.is_gateway {
+            ip.gateway = Some(first_host(&ip.address));
+        }
+    }
+    if !c.is_default_gateway {
+        return Ok(());
+    }
+    for ip in &r.ips {
+        let Some(gw) = ip.gateway else { continue };
+        let any: IpNet = if gw.is_ipv4() {
+            "0.0.0.0/0".parse().unwrap()
+        } else {
+            "::/0".parse().unwrap()
+        };
+        match r.routes.iter().find(|rt| rt.dst == any) {
+            Some(rt) if rt.gw.is_some_and(|g| g != gw) => {
+                return Err(CniError::config(format!(
+                    "isDefaultGateway ineffective because IPAM sets default route via {}",
+                    rt.gw.unwrap()
+                )))
+            }
+            Some(_) => {}
+            None => r.routes.push(RouteEntry::new(any, Some(gw))),
+        }
+    }
+    Ok(())
+}
+
+fn open_netns(a: &Args) -> Result<NetNs, CniError> {
+    let path = a
+        .netns
+        .as_ref()
+        .expect("skel requires CNI_NETNS for ADD and CHECK");
+    NetNs::open(path).cni_ctx("opening the container's network namespace")
+}
+
+impl Plugin for Bridge {
+    fn add(&self, a: &Args) -> Result<CniResult, CniError> {
+        let c = Conf::load(a)?;
+        let mac = requested_mac(a)?;
+        let ns = open_netns(a)?;
+        let layer3 = !ipam::ipam_type(a).is_empty();
+        let mut result = if layer3 {
+            ipam::add(a)?
+        } else {
+            CniResult::default()
+        };
+        // From here on a failure must give the addresses back.
+        let release = ReleaseOnError { a, armed: layer3 };
+        if layer3 && result.ips.is_empty() {
+            return Err(CniError::config("IPAM plugin returned missing IP config"));
+        }
+        complete_ipam(&c, &mut result)?;
+
+        let h = Handle::new().cni()?;
+        let ep = Endpoint {
+            container_id: &a.container_id,
+            ifname: &a.ifname,
+            netns: &ns,
+            mac,
+            ips: result
+                .ips
+                .iter()
+                .map(|ip| IpConf {
+                    addr: ip.address,
+                    gateway: ip.gateway,
+                })
+                .collect(),
+            routes: result
+                .routes
+                .iter()
+                .map(|r| RouteConf {
+                    dst: r.dst,
+                    gw: r.gw,
+                })
+                .collect(),
+        };
+        let att = driver::attach(&h, &c.net(), &ep).cni()?;
+        if c.ip_masq {
+            if let Err(e) = crate::masq::ensure(a, &result) {
+                let _ = driver::detach(&h, &a.container_id, &a.ifname, Some(&ns));
+                return Err(e);
+            }
+        }
+        release.disarm();
+
+        result.interfaces = vec![
+            Interface {
+                name: att.bridge.name,
+                mac: att.bridge.mac,
+                ..Default::default()
+            },
+            Interface {
+                name: att.host.name,
+                mac: att.host.mac,
+                ..Default::default()
+            },
+            Interface {
+                name: att.container.name,
+                mac: att.container.mac,
+                sandbox: a.netns.as_ref().unwrap().display().to_string(),
+                ..Default::default()
+            },
+        ];
+        for ip in &mut result.ips {
+            ip.interface = Some(2);
+        }
+        if !a.conf.dns.is_empty() {
+            result.dns = a.conf.dns.clone();
+        }
+        Ok(result)
+    }
+
+    fn del(&self, a: &Args) -> Result<(), CniError> {
+        let c = Conf::load(a)?;
+        let mut first_err = None;
+        if !ipam::ipam_type(a).is_empty() {
+            if let Err(e) = ipam::del(a) {
+                first_err.get_or_insert(e);
+            }
+        }
+        // The container's namespace may be gone already: that is not an error for DEL.
+        let ns = a.netns.as_ref().and_then(|p| NetNs::open(p).ok());
+        let h = Handle::new().cni()?;
+        if let Err(e) = driver::detach(&h, &a.container_id, &a.ifname, ns.as_ref()) {
+            if e.kind() != libnet::Kind::NotFound {
+                first_err.get_or_insert(CniError::from_kind(e.kind(), &e));
+            }
+        }
+        if c.ip_masq {
+            if let Err(e) = crate::masq::del(a) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn check(&self, a: &Args) -> Result<(), CniError> {
+        let c = Conf::load(a)?;
+        let prev = a
+            .prev_result()?
+            .ok_or_else(|| CniError::config("required prevResult missing"))?;
+        if !ipam::ipam_type(a).is_empty() {
+            ipam::check(a)?;
+        }
+        let ns = open_netns(a)?;
+        let h = Handle::new().cni()?;
+        let want = driver::Expected {
+            container_id: &a.container_id,
+            ifname: &a.ifname,
+            netns: &ns,
+            mac: prev
+                .interfaces
+                .iter()
+                .find(|i| i.name == a.ifname && !i.sandbox.is_empty())
+                .map(|i| i.mac.clone()),
+            ips: prev.ips.iter().map(|ip: &IpConfig| ip.address).collect(),
+            routes: prev.routes.iter().map(|r| r.dst).collect(),
+        };
+        driver::check(&h, &c.net(), &want).cni()?;
+        if c.ip_masq {
+            crate::masq::check(a)?;
+        }
+        Ok(())
+    }
+
+    fn gc(&self, a: &Args) -> Result<(), CniError> {
+        let c = Conf::load(a)?;
+        if !ipam::ipam_type(a).is_empty() {
+            ipam::gc(a)?;
+        }
+        if c.ip_masq {
+            crate::masq::gc(a)?;
+        }
+        Ok(())
+    }
+
+    fn status(&self, a: &Args) -> Result<(), CniError> {
+        Conf::load(a)?;
+        Ok(())
+    }
+}
+
+/// Gives an ADD's addresses back to IPAM unless disarmed.
+struct ReleaseOnError<'a> {
+    a: &'a Args,
+    armed: bool,
+}
+
+impl ReleaseOnError<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ReleaseOnError<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = ipam::del(self.a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(json: &str) -> Conf {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn gateways_and_default_routes_are_completed_like_the_reference() {
+        let c = conf(r#"{"isDefaultGateway": true, "isGateway": true}"#);
+        let mut r = CniResult {
+            ips: vec![IpConfig {
+                interface: None,
+                address: "10.244.1.7/24".parse().unwrap(),
+                gateway: None,
+            }],
+            ..Default::default()
+        };
+        complete_ipam(&c, &mut r).unwrap();
+        assert_eq!(r.ips[0].gateway, "10.244.1.1".parse().ok());
+        assert_eq!(
+            r.routes,
+            vec![RouteEntry::new(
+                "0.0.0.0/0".parse().unwrap(),
+                "10.244.1.1".parse().ok()
+            )]
+        );
+        // A default route via another gateway makes isDefaultGateway ineffective: an error.
+        r.routes = vec![RouteEntry::new(
+            "0.0.0.0/0".parse().unwrap(),
+            "10.244.1.254".parse().ok(),
+        )];
+        assert!(complete_ipam(&c, &mut r).is_err());
+    }
+
+    #[test]
+    fn first_host_of_v6() {
+        assert_eq!(
+            first_host(&"fd00:6b6e:1::9/64".parse().unwrap()),
+            "fd00:6b6e:1::1".parse::<IpAddr>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! Kernel tests of the plugins, run in-process through the skel inside fresh namespaces (a
+//! "host" and a "container" per test). Root only: `cargo test -p cni-plugins --features
+//! root-tests`; without root they fail.
+#![cfg(feature = "root-tests")]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use cni_plugins::plugins::by_name;
+use cni_plugins::skel::run;
+use libnet::netlink::Handle;
+use libnet::netns::ScratchNs;
+use serde_json::{json, Value};
+
+fn scratch(tag: &str) -> ScratchNs {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "root-tests must run as root"
+    );
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    ScratchNs::create(&format!("knt-{}-{tag}{n}", std::process::id())).expect("create netns")
+}
+
+fn call(
+    host: &ScratchNs,
+    plugin: &str,
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    conf: &Value,
+) -> (i32, Value) {
+    call_if(host, plugin, cmd, id, netns, "eth0", conf)
+}
+
+/// Run `plugin` for `cmd` inside `host`, as a runtime would exec it there.
+fn call_if(
+    host: &ScratchNs,
+    plugin: &str,
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    ifname: &str,
+    conf: &Value,
+) -> (i32, Value) {
+    let env: Vec<(&str, &str)> = vec![
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+        ("CNI_PATH", "/nonexistent"),
+    ];
+    let stdin = conf.to_string();
+    let p = by_name(plugin).expect("known plugin");
+    host.run_in(|| {
+        let mut out = Vec::new();
+        let env = env.as_slice();
+        let code = run(p, &env, &mut stdin.as_bytes(), &mut out);
+        let v = if out.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&out).unwrap()
+        };
+        (code, v)
+    })
+    .unwrap()
+}
+
+fn bridge_conf(br: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0", "name": "knt-net", "type": "bridge", "bridge": br,
+        "isGateway": true, "isDefaultGateway": true,
+        "ipam": {"type": "static", "addresses": [
+            {"address": "10.244.20.5/24", "gateway": "10.244.20.1"},
+            {"address": "fd00:6b6e:20::5/64", "gateway": "fd00:6b6e:20::1"}]}
+    })
+}
+
+fn links(ns: &ScratchNs) -> Vec<String> {
+    let h = Handle::new_in(ns).unwrap();
+    h.links().unwrap().into_iter().map(|l| l.name).collect()
+}
+
+#[test]
+fn bridge_add_check_del_del() {
+    let (host, ctr) = (scratch("h"), scratch("c"));
+    let conf = bridge_conf("kbr20");
+    let netns = ctr.path().display().to_string();
+    let (code, res) = call(&host, "bridge", "ADD", "ctr1", &netns, &conf);
+    assert_eq!(code, 0, "{res}");
+    assert_eq!(res["interfaces"][0]["name"], "kbr20");
+    assert_eq!(res["interfaces"][2]["sandbox"], netns.as_str());
+    assert_eq!(res["ips"][0]["interface"], 2);
+    assert_eq!(res["routes"].as_array().unwrap().len(), 2, "{res}");
+
+    let h = Handle::new_in(&host).unwrap();
+    let br = h.link_by_name("kbr20").unwrap();
+    let gws: Vec<String> = h
+        .addrs(br.index)
+        .unwrap()
+        .iter()
+        .map(|a| a.net.to_string())
+        .collect();
+    assert!(gws.contains(&"10.244.20.1/24".to_string()), "{gws:?}");
+    let c = Handle::new_in(&ctr).unwrap();
+    let eth0 = c.link_by_name("eth0").unwrap();
+    assert!(eth0.is_up());
+    let v4 = c.routes(false).unwrap();
+    assert!(
+        v4.iter()
+            .any(|r| r.dst.prefix_len() == 0 && r.gw == "10.244.20.1".parse().ok()),
+        "{v4:?}"
+    );
+
+    let mut checked = conf.clone();
+    checked["prevResult"] = res.clone();
+    let (code, out) = call(&host, "bridge", "CHECK", "ctr1", &netns, &checked);
+    assert_eq!(code, 0, "{out}");
+    // CHECK notices drift: a deleted address.
+    c.del_addr(eth0.index, "10.244.20.5/24".parse().unwrap())
+        .unwrap();
+    let (code, out) = call(&host, "bridge", "CHECK", "ctr1", &netns, &checked);
+    assert_eq!(code, 1, "CHECK must fail after the address was removed");
+    assert!(
+        out["msg"].as_str().unwrap().contains("10.244.20.5"),
+        "{out}"
+    );
+
+    let (code, out) = call(&host, "bridge", "DEL", "ctr1", &netns, &checked);
+    assert_eq!(code, 0, "{out}");
+    assert!(c.find_link("eth0").unwrap().is_none());
+    assert!(
+        !links(&host).iter().any(|l| l.starts_with("veth")),
+        "{:?}",
+        links(&host)
+    );
+    let (code, out) = call(&host, "bridge", "DEL", "ctr1", &netns, &checked);
+    assert_eq!(code, 0, "DEL is idempotent: {out}");
+}
+
+#[test]
+fn bridge_add_that_fails_half_way_leaves_nothing() {
+    let (host, ctr) = (scratch("h"), scratch("c"));
+    // The container already has an eth0: the veth pair cannot be made.
+    let c = Handle::new_in(&ctr).unwrap();
+    let peer = libnet::netlink::VethPeer {
+        name: "other0",
+        ..Default::default()
+    };
+    c.add_veth("eth0", None, None, &peer).unwrap();
+    let netns = ctr.path().display().to_string();
+    let (code, out) = call(
+        &host,
+        "bridge",
+        "ADD",
+        "ctr1",
+        &netns,
+        &bridge_conf("kbr21"),
+    );
+    assert_eq!(code, 1);
+    assert_eq!(out["code"], 7, "{out}");
+    assert_eq!(
+        links(&host),
+        vec!["lo".to_string()],
+        "the bridge made by this ADD is gone too"
+    );
+}
+
+#[test]
+fn bridge_del_without_netns_removes_the_host_side() {
+    let (host, ctr) = (scratch("h"), scratch("c"));
+    let netns = ctr.path().display().to_string();
+    let conf = bridge_conf("kbr22");
+    let (code, out) = call(&host, "bridge", "ADD", "ctr9", &netns, &conf);
+    assert_eq!(code, 0, "{out}");
+    // The runtime removed the container's namespace before calling DEL.
+    drop(ctr);
+    let (code, out) = call(&host, "bridge", "DEL", "ctr9", "", &conf);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !links(&host).iter().any(|l| l.starts_with("veth")),
+        "{:?}",
+        links(&host)
+    );
+}
+
+#[test]
+fn loopback_up_and_down() {
+    let (host, ctr) = (scratch("h"), scratch("c"));
+    let netns = ctr.path().display().to_string();
+    let conf = json!({"cniVersion": "1.0.0", "name": "knt-lo", "type": "loopback"});
+    let env_call = |cmd| call_if(&host, "loopback", cmd, "c", &netns, "lo", &conf);
+    let (code, out) = env_call("ADD");
+    assert_eq!(code, 0, "{out}");
+    let c = Handle::new_in(&ctr).unwrap();
+    assert!(c.link_by_name("lo").unwrap().is_up());
+    assert_eq!(out["ips"][0]["address"], "127.0.0.1/8", "{out}");
+    assert_eq!(env_call("DEL").0, 0);
+    assert!(!c.link_by_name("lo").unwrap().is_up());
+}

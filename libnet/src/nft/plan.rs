@@ -1,0 +1,315 @@
+//! Pure plans: the static skeleton of `table inet knit` and the set/map elements each attachment
+//! owns, rendered to nft syntax. Nothing here touches the kernel.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::error::NftError;
+
+/// The only table knit programs. Everything else in the ruleset is not ours.
+pub const TABLE: &str = "inet knit";
+/// Priority of the nat output chain (`dstnat` is not accepted by nft 1.0.6 for `output`).
+pub const OUTPUT_NAT_PRIORITY: i32 = -100;
+/// Longest element comment the kernel keeps (NFT_USERDATA_MAXLEN is 256, nft allows 128).
+pub const COMMENT_MAX: usize = 128;
+
+/// The fixed part: sets, maps, chains and rules. Created once per namespace, only when missing.
+pub const SKELETON: &str = include_str!("golden/skeleton.nft");
+
+/// Transport protocols a port mapping may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Proto {
+    pub fn parse(s: &str) -> Result<Proto, NftError> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            "sctp" => Ok(Proto::Sctp),
+            _ => Err(NftError::invalid(
+                "protocol",
+                format!("{s:?} (want tcp, udp or sctp)"),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        }
+    }
+}
+
+/// One validated port mapping (reference portmap `portMappings` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Proto,
+    /// `None`: every local address of both families. An unspecified address (`0.0.0.0`, `::`):
+    /// every local address of that family. Otherwise only that host address.
+    pub host_ip: Option<IpAddr>,
+}
+
+/// A `portMappings` entry as it arrives in CNI runtime config, before validation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawPortMapping {
+    pub host_port: i64,
+    pub container_port: i64,
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: String,
+}
+
+impl RawPortMapping {
+    /// Validate: ports 1..=65535, protocol tcp/udp/sctp (empty means tcp), hostIP empty or an IP.
+    pub fn validate(&self) -> Result<PortMapping, NftError> {
+        let port = |what: &'static str, p: i64| {
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| NftError::invalid(what, format!("{p} (want 1..65535)")))
+        };
+        let protocol = if self.protocol.is_empty() {
+            Proto::Tcp
+        } else {
+            Proto::parse(&self.protocol)?
+        };
+        let host_ip = match self.host_ip.trim() {
+            "" => None,
+            s => Some(
+                s.parse::<IpAddr>()
+                    .map_err(|_| NftError::invalid("hostIP", format!("{s:?}")))?,
+            ),
+        };
+        Ok(PortMapping {
+            host_port: port("hostPort", self.host_port)?,
+            container_port: port("containerPort", self.container_port)?,
+            protocol,
+            host_ip,
+        })
+    }
+}
+
+/// `same-bridge` isolation of the firewall plugin, or `open` (the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IngressPolicy {
+    #[default]
+    Open,
+    SameBridge,
+}
+
+impl IngressPolicy {
+    pub fn parse(s: &str) -> Result<IngressPolicy, NftError> {
+        match s {
+            "" | "open" => Ok(IngressPolicy::Open),
+            "same-bridge" => Ok(IngressPolicy::SameBridge),
+            _ => Err(NftError::invalid("ingressPolicy", format!("{s:?}"))),
+        }
+    }
+}
+
+/// One element of one of our sets or maps, in nft syntax. `value` is set for map elements.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Elem {
+    pub set: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+impl Elem {
+    fn new(set: &str, key: String, value: Option<String>) -> Elem {
+        Elem {
+            set: set.to_string(),
+            key,
+            value,
+        }
+    }
+
+    /// `{ KEY comment "C" : VALUE }` as nft wants it (the comment sits between key and value).
+    fn render(&self, comment: Option<&str>) -> String {
+        let mut s = format!("{{ {}", self.key);
+        if let Some(c) = comment {
+            let _ = write!(s, " comment \"{c}\"");
+        }
+        if let Some(v) = &self.value {
+            let _ = write!(s, " : {v}");
+        }
+        s.push_str(" }");
+        s
+    }
+}
+
+fn fam(ip: &IpAddr) -> char {
+    if ip.is_ipv4() {
+        '4'
+    } else {
+        '6'
+    }
+}
+
+/// bridge ipMasq: masquerade traffic from each address leaving its own subnet (not multicast).
+pub fn plan_masq(ips: &[IpNet]) -> Vec<Elem> {
+    let mut out = Vec::new();
+    for net in ips {
+        let ip = net.addr();
+        let f = fam(&ip);
+        out.push(Elem::new(&format!("masq{f}"), ip.to_string(), None));
+        out.push(Elem::new(
+            &format!("masq_skip{f}"),
+            format!("{ip} . {}", net.trunc()),
+            None,
+        ));
+    }
+    out
+}
+
+/// portmap: DNAT elements per mapping and family, plus the hairpin/localhost masquerade keys.
+/// As the reference does, a mapping whose hostIP family has no container address is skipped
+/// (dual-stack configs pass v6 hostIPs to v4-only containers); the same host key twice is invalid.
+pub fn plan_portmap(maps: &[PortMapping], container_ips: &[IpAddr]) -> Result<Vec<Elem>, NftError> {
+    let first = |v4: bool| container_ips.iter().find(|ip| ip.is_ipv4() == v4).copied();
+    let mut out = Vec::new();
+    let mut used = BTreeSet::new();
+    for m in maps {
+        let families: Vec<bool> = match m.host_ip {
+            None => vec![true, false],
+            Some(h) => vec![h.is_ipv4()],
+        };
+        for v4 in families {
+            let Some(cip) = first(v4) else { continue };
+            let f = fam(&cip);
+            let proto = m.protocol.as_str();
+            let value = Some(format!("{cip} . {}", m.container_port));
+            let elem = match m.host_ip.filter(|h| !h.is_unspecified()) {
+                Some(h) => Elem::new(
+                    &format!("pm{f}_ip"),
+                    format!("{h} . {proto} . {}", m.host_port),
+                    value,
+                ),
+                None => Elem::new(
+                    &format!("pm{f}_any"),
+                    format!("{proto} . {}", m.host_port),
+                    value,
+                ),
+            };
+            if !used.insert((elem.set.clone(), elem.key.clone())) {
+                return Err(NftError::invalid(
+                    "portMappings",
+                    format!("host port {} mapped twice", elem.key),
+                ));
+            }
+            out.push(elem);
+        }
+    }
+    if !out.is_empty() {
+        for cip in [first(true), first(false)].into_iter().flatten() {
+            let f = fam(&cip);
+            if f == '4' {
+                out.push(Elem::new("pm_ctr4", cip.to_string(), None));
+            }
+            out.push(Elem::new(
+                &format!("hairpin{f}"),
+                format!("{cip} . {cip}"),
+                None,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// firewall: forwarding allowed to (established) and from each address; with `same-bridge`,
+/// the (bridge, address) pairs the isolation rule looks up.
+pub fn plan_firewall(
+    bridge: &str,
+    ips: &[IpAddr],
+    policy: IngressPolicy,
+) -> Result<Vec<Elem>, NftError> {
+    validate_ifname(bridge)?;
+    let mut out = Vec::new();
+    for ip in ips {
+        let f = fam(ip);
+        out.push(Elem::new(&format!("fw{f}"), ip.to_string(), None));
+        if policy == IngressPolicy::SameBridge {
+            out.push(Elem::new(
+                &format!("iso{f}"),
+                format!("\"{bridge}\" . {ip}"),
+                None,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn validate_ifname(name: &str) -> Result<(), NftError> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'/');
+    if ok {
+        Ok(())
+    } else {
+        Err(NftError::invalid("bridge name", format!("{name:?}")))
+    }
+}
+
+/// The elements to add (with the attachment's comment): one transaction.
+pub fn render_add(elems: &[Elem], comment: &str) -> String {
+    let mut s = String::new();
+    for e in elems {
+        let _ = writeln!(
+            s,
+            "add element {TABLE} {} {}",
+            e.set,
+            e.render(Some(comment))
+        );
+    }
+    s
+}
+
+/// Tolerant delete: `add` then `delete` of the same element in one transaction never fails on a
+/// missing element (nft 1.0.6 has no `destroy`), and leaves the element gone either way.
+pub fn render_del(elems: &[Elem]) -> String {
+    let mut s = String::new();
+    for e in elems {
+        let _ = writeln!(s, "add element {TABLE} {} {}", e.set, e.render(None));
+        let key_only = Elem::new(&e.set, e.key.clone(), None);
+        let _ = writeln!(
+            s,
+            "delete element {TABLE} {} {}",
+            e.set,
+            key_only.render(None)
+        );
+    }
+    s
+}
+
+/// Replace an attachment's elements `old` by `new` in one transaction: stale ones go, new ones
+/// come, unchanged ones are re-added (a no-op for the kernel).
+pub fn render_replace(old: &[Elem], new: &[Elem], comment: &str) -> String {
+    let stale: Vec<Elem> = old.iter().filter(|e| !new.contains(e)).cloned().collect();
+    let mut s = render_del(&stale);
+    s.push_str(&render_add(new, comment));
+    s
+}
+
+/// Create the skeleton: `create table` fails if the table is already there, so two creators (or
+/// a table made by another knit version) can never duplicate the fixed rules.
+pub fn render_create_skeleton() -> String {
+    format!("create table {TABLE}\n{SKELETON}")
+}

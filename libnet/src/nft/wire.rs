@@ -1,0 +1,305 @@
+//! nf_tables netlink encoding of our elements, and a one-element lookup (NFT_MSG_GETSETELEM with
+//! a key) that costs O(1) whatever the table holds — libnftables' `get element` first dumps every
+//! element of every set (about 25 µs per element here), which would make CHECK grow with the host.
+//!
+//! Key layout as the kernel wants it: the concatenated fields, each padded to 4 bytes (ipv4 4,
+//! ipv6 16, inet_proto 1→4, inet_service 2 big-endian→4, ifname 16); an interval concatenation
+//! also carries KEY_END (the last address of the prefix).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+
+use super::error::NftError;
+use super::plan::{Elem, Proto};
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFPROTO_INET: u8 = 1;
+const NLA_F_NESTED: u16 = 0x8000;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
+const NFTA_DATA_VALUE: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+/// The table name inside `inet knit`.
+const TABLE_NAME: &str = "knit";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// An IPv4 or IPv6 address (the set's type decides; both are unpadded).
+    Addr,
+    /// The second half of a masq_skip key: a prefix, i.e. a range.
+    Net,
+    Proto,
+    Port,
+    Ifname,
+}
+
+/// (key fields, data fields) of each of our sets; see `golden/skeleton.nft`.
+fn schema(set: &str) -> Option<(&'static [Field], &'static [Field])> {
+    use Field::*;
+    Some(match set {
+        "masq4" | "masq6" | "pm_ctr4" | "fw4" | "fw6" => (&[Addr], &[]),
+        "masq_skip4" | "masq_skip6" => (&[Addr, Net], &[]),
+        "hairpin4" | "hairpin6" => (&[Addr, Addr], &[]),
+        "pm4_ip" | "pm6_ip" => (&[Addr, Proto, Port], &[Addr, Port]),
+        "pm4_any" | "pm6_any" => (&[Proto, Port], &[Addr, Port]),
+        "iso4" | "iso6" => (&[Ifname, Addr], &[]),
+        _ => return None,
+    })
+}
+
+/// An element in kernel bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireElem {
+    pub set: String,
+    pub key: Vec<u8>,
+    pub key_end: Option<Vec<u8>>,
+    pub data: Option<Vec<u8>>,
+}
+
+fn bad(e: &Elem, why: &str) -> NftError {
+    NftError::invalid("element", format!("{} {{ {} }}: {why}", e.set, e.key))
+}
+
+/// Encode `s` (fields joined by " . ") into (start, end) bytes.
+fn encode_fields(e: &Elem, s: &str, fields: &[Field]) -> Result<(Vec<u8>, Vec<u8>), NftError> {
+    let parts: Vec<&str> = s.split(" . ").map(str::trim).collect();
+    if parts.len() != fields.len() {
+        return Err(bad(e, "wrong number of fields"));
+    }
+    let (mut start, mut end) = (Vec::new(), Vec::new());
+    for (p, f) in parts.iter().zip(fields) {
+        let pad = |v: &mut Vec<u8>| v.resize(v.len().div_ceil(4) * 4, 0);
+        match f {
+            Field::Addr => {
+                let ip: IpAddr = p.parse().map_err(|_| bad(e, "bad address"))?;
+                let b = ip_bytes(ip);
+                start.extend_from_slice(&b);
+                end.extend_from_slice(&b);
+            }
+            Field::Net => {
+                let net: IpNet = p.parse().map_err(|_| bad(e, "bad prefix"))?;
+                start.extend_from_slice(&ip_bytes(net.network()));
+                end.extend_from_slice(&ip_bytes(net.broadcast()));
+            }
+            Field::Proto => {
+                let n = match Proto::parse(p)? {
+                    Proto::Tcp => 6,
+                    Proto::Udp => 17,
+                    Proto::Sctp => 132,
+                };
+                start.extend_from_slice(&[n, 0, 0, 0]);
+                end.extend_from_slice(&[n, 0, 0, 0]);
+            }
+            Field::Port => {
+                let port: u16 = p.parse().map_err(|_| bad(e, "bad port"))?;
+                let b = port.to_be_bytes();
+                start.extend_from_slice(&[b[0], b[1], 0, 0]);
+                end.extend_from_slice(&[b[0], b[1], 0, 0]);
+            }
+            Field::Ifname => {
+                let name = p.trim_matches('"').as_bytes();
+                if name.len() >= 16 {
+                    return Err(bad(e, "ifname too long"));
+                }
+                let mut b = [0u8; 16];
+                b[..name.len()].copy_from_slice(name);
+                start.extend_from_slice(&b);
+                end.extend_from_slice(&b);
+            }
+        }
+        pad(&mut start);
+        pad(&mut end);
+    }
+    Ok((start, end))
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+impl WireElem {
+    pub fn encode(e: &Elem) -> Result<WireElem, NftError> {
+        let (kf, df) = schema(&e.set).ok_or_else(|| bad(e, "not one of our sets"))?;
+        let (key, end) = encode_fields(e, &e.key, kf)?;
+        let key_end = kf.contains(&Field::Net).then_some(end);
+        let data = match (&e.value, df.is_empty()) {
+            (Some(v), false) => Some(encode_fields(e, v, df)?.0),
+            (None, true) => None,
+            _ => return Err(bad(e, "value does not match the set's type")),
+        };
+        Ok(WireElem {
+            set: e.set.clone(),
+            key,
+            key_end,
+            data,
+        })
+    }
+
+    /// NFT_MSG_GETSETELEM for this key (no dump: the kernel looks the one key up).
+    pub fn get_request(&self, seq: u32) -> Vec<u8> {
+        let mut key = Vec::new();
+        nla(&mut key, NFTA_DATA_VALUE, &self.key);
+        let mut el = Vec::new();
+        nla(&mut el, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &key);
+        if let Some(end) = &self.key_end {
+            let mut k = Vec::new();
+            nla(&mut k, NFTA_DATA_VALUE, end);
+            nla(&mut el, NFTA_SET_ELEM_KEY_END | NLA_F_NESTED, &k);
+        }
+        let mut list = Vec::new();
+        nla(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &el);
+        let mut body = vec![NFPROTO_INET, 0, 0, 0]; // nfgenmsg: family, version, res_id
+        nla(&mut body, NFTA_SET_ELEM_LIST_TABLE, &cstr(TABLE_NAME));
+        nla(&mut body, NFTA_SET_ELEM_LIST_SET, &cstr(&self.set));
+        nla(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM;
+        nlmsg(ty, NLM_F_REQUEST | NLM_F_ACK, seq, &body)
+    }
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+fn nla(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+    let len = (4 + payload.len()) as u16;
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize(buf.len().div_ceil(4) * 4, 0);
+}
+
+fn nlmsg(ty: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16 + body.len());
+    m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    m.extend_from_slice(&ty.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Iterate over netlink attributes: (type without flags, payload).
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let payload = &b[4..len];
+        b = &b[(len.div_ceil(4) * 4).min(b.len())..];
+        Some((ty, payload))
+    })
+}
+
+fn find(b: &[u8], ty: u16) -> Option<&[u8]> {
+    attrs(b).find(|(t, _)| *t == ty).map(|(_, p)| p)
+}
+
+/// The data value of the (single) element in a NEWSETELEM answer.
+fn answer_data(body: &[u8]) -> Option<Vec<u8>> {
+    let list = find(body.get(4..)?, NFTA_SET_ELEM_LIST_ELEMENTS)?;
+    let el = find(list, NFTA_LIST_ELEM)?;
+    let data = find(el, NFTA_SET_ELEM_DATA)?;
+    find(data, NFTA_DATA_VALUE).map(<[u8]>::to_vec)
+}
+
+/// Look one element up in the calling thread's namespace. `Ok(None)`: absent (or no table).
+/// `Ok(Some(data))`: present, with its map data (empty for a plain set).
+pub fn lookup(e: &WireElem) -> Result<Option<Vec<u8>>, NftError> {
+    let io = |what: &str, err: std::io::Error| NftError::apply("lookup", format!("{what}: {err}"));
+    let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| io("socket", e))?;
+    sock.bind_auto().map_err(|e| io("bind", e))?;
+    sock.connect(&SocketAddr::new(0, 0))
+        .map_err(|e| io("connect", e))?;
+    sock.send(&e.get_request(1), 0).map_err(|e| io("send", e))?;
+    let mut found = None;
+    loop {
+        let (buf, _) = sock.recv_from_full().map_err(|e| io("recv", e))?;
+        let mut b = &buf[..];
+        while b.len() >= 16 {
+            let len = (u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize).min(b.len());
+            if len < 20 {
+                break;
+            }
+            let ty = u16::from_ne_bytes([b[4], b[5]]);
+            let body = &b[16..len];
+            if ty == NLMSG_ERROR {
+                let errno = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
+                return match -errno {
+                    0 => Ok(found),
+                    libc::ENOENT => Ok(None),
+                    n => Err(NftError::apply(
+                        "lookup",
+                        format!("{}: {}", e.set, std::io::Error::from_raw_os_error(n)),
+                    )),
+                };
+            }
+            if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM {
+                found = Some(answer_data(body).unwrap_or_default());
+            }
+            b = &b[(len.div_ceil(4) * 4).min(b.len())..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(set: &str, key: &str, value: Option<&str>) -> Elem {
+        Elem {
+            set: set.into(),
+            key: key.into(),
+            value: value.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn encodes_keys_padded_to_4_bytes() {
+        let w = WireElem::encode(&el("pm4_any", "tcp . 8080", Some("10.244.1.5 . 80"))).unwrap();
+        assert_eq!(w.key, [6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
+        assert_eq!(w.data.unwrap(), [10, 244, 1, 5, 0, 80, 0, 0]);
+        let w = WireElem::encode(&el("masq_skip4", "10.244.1.5 . 10.244.1.0/24", None)).unwrap();
+        assert_eq!(w.key, [10, 244, 1, 5, 10, 244, 1, 0]);
+        assert_eq!(w.key_end.unwrap(), [10, 244, 1, 5, 10, 244, 1, 255]);
+        let w = WireElem::encode(&el("iso4", "\"knbr0\" . 10.0.0.1", None)).unwrap();
+        assert_eq!(&w.key[..6], b"knbr0\0");
+        assert_eq!(w.key.len(), 20);
+        let w = WireElem::encode(&el("pm6_ip", "fd00::1 . sctp . 1", Some("fd00::2 . 2"))).unwrap();
+        assert_eq!(w.key.len(), 24);
+        assert_eq!(w.data.unwrap().len(), 20);
+        assert!(WireElem::encode(&el("nope", "1.2.3.4", None)).is_err());
+        assert!(WireElem::encode(&el("masq4", "1.2.3.4", Some("x"))).is_err());
+    }
+
+    #[test]
+    fn walks_attributes() {
+        let mut b = Vec::new();
+        nla(&mut b, 1, b"abc");
+        nla(&mut b, 2 | NLA_F_NESTED, &[1, 2, 3, 4]);
+        let v: Vec<_> = attrs(&b).collect();
+        assert_eq!(v, vec![(1, &b"abc"[..]), (2, &[1u8, 2, 3, 4][..])]);
+    }
+}

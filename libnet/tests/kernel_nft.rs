@@ -1,0 +1,516 @@
+//! Kernel tests of the nft layer, each in fresh namespaces of its own, with real traffic where it
+//! matters. Run as root: `cargo test -p libnet --features root-tests --test kernel_nft`.
+#![cfg(feature = "root-tests")]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use libnet::netns::NetNs;
+use libnet::nft::{
+    Attachment, Feature, IngressPolicy, LibNft, Nft, NftApply, NftCli, PortMapping, RawPortMapping,
+    StateDir,
+};
+use libnet::{HasKind, Kind};
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+fn uniq(tag: &str) -> String {
+    format!(
+        "knt-{}-{tag}{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+struct TestNs {
+    name: String,
+    ns: NetNs,
+}
+
+impl TestNs {
+    fn new(tag: &str) -> TestNs {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "root-tests must run as root"
+        );
+        let name = uniq(tag);
+        let ns = NetNs::create_named(&name).expect("create netns");
+        let t = TestNs { name, ns };
+        t.sh("ip link set lo up");
+        t
+    }
+
+    /// Run a shell command inside the namespace; panic on failure.
+    fn sh(&self, cmd: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `nft -j list table inet knit` as JSON.
+    fn table(&self) -> serde_json::Value {
+        serde_json::from_str(&self.sh("nft -j list table inet knit")).unwrap()
+    }
+
+    /// Elements of one set/map (JSON values, comments included).
+    fn elems(&self, set: &str) -> Vec<serde_json::Value> {
+        let t = self.table();
+        t["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get("set").or_else(|| o.get("map")))
+            .filter(|s| s["name"] == set)
+            .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    fn rules(&self) -> usize {
+        let t = self.table();
+        t["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o.get("rule").is_some())
+            .count()
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = NetNs::delete_named(&self.name);
+    }
+}
+
+struct TmpDir(PathBuf);
+
+impl TmpDir {
+    fn new() -> TmpDir {
+        let p = std::env::temp_dir().join(uniq("state"));
+        std::fs::create_dir_all(&p).unwrap();
+        TmpDir(p)
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nft(dir: &TmpDir) -> Nft<LibNft> {
+    Nft::with(LibNft::new().unwrap(), StateDir::new(&dir.0))
+}
+
+fn att(cid: &str) -> Attachment {
+    Attachment::new("knt-net", cid, "eth0")
+}
+
+fn pm(h: i64, c: i64, host_ip: &str) -> PortMapping {
+    RawPortMapping {
+        host_port: h,
+        container_port: c,
+        protocol: "tcp".into(),
+        host_ip: host_ip.into(),
+    }
+    .validate()
+    .unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Join `a` and `b` by a veth: `a_addr` on a's end, `b_addr` on b's end (CIDR notation).
+fn veth(a: &TestNs, a_if: &str, a_addr: &str, b: &TestNs, b_if: &str, b_addr: &str) {
+    a.sh(&format!(
+        "ip link add {a_if} type veth peer name {b_if} netns {} && ip addr add {a_addr} dev {a_if} && ip link set {a_if} up",
+        b.name
+    ));
+    b.sh(&format!(
+        "ip addr add {b_addr} dev {b_if} && ip link set {b_if} up"
+    ));
+}
+
+/// A TCP listener in `ns` that answers each connection with the peer address it saw.
+fn echo_peer_server(ns: &TestNs, addr: &str) {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let l = ns
+        .ns
+        .run_in(move || TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let peer = s.peer_addr().unwrap().ip().to_string();
+            let _ = s.write_all(peer.as_bytes());
+        }
+    });
+}
+
+/// Connect from inside `ns` and return what the server said (the peer address it saw).
+fn connect_from(ns: &TestNs, addr: &str) -> Result<String, String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    ns.ns
+        .run_in(move || {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+            Ok(buf)
+        })
+        .unwrap()
+}
+
+/// host H between an outside client X (10.244.8.0/24) and a container C (10.244.9.0/24).
+struct Topo {
+    h: TestNs,
+    x: TestNs,
+    c: TestNs,
+}
+
+fn topo() -> Topo {
+    let h = TestNs::new("h");
+    let x = TestNs::new("x");
+    let c = TestNs::new("c");
+    veth(&h, "kn-x", "10.244.8.1/24", &x, "eth0", "10.244.8.2/24");
+    veth(&h, "kn-c", "10.244.9.1/24", &c, "eth0", "10.244.9.2/24");
+    c.sh("ip route add default via 10.244.9.1");
+    h.sh("sysctl -qw net.ipv4.ip_forward=1");
+    Topo { h, x, c }
+}
+
+#[test]
+fn portmap_dnat_real_traffic_and_del() {
+    let t = topo();
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let a = att("pm1");
+    echo_peer_server(&t.c, "10.244.9.2:8080");
+    // X has no route to the container subnet: only DNAT (prerouting) can reach it.
+    let maps = [pm(18080, 8080, "")];
+    let cips = [ip("10.244.9.2")];
+    t.h.ns
+        .run_in(|| nft.ensure_portmap(&a, &maps, &cips))
+        .unwrap()
+        .unwrap();
+    t.h.ns
+        .run_in(|| nft.check_portmap(&a, &maps, &cips))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        connect_from(&t.x, "10.244.8.1:18080").unwrap(),
+        "10.244.8.2"
+    );
+    // The host itself through the output chain, and from 127.0.0.1 with route_localnet.
+    assert!(connect_from(&t.h, "10.244.8.1:18080").is_ok());
+    t.h.sh(&format!(
+        "sysctl -qw {}=1",
+        libnet::nft::route_localnet_key("kn-c").replace('/', ".")
+    ));
+    assert_eq!(connect_from(&t.h, "127.0.0.1:18080").unwrap(), "10.244.9.1");
+    // Hairpin: the container reaches its own mapped port, masqueraded to the host side.
+    assert_eq!(
+        connect_from(&t.c, "10.244.8.1:18080").unwrap(),
+        "10.244.9.1"
+    );
+
+    t.h.ns.run_in(|| nft.del_portmap(&a)).unwrap().unwrap();
+    assert!(t.h.elems("pm4_any").is_empty());
+    assert!(connect_from(&t.x, "10.244.8.1:18080").is_err());
+    let e =
+        t.h.ns
+            .run_in(|| nft.check_portmap(&a, &maps, &cips))
+            .unwrap();
+    assert_eq!(e.unwrap_err().kind(), Kind::NotFound);
+    // Idempotent DEL.
+    t.h.ns.run_in(|| nft.del_portmap(&a)).unwrap().unwrap();
+}
+
+#[test]
+fn portmap_host_ip_specific_and_conflict() {
+    let t = topo();
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    echo_peer_server(&t.c, "10.244.9.2:8081");
+    let maps = [pm(18081, 8081, "10.244.8.1")];
+    let cips = [ip("10.244.9.2"), ip("fd00:6b6e:9::2")];
+    let run = |a: &Attachment, m: &[PortMapping]| {
+        t.h.ns.run_in(|| nft.ensure_portmap(a, m, &cips)).unwrap()
+    };
+    run(&att("pm2"), &maps).unwrap();
+    assert_eq!(
+        connect_from(&t.x, "10.244.8.1:18081").unwrap(),
+        "10.244.8.2"
+    );
+    // The same host port for another container is refused, and leaves nothing behind.
+    let other = [pm(18081, 9999, "10.244.8.1")];
+    let err = run(&att("pm3"), &other).unwrap_err();
+    assert_eq!(err.kind(), Kind::Exists, "{err}");
+    assert!(dir_has(&dir, "pm3").is_empty());
+    assert_eq!(t.h.elems("pm4_ip").len(), 1);
+    // CHECK notices a mapping whose target was changed behind our back.
+    let check = || {
+        t.h.ns
+            .run_in(|| nft.check_portmap(&att("pm2"), &maps, &cips))
+            .unwrap()
+    };
+    check().unwrap();
+    t.h.sh("nft flush map inet knit pm4_ip; nft add element inet knit pm4_ip '{ 10.244.8.1 . tcp . 18081 : 10.244.9.3 . 8081 }'");
+    assert_eq!(check().unwrap_err().kind(), Kind::NotFound);
+}
+
+fn dir_has(dir: &TmpDir, cid: &str) -> Vec<PathBuf> {
+    let id = att(cid).id();
+    std::fs::read_dir(&dir.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(&id))
+        .collect()
+}
+
+#[test]
+fn masquerade_real_traffic() {
+    let t = topo();
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let a = att("mq1");
+    echo_peer_server(&t.x, "10.244.8.2:9090");
+    let ips: Vec<IpNet> = vec!["10.244.9.2/24".parse().unwrap()];
+    // Without masquerade X cannot answer (no route back to 10.244.9.0/24).
+    assert!(connect_from(&t.c, "10.244.8.2:9090").is_err());
+    t.h.ns
+        .run_in(|| nft.ensure_masq(&a, &ips))
+        .unwrap()
+        .unwrap();
+    t.h.ns.run_in(|| nft.check_masq(&a, &ips)).unwrap().unwrap();
+    assert_eq!(connect_from(&t.c, "10.244.8.2:9090").unwrap(), "10.244.8.1");
+    // Traffic inside its own subnet keeps its source.
+    echo_peer_server(&t.h, "10.244.9.1:9091");
+    assert_eq!(connect_from(&t.c, "10.244.9.1:9091").unwrap(), "10.244.9.2");
+    let comment = t.h.elems("masq4")[0]["elem"]["comment"].clone();
+    assert!(comment
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("knit:{}", a.id())));
+    t.h.ns.run_in(|| nft.del_masq(&a)).unwrap().unwrap();
+    assert!(t.h.elems("masq4").is_empty() && t.h.elems("masq_skip4").is_empty());
+}
+
+#[test]
+fn del_tolerates_elements_or_table_already_gone() {
+    let h = TestNs::new("h");
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let (a, b) = (att("gone1"), att("gone2"));
+    let ips: Vec<IpNet> = vec![
+        "10.244.9.2/24".parse().unwrap(),
+        "fd00:6b6e:9::2/64".parse().unwrap(),
+    ];
+    let run = |f: &(dyn Fn() -> Result<(), libnet::nft::NftError> + Sync)| h.ns.run_in(f).unwrap();
+    run(&|| nft.ensure_masq(&a, &ips)).unwrap();
+    run(&|| nft.ensure_firewall(&b, "knbr0", &[ip("10.244.9.3")], IngressPolicy::SameBridge))
+        .unwrap();
+    // Someone removed a's elements behind our back: DEL still succeeds and clears its state.
+    h.sh("nft flush set inet knit masq4; nft flush set inet knit masq_skip6");
+    run(&|| nft.del_masq(&a)).unwrap();
+    assert!(nft.state().read(&a, Feature::Masq).unwrap().is_none());
+    assert!(h.elems("masq_skip4").is_empty() && h.elems("masq6").is_empty());
+    // The whole table is gone (e.g. a reboot without the state dir being cleared).
+    h.sh("nft delete table inet knit");
+    run(&|| nft.del_firewall(&b)).unwrap();
+    run(&|| nft.del_firewall(&b)).unwrap();
+}
+
+#[test]
+fn ensure_again_replaces_the_attachments_elements() {
+    let h = TestNs::new("h");
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let a = att("re1");
+    let cips = [ip("10.244.14.2"), ip("fd00:6b6e:14::2")];
+    let run = |m: &[PortMapping]| h.ns.run_in(|| nft.ensure_portmap(&a, m, &cips)).unwrap();
+    run(&[pm(21000, 80, ""), pm(21001, 81, "")]).unwrap();
+    assert_eq!(h.elems("pm4_any").len(), 2);
+    assert_eq!(h.elems("pm6_any").len(), 2);
+    run(&[pm(21001, 81, "")]).unwrap();
+    assert_eq!(h.elems("pm4_any").len(), 1);
+    assert_eq!(h.elems("pm6_any").len(), 1);
+    run(&[]).unwrap();
+    assert!(h.elems("pm4_any").is_empty() && h.elems("hairpin6").is_empty());
+    assert!(nft.state().read(&a, Feature::Portmap).unwrap().is_none());
+}
+
+#[test]
+fn concurrent_adds_make_one_skeleton() {
+    let h = TestNs::new("h");
+    let dir = TmpDir::new();
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let (h, dir) = (&h, &dir);
+            s.spawn(move || {
+                let nft = nft(dir);
+                let a = att(&format!("conc{i}"));
+                let ips: Vec<IpNet> = vec![format!("10.244.10.{}/24", i + 2).parse().unwrap()];
+                h.ns.run_in(|| nft.ensure_masq(&a, &ips)).unwrap().unwrap();
+            });
+        }
+    });
+    assert_eq!(h.elems("masq4").len(), 8);
+    let skeleton_rules = libnet::nft::plan::SKELETON
+        .lines()
+        .filter(|l| {
+            let l = l.trim();
+            !l.is_empty()
+                && !l.starts_with("type ")
+                && !l.starts_with("flags ")
+                && !l.starts_with("comment ")
+                && !l.ends_with('{')
+                && l != "}"
+        })
+        .count();
+    assert_eq!(h.rules(), skeleton_rules, "fixed rules made exactly once");
+}
+
+#[test]
+fn gc_removes_invalid_attachments_and_leaked_elements() {
+    let h = TestNs::new("h");
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let (keep, stale, leaked) = (att("gc-keep"), att("gc-stale"), att("gc-leak"));
+    let cips = |n: u8| [IpAddr::from([10, 244, 11, n])];
+    h.ns.run_in(|| {
+        nft.ensure_portmap(&keep, &[pm(20001, 80, "")], &cips(2))
+            .unwrap();
+        nft.ensure_portmap(&stale, &[pm(20002, 80, "")], &cips(3))
+            .unwrap();
+        nft.ensure_portmap(&leaked, &[pm(20003, 80, "")], &cips(4))
+            .unwrap();
+    })
+    .unwrap();
+    // Lose the state file of `leaked`: only its element comments remain.
+    for p in dir_has(&dir, "gc-leak") {
+        std::fs::remove_file(p).unwrap();
+    }
+    h.ns.run_in(|| nft.gc(std::slice::from_ref(&keep)))
+        .unwrap()
+        .unwrap();
+    let left = h.elems("pm4_any");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(h.elems("hairpin4").len(), 1);
+    assert!(nft
+        .state()
+        .read(&stale, Feature::Portmap)
+        .unwrap()
+        .is_none());
+    assert!(nft.state().read(&keep, Feature::Portmap).unwrap().is_some());
+}
+
+#[test]
+fn firewall_same_bridge_isolation_traffic() {
+    // Two bridges in H, one container on each, both same-bridge: they cannot reach each other;
+    // the host still reaches both; with `open` they can.
+    let h = TestNs::new("h");
+    let (c1, c2) = (TestNs::new("c"), TestNs::new("c"));
+    h.sh("ip link add knbr1 type bridge && ip link add knbr2 type bridge && ip addr add 10.244.12.1/24 dev knbr1 && ip addr add 10.244.13.1/24 dev knbr2 && ip link set knbr1 up && ip link set knbr2 up && sysctl -qw net.ipv4.ip_forward=1");
+    veth(&h, "kn-c1", "10.244.99.1/32", &c1, "eth0", "10.244.12.2/24");
+    veth(&h, "kn-c2", "10.244.99.2/32", &c2, "eth0", "10.244.13.2/24");
+    h.sh("ip link set kn-c1 master knbr1 && ip link set kn-c2 master knbr2");
+    c1.sh("ip route add default via 10.244.12.1");
+    c2.sh("ip route add default via 10.244.13.1");
+    echo_peer_server(&c2, "10.244.13.2:7070");
+    assert!(
+        connect_from(&c1, "10.244.13.2:7070").is_ok(),
+        "routed before isolation"
+    );
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let (a1, a2) = (att("fw1"), att("fw2"));
+    let same = IngressPolicy::SameBridge;
+    h.ns.run_in(|| {
+        nft.ensure_firewall(&a1, "knbr1", &[ip("10.244.12.2")], same)
+            .unwrap();
+        nft.ensure_firewall(&a2, "knbr2", &[ip("10.244.13.2")], same)
+            .unwrap();
+        nft.check_firewall(&a2, "knbr2", &[ip("10.244.13.2")], same)
+            .unwrap();
+    })
+    .unwrap();
+    assert!(connect_from(&c1, "10.244.13.2:7070").is_err(), "isolated");
+    assert!(
+        connect_from(&h, "10.244.13.2:7070").is_ok(),
+        "host still reaches"
+    );
+    h.ns.run_in(|| nft.ensure_firewall(&a2, "knbr2", &[ip("10.244.13.2")], IngressPolicy::Open))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        h.elems("iso4").len(),
+        1,
+        "open replaced a2's isolation element"
+    );
+    assert!(connect_from(&c1, "10.244.13.2:7070").is_ok(), "open again");
+}
+
+/// Cost of one ensure, first vs 1,000th (printed, not asserted), and fork vs in-process.
+#[test]
+fn thousand_mappings_cost_the_same() {
+    let h = TestNs::new("h");
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let times =
+        h.ns.run_in(|| {
+            let mut times = Vec::new();
+            for i in 0..1000u32 {
+                let a = att(&format!("k{i}"));
+                let cip = IpAddr::from([10, 244, 20 + (i / 250) as u8, (i % 250) as u8 + 2]);
+                let t0 = Instant::now();
+                nft.ensure_portmap(&a, &[pm(30000 + i64::from(i), 80, "")], &[cip])
+                    .unwrap();
+                times.push(t0.elapsed());
+            }
+            times
+        })
+        .unwrap();
+    let avg = |s: &[Duration]| s.iter().sum::<Duration>() / s.len() as u32;
+    eprintln!(
+        "nft ensure_portmap: 1st {:?} (incl. skeleton), 2nd..11th avg {:?}, 991st..1000th avg {:?}",
+        times[0],
+        avg(&times[1..11]),
+        avg(&times[990..])
+    );
+    assert_eq!(h.elems("pm4_any").len(), 1000);
+    let del =
+        h.ns.run_in(|| {
+            let t0 = Instant::now();
+            nft.del_portmap(&att("k500")).unwrap();
+            t0.elapsed()
+        })
+        .unwrap();
+    eprintln!("nft del_portmap with 1000 present: {del:?}");
+    // The same element op through a forked `nft -f -`.
+    let cli =
+        h.ns.run_in(|| {
+            let t0 = Instant::now();
+            NftCli
+                .run("add", "add element inet knit masq4 { 10.244.30.2 }\n")
+                .unwrap();
+            t0.elapsed()
+        })
+        .unwrap();
+    eprintln!("forked nft -f - for one element: {cli:?}");
+}
