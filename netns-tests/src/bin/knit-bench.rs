@@ -191,11 +191,30 @@ fn link_del_floor(n: usize) -> Result<(f64, f64)> {
     Ok((median_ms(&proc_t), median_ms(&nl_t)))
 }
 
-/// `n` containers attached one after another to one bridge network; ADD times in order.
-fn scale(dir: &std::path::Path, label: &str, n: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+/// One scale run: ADD times in order, DEL times, and the cost of a bare plugin process start
+/// (`loopback` VERSION through the same runner) before and after, to tell harness/exec growth
+/// from the plugin's own.
+struct ScaleRun {
+    adds: Vec<Duration>,
+    dels: Vec<Duration>,
+    start_before: f64,
+    start_after: f64,
+}
+
+fn start_cost(side: &Side) -> f64 {
+    let runner = side.runner();
+    let t: Vec<Duration> = (0..10)
+        .map(|_| runner.version("loopback", "1.0.0").elapsed)
+        .collect();
+    median_ms(&t)
+}
+
+/// `n` containers attached one after another to one bridge network.
+fn scale(dir: &std::path::Path, label: &str, n: usize) -> Result<ScaleRun> {
     let mut case = cases::bridge_gateway(128);
     case.conflist["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": "10.244.128.0/20"}]]);
     let side = Side::new(label, dir, &case.conflist)?;
+    let start_before = start_cost(&side);
     let mut attached = Vec::with_capacity(n);
     let mut adds = Vec::with_capacity(n);
     for i in 0..n {
@@ -210,6 +229,7 @@ fn scale(dir: &std::path::Path, label: &str, n: usize) -> Result<(Vec<Duration>,
         adds.push(add.elapsed);
         attached.push((ns, rt, result));
     }
+    let start_after = start_cost(&side);
     let mut dels = Vec::with_capacity(n);
     for (ns, rt, result) in attached.iter().rev() {
         check_stop()?;
@@ -218,7 +238,12 @@ fn scale(dir: &std::path::Path, label: &str, n: usize) -> Result<(Vec<Duration>,
             .with_context(|| format!("{label} DEL {}", ns.name()))?;
         dels.push(del.elapsed);
     }
-    Ok((adds, dels))
+    Ok(ScaleRun {
+        adds,
+        dels,
+        start_before,
+        start_after,
+    })
 }
 
 /// The kernel's share of an ADD at scale: a veth into a fresh netns, attached to one bridge and
@@ -269,10 +294,87 @@ impl Verdict {
             let ok = *got <= *max;
             met += usize::from(ok);
             let mark = if ok { "PASS" } else { "FAIL" };
-            println!("  {mark} {what:<46} {got:>7.3} (target <= {max})");
+            let got = if got.is_nan() {
+                "n/a".into()
+            } else {
+                format!("{got:.3}")
+            };
+            println!("  {mark} {what:<46} {got:>7} (target <= {max})");
         }
         println!("  {met}/{} targets met", self.lines.len());
     }
+}
+
+/// Compare both sides on one case and print its rows; a failing side is reported, not fatal
+/// (its targets then count as not met). Only Ctrl-C aborts.
+fn measure(label: &str, case: &Case, a: &Args) -> Result<Option<[Samples; 2]>> {
+    match compare(case, a) {
+        Ok(s) => {
+            print_case(label, &s);
+            Ok(Some(s))
+        }
+        Err(e) => {
+            check_stop()?;
+            println!("{label:<24} FAILED: {e:#}");
+            Ok(None)
+        }
+    }
+}
+
+/// knit/ref ratio of one statistic; NaN (target not met) when the case did not run.
+fn ratio_of(s: &Option<[Samples; 2]>, f: fn(&Samples) -> &Vec<Duration>) -> f64 {
+    s.as_ref()
+        .map_or(f64::NAN, |s| median_ms(f(&s[1])) / median_ms(f(&s[0])))
+}
+
+/// The kernel's scale floor, then `n` containers on one bridge for knit (and the reference).
+fn scale_report(a: &Args, verdict: &mut Verdict) -> Result<()> {
+    let t = Instant::now();
+    let k = kernel_scale(a.scale)?;
+    let n = 100.min(k.len());
+    let (first, last) = (median_ms(&k[..n]), median_ms(&k[k.len() - n..]));
+    println!(
+        "\nkernel floor at scale: veth into a netns + attach + up over netlink, {} times in \
+         {:.1} s: first {n} {first:.2} ms, last {n} {last:.2} ms (x{:.3})",
+        a.scale,
+        t.elapsed().as_secs_f64(),
+        last / first
+    );
+    let mut sides = vec![("knit", &a.knit_dir)];
+    if a.scale_ref {
+        sides.push(("ref", &a.ref_dir));
+    }
+    for (label, dir) in sides {
+        let t = Instant::now();
+        let growth = match scale(dir, label, a.scale) {
+            Ok(r) => {
+                let (adds, k) = (&r.adds, 100.min(r.adds.len()));
+                let (first, last) = (median_ms(&adds[..k]), median_ms(&adds[adds.len() - k..]));
+                println!(
+                    "\nscale {label}: {} containers on one bridge in {:.1} s: ADD median first \
+                     {k} {first:.2} ms, last {k} {last:.2} ms (x{:.3}); DEL median {:.2} ms; \
+                     bare plugin start (VERSION) {:.2} ms before, {:.2} ms after",
+                    a.scale,
+                    t.elapsed().as_secs_f64(),
+                    last / first,
+                    median_ms(&r.dels),
+                    r.start_before,
+                    r.start_after
+                );
+                last / first
+            }
+            Err(e) => {
+                check_stop()?;
+                println!("\nscale {label}: FAILED: {e:#}");
+                f64::NAN
+            }
+        };
+        if label == "knit" {
+            let what = format!("{} containers: ADD last 100 / first 100", a.scale);
+            verdict.target(&what, growth, 1.2);
+        }
+    }
+    Ok(())
 }
 
 fn run(a: &Args) -> Result<()> {
@@ -287,24 +389,21 @@ fn run(a: &Args) -> Result<()> {
         "\n{:<24} {:<6} {:>9} {:>9} {:>9}",
         "case", "side", "ADD", "DEL", "cycle"
     );
-    let bridge = compare(&cases::bridge_gateway(1), a)?;
-    print_case("bridge+host-local", &bridge);
-    let podman = compare(&cases::podman(10), a)?;
-    print_case("podman chain (0.4.0)", &podman);
-    let m = |s: &Samples, f: fn(&Samples) -> &Vec<Duration>| median_ms(f(s));
+    let bridge = measure("bridge+host-local", &cases::bridge_gateway(1), a)?;
+    let podman = measure("podman chain (0.4.0)", &cases::podman(10), a)?;
     verdict.target(
         "bridge+host-local ADD knit/ref",
-        m(&bridge[1], |s| &s.add) / m(&bridge[0], |s| &s.add),
+        ratio_of(&bridge, |s| &s.add),
         0.25,
     );
     verdict.target(
         "bridge+host-local DEL knit/ref",
-        m(&bridge[1], |s| &s.del) / m(&bridge[0], |s| &s.del),
+        ratio_of(&bridge, |s| &s.del),
         0.6,
     );
     verdict.target(
         "podman chain whole cycle knit/ref",
-        m(&podman[1], |s| &s.cycle) / m(&podman[0], |s| &s.cycle),
+        ratio_of(&podman, |s| &s.cycle),
         0.25,
     );
     let (ip_del, nl_del) = link_del_floor(a.cycles)?;
@@ -312,49 +411,22 @@ fn run(a: &Args) -> Result<()> {
         "\nkernel floor for DEL: `ip link del` of a veth {ip_del:.2} ms (process), \
          netlink alone {nl_del:.2} ms"
     );
-    let mib = |k: i64| k as f64 / 1024.0;
+    let rss = |k: usize| {
+        let max = [&bridge, &podman]
+            .iter()
+            .filter_map(|s| s.as_ref().map(|s| s[k].max_rss_kib))
+            .max();
+        max.map_or("n/a".to_string(), |kib| {
+            format!("{:.1} MiB", kib as f64 / 1024.0)
+        })
+    };
     println!(
-        "peak RSS of one plugin process (incl. its IPAM child): ref {:.1} MiB, knit {:.1} MiB",
-        mib(bridge[0].max_rss_kib.max(podman[0].max_rss_kib)),
-        mib(bridge[1].max_rss_kib.max(podman[1].max_rss_kib))
+        "peak RSS of one plugin process (incl. its IPAM child): ref {}, knit {}",
+        rss(0),
+        rss(1)
     );
     if a.scale > 0 {
-        let t = Instant::now();
-        let k = kernel_scale(a.scale)?;
-        let n = 100.min(k.len());
-        let (first, last) = (median_ms(&k[..n]), median_ms(&k[k.len() - n..]));
-        println!(
-            "\nkernel floor at scale: veth into a netns + attach + up over netlink, {} times in \
-             {:.1} s: first {n} {first:.2} ms, last {n} {last:.2} ms (x{:.3})",
-            a.scale,
-            t.elapsed().as_secs_f64(),
-            last / first
-        );
-        let mut sides = vec![("knit", &a.knit_dir)];
-        if a.scale_ref {
-            sides.push(("ref", &a.ref_dir));
-        }
-        for (label, dir) in sides {
-            let t = Instant::now();
-            let (adds, dels) = scale(dir, label, a.scale)?;
-            let k = 100.min(adds.len());
-            let (first, last) = (median_ms(&adds[..k]), median_ms(&adds[adds.len() - k..]));
-            println!(
-                "\nscale {label}: {} containers on one bridge in {:.1} s: ADD median first {k} \
-                 {first:.2} ms, last {k} {last:.2} ms (x{:.3}); DEL median {:.2} ms",
-                a.scale,
-                t.elapsed().as_secs_f64(),
-                last / first,
-                median_ms(&dels)
-            );
-            if label == "knit" {
-                verdict.target(
-                    &format!("{} containers: ADD last {k} / first {k}", a.scale),
-                    last / first,
-                    1.2,
-                );
-            }
-        }
+        scale_report(a, &mut verdict)?;
     }
     verdict.print();
     Ok(())
