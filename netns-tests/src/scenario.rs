@@ -106,7 +106,8 @@ impl Side {
     }
 
     /// `nft list table inet knit` in the host namespace: `None` when the table does not exist,
-    /// else the lines holding set/map elements (what must be empty after DEL).
+    /// else the lines holding set/map elements or naming a test container (`knt-...` ids, in
+    /// element comments): what must be gone after DEL.
     pub fn knit_nft_elements(&self) -> Result<Option<Vec<String>>> {
         let out = self
             .host
@@ -120,7 +121,7 @@ impl Side {
         let text = String::from_utf8_lossy(&out.stdout);
         Ok(Some(
             text.lines()
-                .filter(|l| l.contains("elements ="))
+                .filter(|l| l.contains("elements =") || l.contains("knt-"))
                 .map(|l| l.trim().to_string())
                 .collect(),
         ))

@@ -22,9 +22,15 @@ const PROBE: Duration = Duration::from_secs(2);
 struct World {
     side: Side,
     cs: Vec<Attached>,
+    /// Wall time of the chain ADDs of the two containers.
+    add_ms: f64,
 }
 
 fn attach(side: &Side, case: &Case, i: usize) -> Result<Attached> {
+    Ok(attach_timed(side, case, i)?.0)
+}
+
+fn attach_timed(side: &Side, case: &Case, i: usize) -> Result<(Attached, f64)> {
     let ns = TestNs::new("c")?;
     let mut rt = Runtime::new(&format!("knt-{}-c{i}", case.name), Some(&ns.path()), IFNAME);
     rt.args = "IgnoreUnknown=1".into();
@@ -34,15 +40,19 @@ fn attach(side: &Side, case: &Case, i: usize) -> Result<Attached> {
         .ok()
         .with_context(|| format!("{} ADD c{i}", side.label))?
         .clone();
-    Ok(Attached { ns, rt, result })
+    let ms = out.elapsed.as_secs_f64() * 1e3;
+    Ok((Attached { ns, rt, result }, ms))
 }
 
 fn world(label: &str, dir: &std::path::Path, case: &Case) -> Result<World> {
     let side = Side::new(label, dir, &case.conflist)?;
-    let cs = (0..2)
-        .map(|i| attach(&side, case, i))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(World { side, cs })
+    let (mut cs, mut add_ms) = (Vec::new(), 0.0);
+    for i in 0..2 {
+        let (c, ms) = attach_timed(&side, case, i)?;
+        cs.push(c);
+        add_ms += ms;
+    }
+    Ok(World { side, cs, add_ms })
 }
 
 fn snap(w: &World, case: &Case) -> Result<Snapshot> {
@@ -254,8 +264,8 @@ fn run_case(case: &Case) -> Result<Vec<String>> {
     ));
     if del_ms.len() == 2 {
         println!(
-            "  {}: DEL of 2 containers: ref {:.1} ms, knit {:.1} ms",
-            case.name, del_ms[0], del_ms[1]
+            "  {}: 2 containers: ADD ref {:.1} ms, knit {:.1} ms; DEL ref {:.1} ms, knit {:.1} ms",
+            case.name, r.add_ms, k.add_ms, del_ms[0], del_ms[1]
         );
     }
     Ok(problems)
