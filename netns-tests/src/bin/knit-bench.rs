@@ -199,6 +199,33 @@ struct ScaleRun {
     dels: Vec<Duration>,
     start_before: f64,
     start_after: f64,
+    ipam_before: f64,
+    ipam_after: f64,
+}
+
+/// Median ADD time of the side's `host-local` alone (each followed by an untimed DEL): the
+/// IPAM share of an ADD, before and after the scale run.
+fn ipam_cost(side: &Side, tag: &str) -> Result<f64> {
+    let runner = side.runner();
+    let plugin = &side.conflist["plugins"][0];
+    let mut t = Vec::new();
+    for i in 0..10 {
+        // host-local never enters the netns but insists on CNI_NETNS.
+        let rt = Runtime::new(
+            &format!("knt-ipam-{tag}-{i}"),
+            Some(&side.host.path()),
+            "eth0",
+        );
+        let conf = netns_tests::cni::build_one(&side.conflist, plugin, None, &rt);
+        let add = runner.call("host-local", &runner.env("ADD", &rt), &conf);
+        add.outcome
+            .map_err(|e| anyhow::anyhow!("host-local ADD: {e}"))?;
+        t.push(add.elapsed);
+        let del = runner.call("host-local", &runner.env("DEL", &rt), &conf);
+        del.outcome
+            .map_err(|e| anyhow::anyhow!("host-local DEL: {e}"))?;
+    }
+    Ok(median_ms(&t))
 }
 
 fn start_cost(side: &Side) -> f64 {
@@ -215,6 +242,7 @@ fn scale(dir: &std::path::Path, label: &str, n: usize) -> Result<ScaleRun> {
     case.conflist["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": "10.244.128.0/20"}]]);
     let side = Side::new(label, dir, &case.conflist)?;
     let start_before = start_cost(&side);
+    let ipam_before = ipam_cost(&side, "before")?;
     let mut attached = Vec::with_capacity(n);
     let mut adds = Vec::with_capacity(n);
     for i in 0..n {
@@ -230,6 +258,7 @@ fn scale(dir: &std::path::Path, label: &str, n: usize) -> Result<ScaleRun> {
         attached.push((ns, rt, result));
     }
     let start_after = start_cost(&side);
+    let ipam_after = ipam_cost(&side, "after")?;
     let mut dels = Vec::with_capacity(n);
     for (ns, rt, result) in attached.iter().rev() {
         check_stop()?;
@@ -243,6 +272,8 @@ fn scale(dir: &std::path::Path, label: &str, n: usize) -> Result<ScaleRun> {
         dels,
         start_before,
         start_after,
+        ipam_before,
+        ipam_after,
     })
 }
 
@@ -353,13 +384,16 @@ fn scale_report(a: &Args, verdict: &mut Verdict) -> Result<()> {
                 println!(
                     "\nscale {label}: {} containers on one bridge in {:.1} s: ADD median first \
                      {k} {first:.2} ms, last {k} {last:.2} ms (x{:.3}); DEL median {:.2} ms; \
-                     bare plugin start (VERSION) {:.2} ms before, {:.2} ms after",
+                     bare plugin start (VERSION) {:.2} ms before, {:.2} ms after; \
+                     host-local ADD alone {:.2} ms before, {:.2} ms after",
                     a.scale,
                     t.elapsed().as_secs_f64(),
                     last / first,
                     median_ms(&r.dels),
                     r.start_before,
-                    r.start_after
+                    r.start_after,
+                    r.ipam_before,
+                    r.ipam_after
                 );
                 last / first
             }
