@@ -1,0 +1,355 @@
+//! Differential test: every conflist of `cases::all()` runs through the reference plugins and
+//! knit's, each side in its own namespaces; results, kernel state, reachability, CHECK and DEL
+//! (twice, and with the netns already gone) must agree. Plugin dirs: `REF_CNI_BIN` (default
+//! /usr/lib/cni) and `KNIT_CNI_BIN` (default target/cni/bin). `KNT_CASES=a,b` runs a subset.
+#![cfg(feature = "root-tests")]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use netns_tests::cases::{self, Case, OUTSIDE_HOST_IP, OUTSIDE_IP};
+use netns_tests::cni::Runtime;
+use netns_tests::reach::{self, Listener};
+use netns_tests::scenario::{normalise_result, Attached, Side};
+use netns_tests::snapshot::{self, Container, Options, Snapshot};
+use netns_tests::topology::TestNs;
+
+const IFNAME: &str = "eth0";
+const PROBE: Duration = Duration::from_secs(2);
+
+/// One side with its two containers attached.
+struct World {
+    side: Side,
+    cs: Vec<Attached>,
+    /// Wall time of the chain ADDs of the two containers.
+    add_ms: f64,
+}
+
+fn attach(side: &Side, case: &Case, i: usize) -> Result<Attached> {
+    Ok(attach_timed(side, case, i)?.0)
+}
+
+fn attach_timed(side: &Side, case: &Case, i: usize) -> Result<(Attached, f64)> {
+    let ns = TestNs::new("c")?;
+    let mut rt = Runtime::new(&format!("knt-{}-c{i}", case.name), Some(&ns.path()), IFNAME);
+    rt.args = "IgnoreUnknown=1".into();
+    rt.capability_args = case.capability_args(i);
+    let out = side.runner().add(&side.conflist, &rt);
+    let result = out
+        .ok()
+        .with_context(|| format!("{} ADD c{i}", side.label))?
+        .clone();
+    let ms = out.elapsed.as_secs_f64() * 1e3;
+    Ok((Attached { ns, rt, result }, ms))
+}
+
+fn world(label: &str, dir: &std::path::Path, case: &Case) -> Result<World> {
+    let side = Side::new(label, dir, &case.conflist)?;
+    let (mut cs, mut add_ms) = (Vec::new(), 0.0);
+    for i in 0..2 {
+        let (c, ms) = attach_timed(&side, case, i)?;
+        cs.push(c);
+        add_ms += ms;
+    }
+    Ok(World { side, cs, add_ms })
+}
+
+fn snap(w: &World, case: &Case) -> Result<Snapshot> {
+    let containers: Vec<Container> =
+        w.cs.iter()
+            .enumerate()
+            .map(|(i, c)| Container {
+                label: ["c0", "c1"][i.min(1)],
+                ns: &c.ns,
+                ifname: IFNAME,
+            })
+            .collect();
+    let opts = Options {
+        keep_macs: case.macs.iter().map(|m| m.to_string()).collect(),
+        container_sysctls: case
+            .container_sysctls
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    snapshot::snapshot(&w.side.host, &containers, &opts)
+}
+
+fn sock(ip: &str, port: u16) -> Result<SocketAddr> {
+    Ok(SocketAddr::new(ip.parse::<IpAddr>()?, port))
+}
+
+/// Pings and port probes on one side.
+fn check_reach(w: &World, case: &Case) -> Result<()> {
+    let (c0, c1) = (&w.cs[0], &w.cs[1]);
+    for gw in &case.gateways {
+        reach::ping(&c0.ns, gw.parse()?, Duration::from_secs(5))?;
+    }
+    for addr in c1.addrs() {
+        reach::ping(&c0.ns, addr, Duration::from_secs(5))?;
+    }
+    if case.masq {
+        reach::ping(&c0.ns, OUTSIDE_IP.parse()?, Duration::from_secs(3))
+            .context("ipMasq: container to a host with no route back")?;
+    }
+    let mut listeners = Vec::new();
+    for p in &case.ports {
+        let at = sock("0.0.0.0", p.container_port)?;
+        listeners.push(match p.proto {
+            "udp" => Listener::udp(&c0.ns, at)?,
+            _ => Listener::tcp(&c0.ns, at)?,
+        });
+    }
+    let gw = case.gateways.first().map(String::as_str).unwrap_or("");
+    for p in &case.ports {
+        let probe = |ns: &TestNs, to: SocketAddr| match p.proto {
+            "udp" => reach::udp_probe(ns, to, PROBE),
+            _ => reach::tcp_probe(ns, to, PROBE),
+        };
+        let outside_to = sock(p.host_ip.unwrap_or(OUTSIDE_HOST_IP), p.host_port)?;
+        probe(&w.side.outside, outside_to).context("port mapping from outside")?;
+        let host_to = sock(gw, p.host_port)?;
+        match p.host_ip {
+            None => probe(&w.side.host, host_to).context("port mapping from the host")?,
+            Some(ip) => {
+                if probe(&w.side.host, host_to).is_ok() {
+                    bail!("mapping bound to hostIP {ip} also answered on {host_to}");
+                }
+            }
+        }
+    }
+    if case.hairpin {
+        if let Some(p) = case.ports.iter().find(|p| p.proto == "tcp") {
+            reach::tcp_probe(&c0.ns, sock(gw, p.host_port)?, PROBE)
+                .context("hairpin: container to its own mapped port")?;
+        }
+    }
+    Ok(())
+}
+
+fn check_all(w: &World) -> Result<()> {
+    for (i, c) in w.cs.iter().enumerate() {
+        w.side
+            .runner()
+            .check(&w.side.conflist, &c.rt, &c.result)
+            .ok()
+            .with_context(|| format!("{} CHECK c{i}", w.side.label))?;
+    }
+    Ok(())
+}
+
+/// ADD a third container, delete its netns, DEL with CNI_NETNS empty: must succeed and free.
+fn del_without_netns(w: &World, case: &Case) -> Result<()> {
+    let mut c = attach(&w.side, case, 2)?;
+    c.ns.delete()?;
+    let mut rt = c.rt.clone();
+    rt.netns = None;
+    w.side
+        .runner()
+        .del(&w.side.conflist, &rt, Some(&c.result))
+        .ok()
+        .with_context(|| format!("{} DEL with the netns gone", w.side.label))?;
+    Ok(())
+}
+
+/// DEL every container (twice: the second must succeed too), then the host must be clean.
+fn del_all(w: &World) -> Result<std::time::Duration> {
+    let mut total = Duration::ZERO;
+    for round in ["DEL", "DEL again"] {
+        for (i, c) in w.cs.iter().enumerate() {
+            let out = w
+                .side
+                .runner()
+                .del(&w.side.conflist, &c.rt, Some(&c.result));
+            out.ok()
+                .with_context(|| format!("{} {round} c{i}", w.side.label))?;
+            if round == "DEL" {
+                total += out.elapsed;
+            }
+        }
+    }
+    let veths = w.side.host_veths()?;
+    let ips = w.side.reserved_ips();
+    if !veths.is_empty() || !ips.is_empty() {
+        bail!(
+            "{} left after DEL: veths {veths:?}, reserved ips {ips:?}",
+            w.side.label
+        );
+    }
+    if let Some(elements) = w.side.knit_nft_elements()? {
+        if !elements.is_empty() {
+            bail!(
+                "{} left nft elements in inet knit: {elements:?}",
+                w.side.label
+            );
+        }
+    }
+    Ok(total)
+}
+
+fn compare_results(r: &World, k: &World, case: &Case) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, (a, b)) in r.cs.iter().zip(&k.cs).enumerate() {
+        let (na, nb) = (
+            normalise_result(&a.result, &case.macs),
+            normalise_result(&b.result, &case.macs),
+        );
+        if na != nb {
+            problems.push(format!("result c{i} differs:\n  ref  {na}\n  knit {nb}"));
+        }
+    }
+    problems
+}
+
+fn compare_snapshots(what: &str, a: &Snapshot, b: &Snapshot) -> Vec<String> {
+    let d = a.diff(b);
+    if d.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "{what} kernel state differs (- ref, + knit):\n  {}",
+        d.join("\n  ")
+    )]
+}
+
+fn run_case(case: &Case) -> Result<Vec<String>> {
+    let r = world("ref", &netns_tests::reference_dir(), case)?;
+    let k = world("knit", &netns_tests::knit_dir(), case)?;
+    let mut problems = compare_results(&r, &k, case);
+    problems.extend(compare_snapshots(
+        "after ADD",
+        &snap(&r, case)?,
+        &snap(&k, case)?,
+    ));
+    for w in [&r, &k] {
+        // The reference fails CHECK in places (portmap looks for IPv6 chains it never made,
+        // containernetworking/plugins#819; a gateway-less bridge changes MAC as ports join):
+        // the oracle's CHECK is reported, not required. knit's must pass.
+        if w.side.label == "ref" {
+            if let Err(e) = check_all(w) {
+                println!("  note {}: {e:#} (reference, not required)", case.name);
+            }
+        }
+        let steps = [
+            check_reach(w, case).context("reachability"),
+            if w.side.label == "ref" {
+                Ok(())
+            } else {
+                check_all(w)
+            },
+            del_without_netns(w, case),
+        ];
+        problems.extend(
+            steps
+                .into_iter()
+                .filter_map(|s| s.err())
+                .map(|e| format!("{}: {e:#}", w.side.label)),
+        );
+    }
+    let mut del_ms = Vec::new();
+    for w in [&r, &k] {
+        match del_all(w) {
+            Ok(t) => del_ms.push(t.as_secs_f64() * 1e3),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    let host_only = |w: &World| -> Result<Snapshot> {
+        snapshot::snapshot(&w.side.host, &[], &Options::default())
+    };
+    problems.extend(compare_snapshots(
+        "after DEL",
+        &host_only(&r)?,
+        &host_only(&k)?,
+    ));
+    if del_ms.len() == 2 {
+        println!(
+            "  {}: 2 containers: ADD ref {:.1} ms, knit {:.1} ms; DEL ref {:.1} ms, knit {:.1} ms",
+            case.name, r.add_ms, k.add_ms, del_ms[0], del_ms[1]
+        );
+    }
+    Ok(problems)
+}
+
+/// Can this kernel run the case at all? (bridge and veth; nftables for NAT cases.)
+fn missing_feature(case: &Case) -> Option<String> {
+    let ns = TestNs::new("probe").ok()?;
+    if ns
+        .run(&["ip", "link", "add", "kntp0", "type", "bridge"])
+        .is_err()
+    {
+        return Some("kernel lacks bridge".into());
+    }
+    if ns
+        .run(&[
+            "ip", "link", "add", "kntp1", "type", "veth", "peer", "name", "kntp2",
+        ])
+        .is_err()
+    {
+        return Some("kernel lacks veth".into());
+    }
+    let nat = !case.ports.is_empty() || case.masq;
+    if nat
+        && ns
+            .run(&["nft", "add", "table", "inet", "kntprobe"])
+            .is_err()
+    {
+        return Some("kernel lacks nftables".into());
+    }
+    None
+}
+
+#[test]
+fn differential_table() {
+    netns_tests::require_root();
+    let only: Option<Vec<String>> = std::env::var("KNT_CASES")
+        .ok()
+        .map(|s| s.split(',').map(str::to_string).collect());
+    println!(
+        "differential: reference {} vs knit {}",
+        netns_tests::reference_dir().display(),
+        netns_tests::knit_dir().display()
+    );
+    let (mut passed, mut failed, mut not_run) = (Vec::new(), Vec::new(), Vec::new());
+    for case in cases::all() {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|n| n == case.name))
+        {
+            continue;
+        }
+        if let Some(reason) = missing_feature(&case) {
+            println!("NOT RUN {}: {reason}", case.name);
+            not_run.push(format!("{}: {reason}", case.name));
+            continue;
+        }
+        let started = std::time::Instant::now();
+        match run_case(&case) {
+            Ok(p) if p.is_empty() => {
+                println!(
+                    "PASS {} ({:.1} s)",
+                    case.name,
+                    started.elapsed().as_secs_f64()
+                );
+                passed.push(case.name);
+            }
+            Ok(p) => {
+                println!("FAIL {}:\n  {}", case.name, p.join("\n  "));
+                failed.push(case.name);
+            }
+            Err(e) => {
+                println!("FAIL {}: {e:#}", case.name);
+                failed.push(case.name);
+            }
+        }
+    }
+    println!(
+        "differential summary: passed {}, failed {} {:?}, not run: {} ({})",
+        passed.len(),
+        failed.len(),
+        failed,
+        not_run.len(),
+        not_run.join("; ")
+    );
+    assert!(failed.is_empty(), "failed cases: {failed:?}");
+}
