@@ -96,10 +96,11 @@ impl Handle {
 
     /// `ip addr show [dev #INDEX]` (index 0 = every link).
     pub fn addrs(&self, index: u32) -> Result<Vec<Addr>> {
-        let msgs = self.dump(
-            "dump addresses",
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-        )?;
+        // With NETLINK_GET_STRICT_CHK the kernel dumps only this link's addresses; the filter
+        // below stays for kernels without it.
+        let mut req = AddressMessage::default();
+        req.header.index = index;
+        let msgs = self.dump("dump addresses", RouteNetlinkMessage::GetAddress(req))?;
         let mut out = Vec::new();
         for m in msgs {
             let RouteNetlinkMessage::NewAddress(a) = m else {
