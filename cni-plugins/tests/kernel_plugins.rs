@@ -197,3 +197,86 @@ fn loopback_up_and_down() {
     assert_eq!(env_call("DEL").0, 0);
     assert!(!c.link_by_name("lo").unwrap().is_up());
 }
+
+/// A runtime crashed: three attachments were added, it remembers one. GC with that one valid
+/// releases the other two's addresses and nftables elements and leaves the valid one alone.
+#[test]
+fn gc_recovers_what_a_crashed_runtime_leaked() {
+    let host = scratch("h");
+    let ctrs: Vec<ScratchNs> = (0..3).map(|_| scratch("c")).collect();
+    let data = std::env::temp_dir().join(format!("knt-{}-gc-ipam", std::process::id()));
+    let name = format!("knt-gc-{}", std::process::id());
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": name, "type": "bridge", "bridge": "kbr23",
+        "isGateway": true, "ipMasq": true,
+        "ipam": {"type": "host-local", "dataDir": data, "ranges": [[{"subnet": "10.244.23.0/24"}]]}
+    });
+    let mut ips = Vec::new();
+    for (i, c) in ctrs.iter().enumerate() {
+        let (code, res) = call(
+            &host,
+            "bridge",
+            "ADD",
+            &format!("ctr{i}"),
+            &c.path().display().to_string(),
+            &conf,
+        );
+        assert_eq!(code, 0, "{res}");
+        ips.push(
+            res["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let net_dir = data.join(&name);
+    let masq = || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                host.name(),
+                "nft",
+                "list",
+                "set",
+                "inet",
+                "knit",
+                "masq4",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for ip in &ips {
+        assert!(net_dir.join(ip).exists(), "{ip} reserved");
+        assert!(masq().contains(ip.as_str()), "{ip} masqueraded: {}", masq());
+    }
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr1", "ifname": "eth0"}]);
+    let (code, out) = call(&host, "bridge", "GC", "", "", &gc);
+    assert_eq!(code, 0, "{out}");
+    for (i, ip) in ips.iter().enumerate() {
+        let kept = i == 1;
+        assert_eq!(net_dir.join(ip).exists(), kept, "reservation of {ip}");
+        assert_eq!(
+            masq().contains(ip.as_str()),
+            kept,
+            "masquerade of {ip}: {}",
+            masq()
+        );
+    }
+    for (i, c) in ctrs.iter().enumerate() {
+        call(
+            &host,
+            "bridge",
+            "DEL",
+            &format!("ctr{i}"),
+            &c.path().display().to_string(),
+            &conf,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
