@@ -407,3 +407,88 @@ fn shaped_throughput_is_the_configured_rate() {
         );
     }
 }
+
+/// Run the reference plugin (containernetworking-plugins 1.1.1) for `cmd` inside `host`.
+fn call_reference(
+    host: &ScratchNs,
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    conf: &Value,
+) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", host.name(), "/usr/lib/cni/bandwidth"])
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("reference bandwidth plugin");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// What `tc` and `ip` show of the shaping of one attachment, minus MACs.
+fn tc_state(host: &ScratchNs, veth: &str, ifb: &str) -> String {
+    let mut s = sh(host, &["tc", "qdisc", "show", "dev", veth]);
+    s += &sh(host, &["tc", "qdisc", "show", "dev", ifb]);
+    s += &sh(host, &["tc", "filter", "show", "dev", veth, "ingress"]);
+    let link = sh(host, &["ip", "-d", "link", "show", ifb]);
+    s + &link
+        .split_whitespace()
+        .filter(|w| !w.contains(':') || w.ends_with(':') && !w.starts_with(char::is_numeric))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn reference_and_knit_read_each_other() {
+    let (host, ctr) = (scratch("h"), scratch("c"));
+    let netns = ctr.path().display().to_string();
+    let prev = attach(&host, &ctr, "kbw35", "ctr5", "10.244.35.5/24");
+    let (veth, ifb) = (host_veth(&prev), ifb_name(NET, "ctr5"));
+    let conf = bw_conf(true, true, &prev);
+
+    // The reference's ADD, checked and deleted by knit.
+    let (ok, out) = call_reference(&host, "ADD", "ctr5", &netns, &conf);
+    assert!(ok, "reference ADD: {out}");
+    let by_reference = tc_state(&host, &veth, &ifb);
+    let ref_result: Value = serde_json::from_str(&out).unwrap();
+    let checked = bw_conf(true, true, &ref_result);
+    let (code, out) = call(&host, "bandwidth", "CHECK", "ctr5", &netns, &checked);
+    assert_eq!(code, 0, "knit CHECK of the reference's ADD: {out}");
+    let (code, out) = call(&host, "bandwidth", "DEL", "ctr5", &netns, &checked);
+    assert_eq!(code, 0, "{out}");
+    let q = sh(&host, &["tc", "qdisc", "show", "dev", &veth]);
+    assert!(!q.contains("tbf") && !links(&host).contains(&ifb), "{q}");
+
+    // knit's ADD: the same kernel state, checked and deleted by the reference.
+    let (code, res) = call(&host, "bandwidth", "ADD", "ctr5", &netns, &conf);
+    assert_eq!(code, 0, "{res}");
+    let by_knit = tc_state(&host, &veth, &ifb);
+    println!("reference:\n{by_reference}\nknit:\n{by_knit}");
+    assert_eq!(by_knit, by_reference);
+    assert_eq!(
+        res["interfaces"][3]["name"],
+        ref_result["interfaces"][3]["name"]
+    );
+    let checked = bw_conf(true, true, &res);
+    let (ok, out) = call_reference(&host, "CHECK", "ctr5", &netns, &checked);
+    assert!(ok, "reference CHECK of knit's ADD: {out}");
+    let (ok, out) = call_reference(&host, "DEL", "ctr5", &netns, &checked);
+    assert!(ok, "reference DEL of knit's ADD: {out}");
+    assert!(!links(&host).contains(&ifb));
+}
