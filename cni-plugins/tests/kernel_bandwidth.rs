@@ -492,3 +492,85 @@ fn reference_and_knit_read_each_other() {
     assert!(ok, "reference DEL of knit's ADD: {out}");
     assert!(!links(&host).contains(&ifb));
 }
+
+fn call_gc(host: &ScratchNs, net: &str, valid: &[&str]) -> (i32, Value) {
+    let valid: Vec<Value> = valid
+        .iter()
+        .map(|id| json!({"containerID": id, "ifname": "eth0"}))
+        .collect();
+    let conf = json!({"cniVersion": "1.1.0", "name": net, "type": "bandwidth",
+        "cni.dev/valid-attachments": valid});
+    let env: Vec<(&str, &str)> = vec![("CNI_COMMAND", "GC"), ("CNI_PATH", "/nonexistent")];
+    let stdin = conf.to_string();
+    let p = by_name("bandwidth").unwrap();
+    host.run_in(|| {
+        let mut out = Vec::new();
+        let code = run(p, &env.as_slice(), &mut stdin.as_bytes(), &mut out);
+        (code, serde_json::from_slice(&out).unwrap_or(Value::Null))
+    })
+    .unwrap()
+}
+
+#[test]
+fn gc_removes_the_ifbs_of_forgotten_attachments_only() {
+    let host = scratch("h");
+    let ctrs: Vec<ScratchNs> = (0..3).map(|_| scratch("c")).collect();
+    let mut ifbs = Vec::new();
+    for (i, ctr) in ctrs.iter().enumerate() {
+        let id = format!("gc{i}");
+        let addr = format!("10.244.36.{}/24", 5 + i);
+        let prev = attach(&host, ctr, "kbw36", &id, &addr);
+        let netns = ctr.path().display().to_string();
+        let (code, res) = call(
+            &host,
+            "bandwidth",
+            "ADD",
+            &id,
+            &netns,
+            &bw_conf(false, true, &prev),
+        );
+        assert_eq!(code, 0, "{res}");
+        ifbs.push(ifb_name(NET, &id));
+    }
+    // Another network's attachment, alive: GC of this network must leave it alone.
+    let other = scratch("o");
+    let prev = attach(&host, &other, "kbw36", "gcother", "10.244.36.20/24");
+    let mut conf = bw_conf(false, true, &prev);
+    conf["name"] = json!("knt-bw-other");
+    let netns = other.path().display().to_string();
+    let (code, res) = call(&host, "bandwidth", "ADD", "gcother", &netns, &conf);
+    assert_eq!(code, 0, "{res}");
+    let other_ifb = ifb_name("knt-bw-other", "gcother");
+
+    // The runtime crashed: two containers died without a DEL (their veths went with them).
+    let mut ctrs = ctrs.into_iter();
+    let kept = ctrs.next().unwrap();
+    drop(ctrs);
+    // A namespace is torn down asynchronously: wait until its veth is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while links(&host)
+        .iter()
+        .filter(|l| l.starts_with("veth"))
+        .count()
+        > 2
+    {
+        assert!(Instant::now() < deadline, "{:?}", links(&host));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out) = call_gc(&host, NET, &["gc0"]);
+    assert_eq!(code, 0, "{out}");
+    let now = links(&host);
+    assert!(
+        now.contains(&ifbs[0]),
+        "the valid attachment keeps its ifb: {now:?}"
+    );
+    assert!(
+        !now.contains(&ifbs[1]) && !now.contains(&ifbs[2]),
+        "{now:?}"
+    );
+    assert!(
+        now.contains(&other_ifb),
+        "another network's live ifb stays: {now:?}"
+    );
+    drop(kept);
+}

@@ -19,6 +19,8 @@
 //! DEL keys everything by name (the ifb) or by the veth found through the container, so it
 //! works without `prevResult` and after the namespace is gone (the veth went with it then).
 
+use std::collections::HashSet;
+
 use libnet::netlink::tc::{self, Tbf, HANDLE_INGRESS, HANDLE_INGRESS_PARENT, HANDLE_ROOT};
 use libnet::netlink::{Handle, Link};
 use libnet::netns::NetNs;
@@ -337,6 +339,55 @@ impl Plugin for Bandwidth {
         }
         Ok(())
     }
+
+    fn gc(&self, a: &Args) -> Result<(), CniError> {
+        gc_ifbs(a)
+    }
+}
+
+/// GC: delete the leaked ifbs, those of attachments the runtime no longer knows. An ifb's name
+/// does not say which network made it, so only ifbs nothing redirects to any more are
+/// candidates (their veth went with a container whose DEL never came); an ifb still fed by a
+/// veth belongs to a live attachment, perhaps of another network, and stays.
+fn gc_ifbs(a: &Args) -> Result<(), CniError> {
+    let valid: HashSet<String> = a
+        .valid_attachments()
+        .iter()
+        .map(|(id, _)| ifb_name(&a.conf.name, id))
+        .collect();
+    let h = Handle::new().cni()?;
+    let links = h.links().cni_ctx("bandwidth: GC")?;
+    let is_ours = |l: &Link| {
+        l.kind.as_deref() == Some("ifb")
+            && l.name.starts_with(IFB_PREFIX)
+            && l.name.len() == libnet::netlink::link::IFNAME_MAX
+    };
+    if !links.iter().any(is_ours) {
+        return Ok(());
+    }
+    let mut fed = HashSet::new();
+    for l in links.iter().filter(|l| !is_ours(l)) {
+        let filters = h
+            .filters(l.index, HANDLE_INGRESS)
+            .cni_ctx("bandwidth: GC")?;
+        fed.extend(filters.into_iter().flat_map(|f| f.mirred_to));
+    }
+    let mut failed = Vec::new();
+    for ifb in links.iter().filter(|l| is_ours(l)) {
+        if valid.contains(&ifb.name) || fed.contains(&ifb.index) {
+            continue;
+        }
+        if let Err(e) = h.del_link_by_name(&ifb.name) {
+            failed.push(format!("{}: {e}", ifb.name));
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(CniError::new(
+        crate::skel::ERR_TRY_AGAIN,
+        format!("bandwidth: GC could not delete {}", failed.join(", ")),
+    ))
 }
 
 #[cfg(test)]
