@@ -198,7 +198,16 @@ fn add_check_del_del() {
     assert_eq!(code, 1, "{out}");
     assert!(out["msg"].as_str().unwrap().contains(&veth), "{out}");
 
-    let (code, out) = call(&host, "bandwidth", "DEL", "ctr1", &netns, &checked);
+    // Put the tbf back; DEL (without prevResult, which it does not need) removes both.
+    sh(
+        &host,
+        &[
+            "tc", "qdisc", "add", "dev", &veth, "root", "handle", "1:", "tbf", "rate", "1mbit",
+            "burst", "10k", "latency", "25ms",
+        ],
+    );
+    let del = bw_capability(true, true, &Value::Null);
+    let (code, out) = call(&host, "bandwidth", "DEL", "ctr1", &netns, &del);
     assert_eq!(code, 0, "{out}");
     assert!(!links(&host).contains(&ifb), "{:?}", links(&host));
     let q = sh(&host, &["tc", "qdisc", "show", "dev", &veth]);

@@ -154,8 +154,8 @@ fn prev(a: &Args) -> Result<CniResult, CniError> {
     })
 }
 
-/// The host end of the container interface's veth, which `prev` must list without a sandbox.
-fn host_veth(a: &Args, h: &Handle, prev: &CniResult) -> Result<Link, CniError> {
+/// The host end of the container interface's veth, found through the container.
+fn veth_peer(a: &Args, h: &Handle) -> Result<Link, CniError> {
     let path = a
         .netns
         .as_ref()
@@ -174,11 +174,16 @@ fn host_veth(a: &Args, h: &Handle, prev: &CniResult) -> Result<Link, CniError> {
             )))
         }
     };
-    let host = h.link_by_index(peer).map_err(|_| {
+    h.link_by_index(peer).map_err(|_| {
         CniError::config(format!(
             "bandwidth: veth peer with index {peer} is not in the host namespace"
         ))
-    })?;
+    })
+}
+
+/// [`veth_peer`], which `prev` must list as a host interface (without a sandbox).
+fn host_veth(a: &Args, h: &Handle, prev: &CniResult) -> Result<Link, CniError> {
+    let host = veth_peer(a, h)?;
     if !prev
         .interfaces
         .iter()
@@ -275,16 +280,22 @@ fn check_redirect(h: &Handle, host: &Link, ifb: &Link) -> Result<(), CniError> {
 }
 
 /// Remove what ADD put on the host veth while it still exists (a chain deletes in reverse,
-/// so the bridge has not removed the veth yet): the redirect and the tbf. Best effort.
-fn del_veth_qdiscs(a: &Args, h: &Handle) {
-    let Ok(Some(prev)) = a.prev_result() else {
+/// so the bridge has not removed the veth yet): the tbf, and the ingress qdisc when its filter
+/// feeds our ifb. Without this a veth would keep redirecting to a deleted ifb, which drops
+/// everything the container sends. Best effort; needs only the namespace, not `prevResult`.
+fn del_veth_qdiscs(a: &Args, h: &Handle, ifb: Option<u32>) {
+    let Ok(host) = veth_peer(a, h) else {
         return;
     };
-    let Ok(host) = host_veth(a, h, &prev) else {
-        return;
-    };
-    let _ = h.del_qdisc(host.index, HANDLE_INGRESS_PARENT);
-    let ours = h.qdiscs(host.index).ok().is_some_and(|qs| {
+    if let Some(ifb) = ifb {
+        let feeds_ours = h
+            .filters(host.index, HANDLE_INGRESS)
+            .is_ok_and(|fs| fs.iter().any(|f| f.mirred_to.contains(&ifb)));
+        if feeds_ours {
+            let _ = h.del_qdisc(host.index, HANDLE_INGRESS_PARENT);
+        }
+    }
+    let ours = h.qdiscs(host.index).is_ok_and(|qs| {
         qs.iter()
             .any(|q| q.parent == HANDLE_ROOT && q.kind == "tbf" && q.handle == tc::HANDLE_TBF)
     });
@@ -309,10 +320,12 @@ impl Plugin for Bandwidth {
     fn del(&self, a: &Args) -> Result<(), CniError> {
         limits_of(&a.raw)?;
         let h = Handle::new().cni()?;
+        let name = ifb_name(&a.conf.name, &a.container_id);
         if a.netns.is_some() {
-            del_veth_qdiscs(a, &h);
+            let ifb = h.find_link(&name).ok().flatten().map(|l| l.index);
+            del_veth_qdiscs(a, &h, ifb);
         }
-        h.del_link_by_name(&ifb_name(&a.conf.name, &a.container_id))
+        h.del_link_by_name(&name)
             .cni_ctx("bandwidth: deleting the ifb")
     }
 
