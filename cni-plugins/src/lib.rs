@@ -5,5 +5,6 @@
 pub mod ipam;
 pub mod masq;
 pub mod plugins;
+pub mod sha512;
 pub mod skel;
 pub mod types;

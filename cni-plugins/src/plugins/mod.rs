@@ -1,5 +1,6 @@
 //! One module per plugin; `by_name` is the multi-call table.
 
+pub mod bandwidth;
 pub mod bridge;
 pub mod firewall;
 pub mod host_local;
@@ -12,6 +13,7 @@ use crate::skel::Plugin;
 
 /// Every plugin this binary answers to, under the reference names.
 pub const NAMES: &[&str] = &[
+    "bandwidth",
     "bridge",
     "firewall",
     "host-local",
@@ -23,6 +25,7 @@ pub const NAMES: &[&str] = &[
 
 pub fn by_name(name: &str) -> Option<&'static dyn Plugin> {
     Some(match name {
+        "bandwidth" => &bandwidth::Bandwidth,
         "bridge" => &bridge::Bridge,
         "firewall" => &firewall::Firewall,
         "host-local" => &host_local::HostLocal,

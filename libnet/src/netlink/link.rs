@@ -259,6 +259,29 @@ impl Handle {
         )
     }
 
+    /// `ip link add NAME [mtu M] txqueuelen 0 up type ifb`: an intermediate functional block,
+    /// the queue that traffic redirected by a tc filter is shaped on. Created up in one message,
+    /// with `txqueuelen 0` as the reference bandwidth plugin makes it.
+    pub fn add_ifb(&self, name: &str, mtu: Option<u32>) -> Result<()> {
+        check_name("add ifb", name)?;
+        let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        m.attributes.push(LinkAttribute::IfName(name.into()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        m.attributes.push(LinkAttribute::TxQueueLen(0));
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
+        self.exec(
+            "add ifb",
+            &|| format!("link {name}"),
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
     /// `ip link del dev #INDEX`
     pub fn del_link(&self, index: u32) -> Result<()> {
         self.exec(

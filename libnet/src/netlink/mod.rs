@@ -5,12 +5,13 @@
 //! thread, see [`Handle::new_in`]) and used from then on from any thread. Messages are built
 //! with `netlink-packet-route`; errno is classified once here into [`Kind`].
 //!
-//! The semantic operations live in [`link`], [`addr`] and [`route`]; each documents its
-//! `ip ...` equivalent.
+//! The semantic operations live in [`link`], [`addr`], [`route`] and [`tc`]; each documents its
+//! `ip ...` (or `tc ...`) equivalent.
 
 pub mod addr;
 pub mod link;
 pub mod route;
+pub mod tc;
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
