@@ -2,6 +2,7 @@
 //! multi-call binary (`knit-cni`) linked under each plugin's name. This library holds the
 //! skeleton (environment, versions, error codes) and one module per plugin.
 
+pub mod durable;
 pub mod ipam;
 pub mod masq;
 pub mod plugins;

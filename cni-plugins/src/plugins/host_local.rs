@@ -45,8 +45,12 @@ impl Plugin for HostLocal {
         let dns = dns(&cfg)?;
         let requested = ipam::requested_ips(&raw_cni_args(a), &a.raw).cni_ctx("host-local")?;
         let mut st = store(a, &cfg)?;
+        st.defer_sync();
         let allocs = ipam::allocate(&mut st, &cfg, &a.container_id, &a.ifname, &requested)
             .cni_ctx("host-local")?;
+        // Made durable beside the caller's kernel work; the answer waits for it.
+        let unsynced = st.take_unsynced();
+        crate::durable::defer(move || unsynced.sync().cni_ctx("host-local"));
         Ok(CniResult {
             ips: allocs
                 .into_iter()

@@ -251,7 +251,10 @@ pub fn run(plugin: &dyn Plugin, env: &dyn Env, stdin: &mut dyn Read, out: &mut d
         }
         Ok(args) => {
             let version = args.conf.cni_version.clone();
-            (version, dispatch(plugin, &args))
+            let res = dispatch(plugin, &args);
+            // Nothing is answered before deferred work (fsyncs) is done.
+            let res = crate::durable::wait_all().and(res);
+            (version, res)
         }
         Err((version, e)) => (version, Err(e)),
     };

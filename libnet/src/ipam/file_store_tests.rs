@@ -508,3 +508,20 @@ fn add_cost_interleaved_small_vs_full() {
         b.as_secs_f64() / a.as_secs_f64()
     );
 }
+
+#[test]
+fn deferred_sync_hands_the_new_reservations_to_the_caller() {
+    let t = TempDir::new("defer");
+    let cfg = dual(&t.0);
+    let mut st = FileStore::open(&t.0, "net").unwrap();
+    st.defer_sync();
+    let got = allocate(&mut st, &cfg, "c1", "eth0", &[]).unwrap();
+    // Visible at once (to other allocators and the reference), durable once synced.
+    for al in &got {
+        assert!(t.0.join("net").join(al.address.addr().to_string()).exists());
+    }
+    let pending = st.take_unsynced();
+    assert_eq!(pending.len(), 2, "one file per range set");
+    pending.sync().unwrap();
+    assert_eq!(st.take_unsynced().len(), 0, "taken once");
+}

@@ -52,14 +52,15 @@
 //! An ADD therefore costs a constant number of small file operations: `fstat` the directory and
 //! read the stamp, the index entry and `last_reserved_ip.<n>`, `stat` the candidate, write the
 //! index entry (in place, not synced: it is checked anyway), write the reservation (a temp file
-//! in the index dir, `fsync`, then `link(2)` into place so it appears whole or not at all and
-//! never replaces someone else's), overwrite `last_reserved_ip.<n>` in place as the reference
-//! does, `fsync` the directory, update the stamp. Taken candidates cost one `stat` each, as in
+//! in the index dir, `link(2)` into place so it appears whole or not at all and never replaces
+//! someone else's, then ONE `fsync` of that inode, which commits its data and the new name in
+//! the same journal transaction), overwrite `last_reserved_ip.<n>` in place as the reference
+//! does (a hint, not synced), update the stamp. Taken candidates cost one `stat` each, as in
 //! the reference's round robin. Files that already hold data are overwritten from offset 0 and
 //! cut to length, never truncated to zero or renamed over: on ext4 both force a data flush
-//! (`auto_da_alloc`). The two `fsync`s (journal commits) dominate: ~0.6-2.5 ms per ADD on this
-//! machine's ext4 when the disk is quiet, more under load; ~0.1 ms on tmpfs; the same with 1
-//! or 1,000 reservations (`add_cost_*` tests, run with `--ignored`).
+//! (`auto_da_alloc`). The one `fsync` (a disk cache flush, ~4 ms on this VM's disk) dominates;
+//! ~0.1 ms on tmpfs; the same with 1 or 1,000 reservations (`add_cost_*` tests, `--ignored`).
+//! DEL removes the file and fsyncs the directory once.
 //!
 //! Locking: [`allocate`], [`release`], [`held_by`] and [`gc`] take the network's flock
 //! themselves, once per call (the reference takes it once per range set).
@@ -78,7 +79,7 @@ mod reference_tests;
 
 pub use alloc::{allocate, gc, held_by, release, Allocation};
 pub use config::{parse_resolv_conf, read_resolv_conf, requested_ips, Dns, IpamConfig, Route};
-pub use file_store::FileStore;
+pub use file_store::{FileStore, Unsynced};
 pub use range::{Range, RangeSet};
 pub use store::{IpamStore, Lookup, Reservation};
 
