@@ -222,6 +222,18 @@ impl std::ops::Deref for ScratchNs {
     }
 }
 
+impl AsFd for ScratchNs {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ns.as_fd()
+    }
+}
+
+impl AsRawFd for ScratchNs {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ns.as_raw_fd()
+    }
+}
+
 impl Drop for ScratchNs {
     fn drop(&mut self) {
         let _ = NetNs::delete_named(&self.name);

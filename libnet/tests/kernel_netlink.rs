@@ -2,41 +2,13 @@
 //! Run as root with `cargo test -p libnet --features root-tests`; without root they fail.
 #![cfg(feature = "root-tests")]
 
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
 
+use common::TestNs;
 use ipnet::IpNet;
 use libnet::driver::bridge::{self, BridgeNet, Endpoint, IpConf, RouteConf};
 use libnet::netlink::{Handle, Route, VethPeer};
-use libnet::netns::NetNs;
 use libnet::{sysctl, HasKind, Kind};
-
-struct TestNs {
-    name: String,
-    ns: NetNs,
-}
-
-impl TestNs {
-    fn new(tag: &str) -> TestNs {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "root-tests must run as root"
-        );
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "knt-{}-{tag}{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let ns = NetNs::create_named(&name).expect("create netns");
-        TestNs { name, ns }
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = NetNs::delete_named(&self.name);
-    }
-}
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()

@@ -2,49 +2,23 @@
 //! matters. Run as root: `cargo test -p libnet --features root-tests --test kernel_nft`.
 #![cfg(feature = "root-tests")]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{uniq, TestNs};
 use ipnet::IpNet;
-use libnet::netns::NetNs;
 use libnet::nft::{
     Attachment, Feature, IngressPolicy, LibNft, Nft, NftApply, NftCli, PortMapping, RawPortMapping,
     StateDir,
 };
 use libnet::{HasKind, Kind};
 
-static N: AtomicU32 = AtomicU32::new(0);
-
-fn uniq(tag: &str) -> String {
-    format!(
-        "knt-{}-{tag}{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-struct TestNs {
-    name: String,
-    ns: NetNs,
-}
-
 impl TestNs {
-    fn new(tag: &str) -> TestNs {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "root-tests must run as root"
-        );
-        let name = uniq(tag);
-        let ns = NetNs::create_named(&name).expect("create netns");
-        let t = TestNs { name, ns };
-        t.sh("ip link set lo up");
-        t
-    }
-
     /// Run a shell command inside the namespace; panic on failure.
     fn sh(&self, cmd: &str) -> String {
         let out = Command::new("ip")
@@ -85,12 +59,6 @@ impl TestNs {
             .iter()
             .filter(|o| o.get("rule").is_some())
             .count()
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = NetNs::delete_named(&self.name);
     }
 }
 
