@@ -1,35 +1,52 @@
 //! One module per plugin; `by_name` is the multi-call table.
 
 pub mod bridge;
+pub mod dummy;
 pub mod firewall;
+pub mod host_device;
 pub mod host_local;
 pub mod loopback;
+pub mod macvlan;
 pub mod portmap;
+pub mod ptp;
+mod shared;
 pub mod static_ipam;
+mod sublink;
 pub mod tuning;
+pub mod vlan;
 
 use crate::skel::Plugin;
 
 /// Every plugin this binary answers to, under the reference names.
 pub const NAMES: &[&str] = &[
     "bridge",
+    "dummy",
     "firewall",
+    "host-device",
     "host-local",
     "loopback",
+    "macvlan",
     "portmap",
+    "ptp",
     "static",
     "tuning",
+    "vlan",
 ];
 
 pub fn by_name(name: &str) -> Option<&'static dyn Plugin> {
     Some(match name {
         "bridge" => &bridge::Bridge,
+        "dummy" => &dummy::Dummy,
         "firewall" => &firewall::Firewall,
+        "host-device" => &host_device::HostDevice,
         "host-local" => &host_local::HostLocal,
         "loopback" => &loopback::Loopback,
+        "macvlan" => &macvlan::Macvlan,
         "portmap" => &portmap::Portmap,
+        "ptp" => &ptp::Ptp,
         "static" => &static_ipam::Static,
         "tuning" => &tuning::Tuning,
+        "vlan" => &vlan::Vlan,
         _ => return None,
     })
 }
