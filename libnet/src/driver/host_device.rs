@@ -130,6 +130,9 @@ pub struct Saved {
     pub up: bool,
     #[serde(default)]
     pub alias: Option<String>,
+    /// The device's MAC, so DEL never takes a link of the container that was not lent.
+    #[serde(default)]
+    pub mac: String,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> DriverError {
@@ -172,6 +175,7 @@ pub fn attach(
         name: dev.name.clone(),
         up: dev.is_up(),
         alias: dev.alias.clone(),
+        mac: dev.mac_string(),
     };
     let host_ns = NetNs::current()?;
     let c = Handle::new_in(ep.netns)?;
@@ -182,13 +186,20 @@ pub fn attach(
     });
     h.set_alias(dev.index, &dev.name)?;
     let s = saved.clone();
-    let (cr, hns) = (&c, &host_ns);
+    let (cr, hns, mac) = (&c, &host_ns, dev.mac.clone());
     undo.push("moved", move || {
-        // Wherever it got to: still in the host, or in the container under either name.
+        // Wherever it got to: still in the host, or in the container under either name (an
+        // IFNAME the container had before is not ours: the MAC tells them apart).
         if let Ok(Some(l)) = h.find_link(&s.name) {
             let _ = restore_on_host(h, l.index, &s);
-        } else {
-            let _ = move_back(cr, &[ep.ifname, &s.name], hns, h, &s);
+            return;
+        }
+        let ours = [s.name.as_str(), ep.ifname]
+            .iter()
+            .filter_map(|n| cr.find_link(n).ok().flatten())
+            .find(|l| l.mac == mac);
+        if let Some(l) = ours {
+            let _ = move_back(cr, &l, hns, h, &s);
         }
     });
     h.set_up(dev.index, false)?;
@@ -221,27 +232,18 @@ fn restore_on_host(h: &Handle, index: u32, s: &Saved) -> Result<(), DriverError>
 /// In the container: down, original name, back to `host_ns`; then alias and state on the host.
 fn move_back(
     c: &Handle,
-    names: &[&str],
+    l: &Link,
     host_ns: &NetNs,
     h: &Handle,
     s: &Saved,
-) -> Result<bool, DriverError> {
-    let mut found = None;
-    for n in names {
-        if let Some(l) = c.find_link(n)? {
-            found = Some(l);
-            break;
-        }
-    }
-    let Some(l) = found else { return Ok(false) };
+) -> Result<(), DriverError> {
     c.set_up(l.index, false)?;
     if l.name != s.name {
         c.rename(l.index, &s.name)?;
     }
     c.set_netns(l.index, host_ns)?;
     let back = h.link_by_name(&s.name)?;
-    restore_on_host(h, back.index, s)?;
-    Ok(true)
+    restore_on_host(h, back.index, s)
 }
 
 /// Give the device back. Tolerant: a missing link or namespace is success.
@@ -254,14 +256,20 @@ pub fn detach(
     if let Some(ns) = netns {
         let c = Handle::new_in(ns)?;
         if let Some(l) = c.find_link(ifname)? {
-            // Without our state file (a reference ADD), the alias holds the original name.
-            let s = load(state).unwrap_or_else(|| Saved {
-                name: l.alias.clone().unwrap_or_else(|| ifname.to_string()),
-                up: false,
-                alias: None,
+            // Without our state file (a reference ADD), the alias holds the original name; a
+            // link with neither, or with another MAC, was not lent by us and stays.
+            let s = load(state).or_else(|| {
+                l.alias.clone().map(|name| Saved {
+                    name,
+                    up: false,
+                    alias: None,
+                    mac: String::new(),
+                })
             });
-            let host_ns = NetNs::current()?;
-            move_back(&c, &[ifname], &host_ns, h, &s)?;
+            if let Some(s) = s.filter(|s| s.mac.is_empty() || s.mac == l.mac_string()) {
+                let host_ns = NetNs::current()?;
+                move_back(&c, &l, &host_ns, h, &s)?;
+            }
         }
     }
     forget(state)
@@ -331,6 +339,7 @@ mod tests {
             name: "enp3s0".into(),
             up: true,
             alias: Some("uplink".into()),
+            mac: "0a:58:00:00:00:01".into(),
         };
         save(&p, &s).unwrap();
         assert_eq!(load(&p), Some(s));
