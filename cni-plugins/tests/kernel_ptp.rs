@@ -195,3 +195,78 @@ fn ptp_add_that_fails_half_way_leaves_nothing() {
     assert!(leases.is_empty(), "the address was given back: {leases:?}");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// A crashed runtime: three ADDs, then GC knowing only the first. The other two lose their
+/// addresses and masquerade rules; the valid one keeps both.
+#[test]
+fn ptp_gc_recovers_what_a_crashed_runtime_leaked() {
+    let host = scratch("h");
+    let ctrs: Vec<_> = (0..3).map(|_| scratch("c")).collect();
+    let pid = std::process::id();
+    let data = std::env::temp_dir().join(format!("knt-ptp-gc-{pid}"));
+    let net = format!("knt-ptpgc-{pid}");
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": net, "type": "ptp", "ipMasq": true,
+        "ipam": {"type": "host-local", "dataDir": data, "subnet": "10.244.43.0/24"}
+    });
+    let mut ips = Vec::new();
+    for (i, ctr) in ctrs.iter().enumerate() {
+        let n = ctr.path().display().to_string();
+        let (code, res) = call(
+            &host,
+            "ptp",
+            "ADD",
+            &cid(&format!("g{i}")),
+            &n,
+            "eth0",
+            &conf,
+        );
+        assert_eq!(code, 0, "{res}");
+        ips.push(
+            res["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let ruleset = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", host.name(), "nft", "list", "ruleset"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = ruleset();
+    assert!(
+        ips.iter().all(|ip| before.contains(ip.as_str())),
+        "{before}"
+    );
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": cid("g0"), "ifname": "eth0"}]);
+    let (code, out) = call(&host, "ptp", "GC", "", "", "", &gc);
+    assert_eq!(code, 0, "{out}");
+    let leases: Vec<String> = std::fs::read_dir(data.join(&net))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect();
+    assert_eq!(
+        leases,
+        vec![ips[0].clone()],
+        "only the valid attachment keeps its address"
+    );
+    let after = ruleset();
+    assert!(after.contains(ips[0].as_str()), "{after}");
+    assert!(
+        !after.contains(ips[1].as_str()) && !after.contains(ips[2].as_str()),
+        "{after}"
+    );
+    let n0 = ctrs[0].path().display().to_string();
+    let (code, out) = call(&host, "ptp", "DEL", &cid("g0"), &n0, "eth0", &conf);
+    assert_eq!(code, 0, "{out}");
+    let _ = std::fs::remove_dir_all(&data);
+}
