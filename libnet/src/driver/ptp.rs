@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use super::bridge::{Endpoint, IpConf, LinkRef};
 use super::iface::{self, Want};
 use super::{host_veth_name, DriverError};
-use crate::netlink::{Handle, Route, RouteScope, VethPeer};
+use crate::netlink::{Handle, Link, Route, RouteScope, VethPeer};
 use crate::netns::NetNs;
 use crate::sysctl;
 use crate::undo::Undo;
@@ -165,13 +165,37 @@ pub struct Expected<'a> {
     pub routes: Vec<IpNet>,
 }
 
+/// The host end: by its derived name, or (a pair made by the reference plugin, under a random
+/// name) as the veth peer of the container's interface.
+fn host_end(h: &Handle, c: &Handle, want: &Expected<'_>) -> Result<Option<Link>, DriverError> {
+    if let Some(l) = h.find_link(&host_veth_name(want.container_id, want.ifname))? {
+        return Ok(Some(l));
+    }
+    let Some(inner) = c.find_link(want.ifname)? else {
+        return Ok(None);
+    };
+    let Some(peer) = inner.peer_index else {
+        return Ok(None);
+    };
+    match h.link_by_index(peer) {
+        Ok(l) if l.kind.as_deref() == Some("veth") && l.peer_index == Some(inner.index) => {
+            Ok(Some(l))
+        }
+        Ok(_) => Ok(None),
+        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Verify an attachment on both sides; the first difference is the error.
 pub fn check(h: &Handle, want: &Expected<'_>) -> Result<(), DriverError> {
     let drift = |what: String| Err(DriverError::Invalid(what));
-    let host_name = host_veth_name(want.container_id, want.ifname);
-    let Some(host) = h.find_link(&host_name)? else {
-        return drift(format!("host end {host_name} of the veth pair is missing"));
+    let c = Handle::new_in(want.netns)?;
+    let Some(host) = host_end(h, &c, want)? else {
+        let name = host_veth_name(want.container_id, want.ifname);
+        return drift(format!("host end {name} of the veth pair is missing"));
     };
+    let host_name = host.name.clone();
     if let Some(mtu) = want.mtu {
         if host.mtu != mtu {
             return drift(format!("{host_name} has MTU {}, expected {mtu}", host.mtu));
@@ -187,7 +211,6 @@ pub fn check(h: &Handle, want: &Expected<'_>) -> Result<(), DriverError> {
     let host_routes: Vec<IpNet> = want.ips.iter().map(|ip| ip.addr.addr().into()).collect();
     iface::check_routes(h, host.index, &host_name, &host_routes)?;
 
-    let c = Handle::new_in(want.netns)?;
     let ips: Vec<IpNet> = want.ips.iter().map(|ip| ip.addr).collect();
     iface::check(
         &c,
