@@ -179,3 +179,33 @@ fn host_device_del_without_netns_forgets_the_state() {
     assert_eq!(code, 0, "{out}");
     assert!(!state_file(&id).exists());
 }
+
+/// Either plugin set gives back a device the other lent: the original name travels in the
+/// link's alias.
+#[test]
+fn host_device_interop_with_the_reference() {
+    let host = host_with_device(true);
+    let conf =
+        json!({"cniVersion": "1.0.0", "name": "knt-hd2", "type": "host-device", "device": "khd0"});
+    // The reference lends, knit takes back.
+    let ctr = scratch("c");
+    let n = ctr.path().display().to_string();
+    let id = cid("d5");
+    let (ok, res) = reference(&host, "host-device", "ADD", &id, &n, &conf);
+    assert!(ok, "{res}");
+    assert_eq!(links(&host), vec!["khd0p", "lo"]);
+    let (code, out) = call(&host, "host-device", "DEL", &id, &n, "eth0", &conf);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(links(&host), vec!["khd0", "khd0p", "lo"]);
+    assert_eq!(links(&ctr), vec!["lo".to_string()]);
+    // knit lends, the reference takes back.
+    let (code, out) = call(&host, "host-device", "ADD", &id, &n, "eth0", &conf);
+    assert_eq!(code, 0, "{out}");
+    let (ok, out) = reference(&host, "host-device", "DEL", &id, &n, &conf);
+    assert!(ok, "{out}");
+    assert_eq!(links(&host), vec!["khd0", "khd0p", "lo"]);
+    // knit's DEL afterwards only forgets its state.
+    let (code, out) = call(&host, "host-device", "DEL", &id, &n, "eth0", &conf);
+    assert_eq!(code, 0, "{out}");
+    assert!(!state_file(&id).exists());
+}

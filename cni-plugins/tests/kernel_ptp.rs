@@ -275,8 +275,6 @@ fn ptp_gc_recovers_what_a_crashed_runtime_leaked() {
 /// that the reference ptp (1.1.1, /usr/lib/cni) made under a random host veth name.
 #[test]
 fn ptp_check_and_del_of_a_reference_attachment() {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
     let (host, ctr) = (scratch("h"), scratch("c"));
     let conf = json!({
         "cniVersion": "1.0.0", "name": format!("knt-ptpref-{}", std::process::id()), "type": "ptp",
@@ -285,30 +283,8 @@ fn ptp_check_and_del_of_a_reference_attachment() {
     });
     let netns = ctr.path().display().to_string();
     let id = cid("pref");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", host.name(), "/usr/lib/cni/ptp"])
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", &id)
-        .env("CNI_NETNS", &netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the reference plugins are installed in /usr/lib/cni (make deps)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let res: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, res) = reference(&host, "ptp", "ADD", &id, &netns, &conf);
+    assert!(ok, "{res}");
     let checked = with_prev(&conf, &res);
     let (code, out) = call(&host, "ptp", "CHECK", &id, &netns, "eth0", &checked);
     assert_eq!(code, 0, "{out}");

@@ -110,3 +110,39 @@ pub fn assert_check_fails(
     let msg = out["msg"].as_str().unwrap_or_default();
     assert!(msg.contains(what), "CHECK error should name {what}: {out}");
 }
+
+/// Run the reference plugin `/usr/lib/cni/PLUGIN` (containernetworking-plugins 1.1.1) for
+/// `cmd` inside `host` as a process; its exit status and stdout.
+pub fn reference(
+    host: &ScratchNs,
+    plugin: &str,
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    conf: &Value,
+) -> (bool, Value) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", host.name()])
+        .arg(format!("/usr/lib/cni/{plugin}"))
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the reference plugins are installed in /usr/lib/cni (make deps)");
+    let stdin = conf.to_string();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), v)
+}
