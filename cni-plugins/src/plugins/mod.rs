@@ -2,12 +2,19 @@
 
 pub mod bandwidth;
 pub mod bridge;
+pub mod dummy;
 pub mod firewall;
+pub mod host_device;
 pub mod host_local;
 pub mod loopback;
+pub mod macvlan;
 pub mod portmap;
+pub mod ptp;
+mod shared;
 pub mod static_ipam;
+mod sublink;
 pub mod tuning;
+pub mod vlan;
 
 use crate::skel::Plugin;
 
@@ -15,24 +22,34 @@ use crate::skel::Plugin;
 pub const NAMES: &[&str] = &[
     "bandwidth",
     "bridge",
+    "dummy",
     "firewall",
+    "host-device",
     "host-local",
     "loopback",
+    "macvlan",
     "portmap",
+    "ptp",
     "static",
     "tuning",
+    "vlan",
 ];
 
 pub fn by_name(name: &str) -> Option<&'static dyn Plugin> {
     Some(match name {
         "bandwidth" => &bandwidth::Bandwidth,
         "bridge" => &bridge::Bridge,
+        "dummy" => &dummy::Dummy,
         "firewall" => &firewall::Firewall,
+        "host-device" => &host_device::HostDevice,
         "host-local" => &host_local::HostLocal,
         "loopback" => &loopback::Loopback,
+        "macvlan" => &macvlan::Macvlan,
         "portmap" => &portmap::Portmap,
+        "ptp" => &ptp::Ptp,
         "static" => &static_ipam::Static,
         "tuning" => &tuning::Tuning,
+        "vlan" => &vlan::Vlan,
         _ => return None,
     })
 }

@@ -3,6 +3,10 @@
 //! on attach and a tolerant detach that works when the container's namespace is gone.
 
 pub mod bridge;
+pub mod host_device;
+pub mod iface;
+pub mod macvlan;
+pub mod ptp;
 
 use std::fmt::Write;
 
@@ -23,6 +27,12 @@ pub enum DriverError {
     Invalid(String),
     #[error("{0}")]
     Exists(String),
+    #[error("state file {path}: {source}")]
+    State {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl HasKind for DriverError {
@@ -33,6 +43,7 @@ impl HasKind for DriverError {
             DriverError::Sysctl(e) => e.kind(),
             DriverError::Invalid(_) => Kind::Invalid,
             DriverError::Exists(_) => Kind::Exists,
+            DriverError::State { source, .. } => HasKind::kind(source),
         }
     }
 }

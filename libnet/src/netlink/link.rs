@@ -1,5 +1,9 @@
 //! Links: `ip link ...`.
 
+mod kinds;
+
+pub use kinds::{MacvlanMode, NewLink};
+
 use std::os::fd::{AsRawFd, RawFd};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -41,6 +45,12 @@ pub struct Link {
     pub allmulti: u32,
     /// For a bridge port: hairpin mode, when the kernel reported it.
     pub hairpin: Option<bool>,
+    /// `ip link set ... alias A` (IFLA_IFALIAS), when set and not empty.
+    pub alias: Option<String>,
+    /// For a macvlan: its mode (MACVLAN_MODE_*).
+    pub macvlan_mode: Option<u32>,
+    /// For a vlan: its id.
+    pub vlan_id: Option<u16>,
 }
 
 impl Link {
@@ -104,10 +114,12 @@ fn link_from_msg(msg: LinkMessage) -> Link {
             LinkAttribute::TxQueueLen(q) => l.txqlen = q,
             LinkAttribute::Promiscuity(p) => l.promiscuity = p,
             LinkAttribute::AllMulticast(a) => l.allmulti = a,
+            LinkAttribute::IfAlias(a) if !a.is_empty() => l.alias = Some(a),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
                         LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
+                        LinkInfo::Data(d) => kinds::read_info_data(&mut l, d),
                         LinkInfo::PortData(InfoPortData::BridgePort(attrs)) => {
                             for a in attrs {
                                 if let InfoBridgePort::HairpinMode(h) = a {

@@ -1,0 +1,351 @@
+//! The host-device driver: lend an existing host link to a container and take it back.
+//!
+//! Attach, in order (each step registered with the undo guard):
+//! 1. find the link (by name, MAC, `/sys/devices/...` path or PCI address);
+//! 2. write a small state file (original name, up/down, alias) and set the alias to the
+//!    original name (`ip link set DEV alias DEV`), as the reference does, so either plugin set
+//!    can take it back;
+//! 3. `ip link set DEV down`, `ip link set DEV netns CTR`, in the container `ip link set DEV
+//!    name IFNAME`, addresses and routes (up).
+//!
+//! Detach, in the container: `ip link set IFNAME down`, `name ORIG`, `netns HOST`; back on the
+//! host: the old alias and the old up/down state. Without the container's namespace there is
+//! nothing to move: a physical device returns to the initial namespace by itself when the
+//! namespace dies, a virtual one dies with it; only the state file goes.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::bridge::{Endpoint, LinkRef};
+use super::iface::{self, Want};
+use super::DriverError;
+use crate::netlink::link::parse_mac;
+use crate::netlink::{Handle, Link};
+use crate::netns::NetNs;
+use crate::undo::Undo;
+
+/// How the configuration names the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Name(String),
+    Mac([u8; 6]),
+    /// `/sys/devices/...` of the device; its `net/` directory names the link.
+    KernelPath(PathBuf),
+    /// `0000:00:1f.6`; `/sys/bus/pci/devices/ID/net/` (or `virtio*/net/`) names the link.
+    PciBusId(String),
+}
+
+const SYS_BUS_PCI: &str = "/sys/bus/pci/devices";
+
+impl Selector {
+    /// Exactly one of the four must be given.
+    pub fn from_fields(
+        device: &str,
+        hwaddr: &str,
+        kernelpath: &str,
+        pci: &str,
+    ) -> Result<Selector, DriverError> {
+        let given = [device, hwaddr, kernelpath, pci]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .count();
+        if given != 1 {
+            return Err(DriverError::Invalid(
+                "specify either \"device\", \"hwaddr\", \"kernelpath\" or \"pciBusID\"".into(),
+            ));
+        }
+        if !device.is_empty() {
+            return Ok(Selector::Name(device.into()));
+        }
+        if !hwaddr.is_empty() {
+            return parse_mac(hwaddr)
+                .map(Selector::Mac)
+                .ok_or_else(|| DriverError::Invalid(format!("invalid hwaddr {hwaddr:?}")));
+        }
+        if !kernelpath.is_empty() {
+            let p = Path::new(kernelpath);
+            if !p.is_absolute()
+                || !kernelpath.starts_with("/sys/devices/")
+                || kernelpath.contains("..")
+            {
+                return Err(DriverError::Invalid(format!(
+                    "kernel device path {kernelpath:?} must be absolute and begin with /sys/devices/"
+                )));
+            }
+            return Ok(Selector::KernelPath(p.into()));
+        }
+        if pci.contains('/') || pci.starts_with('.') {
+            return Err(DriverError::Invalid(format!("invalid pciBusID {pci:?}")));
+        }
+        Ok(Selector::PciBusId(pci.into()))
+    }
+
+    /// The directories whose entries are the candidate link names.
+    fn net_dirs(&self) -> Vec<PathBuf> {
+        match self {
+            Selector::KernelPath(p) => vec![p.join("net")],
+            Selector::PciBusId(id) => {
+                let dev = Path::new(SYS_BUS_PCI).join(id);
+                let mut dirs = vec![dev.join("net")];
+                if let Ok(rd) = std::fs::read_dir(&dev) {
+                    for e in rd.flatten() {
+                        if e.file_name().to_string_lossy().starts_with("virtio") {
+                            dirs.push(e.path().join("net"));
+                        }
+                    }
+                }
+                dirs
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Find the device among the host's links.
+pub fn find(h: &Handle, sel: &Selector) -> Result<Link, DriverError> {
+    let links = h.links()?;
+    let found = match sel {
+        Selector::Name(n) => links.into_iter().find(|l| &l.name == n),
+        Selector::Mac(m) => links.into_iter().find(|l| l.mac == m),
+        _ => {
+            let names: Vec<String> = sel
+                .net_dirs()
+                .iter()
+                .filter_map(|d| std::fs::read_dir(d).ok())
+                .flat_map(|rd| rd.flatten())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            links.into_iter().find(|l| names.contains(&l.name))
+        }
+    };
+    found.ok_or_else(|| DriverError::Invalid(format!("no host link matches {sel:?}")))
+}
+
+/// What DEL needs to give the device back as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    pub name: String,
+    pub up: bool,
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// The device's MAC, so DEL never takes a link of the container that was not lent.
+    #[serde(default)]
+    pub mac: String,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> DriverError {
+    DriverError::State {
+        path: path.display().to_string(),
+        source: e,
+    }
+}
+
+fn save(path: &Path, s: &Saved) -> Result<(), DriverError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec(s).unwrap_or_default();
+    std::fs::write(&tmp, body).map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+fn load(path: &Path) -> Option<Saved> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn forget(path: &Path) -> Result<(), DriverError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Attach the device. On error it is back in the host as it was, and the state file is gone.
+pub fn attach(
+    h: &Handle,
+    sel: &Selector,
+    ep: &Endpoint<'_>,
+    state: &Path,
+) -> Result<LinkRef, DriverError> {
+    let dev = find(h, sel)?;
+    let saved = Saved {
+        name: dev.name.clone(),
+        up: dev.is_up(),
+        alias: dev.alias.clone(),
+        mac: dev.mac_string(),
+    };
+    let host_ns = NetNs::current()?;
+    let c = Handle::new_in(ep.netns)?;
+    let mut undo = Undo::new();
+    save(state, &saved)?;
+    undo.push("state", || {
+        let _ = forget(state);
+    });
+    h.set_alias(dev.index, &dev.name)?;
+    let s = saved.clone();
+    let (cr, hns, mac) = (&c, &host_ns, dev.mac.clone());
+    undo.push("moved", move || {
+        // Wherever it got to: still in the host, or in the container under either name (an
+        // IFNAME the container had before is not ours: the MAC tells them apart).
+        if let Ok(Some(l)) = h.find_link(&s.name) {
+            let _ = restore_on_host(h, l.index, &s);
+            return;
+        }
+        let ours = [s.name.as_str(), ep.ifname]
+            .iter()
+            .filter_map(|n| cr.find_link(n).ok().flatten())
+            .find(|l| l.mac == mac);
+        if let Some(l) = ours {
+            let _ = move_back(cr, &l, hns, h, &s);
+        }
+    });
+    h.set_up(dev.index, false)?;
+    h.set_netns(dev.index, ep.netns)?;
+    let link = c.link_by_name(&dev.name)?;
+    if let Err(e) = c.rename(link.index, ep.ifname) {
+        if e.errno() == Some(libc::EEXIST) {
+            return Err(DriverError::Exists(format!(
+                "the container already has an interface {}",
+                ep.ifname
+            )));
+        }
+        return Err(e.into());
+    }
+    iface::configure(&c, link.index, &ep.ips, &ep.routes)?;
+    let link = c.link_by_index(link.index)?;
+    undo.commit();
+    Ok(LinkRef {
+        name: link.name.clone(),
+        mac: link.mac_string(),
+    })
+}
+
+fn restore_on_host(h: &Handle, index: u32, s: &Saved) -> Result<(), DriverError> {
+    h.set_alias(index, s.alias.as_deref().unwrap_or_default())?;
+    h.set_up(index, s.up)?;
+    Ok(())
+}
+
+/// In the container: down, original name, back to `host_ns`; then alias and state on the host.
+fn move_back(
+    c: &Handle,
+    l: &Link,
+    host_ns: &NetNs,
+    h: &Handle,
+    s: &Saved,
+) -> Result<(), DriverError> {
+    c.set_up(l.index, false)?;
+    if l.name != s.name {
+        c.rename(l.index, &s.name)?;
+    }
+    c.set_netns(l.index, host_ns)?;
+    let back = h.link_by_name(&s.name)?;
+    restore_on_host(h, back.index, s)
+}
+
+/// Give the device back. Tolerant: a missing link or namespace is success.
+pub fn detach(
+    h: &Handle,
+    ifname: &str,
+    netns: Option<&NetNs>,
+    state: &Path,
+) -> Result<(), DriverError> {
+    if let Some(ns) = netns {
+        let c = Handle::new_in(ns)?;
+        if let Some(l) = c.find_link(ifname)? {
+            // Without our state file (a reference ADD), the alias holds the original name; a
+            // link with neither, or with another MAC, was not lent by us and stays.
+            let s = load(state).or_else(|| {
+                l.alias.clone().map(|name| Saved {
+                    name,
+                    up: false,
+                    alias: None,
+                    mac: String::new(),
+                })
+            });
+            if let Some(s) = s.filter(|s| s.mac.is_empty() || s.mac == l.mac_string()) {
+                let host_ns = NetNs::current()?;
+                move_back(&c, &l, &host_ns, h, &s)?;
+            }
+        }
+    }
+    forget(state)
+}
+
+/// What CHECK expects, from the previous result.
+#[derive(Debug)]
+pub struct Expected<'a> {
+    pub ifname: &'a str,
+    pub netns: &'a NetNs,
+    pub mac: Option<&'a str>,
+    pub ips: Vec<IpNet>,
+    pub routes: Vec<IpNet>,
+}
+
+/// Verify the device is in the container as IFNAME with its MAC, addresses and routes.
+pub fn check(want: &Expected<'_>) -> Result<(), DriverError> {
+    let c = Handle::new_in(want.netns)?;
+    iface::check(
+        &c,
+        &Want {
+            ifname: want.ifname,
+            mac: want.mac,
+            ips: &want.ips,
+            routes: &want.routes,
+            ..Default::default()
+        },
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_selector() {
+        assert!(Selector::from_fields("", "", "", "").is_err());
+        assert!(Selector::from_fields("eth1", "0a:58:00:00:00:01", "", "").is_err());
+        assert_eq!(
+            Selector::from_fields("eth1", "", "", "").unwrap(),
+            Selector::Name("eth1".into())
+        );
+        assert_eq!(
+            Selector::from_fields("", "0A:58:00:00:00:01", "", "").unwrap(),
+            Selector::Mac([0x0a, 0x58, 0, 0, 0, 1])
+        );
+        assert!(Selector::from_fields("", "0a:58", "", "").is_err());
+        assert!(Selector::from_fields("", "", "/tmp/x", "").is_err());
+        assert!(Selector::from_fields("", "", "/sys/devices/../etc", "").is_err());
+        assert!(matches!(
+            Selector::from_fields("", "", "/sys/devices/pci0000:00/0000:00:03.0", ""),
+            Ok(Selector::KernelPath(_))
+        ));
+        assert!(Selector::from_fields("", "", "", "../x").is_err());
+        assert_eq!(
+            Selector::from_fields("", "", "", "0000:00:03.0").unwrap(),
+            Selector::PciBusId("0000:00:03.0".into())
+        );
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let dir = std::env::temp_dir().join(format!("knit-hd-{}", std::process::id()));
+        let p = dir.join("c1-eth1");
+        let s = Saved {
+            name: "enp3s0".into(),
+            up: true,
+            alias: Some("uplink".into()),
+            mac: "0a:58:00:00:00:01".into(),
+        };
+        save(&p, &s).unwrap();
+        assert_eq!(load(&p), Some(s));
+        forget(&p).unwrap();
+        forget(&p).unwrap();
+        assert_eq!(load(&p), None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,223 @@
+//! Links made for one container and owned by it: macvlan, vlan (on a master link) and dummy.
+//!
+//! Attach, in order (each step registered with the undo guard):
+//! 1. find the master (in the host, or in the container with `linkInContainer`), check the MTU
+//!    fits under it;
+//! 2. `ip link add knt<random> link MASTER netns CTR type macvlan mode M` (or `type vlan id N`,
+//!    `type dummy`): born under a temporary name straight in the container, so the host never
+//!    sees it and a clash with a host link name cannot happen;
+//! 3. in the container: `ip link set knt<random> name IFNAME` (fails if IFNAME exists: the
+//!    link is deleted again), arp_notify/ndisc_notify, up, addresses and routes.
+//!
+//! Detach deletes IFNAME in the container. Without the namespace there is nothing to do: these
+//! links die with their namespace.
+
+use std::os::fd::AsRawFd;
+
+use ipnet::IpNet;
+
+use super::bridge::{random_mac, Endpoint, LinkRef};
+use super::iface::{self, Want};
+use super::DriverError;
+use crate::netlink::link::{MacvlanMode, NewLink};
+use crate::netlink::{Handle, Link};
+use crate::netns::NetNs;
+use crate::sysctl;
+use crate::undo::Undo;
+
+/// Which kind of link to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubKind {
+    Macvlan(MacvlanMode),
+    Vlan(u16),
+    Dummy,
+}
+
+impl SubKind {
+    /// The kind string the kernel reports (`IFLA_INFO_KIND`).
+    pub fn kernel_kind(self) -> &'static str {
+        match self {
+            SubKind::Macvlan(_) => "macvlan",
+            SubKind::Vlan(_) => "vlan",
+            SubKind::Dummy => "dummy",
+        }
+    }
+}
+
+/// The network-wide settings.
+#[derive(Debug, Clone)]
+pub struct SubNet {
+    pub kind: SubKind,
+    /// The master link's name (macvlan, vlan); ignored for dummy.
+    pub master: Option<String>,
+    /// Look the master up inside the container's namespace instead of the host's.
+    pub master_in_container: bool,
+    pub mtu: Option<u32>,
+}
+
+/// A temporary link name, `knt` and 12 random hex digits.
+fn temp_name() -> String {
+    let r = random_mac();
+    let mut s = String::from("knt");
+    for b in r {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn find_master(h: &Handle, c: &Handle, net: &SubNet) -> Result<Option<Link>, DriverError> {
+    if net.kind == SubKind::Dummy {
+        return Ok(None);
+    }
+    let Some(name) = net.master.as_deref().filter(|m| !m.is_empty()) else {
+        return Err(DriverError::Invalid(format!(
+            "a {} link needs a master",
+            net.kind.kernel_kind()
+        )));
+    };
+    let (look, where_) = if net.master_in_container {
+        (c, "the container")
+    } else {
+        (h, "the host")
+    };
+    let master = look.find_link(name)?.ok_or_else(|| {
+        DriverError::Invalid(format!("master {name:?} does not exist in {where_}"))
+    })?;
+    if let Some(mtu) = net.mtu {
+        if mtu > master.mtu {
+            return Err(DriverError::Invalid(format!(
+                "invalid MTU {mtu}, must be [0, master MTU({})]",
+                master.mtu
+            )));
+        }
+    }
+    Ok(Some(master))
+}
+
+/// Attach an endpoint. On error everything this call made is removed again.
+pub fn attach(h: &Handle, net: &SubNet, ep: &Endpoint<'_>) -> Result<LinkRef, DriverError> {
+    let c = Handle::new_in(ep.netns)?;
+    let master = find_master(h, &c, net)?;
+    let tmp = temp_name();
+    let fd = ep.netns.as_raw_fd();
+    let nl = NewLink {
+        name: &tmp,
+        mtu: net.mtu,
+        mac: ep.mac,
+        // Made by the container's own handle when the master lives there.
+        netns_fd: (!net.master_in_container).then_some(fd),
+    };
+    let maker = if net.master_in_container { &c } else { h };
+    let parent = master.as_ref().map(|m| m.index).unwrap_or_default();
+    match net.kind {
+        SubKind::Macvlan(mode) => maker.add_macvlan(&nl, parent, mode)?,
+        SubKind::Vlan(id) => maker.add_vlan(&nl, parent, id)?,
+        SubKind::Dummy => maker.add_dummy(&nl)?,
+    }
+    let mut undo = Undo::new();
+    let link = c.link_by_name(&tmp)?;
+    let idx = link.index;
+    let cr = &c;
+    undo.push("link", move || {
+        let _ = cr.del_link(idx);
+    });
+    if let Err(e) = c.rename(idx, ep.ifname) {
+        if e.errno() == Some(libc::EEXIST) {
+            return Err(DriverError::Exists(format!(
+                "the container already has an interface {}",
+                ep.ifname
+            )));
+        }
+        return Err(e.into());
+    }
+    let ifname = ep.ifname;
+    ep.netns.run_in(|| {
+        let _ = sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+        let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1");
+    })?;
+    iface::configure(&c, idx, &ep.ips, &ep.routes)?;
+    let link = c.link_by_index(idx)?;
+    undo.commit();
+    Ok(LinkRef {
+        name: link.name.clone(),
+        mac: link.mac_string(),
+    })
+}
+
+/// Delete the container's link; a missing link or namespace is success.
+pub fn detach(ifname: &str, netns: Option<&NetNs>) -> Result<(), DriverError> {
+    let Some(ns) = netns else { return Ok(()) };
+    Handle::new_in(ns)?.del_link_by_name(ifname)?;
+    Ok(())
+}
+
+/// What CHECK expects, from the previous result.
+#[derive(Debug)]
+pub struct Expected<'a> {
+    pub ifname: &'a str,
+    pub netns: &'a NetNs,
+    pub mac: Option<&'a str>,
+    pub ips: Vec<IpNet>,
+    pub routes: Vec<IpNet>,
+}
+
+/// Verify the link: kind, mode or id, master, MAC, MTU, up, addresses and routes.
+pub fn check(h: &Handle, net: &SubNet, want: &Expected<'_>) -> Result<(), DriverError> {
+    let c = Handle::new_in(want.netns)?;
+    let master = find_master(h, &c, net)?;
+    let link = iface::check(
+        &c,
+        &Want {
+            ifname: want.ifname,
+            kind: Some(net.kind.kernel_kind()),
+            mac: want.mac,
+            mtu: net.mtu,
+            ips: &want.ips,
+            routes: &want.routes,
+        },
+    )?;
+    let drift = |what: String| Err(DriverError::Invalid(what));
+    match net.kind {
+        SubKind::Macvlan(mode) if link.macvlan_mode != Some(mode.bits()) => {
+            return drift(format!(
+                "macvlan {} has mode {:?}, expected {}",
+                want.ifname,
+                link.macvlan_mode,
+                mode.as_str()
+            ))
+        }
+        SubKind::Vlan(id) if link.vlan_id != Some(id) => {
+            return drift(format!(
+                "vlan {} has id {:?}, expected {id}",
+                want.ifname, link.vlan_id
+            ))
+        }
+        _ => {}
+    }
+    // The master of a link in the same namespace is IFLA_LINK; across namespaces the index
+    // is the master's in its own namespace (IFLA_LINK_NETNSID says which).
+    if let Some(m) = master {
+        if link.peer_index.is_some_and(|p| p != m.index) {
+            return drift(format!(
+                "{} is not on master {}",
+                want.ifname,
+                net.master.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The link of the first default route (IPv4, then IPv6), as the reference picks a master.
+pub fn default_route_link(h: &Handle) -> Result<Option<String>, DriverError> {
+    for v6 in [false, true] {
+        let routes = h.routes(v6)?;
+        let found = routes
+            .iter()
+            .find(|r| r.dst.prefix_len() == 0 && r.table == crate::netlink::route::RT_TABLE_MAIN);
+        if let Some(oif) = found.and_then(|r| r.oif) {
+            return Ok(Some(h.link_by_index(oif)?.name));
+        }
+    }
+    Ok(None)
+}
