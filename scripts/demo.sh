@@ -74,14 +74,14 @@ cleanup() {
   grep -F " $DIR" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do
     umount "$m" 2>/dev/null || umount -l "$m"
   done
-  rm -rf "$DIR" "/var/lib/cni/networks/$NET" /var/lib/cni/results/"$NET"-*
+  rm -rf "$DIR" "/var/lib/cni/networks/$NET" "/var/lib/cni/networks/.knit-ipam/$NET" /var/lib/cni/results/"$NET"-*
   [ "$HAD_CONTAINERS_STATE" = 1 ] || rm -rf /var/lib/containers
   [ "$HAD_RUNC_STATE" = 1 ] || rmdir /run/runc 2>/dev/null
   ip netns del "$OUT_NS" 2>/dev/null
   ip netns del "$HOST_NS" 2>/dev/null
   local left
   left=$( { ip netns list | grep -F "$ID"; grep -F "$DIR" /proc/self/mountinfo;
-            ls -d "$DIR" "/var/lib/cni/networks/$NET" 2>/dev/null; } || true)
+            ls -d "$DIR" "/var/lib/cni/networks/$NET" "/var/lib/cni/networks/.knit-ipam/$NET" 2>/dev/null; } || true)
   if [ -n "$left" ]; then
     echo "demo: left behind:"; echo "$left"; rc=1
   else

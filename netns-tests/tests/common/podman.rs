@@ -491,9 +491,15 @@ fn remove_netns_file(path: &Path) -> Result<()> {
 
 /// host-local's files for `net` (default data dir) and libcni's cached results for it.
 fn remove_host_local_state(net: &str) -> Result<()> {
-    let data = Path::new(HOST_LOCAL_DEFAULT_DIR).join(net);
-    if data.exists() {
-        fs::remove_dir_all(&data).with_context(|| format!("rm -rf {}", data.display()))?;
+    // The reference's directory and knit's index of it.
+    let base = Path::new(HOST_LOCAL_DEFAULT_DIR);
+    for data in [
+        base.join(net),
+        base.join(libnet::ipam::file_store::INDEX_DIR).join(net),
+    ] {
+        if data.exists() {
+            fs::remove_dir_all(&data).with_context(|| format!("rm -rf {}", data.display()))?;
+        }
     }
     let prefix = format!("{net}-");
     if let Ok(entries) = fs::read_dir(CNI_RESULTS_DIR) {
