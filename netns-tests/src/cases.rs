@@ -5,6 +5,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::scenario::OUTSIDE_LINK;
+
 /// The bridge every case names (inside the test's own host namespace).
 pub const BRIDGE: &str = "kntbr0";
 /// The host's address on the link to the "outside" namespace, and the outside's own.
@@ -321,7 +323,42 @@ pub fn all() -> Vec<Case> {
     cases.push(c);
 
     cases.push(podman(10));
+
+    // ptp: no bridge; the host end carries the gateway as /32 and routes to each container.
+    let mut c = Case::new(
+        "ptp",
+        list(
+            "1.0.0",
+            "knt-ptp",
+            vec![json!({"type": "ptp", "ipMasq": true, "mtu": 1400,
+                "ipam": host_local(11, true, true)})],
+        ),
+    );
+    c.gateways = vec![gw(11)];
+    c.masq = true;
+    cases.push(c);
+
+    // macvlan on the host's link to the outside namespace: containers reach each other and
+    // the outside directly (layer 2), not the host through their master (macvlan isolation).
+    let mut c = Case::new(
+        "macvlan",
+        list(
+            "0.4.0",
+            "knt-macvlan",
+            vec![
+                json!({"type": "macvlan", "master": OUTSIDE_LINK, "mode": "bridge",
+                "ipam": host_local(12, false, false)}),
+            ],
+        ),
+    );
+    c.gateways = vec![];
+    cases.push(c);
     cases
+}
+
+/// The case of `all()` named `name`.
+pub fn by_name(name: &str) -> Option<Case> {
+    all().into_iter().find(|c| c.name == name)
 }
 
 #[cfg(test)]

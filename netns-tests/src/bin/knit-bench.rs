@@ -425,6 +425,9 @@ fn run(a: &Args) -> Result<()> {
     );
     let bridge = measure("bridge+host-local", &cases::bridge_gateway(1), a)?;
     let podman = measure("podman chain (0.4.0)", &cases::podman(10), a)?;
+    let case = |n: &str| cases::by_name(n).expect("a case of the table");
+    let ptp = measure("ptp+host-local", &case("ptp"), a)?;
+    let macvlan = measure("macvlan+host-local", &case("macvlan"), a)?;
     verdict.target(
         "bridge+host-local ADD knit/ref",
         ratio_of(&bridge, |s| &s.add),
@@ -440,13 +443,25 @@ fn run(a: &Args) -> Result<()> {
         ratio_of(&podman, |s| &s.cycle),
         0.25,
     );
+    for (name, s) in [("ptp", &ptp), ("macvlan", &macvlan)] {
+        verdict.target(
+            &format!("{name} ADD knit/ref"),
+            ratio_of(s, |s| &s.add),
+            0.25,
+        );
+        verdict.target(
+            &format!("{name} DEL knit/ref"),
+            ratio_of(s, |s| &s.del),
+            0.6,
+        );
+    }
     let (ip_del, nl_del) = link_del_floor(a.cycles)?;
     println!(
         "\nkernel floor for DEL: `ip link del` of a veth {ip_del:.2} ms (process), \
          netlink alone {nl_del:.2} ms"
     );
     let rss = |k: usize| {
-        let max = [&bridge, &podman]
+        let max = [&bridge, &podman, &ptp, &macvlan]
             .iter()
             .filter_map(|s| s.as_ref().map(|s| s[k].max_rss_kib))
             .max();
