@@ -14,6 +14,7 @@ use libnet::HasKind;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::shared::ReleaseOnError;
 use crate::ipam;
 use crate::skel::{Args, CniError, OrCni, Plugin, ERR_UNSUPPORTED_FIELD};
 use crate::types::{CniResult, Interface, IpConfig, RouteEntry};
@@ -175,7 +176,7 @@ impl Plugin for Bridge {
             CniResult::default()
         };
         // From here on a failure must give the addresses back.
-        let release = ReleaseOnError { a, armed: layer3 };
+        let release = ReleaseOnError::new(a, layer3);
         if layer3 && result.ips.is_empty() {
             return Err(CniError::config("IPAM plugin returned missing IP config"));
         }
@@ -242,34 +243,17 @@ impl Plugin for Bridge {
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
         let c = Conf::load(a)?;
-        // The address release and the masquerade removal run beside the veth deletion: deleting
-        // a link and closing an nf_tables socket after a delete each wait for an RCU grace
-        // period in the kernel (~15 ms here), and concurrent waits share one.
-        let (bookkeeping, link) = std::thread::scope(|s| {
-            let side = s.spawn(|| {
-                let mut errs = Vec::new();
+        super::shared::teardown(
+            |errs| {
                 if !ipam::ipam_type(a).is_empty() {
-                    errs.extend(ipam::del(a).err());
+                    errs.note(ipam::del(a));
                 }
                 if c.ip_masq {
-                    errs.extend(crate::masq::del(a).err());
+                    errs.note(crate::masq::del(a));
                 }
-                errs
-            });
-            let link = detach_link(a);
-            let errs = side.join().unwrap_or_else(|_| {
-                vec![CniError::new(
-                    crate::skel::ERR_INTERNAL,
-                    "bridge DEL: teardown thread panicked",
-                )]
-            });
-            (errs, link)
-        });
-        // Everything was attempted; report the first failure.
-        match bookkeeping.into_iter().next() {
-            Some(e) => Err(e),
-            None => link,
-        }
+            },
+            || detach_link(a),
+        )
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {
@@ -326,26 +310,6 @@ fn detach_link(a: &Args) -> Result<(), CniError> {
     match driver::detach(&h, &a.container_id, &a.ifname, ns.as_ref()) {
         Err(e) if e.kind() != libnet::Kind::NotFound => Err(CniError::from_kind(e.kind(), &e)),
         _ => Ok(()),
-    }
-}
-
-/// Gives an ADD's addresses back to IPAM unless disarmed.
-struct ReleaseOnError<'a> {
-    a: &'a Args,
-    armed: bool,
-}
-
-impl ReleaseOnError<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for ReleaseOnError<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = ipam::del(self.a);
-        }
     }
 }
 

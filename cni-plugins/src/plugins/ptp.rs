@@ -9,7 +9,7 @@ use libnet::netlink::Handle;
 use libnet::HasKind;
 use serde::Deserialize;
 
-use super::shared::{self, FirstErr, ReleaseOnError};
+use super::shared::{self, ReleaseOnError};
 use crate::ipam;
 use crate::skel::{Args, CniError, OrCni, Plugin};
 use crate::types::{CniResult, Interface};
@@ -92,19 +92,24 @@ impl Plugin for Ptp {
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
         let c = Conf::load(a)?;
-        let mut errs = FirstErr::default();
-        errs.note(ipam::del(a));
-        let ns = shared::netns_if_any(a);
-        let h = Handle::new().cni()?;
-        if let Err(e) = driver::detach(&h, &a.container_id, &a.ifname, ns.as_ref()) {
-            if e.kind() != libnet::Kind::NotFound {
-                errs.note::<()>(Err(CniError::from_kind(e.kind(), &e)));
-            }
-        }
-        if c.ip_masq {
-            errs.note(crate::masq::del(a));
-        }
-        errs.finish()
+        shared::teardown(
+            |errs| {
+                errs.note(ipam::del(a));
+                if c.ip_masq {
+                    errs.note(crate::masq::del(a));
+                }
+            },
+            || {
+                let ns = shared::netns_if_any(a);
+                let h = Handle::new().cni()?;
+                match driver::detach(&h, &a.container_id, &a.ifname, ns.as_ref()) {
+                    Err(e) if e.kind() != libnet::Kind::NotFound => {
+                        Err(CniError::from_kind(e.kind(), &e))
+                    }
+                    _ => Ok(()),
+                }
+            },
+        )
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {

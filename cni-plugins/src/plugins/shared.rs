@@ -126,6 +126,32 @@ impl FirstErr {
     }
 }
 
+/// DEL of an endpoint with a link: the bookkeeping (address release, nftables elements) runs
+/// beside the link deletion. Deleting a link and closing an nf_tables socket after a delete
+/// each wait for an RCU grace period in the kernel (~15 ms here); concurrent waits share one.
+/// Everything is attempted; the first failure (bookkeeping first) is returned.
+pub fn teardown(
+    bookkeeping: impl FnOnce(&mut FirstErr) + Send,
+    link: impl FnOnce() -> Result<(), CniError>,
+) -> Result<(), CniError> {
+    std::thread::scope(|s| {
+        let side = s.spawn(|| {
+            let mut errs = FirstErr::default();
+            bookkeeping(&mut errs);
+            errs
+        });
+        let linked = link();
+        let mut errs = side.join().unwrap_or_else(|_| {
+            FirstErr(Some(CniError::new(
+                crate::skel::ERR_INTERNAL,
+                "DEL: teardown thread panicked",
+            )))
+        });
+        errs.note(linked);
+        errs.finish()
+    })
+}
+
 #[cfg(test)]
 pub mod tests {
     use serde::Deserialize;

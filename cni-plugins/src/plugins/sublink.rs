@@ -8,7 +8,7 @@ use libnet::driver::macvlan::{self as driver, SubNet};
 use libnet::netlink::Handle;
 use libnet::HasKind;
 
-use super::shared::{self, FirstErr, ReleaseOnError};
+use super::shared::{self, ReleaseOnError};
 use crate::ipam;
 use crate::skel::{Args, CniError, OrCni};
 use crate::types::{CniResult, Interface};
@@ -47,17 +47,22 @@ pub fn add(a: &Args, net: &SubNet, conf_mac: &str) -> Result<CniResult, CniError
 }
 
 pub fn del(a: &Args) -> Result<(), CniError> {
-    let mut errs = FirstErr::default();
-    if !ipam::ipam_type(a).is_empty() {
-        errs.note(ipam::del(a));
-    }
-    let ns = shared::netns_if_any(a);
-    if let Err(e) = driver::detach(&a.ifname, ns.as_ref()) {
-        if e.kind() != libnet::Kind::NotFound {
-            errs.note::<()>(Err(CniError::from_kind(e.kind(), &e)));
-        }
-    }
-    errs.finish()
+    shared::teardown(
+        |errs| {
+            if !ipam::ipam_type(a).is_empty() {
+                errs.note(ipam::del(a));
+            }
+        },
+        || {
+            let ns = shared::netns_if_any(a);
+            match driver::detach(&a.ifname, ns.as_ref()) {
+                Err(e) if e.kind() != libnet::Kind::NotFound => {
+                    Err(CniError::from_kind(e.kind(), &e))
+                }
+                _ => Ok(()),
+            }
+        },
+    )
 }
 
 pub fn check(a: &Args, net: &SubNet) -> Result<(), CniError> {
