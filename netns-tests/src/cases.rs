@@ -353,6 +353,23 @@ pub fn all() -> Vec<Case> {
     );
     c.gateways = vec![];
     cases.push(c);
+
+    // bandwidth after bridge: tbf on the host veth, ifb + redirect for the other direction.
+    let mut c = Case::new(
+        "bandwidth",
+        list(
+            "1.0.0",
+            "knt-bandwidth",
+            vec![
+                bridge(json!({"isGateway": true}), host_local(13, false, true)),
+                json!({"type": "bandwidth",
+                    "ingressRate": 50_000_000, "ingressBurst": 400_000,
+                    "egressRate": 50_000_000, "egressBurst": 400_000}),
+            ],
+        ),
+    );
+    c.gateways = vec![gw(13)];
+    cases.push(c);
     cases
 }
 

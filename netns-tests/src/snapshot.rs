@@ -3,8 +3,9 @@
 //! host veth names become `<host-veth-LABEL>` (found through the container end's peer index),
 //! MACs become `<mac>` unless the test fixed them, link-local addresses are left out.
 //!
-//! What is shown: links (kind, mtu, up, master, hairpin, promisc), addresses, main-table routes
-//! (dst, gw, dev, scope, proto, metric, mtu) and selected sysctls.
+//! What is shown: links (kind, mtu, up, master, hairpin, promisc), configured qdiscs (tbf,
+//! ingress, htb with their parameters), addresses, main-table routes (dst, gw, dev, scope,
+//! proto, metric, mtu) and selected sysctls.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -132,6 +133,23 @@ fn render_ns(h: &Handle, roles: &HashMap<u32, String>, opts: &Options) -> Result
     let mut lines = BTreeSet::new();
     for l in &links {
         lines.insert(render_link(l, &dev, opts));
+        // Qdiscs that someone configured (bandwidth's tbf, ingress); the kernel's defaults
+        // (noqueue, pfifo_fast, ...) say nothing about the plugins.
+        for q in h.qdiscs(l.index)? {
+            if matches!(q.kind.as_str(), "tbf" | "ingress" | "htb") {
+                let tbf = q
+                    .tbf
+                    .map(|t| format!(" rate={} limit={} buffer={}", t.rate, t.limit, t.buffer))
+                    .unwrap_or_default();
+                lines.insert(format!(
+                    "qdisc {} {} handle={:x} parent={:x}{tbf}",
+                    dev(l.index),
+                    q.kind,
+                    q.handle,
+                    q.parent
+                ));
+            }
+        }
     }
     for a in h.addrs(0)? {
         if !is_link_local(a.net.addr()) {

@@ -428,6 +428,7 @@ fn run(a: &Args) -> Result<()> {
     let case = |n: &str| cases::by_name(n).expect("a case of the table");
     let ptp = measure("ptp+host-local", &case("ptp"), a)?;
     let macvlan = measure("macvlan+host-local", &case("macvlan"), a)?;
+    let bandwidth = measure("bridge+bandwidth", &case("bandwidth"), a)?;
     verdict.target(
         "bridge+host-local ADD knit/ref",
         ratio_of(&bridge, |s| &s.add),
@@ -461,7 +462,7 @@ fn run(a: &Args) -> Result<()> {
          netlink alone {nl_del:.2} ms"
     );
     let rss = |k: usize| {
-        let max = [&bridge, &podman, &ptp, &macvlan]
+        let max = [&bridge, &podman, &ptp, &macvlan, &bandwidth]
             .iter()
             .filter_map(|s| s.as_ref().map(|s| s[k].max_rss_kib))
             .max();
