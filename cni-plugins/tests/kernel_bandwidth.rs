@@ -4,33 +4,21 @@
 //! `cargo test --release -p cni-plugins --features root-tests --test kernel_bandwidth`.
 #![cfg(feature = "root-tests")]
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cni_plugins::plugins::bandwidth::{ifb_name, IFB_PREFIX};
 use cni_plugins::plugins::by_name;
 use cni_plugins::skel::run;
-use libnet::netlink::Handle;
+use common::{links, scratch};
 use libnet::netns::ScratchNs;
 use serde_json::{json, Value};
 
 const NET: &str = "knt-bw";
-/// 50 Mbit/s with a 50 kB bucket.
-const RATE: u64 = 50_000_000;
-const BURST: u64 = 400_000;
 
-fn scratch(tag: &str) -> ScratchNs {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "root-tests must run as root"
-    );
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    ScratchNs::create(&format!("knt-{}-{tag}{n}", std::process::id())).expect("create netns")
-}
-
-/// Run `plugin` for `cmd` inside `host`, as a runtime would exec it there.
+/// Run `plugin` for `cmd` on `eth0` inside `host`.
 fn call(
     host: &ScratchNs,
     plugin: &str,
@@ -39,28 +27,11 @@ fn call(
     netns: &str,
     conf: &Value,
 ) -> (i32, Value) {
-    let env: Vec<(&str, &str)> = vec![
-        ("CNI_COMMAND", cmd),
-        ("CNI_CONTAINERID", id),
-        ("CNI_NETNS", netns),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", "/nonexistent"),
-    ];
-    let stdin = conf.to_string();
-    let p = by_name(plugin).expect("known plugin");
-    host.run_in(|| {
-        let mut out = Vec::new();
-        let env = env.as_slice();
-        let code = run(p, &env, &mut stdin.as_bytes(), &mut out);
-        let v = if out.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&out).unwrap()
-        };
-        (code, v)
-    })
-    .unwrap()
+    common::call(host, plugin, cmd, id, netns, "eth0", conf)
 }
+/// 50 Mbit/s with a 50 kB bucket.
+const RATE: u64 = 50_000_000;
+const BURST: u64 = 400_000;
 
 fn bridge_conf(br: &str, addr: &str) -> Value {
     json!({
@@ -129,11 +100,6 @@ fn sh(ns: &ScratchNs, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn links(ns: &ScratchNs) -> Vec<String> {
-    let h = Handle::new_in(ns).unwrap();
-    h.links().unwrap().into_iter().map(|l| l.name).collect()
 }
 
 #[test]

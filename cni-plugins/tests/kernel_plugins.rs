@@ -3,23 +3,12 @@
 //! root-tests`; without root they fail.
 #![cfg(feature = "root-tests")]
 
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
 
-use cni_plugins::plugins::by_name;
-use cni_plugins::skel::run;
+use common::{call as call_if, links, scratch};
 use libnet::netlink::Handle;
 use libnet::netns::ScratchNs;
 use serde_json::{json, Value};
-
-fn scratch(tag: &str) -> ScratchNs {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "root-tests must run as root"
-    );
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    ScratchNs::create(&format!("knt-{}-{tag}{n}", std::process::id())).expect("create netns")
-}
 
 fn call(
     host: &ScratchNs,
@@ -32,39 +21,6 @@ fn call(
     call_if(host, plugin, cmd, id, netns, "eth0", conf)
 }
 
-/// Run `plugin` for `cmd` inside `host`, as a runtime would exec it there.
-fn call_if(
-    host: &ScratchNs,
-    plugin: &str,
-    cmd: &str,
-    id: &str,
-    netns: &str,
-    ifname: &str,
-    conf: &Value,
-) -> (i32, Value) {
-    let env: Vec<(&str, &str)> = vec![
-        ("CNI_COMMAND", cmd),
-        ("CNI_CONTAINERID", id),
-        ("CNI_NETNS", netns),
-        ("CNI_IFNAME", ifname),
-        ("CNI_PATH", "/nonexistent"),
-    ];
-    let stdin = conf.to_string();
-    let p = by_name(plugin).expect("known plugin");
-    host.run_in(|| {
-        let mut out = Vec::new();
-        let env = env.as_slice();
-        let code = run(p, &env, &mut stdin.as_bytes(), &mut out);
-        let v = if out.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&out).unwrap()
-        };
-        (code, v)
-    })
-    .unwrap()
-}
-
 fn bridge_conf(br: &str) -> Value {
     json!({
         "cniVersion": "1.0.0", "name": "knt-net", "type": "bridge", "bridge": br,
@@ -73,11 +29,6 @@ fn bridge_conf(br: &str) -> Value {
             {"address": "10.244.20.5/24", "gateway": "10.244.20.1"},
             {"address": "fd00:6b6e:20::5/64", "gateway": "fd00:6b6e:20::1"}]}
     })
-}
-
-fn links(ns: &ScratchNs) -> Vec<String> {
-    let h = Handle::new_in(ns).unwrap();
-    h.links().unwrap().into_iter().map(|l| l.name).collect()
 }
 
 #[test]
