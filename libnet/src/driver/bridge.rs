@@ -11,12 +11,11 @@
 //! needs nothing from the container; the bridge itself is shared and stays.
 
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 
 use ipnet::IpNet;
 
 use super::{host_veth_name, DriverError};
-use crate::netlink::{Handle, Link, Route, VethPeer};
+use crate::netlink::{Handle, Link, Route};
 use crate::netns::NetNs;
 use crate::sysctl;
 use crate::undo::Undo;
@@ -151,27 +150,16 @@ pub fn attach(h: &Handle, net: &BridgeNet, ep: &Endpoint<'_>) -> Result<Attached
         });
     }
 
-    let host_name = host_veth_name(ep.container_id, ep.ifname);
-    let peer = VethPeer {
-        name: ep.ifname,
-        netns_fd: Some(ep.netns.as_raw_fd()),
-        mac: ep.mac,
-        mtu: None,
-    };
-    if let Err(e) = h.add_veth(&host_name, net.mtu, None, &peer) {
-        if e.errno() == Some(libc::EEXIST) {
-            return Err(DriverError::Exists(format!(
-                "container {} already has an interface {} on this host or in its namespace ({e})",
-                ep.container_id, ep.ifname
-            )));
-        }
-        return Err(e.into());
-    }
-    let host = h.link_by_name(&host_name)?;
+    let host = super::add_endpoint_veth(
+        h,
+        &mut undo,
+        ep.container_id,
+        ep.ifname,
+        ep.netns,
+        ep.mac,
+        net.mtu,
+    )?;
     let host_idx = host.index;
-    undo.push("veth", move || {
-        let _ = h.del_link(host_idx);
-    });
     h.set_master(host_idx, br.index)?;
     if net.hairpin {
         h.set_bridge_port(host_idx, Some(true), None)?;

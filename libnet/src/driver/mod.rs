@@ -9,11 +9,13 @@ pub mod macvlan;
 pub mod ptp;
 
 use std::fmt::Write;
+use std::os::fd::AsRawFd;
 
 use crate::error::{HasKind, Kind};
-use crate::netlink::NetlinkError;
-use crate::netns::NetnsError;
+use crate::netlink::{Handle, Link, NetlinkError, VethPeer};
+use crate::netns::{NetNs, NetnsError};
 use crate::sysctl::SysctlError;
+use crate::undo::Undo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -61,6 +63,42 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     let mut s = String::from("veth");
     let _ = write!(s, "{:011x}", h & 0xfff_ffff_ffff);
     s
+}
+
+/// An endpoint's veth pair: `ip link add vethXXXX [mtu M] type veth peer name IFNAME netns CTR
+/// [address MAC]`, the host end named from (container id, ifname) so DEL finds it without the
+/// container, the peer made straight in the container so no half-made pair is ever visible in
+/// the host. Its deletion is registered with `undo`; returns the host end.
+pub(crate) fn add_endpoint_veth<'h>(
+    h: &'h Handle,
+    undo: &mut Undo<'h>,
+    container_id: &str,
+    ifname: &str,
+    netns: &NetNs,
+    mac: Option<[u8; 6]>,
+    mtu: Option<u32>,
+) -> Result<Link, DriverError> {
+    let host_name = host_veth_name(container_id, ifname);
+    let peer = VethPeer {
+        name: ifname,
+        netns_fd: Some(netns.as_raw_fd()),
+        mac,
+        mtu: None,
+    };
+    if let Err(e) = h.add_veth(&host_name, mtu, None, &peer) {
+        if e.errno() == Some(libc::EEXIST) {
+            return Err(DriverError::Exists(format!(
+                "container {container_id} already has an interface {ifname} on this host or in its namespace ({e})"
+            )));
+        }
+        return Err(e.into());
+    }
+    let host = h.link_by_name(&host_name)?;
+    let idx = host.index;
+    undo.push("veth", move || {
+        let _ = h.del_link(idx);
+    });
+    Ok(host)
 }
 
 #[cfg(test)]

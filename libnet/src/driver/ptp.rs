@@ -15,14 +15,12 @@
 //! the host's /32 routes and gateway addresses (they hang off that link), so nothing needs the
 //! container's namespace.
 
-use std::os::fd::AsRawFd;
-
 use ipnet::IpNet;
 
 use super::bridge::{Endpoint, IpConf, LinkRef};
 use super::iface::{self, Want};
 use super::{host_veth_name, DriverError};
-use crate::netlink::{Handle, Link, Route, RouteScope, VethPeer};
+use crate::netlink::{Handle, Link, Route, RouteScope};
 use crate::netns::NetNs;
 use crate::sysctl;
 use crate::undo::Undo;
@@ -55,27 +53,16 @@ pub fn attach(h: &Handle, mtu: Option<u32>, ep: &Endpoint<'_>) -> Result<Attache
         gw_host_net(ip)?;
     }
     let mut undo = Undo::new();
-    let host_name = host_veth_name(ep.container_id, ep.ifname);
-    let peer = VethPeer {
-        name: ep.ifname,
-        netns_fd: Some(ep.netns.as_raw_fd()),
-        mac: ep.mac,
-        mtu: None,
-    };
-    if let Err(e) = h.add_veth(&host_name, mtu, None, &peer) {
-        if e.errno() == Some(libc::EEXIST) {
-            return Err(DriverError::Exists(format!(
-                "container {} already has an interface {} on this host or in its namespace ({e})",
-                ep.container_id, ep.ifname
-            )));
-        }
-        return Err(e.into());
-    }
-    let host = h.link_by_name(&host_name)?;
+    let host = super::add_endpoint_veth(
+        h,
+        &mut undo,
+        ep.container_id,
+        ep.ifname,
+        ep.netns,
+        ep.mac,
+        mtu,
+    )?;
     let host_idx = host.index;
-    undo.push("veth", move || {
-        let _ = h.del_link(host_idx);
-    });
     h.set_up(host_idx, true)?;
 
     let c = Handle::new_in(ep.netns)?;
