@@ -214,30 +214,28 @@ impl Plugin for Bridge {
         }
         release.disarm();
 
-        result.interfaces = vec![
-            Interface {
-                name: att.bridge.name,
-                mac: att.bridge.mac,
-                ..Default::default()
-            },
-            Interface {
-                name: att.host.name,
-                mac: att.host.mac,
-                ..Default::default()
-            },
-            Interface {
-                name: att.container.name,
-                mac: att.container.mac,
-                sandbox: a.netns.as_ref().unwrap().display().to_string(),
-                ..Default::default()
-            },
-        ];
-        for ip in &mut result.ips {
-            ip.interface = Some(2);
-        }
-        if !a.conf.dns.is_empty() {
-            result.dns = a.conf.dns.clone();
-        }
+        super::shared::finish_result(
+            a,
+            &mut result,
+            vec![
+                Interface {
+                    name: att.bridge.name,
+                    mac: att.bridge.mac,
+                    ..Default::default()
+                },
+                Interface {
+                    name: att.host.name,
+                    mac: att.host.mac,
+                    ..Default::default()
+                },
+                Interface {
+                    name: att.container.name,
+                    mac: att.container.mac,
+                    sandbox: a.netns.as_ref().unwrap().display().to_string(),
+                    ..Default::default()
+                },
+            ],
+        );
         Ok(result)
     }
 

@@ -83,18 +83,16 @@ impl Plugin for HostDevice {
         };
         let link = driver::attach(&h, &sel, &ep, &state_path(a)).cni()?;
         release.disarm();
-        result.interfaces = vec![Interface {
-            name: link.name,
-            mac: link.mac,
-            sandbox: ns.path().display().to_string(),
-            ..Default::default()
-        }];
-        for ip in &mut result.ips {
-            ip.interface = Some(0);
-        }
-        if !a.conf.dns.is_empty() {
-            result.dns = a.conf.dns.clone();
-        }
+        shared::finish_result(
+            a,
+            &mut result,
+            vec![Interface {
+                name: link.name,
+                mac: link.mac,
+                sandbox: ns.path().display().to_string(),
+                ..Default::default()
+            }],
+        );
         Ok(result)
     }
 

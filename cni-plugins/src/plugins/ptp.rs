@@ -66,27 +66,25 @@ impl Plugin for Ptp {
             }
         }
         release.disarm();
-        result.interfaces = vec![
-            Interface {
-                name: att.host.name,
-                mac: att.host.mac,
-                mtu: c.mtu(),
-                ..Default::default()
-            },
-            Interface {
-                name: att.container.name,
-                mac: att.container.mac,
-                mtu: c.mtu(),
-                sandbox: ns.path().display().to_string(),
-                ..Default::default()
-            },
-        ];
-        for ip in &mut result.ips {
-            ip.interface = Some(1);
-        }
-        if !a.conf.dns.is_empty() {
-            result.dns = a.conf.dns.clone();
-        }
+        shared::finish_result(
+            a,
+            &mut result,
+            vec![
+                Interface {
+                    name: att.host.name,
+                    mac: att.host.mac,
+                    mtu: c.mtu(),
+                    ..Default::default()
+                },
+                Interface {
+                    name: att.container.name,
+                    mac: att.container.mac,
+                    mtu: c.mtu(),
+                    sandbox: ns.path().display().to_string(),
+                    ..Default::default()
+                },
+            ],
+        );
         Ok(result)
     }
 

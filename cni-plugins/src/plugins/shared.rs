@@ -111,6 +111,20 @@ impl Drop for ReleaseOnError<'_> {
     }
 }
 
+/// The end of every interface-making ADD: the result names `interfaces`, the last of which is
+/// the container's and holds every address, and carries the configuration's `dns` when it has
+/// one (else IPAM's).
+pub fn finish_result(a: &Args, result: &mut CniResult, interfaces: Vec<Interface>) {
+    let container = interfaces.len().checked_sub(1);
+    result.interfaces = interfaces;
+    for ip in &mut result.ips {
+        ip.interface = container;
+    }
+    if !a.conf.dns.is_empty() {
+        result.dns = a.conf.dns.clone();
+    }
+}
+
 /// DEL's error bookkeeping: keep going, report the first error.
 #[derive(Default)]
 pub struct FirstErr(Option<CniError>);

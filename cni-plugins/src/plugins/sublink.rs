@@ -30,19 +30,17 @@ pub fn add(a: &Args, net: &SubNet, conf_mac: &str) -> Result<CniResult, CniError
     };
     let link = driver::attach(&h, net, &ep).cni()?;
     release.disarm();
-    result.interfaces = vec![Interface {
-        name: link.name,
-        mac: link.mac,
-        mtu: net.mtu,
-        sandbox: ns.path().display().to_string(),
-        ..Default::default()
-    }];
-    for ip in &mut result.ips {
-        ip.interface = Some(0);
-    }
-    if !a.conf.dns.is_empty() {
-        result.dns = a.conf.dns.clone();
-    }
+    shared::finish_result(
+        a,
+        &mut result,
+        vec![Interface {
+            name: link.name,
+            mac: link.mac,
+            mtu: net.mtu,
+            sandbox: ns.path().display().to_string(),
+            ..Default::default()
+        }],
+    );
     Ok(result)
 }
 
