@@ -235,7 +235,7 @@ fn macvlan_bad_input_and_half_way_failure_leave_nothing() {
         assert!(out["msg"].as_str().unwrap().contains(what), "{out}");
         assert_eq!(links(&ctr), vec!["lo".to_string()]);
     }
-    // The container already has eth0: the macvlan (made under a temporary name) goes again.
+    // The container already has eth0: the kernel refuses the name there and nothing is made.
     ip(
         &ctr,
         &[

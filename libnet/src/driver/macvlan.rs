@@ -3,11 +3,12 @@
 //! Attach, in order (each step registered with the undo guard):
 //! 1. find the master (in the host, or in the container with `linkInContainer`), check the MTU
 //!    fits under it;
-//! 2. `ip link add knt<random> link MASTER netns CTR type macvlan mode M` (or `type vlan id N`,
-//!    `type dummy`): born under a temporary name straight in the container, so the host never
-//!    sees it and a clash with a host link name cannot happen;
-//! 3. in the container: `ip link set knt<random> name IFNAME` (fails if IFNAME exists: the
-//!    link is deleted again), arp_notify/ndisc_notify, up, addresses and routes.
+//! 2. `ip link add IFNAME link MASTER netns CTR type macvlan mode M` (or `type vlan id N`,
+//!    `type dummy`): born under its final name straight in the container, so the host never
+//!    sees it; the kernel checks the name in the container only, and refuses it (nothing made)
+//!    when the container already has IFNAME. No rename: a rename re-registers the link's
+//!    per-device sysctl tables, which is most of the kernel's cost of the link;
+//! 3. in the container: arp_notify/ndisc_notify, up, addresses and routes.
 //!
 //! Detach deletes IFNAME in the container. Without the namespace there is nothing to do: these
 //! links die with their namespace.
@@ -16,7 +17,7 @@ use std::os::fd::AsRawFd;
 
 use ipnet::IpNet;
 
-use super::bridge::{random_mac, Endpoint, LinkRef};
+use super::bridge::{Endpoint, LinkRef};
 use super::iface::{self, Want};
 use super::DriverError;
 use crate::netlink::link::{MacvlanMode, NewLink};
@@ -55,16 +56,6 @@ pub struct SubNet {
     pub mtu: Option<u32>,
 }
 
-/// A temporary link name, `knt` and 12 random hex digits.
-fn temp_name() -> String {
-    let r = random_mac();
-    let mut s = String::from("knt");
-    for b in r {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
 fn find_master(h: &Handle, c: &Handle, net: &SubNet) -> Result<Option<Link>, DriverError> {
     if net.kind == SubKind::Dummy {
         return Ok(None);
@@ -98,10 +89,9 @@ fn find_master(h: &Handle, c: &Handle, net: &SubNet) -> Result<Option<Link>, Dri
 pub fn attach(h: &Handle, net: &SubNet, ep: &Endpoint<'_>) -> Result<LinkRef, DriverError> {
     let c = Handle::new_in(ep.netns)?;
     let master = find_master(h, &c, net)?;
-    let tmp = temp_name();
     let fd = ep.netns.as_raw_fd();
     let nl = NewLink {
-        name: &tmp,
+        name: ep.ifname,
         mtu: net.mtu,
         mac: ep.mac,
         // Made by the container's own handle when the master lives there.
@@ -109,19 +99,12 @@ pub fn attach(h: &Handle, net: &SubNet, ep: &Endpoint<'_>) -> Result<LinkRef, Dr
     };
     let maker = if net.master_in_container { &c } else { h };
     let parent = master.as_ref().map(|m| m.index).unwrap_or_default();
-    match net.kind {
-        SubKind::Macvlan(mode) => maker.add_macvlan(&nl, parent, mode)?,
-        SubKind::Vlan(id) => maker.add_vlan(&nl, parent, id)?,
-        SubKind::Dummy => maker.add_dummy(&nl)?,
-    }
-    let mut undo = Undo::new();
-    let link = c.link_by_name(&tmp)?;
-    let idx = link.index;
-    let cr = &c;
-    undo.push("link", move || {
-        let _ = cr.del_link(idx);
-    });
-    if let Err(e) = c.rename(idx, ep.ifname) {
+    let made = match net.kind {
+        SubKind::Macvlan(mode) => maker.add_macvlan(&nl, parent, mode),
+        SubKind::Vlan(id) => maker.add_vlan(&nl, parent, id),
+        SubKind::Dummy => maker.add_dummy(&nl),
+    };
+    if let Err(e) = made {
         if e.errno() == Some(libc::EEXIST) {
             return Err(DriverError::Exists(format!(
                 "the container already has an interface {}",
@@ -130,13 +113,19 @@ pub fn attach(h: &Handle, net: &SubNet, ep: &Endpoint<'_>) -> Result<LinkRef, Dr
         }
         return Err(e.into());
     }
+    let mut undo = Undo::new();
+    let link = c.link_by_name(ep.ifname)?;
+    let idx = link.index;
+    let cr = &c;
+    undo.push("link", move || {
+        let _ = cr.del_link(idx);
+    });
     let ifname = ep.ifname;
     ep.netns.run_in(|| {
         let _ = sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
         let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1");
     })?;
     iface::configure(&c, idx, &ep.ips, &ep.routes)?;
-    let link = c.link_by_index(idx)?;
     undo.commit();
     Ok(LinkRef {
         name: link.name.clone(),
