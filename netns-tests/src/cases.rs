@@ -2,6 +2,10 @@
 //! a conflist plus what to probe once containers are attached. Addresses: case N uses
 //! 10.244.N.0/24 and fd00:6b6e:N::/64; every side gets its own host namespace, so the two
 //! implementations can use the same addresses.
+//!
+//! A case whose containers each need something of their own (host-device lends each one a
+//! device) writes `{i}` in conflist strings, rendered per container index by [`for_container`],
+//! and lists the `ip` commands that make those things in its [`HostSetup`].
 
 use serde_json::{json, Map, Value};
 
@@ -41,6 +45,17 @@ pub struct Case {
     pub ips: Vec<&'static str>,
     /// Extra container sysctls to compare (`{if}` = ifname).
     pub container_sysctls: Vec<&'static str>,
+    /// What the side's host namespace needs before the ADDs.
+    pub host_setup: HostSetup,
+}
+
+/// Commands run in each side's host namespace, each an argv split on whitespace.
+#[derive(Debug, Clone, Default)]
+pub struct HostSetup {
+    /// Once, when the side is made.
+    pub once: Vec<&'static str>,
+    /// Before the ADD of container `i`, with `{i}` replaced by `i`.
+    pub per_container: Vec<&'static str>,
 }
 
 impl Case {
@@ -55,6 +70,7 @@ impl Case {
             macs: Vec::new(),
             ips: Vec::new(),
             container_sysctls: Vec::new(),
+            host_setup: HostSetup::default(),
         }
     }
 
@@ -83,6 +99,20 @@ impl Case {
             m.insert("ips".into(), json!([ip]));
         }
         m
+    }
+}
+
+/// The conflist of container `i`: `{i}` in every string replaced by `i`.
+pub fn for_container(conflist: &Value, i: usize) -> Value {
+    match conflist {
+        Value::String(s) => Value::String(s.replace("{i}", &i.to_string())),
+        Value::Array(a) => Value::Array(a.iter().map(|v| for_container(v, i)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), for_container(v, i)))
+                .collect(),
+        ),
+        v => v.clone(),
     }
 }
 
@@ -370,7 +400,40 @@ pub fn all() -> Vec<Case> {
     );
     c.gateways = vec![gw(13)];
     cases.push(c);
+
+    cases.push(host_device());
     cases
+}
+
+/// host-device: container `i` is lent `kntd<i>`, one end of a veth whose other end `kntdp<i>`
+/// is a port of the host bridge `kntlb0` holding the gateway, so reachability is real; after
+/// DEL the devices must be back in the host under their names and in their state.
+fn host_device() -> Case {
+    let n = 14; // also in the setup commands' addresses
+    let mut c = Case::new(
+        "host-device",
+        list(
+            "1.0.0",
+            "knt-hostdev",
+            vec![json!({"type": "host-device", "device": "kntd{i}",
+                "ipam": host_local(n, false, true)})],
+        ),
+    );
+    c.gateways = vec![gw(n)];
+    c.host_setup = HostSetup {
+        once: vec![
+            "ip link add kntlb0 type bridge",
+            "ip addr add 10.244.14.1/24 dev kntlb0",
+            "ip link set kntlb0 up",
+        ],
+        per_container: vec![
+            "ip link add kntd{i} type veth peer name kntdp{i}",
+            "ip link set kntdp{i} master kntlb0",
+            "ip link set kntdp{i} up",
+            "ip link set kntd{i} up",
+        ],
+    };
+    c
 }
 
 /// The case of `all()` named `name`.
@@ -408,5 +471,17 @@ mod tests {
             3
         );
         assert!(pm.capability_args(1).get("portMappings").is_none());
+    }
+
+    #[test]
+    fn per_container_conflists_render_the_index() {
+        let hd = by_name("host-device").unwrap();
+        assert_eq!(
+            for_container(&hd.conflist, 2)["plugins"][0]["device"],
+            "kntd2"
+        );
+        assert!(hd.host_setup.once[1].contains(&gw(14)));
+        let bg = bridge_gateway(1);
+        assert_eq!(for_container(&bg.conflist, 1), bg.conflist);
     }
 }

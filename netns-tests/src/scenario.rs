@@ -3,12 +3,14 @@
 //! nor container, with no route back to container subnets), a per-test IPAM data dir, and the
 //! containers attached through the chain.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::cases::{OUTSIDE_HOST_IP, OUTSIDE_IP};
+use crate::cases::{Case, OUTSIDE_HOST_IP, OUTSIDE_IP};
 use crate::cni::{Runner, Runtime};
 use crate::topology::TestNs;
 
@@ -50,8 +52,11 @@ pub struct Side {
     pub host: TestNs,
     pub outside: TestNs,
     pub data: TempDir,
-    /// The case's conflist with `ipam.dataDir` pointed at `data`.
+    /// The case's conflist with `ipam.dataDir` pointed at `data` (`{i}` not yet rendered:
+    /// see [`Side::conflist_for`]).
     pub conflist: Value,
+    /// Host links made by the case's setup (not plugin leftovers).
+    fixture_links: Mutex<BTreeSet<String>>,
 }
 
 impl Side {
@@ -68,7 +73,47 @@ impl Side {
             outside,
             data,
             conflist,
+            fixture_links: Mutex::default(),
         })
+    }
+
+    /// A side for `case`, its host setup run once.
+    pub fn for_case(label: &str, plugin_dir: &Path, case: &Case) -> Result<Side> {
+        let side = Side::new(label, plugin_dir, &case.conflist)?;
+        side.setup(&case.host_setup.once, None)?;
+        Ok(side)
+    }
+
+    /// The conflist of container `i` (`{i}` rendered).
+    pub fn conflist_for(&self, i: usize) -> Value {
+        crate::cases::for_container(&self.conflist, i)
+    }
+
+    /// Run setup commands in the host namespace (`{i}` replaced by `i` when given), and
+    /// remember the links they made as fixtures.
+    pub fn setup(&self, cmds: &[&str], i: Option<usize>) -> Result<()> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        let names = |h: &libnet::netlink::Handle| -> Result<BTreeSet<String>> {
+            Ok(h.links()?.into_iter().map(|l| l.name).collect())
+        };
+        let h = self.host.handle()?;
+        let before = names(&h)?;
+        for cmd in cmds {
+            let cmd = match i {
+                Some(i) => cmd.replace("{i}", &i.to_string()),
+                None => cmd.to_string(),
+            };
+            let argv: Vec<&str> = cmd.split_whitespace().collect();
+            self.host
+                .run(&argv)
+                .with_context(|| format!("{} setup", self.label))?;
+        }
+        let made = names(&h)?;
+        let mut fixtures = self.fixture_links.lock().expect("not poisoned");
+        fixtures.extend(made.difference(&before).cloned());
+        Ok(())
     }
 
     pub fn runner(&self) -> Runner<'_> {
@@ -97,11 +142,12 @@ impl Side {
         ips
     }
 
-    /// Container veths left on the host (the outside link excluded).
+    /// Container veths left on the host (the outside link and setup fixtures excluded).
     pub fn host_veths(&self) -> Result<Vec<String>> {
+        let fixtures = self.fixture_links.lock().expect("not poisoned").clone();
         Ok(crate::snapshot::veths(&self.host)?
             .into_iter()
-            .filter(|n| n != OUTSIDE_LINK)
+            .filter(|n| n != OUTSIDE_LINK && !fixtures.contains(n))
             .collect())
     }
 
@@ -164,10 +210,12 @@ fn join_outside(host: &TestNs, outside: &TestNs) -> Result<()> {
     Ok(())
 }
 
-/// A container attached through the chain: its namespace, runtime args and cached result.
+/// A container attached through the chain: its namespace, conflist, runtime args and cached
+/// result.
 #[derive(Debug)]
 pub struct Attached {
     pub ns: TestNs,
+    pub conflist: Value,
     pub rt: Runtime,
     pub result: Value,
 }
@@ -177,6 +225,19 @@ impl Attached {
     pub fn addrs(&self) -> Vec<std::net::IpAddr> {
         result_addrs(&self.result)
     }
+}
+
+/// The host devices a conflist lends (host-device's `device`), which DEL must give back.
+pub fn lent_devices(conflist: &Value) -> Vec<String> {
+    conflist
+        .get("plugins")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("type").and_then(Value::as_str) == Some("host-device"))
+        .filter_map(|p| p.get("device").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
 }
 
 /// `ips[].address` of a CNI result, without prefix lengths.

@@ -3,7 +3,7 @@
 //! host veth names become `<host-veth-LABEL>` (found through the container end's peer index),
 //! MACs become `<mac>` unless the test fixed them, link-local addresses are left out.
 //!
-//! What is shown: links (kind, mtu, up, master, hairpin, promisc), configured qdiscs (tbf,
+//! What is shown: links (kind, mtu, up, master, hairpin, promisc, alias), configured qdiscs (tbf,
 //! ingress, htb with their parameters), addresses, main-table routes (dst, gw, dev, scope,
 //! proto, metric, mtu) and selected sysctls.
 
@@ -188,6 +188,9 @@ fn render_link(l: &Link, dev: &dyn Fn(u32) -> String, opts: &Options) -> String 
     }
     if l.is_promisc() {
         s.push_str(" promisc");
+    }
+    if let Some(a) = &l.alias {
+        s.push_str(&format!(" alias={a}"));
     }
     s
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use netns_tests::cases::{self, Case, OUTSIDE_HOST_IP, OUTSIDE_IP};
 use netns_tests::cni::Runtime;
 use netns_tests::reach::{self, Listener};
-use netns_tests::scenario::{normalise_result, Attached, Side};
+use netns_tests::scenario::{lent_devices, normalise_result, Attached, Side};
 use netns_tests::snapshot::{self, Container, Options, Snapshot};
 use netns_tests::topology::TestNs;
 
@@ -30,22 +30,31 @@ fn attach(side: &Side, case: &Case, i: usize) -> Result<Attached> {
     Ok(attach_timed(side, case, i)?.0)
 }
 
+/// Container `i`'s host setup (untimed), then its ADD with its own conflist.
 fn attach_timed(side: &Side, case: &Case, i: usize) -> Result<(Attached, f64)> {
+    side.setup(&case.host_setup.per_container, Some(i))?;
     let ns = TestNs::new("c")?;
     let mut rt = Runtime::new(&format!("knt-{}-c{i}", case.name), Some(&ns.path()), IFNAME);
     rt.args = "IgnoreUnknown=1".into();
     rt.capability_args = case.capability_args(i);
-    let out = side.runner().add(&side.conflist, &rt);
+    let conflist = side.conflist_for(i);
+    let out = side.runner().add(&conflist, &rt);
     let result = out
         .ok()
         .with_context(|| format!("{} ADD c{i}", side.label))?
         .clone();
     let ms = out.elapsed.as_secs_f64() * 1e3;
-    Ok((Attached { ns, rt, result }, ms))
+    let c = Attached {
+        ns,
+        conflist,
+        rt,
+        result,
+    };
+    Ok((c, ms))
 }
 
 fn world(label: &str, dir: &std::path::Path, case: &Case) -> Result<World> {
-    let side = Side::new(label, dir, &case.conflist)?;
+    let side = Side::for_case(label, dir, case)?;
     let (mut cs, mut add_ms) = (Vec::new(), 0.0);
     for i in 0..2 {
         let (c, ms) = attach_timed(&side, case, i)?;
@@ -132,7 +141,7 @@ fn check_all(w: &World) -> Result<()> {
     for (i, c) in w.cs.iter().enumerate() {
         w.side
             .runner()
-            .check(&w.side.conflist, &c.rt, &c.result)
+            .check(&c.conflist, &c.rt, &c.result)
             .ok()
             .with_context(|| format!("{} CHECK c{i}", w.side.label))?;
     }
@@ -147,23 +156,32 @@ fn del_without_netns(w: &World, case: &Case) -> Result<()> {
     rt.netns = None;
     w.side
         .runner()
-        .del(&w.side.conflist, &rt, Some(&c.result))
+        .del(&c.conflist, &rt, Some(&c.result))
         .ok()
         .with_context(|| format!("{} DEL with the netns gone", w.side.label))?;
     Ok(())
 }
 
-/// DEL every container (twice: the second must succeed too), then the host must be clean.
-fn del_all(w: &World) -> Result<std::time::Duration> {
+/// DEL every container (twice: the second must succeed too), then the host must be clean and
+/// every lent device back.
+fn del_all(w: &World, case: &Case) -> Result<std::time::Duration> {
     let mut total = Duration::ZERO;
     for round in ["DEL", "DEL again"] {
         for (i, c) in w.cs.iter().enumerate() {
-            let out = w
-                .side
-                .runner()
-                .del(&w.side.conflist, &c.rt, Some(&c.result));
-            out.ok()
-                .with_context(|| format!("{} {round} c{i}", w.side.label))?;
+            let out = w.side.runner().del(&c.conflist, &c.rt, Some(&c.result));
+            let done = out
+                .ok()
+                .with_context(|| format!("{} {round} c{i}", w.side.label));
+            match done {
+                // The reference host-device's second DEL looks for IFNAME and fails when it
+                // is gone (v1.1.1 cmdDel); the spec asks DEL to tolerate that, so the
+                // oracle's repeat DEL is reported, not required. knit's must pass.
+                Err(e) if round == "DEL again" && w.side.label == "ref" => {
+                    println!("  note {}: {e:#} (reference, not required)", case.name);
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
             if round == "DEL" {
                 total += out.elapsed;
             }
@@ -172,10 +190,25 @@ fn del_all(w: &World) -> Result<std::time::Duration> {
     let veths = w.side.host_veths()?;
     let ips = w.side.reserved_ips();
     if !veths.is_empty() || !ips.is_empty() {
-        bail!(
+        let left = format!(
             "{} left after DEL: veths {veths:?}, reserved ips {ips:?}",
             w.side.label
         );
+        // The reference host-device returns from a DEL without CNI_NETNS before releasing
+        // its address (v1.1.1 cmdDel): the oracle's leftovers are reported, knit's fail.
+        if w.side.label != "ref" {
+            bail!(left);
+        }
+        println!("  note {}: {left} (reference, not required)", case.name);
+    }
+    let h = w.side.host.handle()?;
+    for dev in w.cs.iter().flat_map(|c| lent_devices(&c.conflist)) {
+        if h.find_link(&dev)?.is_none() {
+            bail!(
+                "{}: lent device {dev} is not back on the host",
+                w.side.label
+            );
+        }
     }
     if let Some(elements) = w.side.knit_nft_elements()? {
         if !elements.is_empty() {
@@ -260,7 +293,7 @@ fn run_case(case: &Case) -> Result<Vec<String>> {
     }
     let mut del_ms = Vec::new();
     for w in [&r, &k] {
-        match del_all(w) {
+        match del_all(w, case) {
             Ok(t) => del_ms.push(t.as_secs_f64() * 1e3),
             Err(e) => problems.push(format!("{e:#}")),
         }

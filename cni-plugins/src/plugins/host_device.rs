@@ -1,5 +1,5 @@
 //! `host-device`: lend an existing host link to the container as CNI_IFNAME and give it back on
-//! DEL under its own name and in its old up/down state (containernetworking/plugins
+//! DEL under its own name, down and with that name as alias (containernetworking/plugins
 //! `plugins/main/host-device`): exactly one of `device`, `hwaddr`, `kernelpath`, `pciBusID`
 //! (or `runtimeConfig.deviceID`, a PCI address, as device plugins pass it); IPAM optional.
 //!

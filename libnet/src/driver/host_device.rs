@@ -8,10 +8,12 @@
 //! 3. `ip link set DEV down`, `ip link set DEV netns CTR`, in the container `ip link set DEV
 //!    name IFNAME`, addresses and routes (up).
 //!
-//! Detach, in the container: `ip link set IFNAME down`, `name ORIG`, `netns HOST`; back on the
-//! host: the old alias and the old up/down state. Without the container's namespace there is
-//! nothing to move: a physical device returns to the initial namespace by itself when the
-//! namespace dies, a virtual one dies with it; only the state file goes.
+//! Detach, in the container: `ip link set IFNAME down`, `name ORIG`, `netns HOST`. The device
+//! stays down on the host with its name as alias, exactly as the reference leaves it (the
+//! differential test compares the two); only a failed attach restores the old alias and
+//! up/down state. Without the container's namespace there is nothing to move: a physical
+//! device returns to the initial namespace by itself when the namespace dies, a virtual one
+//! dies with it; only the state file goes.
 
 use std::path::{Path, PathBuf};
 
@@ -199,7 +201,7 @@ pub fn attach(
             .filter_map(|n| cr.find_link(n).ok().flatten())
             .find(|l| l.mac == mac);
         if let Some(l) = ours {
-            let _ = move_back(cr, &l, hns, h, &s);
+            let _ = move_back(cr, &l, hns, h, &s.name).and_then(|i| restore_on_host(h, i, &s));
         }
     });
     h.set_up(dev.index, false)?;
@@ -229,24 +231,24 @@ fn restore_on_host(h: &Handle, index: u32, s: &Saved) -> Result<(), DriverError>
     Ok(())
 }
 
-/// In the container: down, original name, back to `host_ns`; then alias and state on the host.
+/// In the container: down, original name, back to `host_ns`; the device's index on the host.
 fn move_back(
     c: &Handle,
     l: &Link,
     host_ns: &NetNs,
     h: &Handle,
-    s: &Saved,
-) -> Result<(), DriverError> {
+    name: &str,
+) -> Result<u32, DriverError> {
     c.set_up(l.index, false)?;
-    if l.name != s.name {
-        c.rename(l.index, &s.name)?;
+    if l.name != name {
+        c.rename(l.index, name)?;
     }
     c.set_netns(l.index, host_ns)?;
-    let back = h.link_by_name(&s.name)?;
-    restore_on_host(h, back.index, s)
+    Ok(h.link_by_name(name)?.index)
 }
 
-/// Give the device back. Tolerant: a missing link or namespace is success.
+/// Give the device back, down and with its name as alias (as the reference does). Tolerant: a
+/// missing link or namespace is success.
 pub fn detach(
     h: &Handle,
     ifname: &str,
@@ -268,7 +270,7 @@ pub fn detach(
             });
             if let Some(s) = s.filter(|s| s.mac.is_empty() || s.mac == l.mac_string()) {
                 let host_ns = NetNs::current()?;
-                move_back(&c, &l, &host_ns, h, &s)?;
+                move_back(&c, &l, &host_ns, h, &s.name)?;
             }
         }
     }
