@@ -41,6 +41,12 @@ pub struct Case {
     pub ips: Vec<&'static str>,
     /// Extra container sysctls to compare (`{if}` = ifname).
     pub container_sysctls: Vec<&'static str>,
+    /// Source-based routing (sbr): the container routes only traffic that carries one of its
+    /// addresses as source, so pings are sent with `-I ADDR`.
+    pub ping_from_own_addr: bool,
+    /// Reference failures of DEL that are noted, not required: the reference sbr (1.1.1)
+    /// fails DEL once its interface is gone (a second DEL) or without a netns.
+    pub ref_del_may_fail: bool,
 }
 
 impl Case {
@@ -55,6 +61,8 @@ impl Case {
             macs: Vec::new(),
             ips: Vec::new(),
             container_sysctls: Vec::new(),
+            ping_from_own_addr: false,
+            ref_del_may_fail: false,
         }
     }
 
@@ -369,6 +377,23 @@ pub fn all() -> Vec<Case> {
         ),
     );
     c.gateways = vec![gw(13)];
+    cases.push(c);
+
+    // sbr after bridge: per-address rule and table, the interface's main-table routes moved.
+    let mut c = Case::new(
+        "sbr",
+        list(
+            "1.0.0",
+            "knt-sbr",
+            vec![
+                bridge(json!({"isGateway": true}), host_local(15, false, true)),
+                json!({"type": "sbr"}),
+            ],
+        ),
+    );
+    c.gateways = vec![gw(15)];
+    c.ping_from_own_addr = true;
+    c.ref_del_may_fail = true;
     cases.push(c);
     cases
 }

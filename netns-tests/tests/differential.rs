@@ -83,11 +83,18 @@ fn sock(ip: &str, port: u16) -> Result<SocketAddr> {
 /// Pings and port probes on one side.
 fn check_reach(w: &World, case: &Case) -> Result<()> {
     let (c0, c1) = (&w.cs[0], &w.cs[1]);
+    // With source-based routing only traffic bound to the container's address is routed.
+    let src_for = |to: IpAddr| {
+        c0.addrs()
+            .into_iter()
+            .find(|a| case.ping_from_own_addr && a.is_ipv4() == to.is_ipv4())
+    };
     for gw in &case.gateways {
-        reach::ping(&c0.ns, gw.parse()?, Duration::from_secs(5))?;
+        let gw: IpAddr = gw.parse()?;
+        reach::ping_from(&c0.ns, gw, src_for(gw), Duration::from_secs(5))?;
     }
     for addr in c1.addrs() {
-        reach::ping(&c0.ns, addr, Duration::from_secs(5))?;
+        reach::ping_from(&c0.ns, addr, src_for(addr), Duration::from_secs(5))?;
     }
     if case.masq {
         reach::ping(&c0.ns, OUTSIDE_IP.parse()?, Duration::from_secs(3))
@@ -145,16 +152,25 @@ fn del_without_netns(w: &World, case: &Case) -> Result<()> {
     c.ns.delete()?;
     let mut rt = c.rt.clone();
     rt.netns = None;
-    w.side
+    let res = w
+        .side
         .runner()
         .del(&w.side.conflist, &rt, Some(&c.result))
         .ok()
-        .with_context(|| format!("{} DEL with the netns gone", w.side.label))?;
-    Ok(())
+        .map(|_| ())
+        .with_context(|| format!("{} DEL with the netns gone", w.side.label));
+    match res {
+        Err(e) if ref_may_fail_del(w, case) => {
+            println!("  note {}: {e:#} (reference, not required)", case.name);
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// DEL every container (twice: the second must succeed too), then the host must be clean.
-fn del_all(w: &World) -> Result<std::time::Duration> {
+/// Where the case allows it, the reference's DEL errors are printed, not failed.
+fn del_all(w: &World, case: &Case) -> Result<std::time::Duration> {
     let mut total = Duration::ZERO;
     for round in ["DEL", "DEL again"] {
         for (i, c) in w.cs.iter().enumerate() {
@@ -162,8 +178,17 @@ fn del_all(w: &World) -> Result<std::time::Duration> {
                 .side
                 .runner()
                 .del(&w.side.conflist, &c.rt, Some(&c.result));
-            out.ok()
-                .with_context(|| format!("{} {round} c{i}", w.side.label))?;
+            let res = out
+                .ok()
+                .with_context(|| format!("{} {round} c{i}", w.side.label));
+            match res {
+                Err(e) if ref_may_fail_del(w, case) => {
+                    println!("  note {}: {e:#} (reference, not required)", case.name)
+                }
+                r => {
+                    r?;
+                }
+            }
             if round == "DEL" {
                 total += out.elapsed;
             }
@@ -186,6 +211,10 @@ fn del_all(w: &World) -> Result<std::time::Duration> {
         }
     }
     Ok(total)
+}
+
+fn ref_may_fail_del(w: &World, case: &Case) -> bool {
+    w.side.label == "ref" && case.ref_del_may_fail
 }
 
 fn compare_results(r: &World, k: &World, case: &Case) -> Vec<String> {
@@ -232,6 +261,16 @@ fn run_case(case: &Case) -> Result<Vec<String>> {
             ));
         }
     }
+    if case.name == "sbr" {
+        // Likewise: the rule and the table must be in the snapshot to be compared.
+        let c0 = knit_snap.section("c0");
+        let has = |p: &dyn Fn(&String) -> bool| c0.is_some_and(|l| l.iter().any(p));
+        if !has(&|l| l.starts_with("rule v4 pref 32765 from ") && l.ends_with(" lookup 100"))
+            || !has(&|l| l.starts_with("route 0.0.0.0/0 via ") && l.ends_with(" table 100"))
+        {
+            problems.push(format!("sbr: rule or table 100 missing in c0: {c0:?}"));
+        }
+    }
     problems.extend(compare_snapshots("after ADD", &snap(&r, case)?, &knit_snap));
     for w in [&r, &k] {
         // The reference fails CHECK in places (portmap looks for IPv6 chains it never made,
@@ -260,7 +299,7 @@ fn run_case(case: &Case) -> Result<Vec<String>> {
     }
     let mut del_ms = Vec::new();
     for w in [&r, &k] {
-        match del_all(w) {
+        match del_all(w, case) {
             Ok(t) => del_ms.push(t.as_secs_f64() * 1e3),
             Err(e) => problems.push(format!("{e:#}")),
         }
