@@ -224,3 +224,42 @@ fn sbr_with_a_table_adds_rules_only_and_del_keeps_other_tables() {
     assert_eq!(a.sbr("DEL", &a.netns, json!({"table": 1000})).0, 0);
     assert_eq!(src_rules(&c), vec![("10.244.80.5/32".to_string(), 7, 100)]);
 }
+
+/// Rules and routes of every table out of eth0, as comparable lines.
+fn routing_state(ns: &ScratchNs) -> Vec<String> {
+    let h = Handle::new_in(ns).unwrap();
+    let eth0 = h.link_by_name("eth0").unwrap().index;
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        for r in h.rules(v6).unwrap() {
+            out.push(format!("rule {}", libnet::netlink::rule::describe(&r)));
+        }
+        for r in h.routes(v6).unwrap() {
+            if r.oif == Some(eth0) {
+                out.push(format!(
+                    "route {} via {:?} table {} scope {:?} proto {} metric {:?} src {:?}",
+                    r.dst, r.gw, r.table, r.scope, r.protocol, r.metric, r.src
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn dual_stack_state_matches_the_reference() {
+    let (r, k) = (attach("r", 81), attach("k", 81));
+    let conf = sbr_conf(&r.net, &r.prev, json!({}));
+    let (ok, out) = reference(&r.host, "sbr", "ADD", &r.id, &r.netns, &conf);
+    assert!(ok, "reference sbr ADD: {out}");
+    let (code, out) = k.sbr("ADD", &k.netns, json!({}));
+    assert_eq!(code, 0, "{out}");
+    let (want, got) = (routing_state(&r.ctr), routing_state(&k.ctr));
+    assert_eq!(got, want, "knit (left) vs reference (right)");
+    assert!(
+        want.iter()
+            .any(|l| l.contains("from fd00:6b6e:81::5/128 lookup 101")),
+        "{want:#?}"
+    );
+}
