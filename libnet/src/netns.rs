@@ -105,6 +105,22 @@ impl NetNs {
         })
     }
 
+    /// Take an exclusive `flock` on the namespace file, held until this `NetNs` is dropped:
+    /// what the reference plugins do (go-filemutex on the netns path) to serialise changes
+    /// to one namespace's shared tables (sbr picks free routing table ids).
+    pub fn lock_exclusive(&self) -> Result<(), NetnsError> {
+        // SAFETY: flock on an fd this NetNs owns; blocks until the lock is ours.
+        let rc = unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(NetnsError::Io {
+                op: "flock",
+                path: self.path.display().to_string(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     /// Create a named namespace like `ip netns add NAME` and return it open.
     pub fn create_named(name: &str) -> Result<NetNs, NetnsError> {
         validate_name(name)?;

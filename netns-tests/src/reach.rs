@@ -19,11 +19,21 @@ pub const GREETING: &[u8] = b"knit-harness\n";
 /// `ping -c1 -W1 ADDR` from `ns`, retried until `within` (IPv6 DAD can hold an address
 /// tentative for a second or two).
 pub fn ping(ns: &TestNs, addr: IpAddr, within: Duration) -> Result<()> {
+    ping_from(ns, addr, None, within)
+}
+
+/// `ping -c1 -W1 [-I SRC] ADDR` from `ns`, retried until `within`.
+pub fn ping_from(ns: &TestNs, addr: IpAddr, src: Option<IpAddr>, within: Duration) -> Result<()> {
     let started = Instant::now();
+    let mut args = vec!["-n".to_string(), "-c1".into(), "-W1".into()];
+    if let Some(src) = src {
+        args.extend(["-I".to_string(), src.to_string()]);
+    }
+    args.push(addr.to_string());
     loop {
         let out = ns
             .command("ping")
-            .args(["-n", "-c1", "-W1", &addr.to_string()])
+            .args(&args)
             .output()
             .context("spawn ping")?;
         if out.status.success() {

@@ -4,8 +4,9 @@
 //! MACs become `<mac>` unless the test fixed them, link-local addresses are left out.
 //!
 //! What is shown: links (kind, mtu, up, master, hairpin, promisc, alias), configured qdiscs (tbf,
-//! ingress, htb with their parameters), addresses, main-table routes (dst, gw, dev, scope,
-//! proto, metric, mtu) and selected sysctls.
+//! ingress, htb with their parameters), addresses, unicast routes of every table (dst, gw, dev,
+//! scope, proto, metric, mtu; `table N` unless main), policy rules of both families and
+//! selected sysctls.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -13,7 +14,7 @@ use std::net::IpAddr;
 use anyhow::Result;
 use libnet::netlink::link::Link;
 use libnet::netlink::route::{Route, RouteScope, RT_TABLE_MAIN};
-use libnet::netlink::Handle;
+use libnet::netlink::{rule, Handle};
 
 use crate::topology::TestNs;
 
@@ -158,9 +159,11 @@ fn render_ns(h: &Handle, roles: &HashMap<u32, String>, opts: &Options) -> Result
     }
     for v6 in [false, true] {
         for r in h.routes(v6)? {
-            if r.table == RT_TABLE_MAIN {
-                lines.insert(render_route(&r, &dev));
-            }
+            lines.insert(render_route(&r, &dev));
+        }
+        let family = if v6 { "v6" } else { "v4" };
+        for r in h.rules(v6)? {
+            lines.insert(format!("rule {family} {}", rule::describe(&r)));
         }
     }
     Ok(lines)
@@ -217,6 +220,9 @@ fn render_route(r: &Route, dev: &dyn Fn(u32) -> String) -> String {
     }
     if let Some(src) = r.src {
         s.push_str(&format!(" src {src}"));
+    }
+    if r.table != RT_TABLE_MAIN {
+        s.push_str(&format!(" table {}", r.table));
     }
     s
 }

@@ -278,6 +278,7 @@ fn version_lists_every_spec_version() -> Result<()> {
         "portmap",
         "firewall",
         "tuning",
+        "sbr",
     ] {
         let call = runner.version(plugin, "1.0.0");
         let got = call

@@ -92,11 +92,18 @@ fn sock(ip: &str, port: u16) -> Result<SocketAddr> {
 /// Pings and port probes on one side.
 fn check_reach(w: &World, case: &Case) -> Result<()> {
     let (c0, c1) = (&w.cs[0], &w.cs[1]);
+    // With source-based routing only traffic bound to the container's address is routed.
+    let src_for = |to: IpAddr| {
+        c0.addrs()
+            .into_iter()
+            .find(|a| case.ping_from_own_addr && a.is_ipv4() == to.is_ipv4())
+    };
     for gw in &case.gateways {
-        reach::ping(&c0.ns, gw.parse()?, Duration::from_secs(5))?;
+        let gw: IpAddr = gw.parse()?;
+        reach::ping_from(&c0.ns, gw, src_for(gw), Duration::from_secs(5))?;
     }
     for addr in c1.addrs() {
-        reach::ping(&c0.ns, addr, Duration::from_secs(5))?;
+        reach::ping_from(&c0.ns, addr, src_for(addr), Duration::from_secs(5))?;
     }
     if case.masq {
         reach::ping(&c0.ns, OUTSIDE_IP.parse()?, Duration::from_secs(3))
@@ -154,33 +161,39 @@ fn del_without_netns(w: &World, case: &Case) -> Result<()> {
     c.ns.delete()?;
     let mut rt = c.rt.clone();
     rt.netns = None;
-    w.side
+    let res = w
+        .side
         .runner()
         .del(&c.conflist, &rt, Some(&c.result))
         .ok()
-        .with_context(|| format!("{} DEL with the netns gone", w.side.label))?;
-    Ok(())
+        .map(|_| ())
+        .with_context(|| format!("{} DEL with the netns gone", w.side.label));
+    match res {
+        Err(e) if ref_may_fail_del(w, case) => {
+            println!("  note {}: {e:#} (reference, not required)", case.name);
+            Ok(())
+        }
+        r => r,
+    }
 }
 
-/// DEL every container (twice: the second must succeed too), then the host must be clean and
-/// every lent device back.
+/// DEL every container (twice: the second must succeed too), then the host must be clean.
+/// Where the case allows it, the reference's DEL errors are printed, not failed.
 fn del_all(w: &World, case: &Case) -> Result<std::time::Duration> {
     let mut total = Duration::ZERO;
     for round in ["DEL", "DEL again"] {
         for (i, c) in w.cs.iter().enumerate() {
             let out = w.side.runner().del(&c.conflist, &c.rt, Some(&c.result));
-            let done = out
+            let res = out
                 .ok()
                 .with_context(|| format!("{} {round} c{i}", w.side.label));
-            match done {
-                // The reference host-device's second DEL looks for IFNAME and fails when it
-                // is gone (v1.1.1 cmdDel); the spec asks DEL to tolerate that, so the
-                // oracle's repeat DEL is reported, not required. knit's must pass.
-                Err(e) if round == "DEL again" && w.side.label == "ref" => {
-                    println!("  note {}: {e:#} (reference, not required)", case.name);
+            match res {
+                Err(e) if ref_may_fail_del(w, case) => {
+                    println!("  note {}: {e:#} (reference, not required)", case.name)
                 }
-                Err(e) => return Err(e),
-                Ok(_) => {}
+                r => {
+                    r?;
+                }
             }
             if round == "DEL" {
                 total += out.elapsed;
@@ -219,6 +232,10 @@ fn del_all(w: &World, case: &Case) -> Result<std::time::Duration> {
         }
     }
     Ok(total)
+}
+
+fn ref_may_fail_del(w: &World, case: &Case) -> bool {
+    w.side.label == "ref" && case.ref_del_may_fail
 }
 
 fn compare_results(r: &World, k: &World, case: &Case) -> Vec<String> {
@@ -263,6 +280,16 @@ fn run_case(case: &Case) -> Result<Vec<String>> {
             problems.push(format!(
                 "bandwidth: expected 4 tbf qdiscs in the host, saw {tbfs}"
             ));
+        }
+    }
+    if case.name == "sbr" {
+        // Likewise: the rule and the table must be in the snapshot to be compared.
+        let c0 = knit_snap.section("c0");
+        let has = |p: &dyn Fn(&String) -> bool| c0.is_some_and(|l| l.iter().any(p));
+        if !has(&|l| l.starts_with("rule v4 pref 32765 from ") && l.ends_with(" lookup 100"))
+            || !has(&|l| l.starts_with("route 0.0.0.0/0 via ") && l.ends_with(" table 100"))
+        {
+            problems.push(format!("sbr: rule or table 100 missing in c0: {c0:?}"));
         }
     }
     problems.extend(compare_snapshots("after ADD", &snap(&r, case)?, &knit_snap));

@@ -10,6 +10,7 @@ pub mod loopback;
 pub mod macvlan;
 pub mod portmap;
 pub mod ptp;
+pub mod sbr;
 mod shared;
 pub mod static_ipam;
 mod sublink;
@@ -30,6 +31,7 @@ pub const NAMES: &[&str] = &[
     "macvlan",
     "portmap",
     "ptp",
+    "sbr",
     "static",
     "tuning",
     "vlan",
@@ -47,6 +49,7 @@ pub fn by_name(name: &str) -> Option<&'static dyn Plugin> {
         "macvlan" => &macvlan::Macvlan,
         "portmap" => &portmap::Portmap,
         "ptp" => &ptp::Ptp,
+        "sbr" => &sbr::Sbr,
         "static" => &static_ipam::Static,
         "tuning" => &tuning::Tuning,
         "vlan" => &vlan::Vlan,

@@ -5,12 +5,13 @@
 //! thread, see [`Handle::new_in`]) and used from then on from any thread. Messages are built
 //! with `netlink-packet-route`; errno is classified once here into [`Kind`].
 //!
-//! The semantic operations live in [`link`], [`addr`], [`route`] and [`tc`]; each documents its
+//! The semantic operations live in [`link`], [`addr`], [`route`], [`rule`] and [`tc`]; each documents its
 //! `ip ...` (or `tc ...`) equivalent.
 
 pub mod addr;
 pub mod link;
 pub mod route;
+pub mod rule;
 pub mod tc;
 
 use std::os::fd::AsRawFd;
@@ -29,6 +30,7 @@ use crate::netns::{NetNs, NetnsError};
 pub use addr::Addr;
 pub use link::{Link, LinkKind, VethPeer};
 pub use route::{Route, RouteScope};
+pub use rule::{Rule, RuleAction};
 
 /// A failed netlink operation, naming what it was done to.
 #[derive(Debug, thiserror::Error)]
