@@ -54,6 +54,9 @@ pub struct Case {
     pub ref_del_may_fail: bool,
     /// What the side's host namespace needs before the ADDs.
     pub host_setup: HostSetup,
+    /// Container 0 reaches container 1 (false for links with no shared segment: vlan links
+    /// on one master send out of it, dummy links send nowhere).
+    pub peers_reachable: bool,
 }
 
 /// Commands run in each side's host namespace, each an argv split on whitespace.
@@ -78,6 +81,7 @@ impl Case {
             ips: Vec::new(),
             container_sysctls: Vec::new(),
             host_setup: HostSetup::default(),
+            peers_reachable: true,
             ping_from_own_addr: false,
             ref_del_may_fail: false,
         }
@@ -411,6 +415,34 @@ pub fn all() -> Vec<Case> {
     cases.push(c);
 
     cases.push(host_device());
+
+    // vlan on the host's link to the outside: tagged frames leave through the master, so the
+    // containers do not reach each other through it. Needs CONFIG_VLAN_8021Q (probed).
+    let mut c = Case::new(
+        "vlan",
+        list(
+            "1.0.0",
+            "knt-vlan",
+            vec![
+                json!({"type": "vlan", "master": OUTSIDE_LINK, "vlanId": 100, "mtu": 1400,
+                "ipam": host_local(16, false, false)}),
+            ],
+        ),
+    );
+    c.peers_reachable = false;
+    cases.push(c);
+
+    // dummy: an address on a link that goes nowhere. Needs CONFIG_DUMMY (probed).
+    let mut c = Case::new(
+        "dummy",
+        list(
+            "1.0.0",
+            "knt-dummy",
+            vec![json!({"type": "dummy", "ipam": host_local(17, false, false)})],
+        ),
+    );
+    c.peers_reachable = false;
+    cases.push(c);
     // sbr after bridge: per-address rule and table, the interface's main-table routes moved.
     let mut c = Case::new(
         "sbr",

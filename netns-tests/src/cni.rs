@@ -102,7 +102,12 @@ impl ChainOutcome {
     /// The final result, or an error naming the failing plugin.
     pub fn ok(&self) -> Result<&Value> {
         self.result.as_ref().map_err(|e| {
-            let who = self.calls.last().map(|c| c.plugin.as_str()).unwrap_or("?");
+            // DEL goes on past a failure and reports the first one: name that call's plugin.
+            let who = self
+                .calls
+                .iter()
+                .find(|c| c.outcome.is_err())
+                .map_or("?", |c| c.plugin.as_str());
             anyhow!("{who}: {e}")
         })
     }
