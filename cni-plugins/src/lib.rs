@@ -3,9 +3,9 @@
 //! skeleton (environment, versions, error codes) and one module per plugin.
 
 pub mod durable;
+pub mod hashname;
 pub mod ipam;
 pub mod masq;
 pub mod plugins;
-pub mod sha512;
 pub mod skel;
 pub mod types;

@@ -27,7 +27,7 @@ use libnet::netns::NetNs;
 use libnet::undo::Undo;
 use serde::Deserialize;
 
-use crate::sha512::hash_name;
+use crate::hashname::hash_name;
 use crate::skel::{Args, CniError, OrCni, Plugin};
 use crate::types::{CniResult, Interface};
 
