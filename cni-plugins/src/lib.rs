@@ -8,4 +8,5 @@ pub mod masq;
 pub mod plugins;
 pub mod sha512;
 pub mod skel;
+pub mod spoofchk;
 pub mod types;
