@@ -459,6 +459,22 @@ pub fn all() -> Vec<Case> {
     c.ping_from_own_addr = true;
     c.ref_del_may_fail = true;
     cases.push(c);
+
+    // macspoofchk: frames from each container's host port must carry its own MAC (the
+    // reference's `bridge nat` chains, knit's `bridge knit` elements).
+    let mut c = Case::new(
+        "bridge-macspoofchk",
+        list(
+            "1.0.0",
+            "knt-spoof",
+            vec![bridge(
+                json!({"isGateway": true, "macspoofchk": true}),
+                host_local(18, false, true),
+            )],
+        ),
+    );
+    c.gateways = vec![gw(18)];
+    cases.push(c);
     cases
 }
 

@@ -228,7 +228,7 @@ fn del_all(w: &World, case: &Case) -> Result<std::time::Duration> {
     if let Some(elements) = w.side.knit_nft_elements()? {
         if !elements.is_empty() {
             bail!(
-                "{} left nft elements in inet knit: {elements:?}",
+                "{} left nft elements in its knit tables: {elements:?}",
                 w.side.label
             );
         }
