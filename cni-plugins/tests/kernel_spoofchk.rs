@@ -208,3 +208,69 @@ fn check_notices_a_missing_spoofchk_element() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(spoof_elems(&host), Vec::<String>::new());
 }
+
+/// The host port is already checked for someone else (a hand-made element): ADD with ipMasq
+/// and macspoofchk fails and takes back what it did (veth, masquerade elements, address).
+#[test]
+fn add_whose_port_is_taken_leaves_nothing() {
+    let (host, ctr) = (scratch("h"), scratch("c"));
+    let netns = ctr.path().display().to_string();
+    let pid = std::process::id();
+    let cid = format!("knt{pid}spooftaken");
+    let data = std::env::temp_dir().join(format!("knt-{pid}-spoof-taken"));
+    let name = format!("knt-spooft-{pid}");
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": name, "type": "bridge", "bridge": "kbr26",
+        "isGateway": true, "ipMasq": true, "macspoofchk": true,
+        "ipam": {"type": "host-local", "dataDir": data, "ranges": [[{"subnet": "10.244.26.0/24"}]]}
+    });
+    let port = libnet::driver::host_veth_name(&cid, "eth0");
+    let skeleton = libnet::nft::plan::render_create_skeleton(libnet::nft::Table::Bridge);
+    let script = format!(
+        "{skeleton}add element bridge knit spoof_ports {{ \"{port}\" comment \"hand-made\" }}\n"
+    );
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", host.name(), "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let (code, out) = call(&host, "bridge", "ADD", &cid, &netns, "eth0", &conf);
+    assert_eq!(code, 1, "{out}");
+    assert!(out["msg"].as_str().unwrap().contains("hand-made"), "{out}");
+    assert!(
+        !common::links(&host).contains(&port),
+        "{:?}",
+        common::links(&host)
+    );
+    let masq = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            host.name(),
+            "nft",
+            "list",
+            "set",
+            "inet",
+            "knit",
+            "masq4",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&masq.stdout).contains("10.244.26."),
+        "masquerade taken back"
+    );
+    let reserved = std::fs::read_dir(data.join(&name))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(reserved, 0, "address released");
+    assert_eq!(spoof_elems(&host).len(), 1, "the hand-made element stays");
+    let _ = std::fs::remove_dir_all(&data);
+}
