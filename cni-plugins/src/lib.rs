@@ -8,4 +8,5 @@ pub mod ipam;
 pub mod masq;
 pub mod plugins;
 pub mod skel;
+pub mod spoofchk;
 pub mod types;

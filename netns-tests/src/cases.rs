@@ -54,6 +54,9 @@ pub struct Case {
     pub ref_del_may_fail: bool,
     /// What the side's host namespace needs before the ADDs.
     pub host_setup: HostSetup,
+    /// macspoofchk: container 0 under another MAC reaches neither the gateway nor container 1;
+    /// under its own MAC again it does.
+    pub spoof: bool,
     /// Container 0 reaches container 1 (false for links with no shared segment: vlan links
     /// on one master send out of it, dummy links send nowhere).
     pub peers_reachable: bool,
@@ -82,6 +85,7 @@ impl Case {
             container_sysctls: Vec::new(),
             host_setup: HostSetup::default(),
             peers_reachable: true,
+            spoof: false,
             ping_from_own_addr: false,
             ref_del_may_fail: false,
         }
@@ -458,6 +462,23 @@ pub fn all() -> Vec<Case> {
     c.gateways = vec![gw(15)];
     c.ping_from_own_addr = true;
     c.ref_del_may_fail = true;
+    cases.push(c);
+
+    // macspoofchk: frames from each container's host port must carry its own MAC (the
+    // reference's `bridge nat` chains, knit's `bridge knit` elements).
+    let mut c = Case::new(
+        "bridge-macspoofchk",
+        list(
+            "1.0.0",
+            "knt-spoof",
+            vec![bridge(
+                json!({"isGateway": true, "macspoofchk": true}),
+                host_local(18, false, true),
+            )],
+        ),
+    );
+    c.gateways = vec![gw(18)];
+    c.spoof = true;
     cases.push(c);
     cases
 }

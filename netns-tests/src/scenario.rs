@@ -151,26 +151,29 @@ impl Side {
             .collect())
     }
 
-    /// `nft list table inet knit` in the host namespace: `None` when the table does not exist,
-    /// else the lines holding set/map elements or naming a test container (`knt-...` ids, in
-    /// element comments): what must be gone after DEL.
+    /// `nft list table inet knit` and `... bridge knit` in the host namespace: `None` when
+    /// neither table exists, else the lines holding set/map elements or naming a test container
+    /// (`knt-...` ids, in element comments): what must be gone after DEL.
     pub fn knit_nft_elements(&self) -> Result<Option<Vec<String>>> {
-        let out = self
-            .host
-            .command("nft")
-            .args(["list", "table", "inet", "knit"])
-            .output()
-            .context("spawn nft")?;
-        if !out.status.success() {
-            return Ok(None);
+        let mut found = None;
+        for family in ["inet", "bridge"] {
+            let out = self
+                .host
+                .command("nft")
+                .args(["list", "table", family, "knit"])
+                .output()
+                .context("spawn nft")?;
+            if !out.status.success() {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            found.get_or_insert_with(Vec::new).extend(
+                text.lines()
+                    .filter(|l| l.contains("elements =") || l.contains("knt-"))
+                    .map(|l| format!("{family}: {}", l.trim())),
+            );
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        Ok(Some(
-            text.lines()
-                .filter(|l| l.contains("elements =") || l.contains("knt-"))
-                .map(|l| l.trim().to_string())
-                .collect(),
-        ))
+        Ok(found)
     }
 }
 

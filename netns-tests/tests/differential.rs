@@ -107,6 +107,9 @@ fn check_reach(w: &World, case: &Case) -> Result<()> {
             reach::ping_from(&c0.ns, addr, src_for(addr), Duration::from_secs(5))?;
         }
     }
+    if case.spoof {
+        check_spoof(w, case).context("macspoofchk")?;
+    }
     if case.masq {
         reach::ping(&c0.ns, OUTSIDE_IP.parse()?, Duration::from_secs(3))
             .context("ipMasq: container to a host with no route back")?;
@@ -142,6 +145,46 @@ fn check_reach(w: &World, case: &Case) -> Result<()> {
             reach::tcp_probe(&c0.ns, sock(gw, p.host_port)?, PROBE)
                 .context("hairpin: container to its own mapped port")?;
         }
+    }
+    Ok(())
+}
+
+/// Container 0 takes another MAC (and forgets its neighbours): its frames must be dropped on
+/// the way into the bridge; with its own MAC back it reaches the gateway and container 1 again.
+fn check_spoof(w: &World, case: &Case) -> Result<()> {
+    let (c0, c1) = (&w.cs[0], &w.cs[1]);
+    let mac = c0.result["interfaces"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|i| i["sandbox"].as_str().is_some_and(|s| !s.is_empty()))
+        })
+        .and_then(|i| i["mac"].as_str())
+        .context("container MAC in the result")?
+        .to_string();
+    let set_mac = |m: &str| -> Result<()> {
+        c0.ns.run(&["ip", "link", "set", IFNAME, "address", m])?;
+        c0.ns.run(&["ip", "neigh", "flush", "dev", IFNAME])?;
+        Ok(())
+    };
+    let mut targets: Vec<IpAddr> = case
+        .gateways
+        .iter()
+        .map(|g| g.parse())
+        .collect::<Result<_, _>>()?;
+    targets.extend(c1.addrs().into_iter().filter(IpAddr::is_ipv4));
+    set_mac("0a:58:0a:f4:ee:01")?;
+    let leaked: Vec<IpAddr> = targets
+        .iter()
+        .copied()
+        .filter(|t| reach::ping(&c0.ns, *t, Duration::ZERO).is_ok())
+        .collect();
+    set_mac(&mac)?;
+    if !leaked.is_empty() {
+        bail!("frames with a spoofed source MAC reached {leaked:?}");
+    }
+    for t in targets {
+        reach::ping(&c0.ns, t, Duration::from_secs(5)).context("own MAC restored")?;
     }
     Ok(())
 }
@@ -228,7 +271,7 @@ fn del_all(w: &World, case: &Case) -> Result<std::time::Duration> {
     if let Some(elements) = w.side.knit_nft_elements()? {
         if !elements.is_empty() {
             bail!(
-                "{} left nft elements in inet knit: {elements:?}",
+                "{} left nft elements in its knit tables: {elements:?}",
                 w.side.label
             );
         }
@@ -361,7 +404,7 @@ fn missing_feature(case: &Case) -> Option<String> {
     {
         return Some("kernel lacks veth".into());
     }
-    let nat = !case.ports.is_empty() || case.masq;
+    let nat = !case.ports.is_empty() || case.masq || case.spoof;
     if nat
         && ns
             .run(&["nft", "add", "table", "inet", "kntprobe"])

@@ -66,12 +66,6 @@ impl Conf {
                 "vlan: VLAN filtering on the bridge is not supported by knit yet",
             ));
         }
-        if c.macspoofchk {
-            return Err(CniError::new(
-                ERR_UNSUPPORTED_FIELD,
-                "macspoofchk is not supported by knit yet",
-            ));
-        }
         if c.hairpin_mode && c.promisc_mode {
             return Err(CniError::config(
                 "cannot set hairpin mode and promiscuous mode at the same time",
@@ -206,11 +200,9 @@ impl Plugin for Bridge {
                 .collect(),
         };
         let att = driver::attach(&h, &c.net(), &ep).cni()?;
-        if c.ip_masq {
-            if let Err(e) = crate::masq::ensure(a, &result) {
-                let _ = driver::detach(&h, &a.container_id, &a.ifname, Some(&ns));
-                return Err(e);
-            }
+        if let Err(e) = ensure_nft(a, &c, &result, &att) {
+            let _ = driver::detach(&h, &a.container_id, &a.ifname, Some(&ns));
+            return Err(e);
         }
         release.disarm();
 
@@ -249,6 +241,9 @@ impl Plugin for Bridge {
                 if c.ip_masq {
                     errs.note(crate::masq::del(a));
                 }
+                if c.macspoofchk {
+                    errs.note(crate::spoofchk::del(a));
+                }
             },
             || detach_link(a),
         )
@@ -280,6 +275,9 @@ impl Plugin for Bridge {
         if c.ip_masq {
             crate::masq::check(a, &prev)?;
         }
+        if c.macspoofchk {
+            crate::spoofchk::check(a, &prev, &c.bridge)?;
+        }
         Ok(())
     }
 
@@ -288,7 +286,8 @@ impl Plugin for Bridge {
         if !ipam::ipam_type(a).is_empty() {
             ipam::gc(a)?;
         }
-        if c.ip_masq {
+        // One GC of the network's nftables state covers ipMasq and macspoofchk.
+        if c.ip_masq || c.macspoofchk {
             crate::masq::gc(a)?;
         }
         Ok(())
@@ -298,6 +297,28 @@ impl Plugin for Bridge {
         Conf::load(a)?;
         Ok(())
     }
+}
+
+/// ipMasq, then macspoofchk (the host port must carry only the container's MAC). If the second
+/// fails, the first is taken back; the caller deletes the veth pair.
+fn ensure_nft(
+    a: &Args,
+    c: &Conf,
+    result: &CniResult,
+    att: &driver::Attached,
+) -> Result<(), CniError> {
+    if c.ip_masq {
+        crate::masq::ensure(a, result)?;
+    }
+    if c.macspoofchk {
+        if let Err(e) = crate::spoofchk::ensure(a, &att.host.name, &att.container.mac) {
+            if c.ip_masq {
+                let _ = crate::masq::del(a);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Delete the endpoint's veth pair. The container's namespace may be gone already: that is not

@@ -17,8 +17,8 @@ pub enum NftError {
     /// libnftables could not be loaded or a context could not be made.
     #[error("nft: libnftables: {0}")]
     Library(String),
-    /// `table inet knit` exists but lacks what this version needs (another knit version made it).
-    #[error("nft: table inet knit exists but does not match this knit's skeleton: {0}")]
+    /// One of our tables exists but lacks what this version needs (another knit version made it).
+    #[error("nft: a knit table exists but does not match this knit's skeleton: {0}")]
     Skeleton(String),
     #[error("nft state {op} {path}: {source}")]
     State {

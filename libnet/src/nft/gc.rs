@@ -1,4 +1,4 @@
-//! GC of leaked elements: read our table as nft JSON, and of the elements whose comment
+//! GC of leaked elements: read one of our tables as nft JSON, and of the elements whose comment
 //! `knit:<id> <network>/...` names the network being collected, delete those whose id is not a
 //! valid attachment, with the same add+delete pairs as DEL (so a concurrent DEL of one of them
 //! cannot fail the batch). Elements of other networks, and comments too truncated to name their
@@ -18,7 +18,7 @@ fn comment_owner(elem: &Value) -> Option<(&str, &str)> {
 }
 
 /// A JSON nft script deleting every element of `listing` (output of `nft -j list table inet
-/// knit`) whose owner (attachment id, network), read from its comment, `doomed` picks; `None`
+/// knit` or `... bridge knit`; each set's own family and table are used) whose owner (attachment id, network), read from its comment, `doomed` picks; `None`
 /// when there is none. A GC passes "this network, not valid", a DEL without a record "this id".
 pub(super) fn sweep_json(
     listing: &str,
@@ -37,6 +37,8 @@ pub(super) fn sweep_json(
             continue;
         };
         let name = set.get("name").cloned().unwrap_or(Value::Null);
+        let family = set.get("family").cloned().unwrap_or_else(|| json!("inet"));
+        let table = set.get("table").cloned().unwrap_or_else(|| json!("knit"));
         for el in set
             .get("elem")
             .and_then(Value::as_array)
@@ -52,7 +54,7 @@ pub(super) fn sweep_json(
                 continue;
             }
             let target = |elem: Value| {
-                let e = json!({"family": "inet", "table": "knit", "name": name, "elem": [elem]});
+                let e = json!({"family": family, "table": table, "name": name, "elem": [elem]});
                 json!({ "element": e })
             };
             cmds.push(json!({ "add": target(el.clone()) }));
@@ -93,6 +95,12 @@ mod tests {
             cmds[3]["delete"]["element"]["elem"][0]["elem"]["val"]["concat"][1],
             8080
         );
+        let bridge = r#"{"nftables":[{"set":{"family":"bridge","name":"spoof_ok","table":"knit",
+          "elem":[{"elem":{"val":{"concat":["veth1","0a:58:0a:f4:00:05"]},
+                   "comment":"knit:bbbb n/d/eth0"}}]}}]}"#;
+        let s = sweep_json(bridge, &|id, _| id == "bbbb").unwrap().unwrap();
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["nftables"][1]["delete"]["element"]["family"], "bridge");
         let keep_all: HashSet<String> = ["aaaa".to_string(), "bbbb".to_string()].into();
         assert!(
             sweep_json(listing, &|id, net| net == "n" && !keep_all.contains(id))

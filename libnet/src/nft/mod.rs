@@ -1,10 +1,13 @@
 //! knit's nftables layer: the one owner of every packet-filter rule knit makes.
 //!
 //! # What it programs
-//! One table, `table inet knit` (inet nat handles `masquerade`, `dnat ip to`, `dnat ip6 to` and
-//! `fib` on kernel 6.18), and nothing else: no other table is ever listed-and-rewritten, flushed
-//! or replaced. The table has a **static skeleton** ([`plan::SKELETON`], `golden/skeleton.nft`):
-//! sets and maps, and chains whose rules only look elements up:
+//! Two tables, `table inet knit` (inet nat handles `masquerade`, `dnat ip to`, `dnat ip6 to` and
+//! `fib` on kernel 6.18) and `table bridge knit` (macspoofchk), and nothing else: no other table
+//! is ever listed-and-rewritten, flushed or replaced. Each table has a **static skeleton**
+//! ([`plan::SKELETON`], `golden/skeleton.nft`; [`plan::BRIDGE_SKELETON`],
+//! `golden/bridge_skeleton.nft`), created on first use of one of its sets: sets and maps, and
+//! chains whose rules only look elements up. Set names are unique across the two tables
+//! ([`plan::Table::of_set`]). In `inet knit`:
 //! - `prerouting` (nat, dstnat) and `output` (nat, -100): `fib daddr type local jump portmap`;
 //!   `portmap` DNATs through `pm{4,6}_ip` (host ip . proto . port, tried first) then
 //!   `pm{4,6}_any` (proto . port) to `container ip . port`.
@@ -21,6 +24,12 @@
 //!   containers in `fw{4,6}` and established/related traffic to them. An accept here cannot
 //!   override a drop in another table's forward chain (nftables semantics); the reference's
 //!   iptables rules have the same limit towards other tables.
+//!
+//! In `bridge knit`, `prerouting` (filter, -300, as the reference's `bridge nat PREROUTING`):
+//! frames entering a bridge from a port in `spoof_ports` (a container's host-side veth) are
+//! dropped unless `port . ether saddr` is in `spoof_ok` (the container interface's MAC). Frames
+//! from other ports, and the bridge's own, are untouched. The drop comes before the bridge
+//! learns the source MAC, so a spoofed MAC never reaches the FDB either.
 //!
 //! # Order and atomicity
 //! Each ensure/del is ONE nf_tables transaction of element operations, sent as an nfnetlink
@@ -45,9 +54,9 @@
 //!
 //! # How state grows
 //! Per attachment: masq 2 elements per address, portmap 1 per mapping and family plus 2 per
-//! container address, firewall 1-2 per address. No per-container chains or rules, no rule
+//! container address, firewall 1-2 per address, macspoofchk 2. No per-container chains or rules, no rule
 //! scanning: the 1,000th mapping costs what the first did (hash sets; `masq_skip` is a pipapo
-//! set). The only per-call work proportional to the host is GC's listing of our table.
+//! set). The only per-call work proportional to the host is GC's listing of our tables.
 //!
 //! # Speed (measured here, kernel 6.18, nft 1.0.6, 2 cores shared with 4 compiles;
 //! `cargo run --release -p libnet --example nft_cost [STATE_DIR]`)
@@ -79,7 +88,7 @@ pub mod plan;
 mod state;
 mod wire;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -87,7 +96,7 @@ use ipnet::IpNet;
 pub use apply::{LibNft, NftApply, NftCli};
 pub use error::NftError;
 pub use lookup::Found;
-pub use plan::{Elem, ElemOp, IngressPolicy, PortMapping, Proto, RawPortMapping};
+pub use plan::{Elem, ElemOp, IngressPolicy, PortMapping, Proto, RawPortMapping, Table};
 pub use state::{Attachment, Feature, Record, StateDir, DEFAULT_STATE_DIR, STATE_DIR_ENV};
 pub use wire::WireElem;
 
@@ -196,6 +205,30 @@ impl<A: NftApply> Nft<A> {
         self.check(att, &plan::plan_firewall(bridge, ips, policy)?)
     }
 
+    /// bridge macspoofchk: frames entering the bridge from host port `port` must carry source
+    /// MAC `mac` (the container interface's), others from that port are dropped.
+    pub fn ensure_spoofchk(
+        &self,
+        att: &Attachment,
+        port: &str,
+        mac: [u8; 6],
+    ) -> Result<(), NftError> {
+        self.ensure(att, Feature::Spoofchk, plan::plan_spoofchk(port, mac)?)
+    }
+
+    pub fn del_spoofchk(&self, att: &Attachment) -> Result<(), NftError> {
+        self.del(att, Feature::Spoofchk)
+    }
+
+    pub fn check_spoofchk(
+        &self,
+        att: &Attachment,
+        port: &str,
+        mac: [u8; 6],
+    ) -> Result<(), NftError> {
+        self.check(att, &plan::plan_spoofchk(port, mac)?)
+    }
+
     fn ensure(&self, att: &Attachment, feature: Feature, elems: Vec<Elem>) -> Result<(), NftError> {
         let old = self
             .state
@@ -276,8 +309,9 @@ impl<A: NftApply> Nft<A> {
         Self::retry(|| self.apply.elems(op, ops, comment))
     }
 
-    /// Apply `ops`; if our table or a set is missing, create the skeleton under the lock (one
-    /// libnftables transaction: `create table` + skeleton), then apply `ops` again.
+    /// Apply `ops`; if one of our tables or a set is missing, create the skeleton of each table
+    /// `ops` touches under the lock (one libnftables transaction each: `create table` +
+    /// skeleton; a table already there is left alone), then apply `ops` again.
     fn elems_with_skeleton(&self, ops: &[ElemOp], comment: &str) -> Result<(), NftError> {
         match self.elems("add", ops, comment) {
             Err(e) if e.is_missing() => {}
@@ -288,16 +322,26 @@ impl<A: NftApply> Nft<A> {
             Err(e) if e.is_missing() => {}
             r => return r,
         }
-        let skeleton = plan::render_create_skeleton();
-        Self::retry(|| self.apply.run("create skeleton", &skeleton)).map_err(|e| match e {
-            NftError::Apply {
-                kind: crate::Kind::Exists,
-                text,
-                ..
-            } => NftError::Skeleton(text),
-            e => e,
-        })?;
-        self.elems("add", ops, comment)
+        let tables: BTreeSet<Table> = ops.iter().map(|op| Table::of_set(&op.elem().set)).collect();
+        let mut existing = Vec::new();
+        for t in tables {
+            let skeleton = plan::render_create_skeleton(t);
+            match Self::retry(|| self.apply.run("create skeleton", &skeleton)) {
+                Err(NftError::Apply {
+                    kind: crate::Kind::Exists,
+                    text,
+                    ..
+                }) => existing.push(format!("table {}: {text}", t.name())),
+                r => r?,
+            }
+        }
+        match self.elems("add", ops, comment) {
+            // A table was there but lacks a set: another knit version made it.
+            Err(e) if e.is_missing() && !existing.is_empty() => {
+                Err(NftError::Skeleton(existing.join("; ")))
+            }
+            r => r,
+        }
     }
 
     fn del(&self, att: &Attachment, feature: Feature) -> Result<(), NftError> {
@@ -318,18 +362,20 @@ impl<A: NftApply> Nft<A> {
         self.state.remove(att, feature)
     }
 
-    /// Delete every element of our table whose comment names an owner `doomed` picks.
+    /// Delete every element of our tables whose comment names an owner `doomed` picks.
     fn sweep(&self, doomed: &dyn Fn(&str, &str) -> bool) -> Result<(), NftError> {
-        let listing = match self
-            .apply
-            .query("gc", &format!("list table {}", plan::TABLE), true)
-        {
-            Ok(s) => s,
-            Err(e) if e.is_missing() => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if let Some(script) = gc::sweep_json(&listing, doomed)? {
-            self.apply.query("gc", &script, true)?;
+        for t in Table::ALL {
+            let listing = match self
+                .apply
+                .query("gc", &format!("list table {}", t.name()), true)
+            {
+                Ok(s) => s,
+                Err(e) if e.is_missing() => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(script) = gc::sweep_json(&listing, doomed)? {
+                self.apply.query("gc", &script, true)?;
+            }
         }
         Ok(())
     }

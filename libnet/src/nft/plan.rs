@@ -1,5 +1,5 @@
-//! Pure plans: the static skeleton of `table inet knit` and the set/map elements each attachment
-//! owns, rendered to nft syntax. Nothing here touches the kernel.
+//! Pure plans: the static skeletons of `table inet knit` and `table bridge knit` and the set/map
+//! elements each attachment owns, rendered to nft syntax. Nothing here touches the kernel.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::error::NftError;
 
-/// The only table knit programs. Everything else in the ruleset is not ours.
+/// knit's inet table (NAT, port maps, firewall). Everything else in the ruleset is not ours.
 pub const TABLE: &str = "inet knit";
+/// knit's bridge-family table (macspoofchk): frames entering a bridge, before any L3 table.
+pub const BRIDGE_TABLE: &str = "bridge knit";
 /// Priority of the nat output chain (`dstnat` is not accepted by nft 1.0.6 for `output`).
 pub const OUTPUT_NAT_PRIORITY: i32 = -100;
 /// Longest element comment the kernel keeps (NFT_USERDATA_MAXLEN is 256, nft allows 128).
@@ -19,6 +21,51 @@ pub const COMMENT_MAX: usize = 128;
 
 /// The fixed part: sets, maps, chains and rules. Created once per namespace, only when missing.
 pub const SKELETON: &str = include_str!("golden/skeleton.nft");
+/// The fixed part of `table bridge knit`: created on first use of one of its sets.
+pub const BRIDGE_SKELETON: &str = include_str!("golden/bridge_skeleton.nft");
+
+/// One of knit's two tables. Set names are unique across both, so a set names its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Inet,
+    Bridge,
+}
+
+impl Table {
+    pub const ALL: [Table; 2] = [Table::Inet, Table::Bridge];
+
+    /// `inet knit` / `bridge knit`, as nft commands name them.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Inet => TABLE,
+            Table::Bridge => BRIDGE_TABLE,
+        }
+    }
+
+    /// The nft family word (`inet`, `bridge`).
+    pub fn family(self) -> &'static str {
+        match self {
+            Table::Inet => "inet",
+            Table::Bridge => "bridge",
+        }
+    }
+
+    pub fn skeleton(self) -> &'static str {
+        match self {
+            Table::Inet => SKELETON,
+            Table::Bridge => BRIDGE_SKELETON,
+        }
+    }
+
+    /// The table holding `set`: the `spoof_*` sets live in the bridge table, the rest in inet.
+    pub fn of_set(set: &str) -> Table {
+        if set.starts_with("spoof_") {
+            Table::Bridge
+        } else {
+            Table::Inet
+        }
+    }
+}
 
 /// Transport protocols a port mapping may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -255,6 +302,18 @@ pub fn plan_firewall(
     Ok(out)
 }
 
+/// bridge macspoofchk: frames from the host port `port` (the container's host-side veth) pass
+/// only with source MAC `mac` (the container interface's). `spoof_ports` marks the port as
+/// checked, `spoof_ok` holds the one allowed (port, MAC) pair; other ports are untouched.
+pub fn plan_spoofchk(port: &str, mac: [u8; 6]) -> Result<Vec<Elem>, NftError> {
+    validate_ifname(port)?;
+    let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(vec![
+        Elem::new("spoof_ports", format!("\"{port}\""), None),
+        Elem::new("spoof_ok", format!("\"{port}\" . {}", mac.join(":")), None),
+    ])
+}
+
 fn validate_ifname(name: &str) -> Result<(), NftError> {
     let ok = !name.is_empty()
         && name.len() < 16
@@ -264,7 +323,7 @@ fn validate_ifname(name: &str) -> Result<(), NftError> {
     if ok {
         Ok(())
     } else {
-        Err(NftError::invalid("bridge name", format!("{name:?}")))
+        Err(NftError::invalid("interface name", format!("{name:?}")))
     }
 }
 
@@ -277,6 +336,13 @@ pub enum ElemOp {
     Touch(Elem),
     /// Delete by key.
     Del(Elem),
+}
+
+impl ElemOp {
+    pub fn elem(&self) -> &Elem {
+        let (ElemOp::Add(e) | ElemOp::Touch(e) | ElemOp::Del(e)) = self;
+        e
+    }
 }
 
 /// The elements to add (with the attachment's comment): one transaction.
@@ -316,13 +382,14 @@ pub fn render_ops(ops: &[ElemOp], comment: &str) -> String {
                 Elem::new(&e.set, e.key.clone(), None).render(None),
             ),
         };
-        let _ = writeln!(s, "{verb} element {TABLE} {} {text}", e.set);
+        let table = Table::of_set(&e.set).name();
+        let _ = writeln!(s, "{verb} element {table} {} {text}", e.set);
     }
     s
 }
 
-/// Create the skeleton: `create table` fails if the table is already there, so two creators (or
-/// a table made by another knit version) can never duplicate the fixed rules.
-pub fn render_create_skeleton() -> String {
-    format!("create table {TABLE}\n{SKELETON}")
+/// Create a table's skeleton: `create table` fails if the table is already there, so two
+/// creators (or a table made by another knit version) can never duplicate the fixed rules.
+pub fn render_create_skeleton(table: Table) -> String {
+    format!("create table {}\n{}", table.name(), table.skeleton())
 }

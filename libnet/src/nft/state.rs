@@ -74,13 +74,14 @@ impl std::fmt::Display for Attachment {
     }
 }
 
-/// The three per-attachment features, each programmed by a different CNI plugin.
+/// The per-attachment features (masq and spoofchk by the bridge plugin, the others by theirs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Feature {
     Masq,
     Portmap,
     Firewall,
+    Spoofchk,
 }
 
 impl Feature {
@@ -89,6 +90,7 @@ impl Feature {
             Feature::Masq => "masq",
             Feature::Portmap => "portmap",
             Feature::Firewall => "firewall",
+            Feature::Spoofchk => "spoofchk",
         }
     }
 }

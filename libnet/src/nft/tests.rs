@@ -85,7 +85,22 @@ fn golden_firewall() {
 
 #[test]
 fn golden_skeleton_create() {
-    golden("skeleton_create.nft", &render_create_skeleton());
+    golden("skeleton_create.nft", &render_create_skeleton(Table::Inet));
+    golden(
+        "bridge_skeleton_create.nft",
+        &render_create_skeleton(Table::Bridge),
+    );
+}
+
+#[test]
+fn golden_spoofchk() {
+    let elems = plan_spoofchk("veth0a1b2c3d", [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05]).unwrap();
+    let mut s = render_ops(&ops_add(&elems), &att().comment());
+    s.push_str(&render_ops(&ops_del(&elems), "unused"));
+    golden("spoofchk.nft", &s);
+    assert!(elems.iter().all(|e| Table::of_set(&e.set) == Table::Bridge));
+    assert!(plan_spoofchk("", [0; 6]).is_err());
+    assert!(plan_spoofchk("a\"b", [0; 6]).is_err());
 }
 
 #[test]
@@ -153,14 +168,16 @@ type Key = (String, Vec<u8>);
 #[derive(Default)]
 struct Fake {
     scripts: RefCell<Vec<String>>,
-    have_table: RefCell<bool>,
+    tables: RefCell<std::collections::HashSet<String>>,
     elems: RefCell<std::collections::HashMap<Key, Found>>,
 }
 
 impl NftApply for Fake {
     fn run(&self, _: &'static str, script: &str) -> Result<(), NftError> {
         self.scripts.borrow_mut().push(script.to_string());
-        *self.have_table.borrow_mut() |= script.starts_with("create table");
+        if let Some(t) = script.lines().next().unwrap().strip_prefix("create table ") {
+            self.tables.borrow_mut().insert(t.to_string());
+        }
         Ok(())
     }
 
@@ -170,7 +187,11 @@ impl NftApply for Fake {
 
     fn elems(&self, op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftError> {
         self.scripts.borrow_mut().push(render_ops(ops, comment));
-        if !*self.have_table.borrow() {
+        let tables = self.tables.borrow();
+        if ops
+            .iter()
+            .any(|op| !tables.contains(Table::of_set(&op.elem().set).name()))
+        {
             return Err(NftError::apply(op, "Error: No such file or directory"));
         }
         let mut have = self.elems.borrow_mut();
@@ -252,6 +273,48 @@ fn ensure_makes_skeleton_once_and_del_uses_state() {
         nft.state.read(&a, Feature::Masq).unwrap().is_none(),
         "gc removed masq"
     );
+    let _ = std::fs::remove_dir_all(nft.state.dir());
+}
+
+#[test]
+fn spoofchk_makes_the_bridge_table_and_is_owned_per_attachment() {
+    let nft = Nft::with(Fake::default(), tmp_state("spoof"));
+    let (a, b) = (att(), Attachment::new("podman", "other", "eth0"));
+    let mac = [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05];
+    nft.ensure_masq(&a, &["10.244.1.5/24".parse().unwrap()])
+        .unwrap();
+    nft.ensure_spoofchk(&a, "veth1", mac).unwrap();
+    {
+        let s = nft.apply.scripts.borrow();
+        let creates: Vec<_> = s.iter().filter(|s| s.starts_with("create")).collect();
+        assert_eq!(creates.len(), 2, "{s:?}");
+        assert!(creates[1].starts_with("create table bridge knit\n"));
+    }
+    nft.check_spoofchk(&a, "veth1", mac).unwrap();
+    let other = [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x06];
+    assert_eq!(
+        nft.check_spoofchk(&a, "veth1", other).unwrap_err().kind(),
+        Kind::NotFound
+    );
+    // The same port for another attachment: refused.
+    assert_eq!(
+        nft.ensure_spoofchk(&b, "veth1", mac).unwrap_err().kind(),
+        Kind::Exists
+    );
+    // A new MAC replaces the old pair in one transaction.
+    nft.ensure_spoofchk(&a, "veth1", other).unwrap();
+    nft.check_spoofchk(&a, "veth1", other).unwrap();
+    assert!(nft.check_spoofchk(&a, "veth1", mac).is_err());
+    nft.del_spoofchk(&a).unwrap();
+    nft.del_spoofchk(&a).unwrap();
+    assert!(nft.check_spoofchk(&a, "veth1", other).is_err());
+    assert!(nft.apply.elems.borrow().len() == 2, "masq stays");
+    nft.ensure_spoofchk(&a, "veth1", mac).unwrap();
+    nft.gc("podman", std::slice::from_ref(&a)).unwrap();
+    nft.check_spoofchk(&a, "veth1", mac).unwrap();
+    nft.gc("podman", &[]).unwrap();
+    assert!(nft.apply.elems.borrow().is_empty());
+    assert!(nft.state.read(&a, Feature::Spoofchk).unwrap().is_none());
     let _ = std::fs::remove_dir_all(nft.state.dir());
 }
 

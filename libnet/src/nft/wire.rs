@@ -2,7 +2,7 @@
 //! DELSETELEM between BATCH_BEGIN/END) and the one-key GETSETELEM requests of [`super::lookup`].
 //!
 //! Key layout as the kernel wants it: the concatenated fields, each padded to 4 bytes (ipv4 4,
-//! ipv6 16, inet_proto 1→4, inet_service 2 big-endian→4, ifname 16); an interval concatenation
+//! ipv6 16, inet_proto 1→4, inet_service 2 big-endian→4, ifname 16, ether_addr 6→8); an interval concatenation
 //! also carries KEY_END (the last address of the prefix).
 
 use std::net::IpAddr;
@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use super::error::NftError;
-use super::plan::{Elem, ElemOp, Proto};
+use super::plan::{Elem, ElemOp, Proto, Table};
 
 pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETSETELEM: u16 = 13;
@@ -24,6 +24,7 @@ pub(super) const NFTA_SET_ELEM_USERDATA: u16 = 6;
 pub(super) const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
 const NLM_F_CREATE: u16 = 0x400;
 const NFPROTO_INET: u8 = 1;
+const NFPROTO_BRIDGE: u8 = 7;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -36,7 +37,7 @@ pub(super) const NFTA_DATA_VALUE: u16 = 1;
 pub(super) const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
-/// The table name inside `inet knit`.
+/// The table name inside `inet knit` and `bridge knit`.
 const TABLE_NAME: &str = "knit";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,8 @@ enum Field {
     Proto,
     Port,
     Ifname,
+    /// A MAC address `aa:bb:cc:dd:ee:ff`.
+    Ether,
 }
 
 /// (key fields, data fields) of each of our sets; see `golden/skeleton.nft`.
@@ -60,6 +63,8 @@ fn schema(set: &str) -> Option<(&'static [Field], &'static [Field])> {
         "pm4_ip" | "pm6_ip" => (&[Addr, Proto, Port], &[Addr, Port]),
         "pm4_any" | "pm6_any" => (&[Proto, Port], &[Addr, Port]),
         "iso4" | "iso6" => (&[Ifname, Addr], &[]),
+        "spoof_ports" => (&[Ifname], &[]),
+        "spoof_ok" => (&[Ifname, Ether], &[]),
         _ => return None,
     })
 }
@@ -123,6 +128,11 @@ fn encode_fields(e: &Elem, s: &str, fields: &[Field]) -> Result<(Vec<u8>, Vec<u8
                 start.extend_from_slice(&b);
                 end.extend_from_slice(&b);
             }
+            Field::Ether => {
+                let mac = crate::netlink::link::parse_mac(p).ok_or_else(|| bad(e, "bad MAC"))?;
+                start.extend_from_slice(&mac);
+                end.extend_from_slice(&mac);
+            }
         }
         pad(&mut start);
         pad(&mut end);
@@ -179,7 +189,11 @@ impl WireElem {
         }
         let mut list = Vec::new();
         nla(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &el);
-        let mut body = vec![NFPROTO_INET, 0, 0, 0]; // nfgenmsg: family, version, res_id
+        let family = match Table::of_set(&self.set) {
+            Table::Inet => NFPROTO_INET,
+            Table::Bridge => NFPROTO_BRIDGE,
+        };
+        let mut body = vec![family, 0, 0, 0]; // nfgenmsg: family, version, res_id
         nla(&mut body, NFTA_SET_ELEM_LIST_TABLE, &cstr(TABLE_NAME));
         nla(&mut body, NFTA_SET_ELEM_LIST_SET, &cstr(&self.set));
         nla(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
@@ -404,6 +418,10 @@ mod tests {
         let w = WireElem::encode(&el("pm6_ip", "fd00::1 . sctp . 1", Some("fd00::2 . 2"))).unwrap();
         assert_eq!(w.key.len(), 24);
         assert_eq!(w.data.unwrap().len(), 20);
+        let w = WireElem::encode(&el("spoof_ok", "\"veth1\" . 0a:58:0a:f4:00:05", None)).unwrap();
+        assert_eq!(&w.key[16..], [0x0a, 0x58, 0x0a, 0xf4, 0, 5, 0, 0]);
+        assert_eq!(w.list_body(false, None)[0], NFPROTO_BRIDGE);
+        assert!(WireElem::encode(&el("spoof_ok", "\"veth1\" . 0a:58", None)).is_err());
         assert!(WireElem::encode(&el("nope", "1.2.3.4", None)).is_err());
         assert!(WireElem::encode(&el("masq4", "1.2.3.4", Some("x"))).is_err());
     }
