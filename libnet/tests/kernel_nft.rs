@@ -7,84 +7,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{uniq, TestNs};
+use common::{att, nft, TestNs, TmpDir};
 use ipnet::IpNet;
 use libnet::nft::{
-    Attachment, Feature, IngressPolicy, LibNft, Nft, NftApply, NftCli, PortMapping, RawPortMapping,
-    StateDir,
+    Attachment, Feature, IngressPolicy, NftApply, NftCli, PortMapping, RawPortMapping,
 };
 use libnet::{HasKind, Kind};
-
-impl TestNs {
-    /// Run a shell command inside the namespace; panic on failure.
-    fn sh(&self, cmd: &str) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `nft -j list table inet knit` as JSON.
-    fn table(&self) -> serde_json::Value {
-        serde_json::from_str(&self.sh("nft -j list table inet knit")).unwrap()
-    }
-
-    /// Elements of one set/map (JSON values, comments included).
-    fn elems(&self, set: &str) -> Vec<serde_json::Value> {
-        let t = self.table();
-        t["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|o| o.get("set").or_else(|| o.get("map")))
-            .filter(|s| s["name"] == set)
-            .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
-            .collect()
-    }
-
-    fn rules(&self) -> usize {
-        let t = self.table();
-        t["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|o| o.get("rule").is_some())
-            .count()
-    }
-}
-
-struct TmpDir(PathBuf);
-
-impl TmpDir {
-    fn new() -> TmpDir {
-        let p = std::env::temp_dir().join(uniq("state"));
-        std::fs::create_dir_all(&p).unwrap();
-        TmpDir(p)
-    }
-}
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn nft(dir: &TmpDir) -> Nft<LibNft> {
-    Nft::with(LibNft::new(), StateDir::new(&dir.0))
-}
-
-fn att(cid: &str) -> Attachment {
-    Attachment::new("knt-net", cid, "eth0")
-}
 
 fn pm(h: i64, c: i64, host_ip: &str) -> PortMapping {
     RawPortMapping {
@@ -198,7 +128,7 @@ fn portmap_dnat_real_traffic_and_del() {
     );
 
     t.h.ns.run_in(|| nft.del_portmap(&a)).unwrap().unwrap();
-    assert!(t.h.elems("pm4_any").is_empty());
+    assert!(t.h.knit_elems("inet", "pm4_any").is_empty());
     assert!(connect_from(&t.x, "10.244.8.1:18080").is_err());
     let e =
         t.h.ns
@@ -252,12 +182,12 @@ fn many_mappings_in_one_call() {
     h.ns.run_in(|| nft.ensure_portmap(&a, &maps, &cips))
         .unwrap()
         .unwrap();
-    assert_eq!(h.elems("pm4_any").len(), 500);
+    assert_eq!(h.knit_elems("inet", "pm4_any").len(), 500);
     h.ns.run_in(|| nft.check_portmap(&a, &maps, &cips))
         .unwrap()
         .unwrap();
     h.ns.run_in(|| nft.del_portmap(&a)).unwrap().unwrap();
-    assert!(h.elems("pm4_any").is_empty());
+    assert!(h.knit_elems("inet", "pm4_any").is_empty());
 }
 
 #[test]
@@ -281,7 +211,7 @@ fn portmap_host_ip_specific_and_conflict() {
     let err = run(&att("pm3"), &other).unwrap_err();
     assert_eq!(err.kind(), Kind::Exists, "{err}");
     assert!(dir_has(&dir, "pm3").is_empty());
-    assert_eq!(t.h.elems("pm4_ip").len(), 1);
+    assert_eq!(t.h.knit_elems("inet", "pm4_ip").len(), 1);
     // CHECK notices a mapping whose target was changed behind our back.
     let check = || {
         t.h.ns
@@ -322,13 +252,16 @@ fn masquerade_real_traffic() {
     // Traffic inside its own subnet keeps its source.
     echo_peer_server(&t.h, "10.244.9.1:9091");
     assert_eq!(connect_from(&t.c, "10.244.9.1:9091").unwrap(), "10.244.9.2");
-    let comment = t.h.elems("masq4")[0]["elem"]["comment"].clone();
+    let comment = t.h.knit_elems("inet", "masq4")[0]["elem"]["comment"].clone();
     assert!(comment
         .as_str()
         .unwrap()
         .starts_with(&format!("knit:{}", a.id())));
     t.h.ns.run_in(|| nft.del_masq(&a)).unwrap().unwrap();
-    assert!(t.h.elems("masq4").is_empty() && t.h.elems("masq_skip4").is_empty());
+    assert!(
+        t.h.knit_elems("inet", "masq4").is_empty()
+            && t.h.knit_elems("inet", "masq_skip4").is_empty()
+    );
 }
 
 #[test]
@@ -355,7 +288,9 @@ fn del_tolerates_elements_or_table_already_gone() {
     h.sh("nft flush set inet knit masq4; nft flush set inet knit masq_skip6");
     run(&|| nft.del_masq(&a)).unwrap();
     assert!(nft.state().read(&a, Feature::Masq).unwrap().is_none());
-    assert!(h.elems("masq_skip4").is_empty() && h.elems("masq6").is_empty());
+    assert!(
+        h.knit_elems("inet", "masq_skip4").is_empty() && h.knit_elems("inet", "masq6").is_empty()
+    );
     // The whole table is gone (e.g. a reboot without the state dir being cleared).
     h.sh("nft delete table inet knit");
     run(&|| nft.del_firewall(&b)).unwrap();
@@ -371,13 +306,15 @@ fn ensure_again_replaces_the_attachments_elements() {
     let cips = [ip("10.244.14.2"), ip("fd00:6b6e:14::2")];
     let run = |m: &[PortMapping]| h.ns.run_in(|| nft.ensure_portmap(&a, m, &cips)).unwrap();
     run(&[pm(21000, 80, ""), pm(21001, 81, "")]).unwrap();
-    assert_eq!(h.elems("pm4_any").len(), 2);
-    assert_eq!(h.elems("pm6_any").len(), 2);
+    assert_eq!(h.knit_elems("inet", "pm4_any").len(), 2);
+    assert_eq!(h.knit_elems("inet", "pm6_any").len(), 2);
     run(&[pm(21001, 81, "")]).unwrap();
-    assert_eq!(h.elems("pm4_any").len(), 1);
-    assert_eq!(h.elems("pm6_any").len(), 1);
+    assert_eq!(h.knit_elems("inet", "pm4_any").len(), 1);
+    assert_eq!(h.knit_elems("inet", "pm6_any").len(), 1);
     run(&[]).unwrap();
-    assert!(h.elems("pm4_any").is_empty() && h.elems("hairpin6").is_empty());
+    assert!(
+        h.knit_elems("inet", "pm4_any").is_empty() && h.knit_elems("inet", "hairpin6").is_empty()
+    );
     assert!(nft.state().read(&a, Feature::Portmap).unwrap().is_none());
 }
 
@@ -396,7 +333,7 @@ fn concurrent_adds_make_one_skeleton() {
             });
         }
     });
-    assert_eq!(h.elems("masq4").len(), 8);
+    assert_eq!(h.knit_elems("inet", "masq4").len(), 8);
     let skeleton_rules = libnet::nft::plan::SKELETON
         .lines()
         .filter(|l| {
@@ -409,7 +346,14 @@ fn concurrent_adds_make_one_skeleton() {
                 && l != "}"
         })
         .count();
-    assert_eq!(h.rules(), skeleton_rules, "fixed rules made exactly once");
+    assert_eq!(
+        h.knit_objects("inet")
+            .iter()
+            .filter(|o| o.get("rule").is_some())
+            .count(),
+        skeleton_rules,
+        "fixed rules made exactly once"
+    );
 }
 
 #[test]
@@ -438,9 +382,9 @@ fn gc_removes_invalid_attachments_and_leaked_elements() {
     h.ns.run_in(|| nft.gc("knt-net", std::slice::from_ref(&keep)))
         .unwrap()
         .unwrap();
-    let left = h.elems("pm4_any");
+    let left = h.knit_elems("inet", "pm4_any");
     assert_eq!(left.len(), 2, "keep's and the other network's: {left:?}");
-    assert_eq!(h.elems("hairpin4").len(), 2);
+    assert_eq!(h.knit_elems("inet", "hairpin4").len(), 2);
     assert!(nft
         .state()
         .read(&other, Feature::Portmap)
@@ -493,7 +437,7 @@ fn firewall_same_bridge_isolation_traffic() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        h.elems("iso4").len(),
+        h.knit_elems("inet", "iso4").len(),
         1,
         "open replaced a2's isolation element"
     );
@@ -527,7 +471,7 @@ fn thousand_mappings_cost_the_same() {
         avg(&times[1..11]),
         avg(&times[990..])
     );
-    assert_eq!(h.elems("pm4_any").len(), 1000);
+    assert_eq!(h.knit_elems("inet", "pm4_any").len(), 1000);
     let del =
         h.ns.run_in(|| {
             let t0 = Instant::now();
@@ -578,7 +522,7 @@ fn del_with_a_record_cut_short_sweeps_by_comment() {
         std::fs::write(p, b"").unwrap();
     }
     h.ns.run_in(|| nft.del_portmap(&cut)).unwrap().unwrap();
-    let left = h.elems("pm4_any");
+    let left = h.knit_elems("inet", "pm4_any");
     assert_eq!(
         left.len(),
         1,

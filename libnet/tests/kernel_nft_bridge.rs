@@ -7,11 +7,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use common::{uniq, TestNs};
-use libnet::nft::{Attachment, Feature, LibNft, Nft, StateDir};
+use common::{att, nft, TestNs, TmpDir};
+use libnet::nft::{Attachment, Feature};
 
 /// A reference-style table of someone else's, with a chain on the same hook as ours.
 const FOREIGN: &str = "table bridge nat {
@@ -22,69 +19,6 @@ const FOREIGN: &str = "table bridge nat {
 }
 ";
 
-fn sh(ns: &TestNs, cmd: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "sh", "-c", cmd])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The objects of `nft -j list table bridge knit`.
-fn objects(ns: &TestNs) -> Vec<serde_json::Value> {
-    let v: serde_json::Value =
-        serde_json::from_str(&sh(ns, "nft -j list table bridge knit")).unwrap();
-    v["nftables"].as_array().unwrap().clone()
-}
-
-fn elems(ns: &TestNs, set: &str) -> Vec<serde_json::Value> {
-    objects(ns)
-        .iter()
-        .filter_map(|o| o.get("set"))
-        .filter(|s| s["name"] == set)
-        .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
-        .collect()
-}
-
-struct TmpDir(PathBuf);
-
-impl TmpDir {
-    fn new() -> TmpDir {
-        let p = std::env::temp_dir().join(uniq("state"));
-        std::fs::create_dir_all(&p).unwrap();
-        TmpDir(p)
-    }
-
-    /// The state files of attachment `a`.
-    fn files_of(&self, a: &Attachment) -> Vec<PathBuf> {
-        std::fs::read_dir(&self.0)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().contains(&a.id()))
-            .collect()
-    }
-}
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn nft(dir: &TmpDir) -> Nft<LibNft> {
-    Nft::with(LibNft::new(), StateDir::new(&dir.0))
-}
-
-fn att(cid: &str) -> Attachment {
-    Attachment::new("knt-net", cid, "eth0")
-}
-
 fn mac(n: u8) -> [u8; 6] {
     [0x0a, 0x58, 0x0a, 0xf4, 0x1e, n]
 }
@@ -92,8 +26,8 @@ fn mac(n: u8) -> [u8; 6] {
 #[test]
 fn bridge_skeleton_made_once_beside_inet_and_foreign_tables_untouched() {
     let h = TestNs::new("h");
-    sh(&h, &format!("printf '{FOREIGN}' | nft -f -"));
-    let foreign = sh(&h, "nft list table bridge nat");
+    h.sh(&format!("printf '{FOREIGN}' | nft -f -"));
+    let foreign = h.sh("nft list table bridge nat");
     let dir = TmpDir::new();
     std::thread::scope(|s| {
         for i in 0..6u8 {
@@ -111,14 +45,15 @@ fn bridge_skeleton_made_once_beside_inet_and_foreign_tables_untouched() {
             });
         }
     });
-    let rules = objects(&h)
+    let rules = h
+        .knit_objects("bridge")
         .iter()
         .filter(|o| o.get("rule").is_some())
         .count();
     assert_eq!(rules, 1, "the fixed rule made exactly once");
-    assert_eq!(elems(&h, "spoof_ports").len(), 6);
-    assert_eq!(elems(&h, "spoof_ok").len(), 6);
-    sh(&h, "nft list table inet knit");
+    assert_eq!(h.knit_elems("bridge", "spoof_ports").len(), 6);
+    assert_eq!(h.knit_elems("bridge", "spoof_ok").len(), 6);
+    h.sh("nft list table inet knit");
     let nft = nft(&dir);
     h.ns.run_in(|| {
         nft.check_spoofchk(&att("conc3"), "vethk3", mac(3)).unwrap();
@@ -129,9 +64,9 @@ fn bridge_skeleton_made_once_beside_inet_and_foreign_tables_untouched() {
         nft.gc("knt-net", &[]).unwrap();
     })
     .unwrap();
-    assert!(elems(&h, "spoof_ports").is_empty());
-    assert!(elems(&h, "spoof_ok").is_empty());
-    assert_eq!(sh(&h, "nft list table bridge nat"), foreign, "not ours");
+    assert!(h.knit_elems("bridge", "spoof_ports").is_empty());
+    assert!(h.knit_elems("bridge", "spoof_ok").is_empty());
+    assert_eq!(h.sh("nft list table bridge nat"), foreign, "not ours");
 }
 
 #[test]
@@ -157,7 +92,7 @@ fn gc_and_cut_short_del_sweep_the_bridge_table_by_comment() {
     }
     h.ns.run_in(|| nft.del_spoofchk(&cut)).unwrap().unwrap();
     assert_eq!(
-        elems(&h, "spoof_ok").len(),
+        h.knit_elems("bridge", "spoof_ok").len(),
         3,
         "cut's pair swept by comment"
     );
@@ -165,7 +100,8 @@ fn gc_and_cut_short_del_sweep_the_bridge_table_by_comment() {
     h.ns.run_in(|| nft.gc("knt-net", std::slice::from_ref(&keep)))
         .unwrap()
         .unwrap();
-    let left: Vec<String> = elems(&h, "spoof_ports")
+    let left: Vec<String> = h
+        .knit_elems("bridge", "spoof_ports")
         .iter()
         .map(|e| e.to_string())
         .collect();
