@@ -184,23 +184,7 @@ fn gc_recovers_what_a_crashed_runtime_leaked() {
         );
     }
     let net_dir = data.join(&name);
-    let masq = || {
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                host.name(),
-                "nft",
-                "list",
-                "set",
-                "inet",
-                "knit",
-                "masq4",
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let masq = || common::nft_out(&host, &["list", "set", "inet", "knit", "masq4"]);
     for ip in &ips {
         assert!(net_dir.join(ip).exists(), "{ip} reserved");
         assert!(masq().contains(ip.as_str()), "{ip} masqueraded: {}", masq());

@@ -245,24 +245,8 @@ fn add_whose_port_is_taken_leaves_nothing() {
         "{:?}",
         common::links(&host)
     );
-    let masq = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            host.name(),
-            "nft",
-            "list",
-            "set",
-            "inet",
-            "knit",
-            "masq4",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&masq.stdout).contains("10.244.26."),
-        "masquerade taken back"
-    );
+    let masq = common::nft_out(&host, &["list", "set", "inet", "knit", "masq4"]);
+    assert!(!masq.contains("10.244.26."), "masquerade taken back");
     let reserved = std::fs::read_dir(data.join(&name))
         .map(|d| {
             d.flatten()

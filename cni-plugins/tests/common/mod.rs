@@ -96,6 +96,17 @@ pub fn ip(ns: &ScratchNs, args: &[&str]) {
     );
 }
 
+/// `nft ARGS` inside the namespace: its standard output, empty when nft failed (e.g. the
+/// table or set does not exist).
+pub fn nft_out(ns: &ScratchNs, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "nft"])
+        .args(args)
+        .output()
+        .expect("run nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Assert a CHECK fails with a message that names `what`.
 pub fn assert_check_fails(
     host: &ScratchNs,
