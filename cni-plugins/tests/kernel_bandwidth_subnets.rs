@@ -20,10 +20,10 @@ const NET: &str = "knt-bws";
 const RATE: u64 = 40_000_000;
 const BURST: u64 = 400_000;
 /// The shaped container, the peer in a listed subnet and the peer in another one, on one
-/// bridge (a /16, so no routing is needed between the /24s).
-const ME: &str = "10.244.44.5";
-const PEER_B: &str = "10.244.45.6";
-const PEER_C: &str = "10.244.46.7";
+/// bridge (a /16 and a /48, so no routing is needed between the /24s and /64s).
+const ME: (&str, &str) = ("10.244.44.5", "fd00:6b6e:0:44::5");
+const PEER_B: (&str, &str) = ("10.244.45.6", "fd00:6b6e:0:45::6");
+const PEER_C: (&str, &str) = ("10.244.46.7", "fd00:6b6e:0:46::7");
 
 /// iperf3 runs of the two tests must not share the CPU.
 static IPERF: Mutex<()> = Mutex::new(());
@@ -46,14 +46,15 @@ fn sh(ns: &ScratchNs, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn bridge_conf(addr: &str) -> Value {
+fn bridge_conf((v4, v6): (&str, &str)) -> Value {
     json!({
         "cniVersion": "1.0.0", "name": NET, "type": "bridge", "bridge": "kbw44",
-        "ipam": {"type": "static", "addresses": [{"address": format!("{addr}/16")}]}
+        "ipam": {"type": "static", "addresses": [
+            {"address": format!("{v4}/16")}, {"address": format!("{v6}/48")}]}
     })
 }
 
-fn attach(host: &ScratchNs, ctr: &ScratchNs, id: &str, addr: &str) -> Value {
+fn attach(host: &ScratchNs, ctr: &ScratchNs, id: &str, addr: (&str, &str)) -> Value {
     let netns = ctr.path().display().to_string();
     let (code, res) = call(host, "bridge", "ADD", id, &netns, &bridge_conf(addr));
     assert_eq!(code, 0, "{res}");
@@ -150,8 +151,9 @@ impl Setup {
         call(&self.host, "bandwidth", cmd, "me", &self.netns(), conf)
     }
 
-    /// Megabits per second to and from peer B, then to and from peer C.
-    fn measure(&self) -> [f64; 4] {
+    /// Megabits per second to and from peer B, then to and from peer C, over IPv4 and then
+    /// over IPv6.
+    fn measure(&self) -> [f64; 8] {
         let _one = IPERF.lock().unwrap_or_else(|e| e.into_inner());
         let _srv = Proc(
             Command::new("ip")
@@ -161,10 +163,14 @@ impl Setup {
                 .expect("iperf3 server"),
         );
         [
-            iperf(&self.b, ME, false),
-            iperf(&self.b, ME, true),
-            iperf(&self.c, ME, false),
-            iperf(&self.c, ME, true),
+            iperf(&self.b, ME.0, false),
+            iperf(&self.b, ME.0, true),
+            iperf(&self.c, ME.0, false),
+            iperf(&self.c, ME.0, true),
+            iperf(&self.b, ME.1, false),
+            iperf(&self.b, ME.1, true),
+            iperf(&self.c, ME.1, false),
+            iperf(&self.c, ME.1, true),
         ]
         .map(|v| v / 1e6)
     }
@@ -215,26 +221,28 @@ fn shaping_follows_the_lists(lists: Value, setup: &Setup) {
         );
     }
 
-    let [b_in, b_out, c_in, c_out] = setup.measure();
-    println!(
-        "{lists}: configured {} Mbit/s; peer B (unshaped) in {b_in:.1} out {b_out:.1}; \
-         peer C (shaped) in {c_in:.2} out {c_out:.2} Mbit/s",
-        RATE / 1_000_000
-    );
+    let m = setup.measure();
     let rate = RATE as f64 / 1e6;
-    for (what, v) in [("B in", b_in), ("B out", b_out)] {
-        assert!(
-            v > 4.0 * rate,
-            "{what}: {v:.1} Mbit/s should be far above {rate}"
+    for (family, m) in [("IPv4", &m[..4]), ("IPv6", &m[4..])] {
+        let [b_in, b_out, c_in, c_out] = [m[0], m[1], m[2], m[3]];
+        println!(
+            "{lists} {family}: configured {rate} Mbit/s; peer B (unshaped) in {b_in:.1} \
+             out {b_out:.1}; peer C (shaped) in {c_in:.2} out {c_out:.2} Mbit/s"
         );
-    }
-    for (what, v) in [("C in", c_in), ("C out", c_out)] {
-        let off = (v - rate).abs() / rate;
-        assert!(
-            off <= 0.10,
-            "{what}: {v:.2} Mbit/s is {:.1} % off",
-            off * 100.0
-        );
+        for (what, v) in [("B in", b_in), ("B out", b_out)] {
+            assert!(
+                v > 4.0 * rate,
+                "{family} {what}: {v:.1} Mbit/s should be far above {rate}"
+            );
+        }
+        for (what, v) in [("C in", c_in), ("C out", c_out)] {
+            let off = (v - rate).abs() / rate;
+            assert!(
+                off <= 0.10,
+                "{family} {what}: {v:.2} Mbit/s is {:.1} % off",
+                off * 100.0
+            );
+        }
     }
 
     let checked = bw_conf(&lists, &res);
@@ -264,7 +272,7 @@ fn del_twice(setup: &Setup, lists: &Value) {
 #[test]
 fn unshaped_subnets_bypass_the_limit() {
     let setup = Setup::new();
-    let lists = json!({"unshapedSubnets": ["10.244.45.0/24", "fd00:6b6e:45::/64"]});
+    let lists = json!({"unshapedSubnets": ["10.244.45.0/24", "fd00:6b6e:0:45::/64"]});
     shaping_follows_the_lists(lists.clone(), &setup);
     // The shaped class (the default here, no filter bound to it) deleted from the veth.
     let veth = setup.veth();
@@ -285,7 +293,7 @@ fn unshaped_subnets_bypass_the_limit() {
 #[test]
 fn shaped_subnets_are_the_only_ones_limited() {
     let setup = Setup::new();
-    let lists = json!({"shapedSubnets": ["10.244.46.0/24", "fd00:6b6e:46::/64"]});
+    let lists = json!({"shapedSubnets": ["10.244.46.0/24", "fd00:6b6e:0:46::/64"]});
     shaping_follows_the_lists(lists.clone(), &setup);
     // The shaped class's rate changed on the veth.
     let veth = setup.veth();
@@ -315,6 +323,23 @@ fn bad_lists_are_config_errors_and_leave_nothing() {
         assert_eq!((code, out["code"].as_u64()), (1, Some(7)), "{lists}: {out}");
         setup.assert_clean();
     }
+    // A class that cannot be made (someone else's ingress qdisc blocks the redirect after the
+    // veth's htb is in place): the ADD fails and takes its htb back.
+    let veth = setup.veth();
+    sh(
+        &setup.host,
+        &["tc", "qdisc", "add", "dev", &veth, "ingress"],
+    );
+    let lists = json!({"unshapedSubnets": ["10.244.45.0/24"]});
+    let (code, out) = setup.bw("ADD", &bw_conf(&lists, &setup.prev));
+    assert_eq!(code, 1, "{out}");
+    let q = sh(&setup.host, &["tc", "qdisc", "show", "dev", &veth]);
+    assert!(!q.contains("htb") && q.contains("ingress"), "{q}");
+    assert!(!links(&setup.host).iter().any(|l| l.starts_with(IFB_PREFIX)));
+    sh(
+        &setup.host,
+        &["tc", "qdisc", "del", "dev", &veth, "ingress"],
+    );
     // A /0 is a valid subnet: everything goes to the listed class.
     let lists = json!({"shapedSubnets": ["0.0.0.0/0"]});
     let (code, res) = setup.bw("ADD", &bw_conf(&lists, &setup.prev));
