@@ -32,7 +32,8 @@ const LINKLAYER_ETHERNET: u8 = 1;
 pub struct HtbClass {
     /// `major:minor` of the class (`classid`).
     pub handle: u32,
-    /// The qdisc or class above it.
+    /// The qdisc or class above it. Dumps show a class right under the qdisc with the parent
+    /// [`HANDLE_ROOT`] instead of the qdisc's handle.
     pub parent: u32,
     /// Guaranteed rate, bytes per second.
     pub rate: u64,
