@@ -248,6 +248,43 @@ fn shaping_follows_the_lists(lists: Value, setup: &Setup) {
     let checked = bw_conf(&lists, &res);
     let (code, out) = setup.bw("CHECK", &checked);
     assert_eq!(code, 0, "{out}");
+    // A filter too many on the ifb is drift.
+    let extra = [
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        &ifb,
+        "parent",
+        "1:",
+        "protocol",
+        "ip",
+        "prio",
+        "17",
+        "u32",
+        "match",
+        "ip",
+        "dst",
+        "10.244.99.0/24",
+        "flowid",
+        "1:1",
+    ];
+    sh(&setup.host, &extra);
+    let (code, out) = setup.bw("CHECK", &checked);
+    assert_eq!(code, 1, "{out}");
+    let msg = out["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("3 u32 filters under 1:, expected 2") && msg.contains(&ifb),
+        "{out}"
+    );
+    sh(
+        &setup.host,
+        &[
+            "tc", "filter", "del", "dev", &ifb, "parent", "1:", "prio", "17",
+        ],
+    );
+    let (code, out) = setup.bw("CHECK", &checked);
+    assert_eq!(code, 0, "{out}");
     // A filter gone from the ifb is drift.
     sh(
         &setup.host,

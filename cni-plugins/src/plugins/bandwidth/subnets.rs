@@ -196,15 +196,17 @@ pub fn check_htb(
             .iter()
             .find(|c| c.handle == want.handle)
             .ok_or_else(|| on(format!("htb class 1:{minor:x} is missing")))?;
-        if (c.rate, c.buffer) != (want.rate, want.buffer) {
+        if (c.rate, c.ceil, c.buffer) != (want.rate, want.ceil, want.buffer) {
             return Err(on(format!(
-                "htb class 1:{minor:x} has rate {} buffer {}, expected rate {} buffer {}",
-                c.rate, c.buffer, want.rate, want.buffer
+                "htb class 1:{minor:x} has rate {} ceil {} buffer {}, expected rate {} ceil {} \
+                 buffer {}",
+                c.rate, c.ceil, c.buffer, want.rate, want.ceil, want.buffer
             )));
         }
     }
     let filters = h.filters(link.index, HANDLE_TBF).cni_ctx("bandwidth")?;
-    for want in subnets.filters(field) {
+    let wanted = subnets.filters(field);
+    for want in &wanted {
         let keys = want.keys();
         let present = filters.iter().any(|f| {
             f.kind == "u32"
@@ -219,6 +221,14 @@ pub fn check_htb(
                 want.class_id & 0xffff
             )));
         }
+    }
+    // Nothing else either; the kernel also lists each priority's hash table, which has no keys.
+    let matching = filters.iter().filter(|f| !f.keys.is_empty()).count();
+    if matching != wanted.len() {
+        return Err(on(format!(
+            "{matching} u32 filters under 1:, expected {}",
+            wanted.len()
+        )));
     }
     Ok(())
 }
