@@ -11,17 +11,24 @@
 //!   (`action mirred egress redirect`) and the same tbf on the ifb. The ifb is appended to the
 //!   result's interfaces.
 //!
+//! With `shapedSubnets` or `unshapedSubnets` (one of them; IPv4/IPv6 CIDRs) both links get an
+//! htb root qdisc with a shaped and an unshaped class instead of the tbf, and u32 filters
+//! steering the listed subnets (see [`subnets`]).
+//!
 //! A rate of 0 means "no shaping in that direction" (Kubernetes sends 0 for a direction it was
 //! not asked to shape); a rate needs a burst and a burst a rate. The limits come from the
-//! plugin configuration or, when it names none of the four keys, from the `bandwidth`
-//! capability (`runtimeConfig.bandwidth`), the reference's precedence.
+//! plugin configuration or, when it names none of the four keys nor the two subnet lists, from
+//! the `bandwidth` capability (`runtimeConfig.bandwidth`, which may hold the lists too), the
+//! reference's precedence: an entry is taken whole from one place.
 //!
 //! DEL keys everything by name (the ifb) or by the veth found through the container, so it
 //! works without `prevResult` and after the namespace is gone (the veth went with it then).
 
 use std::collections::HashSet;
 
-use libnet::netlink::tc::{self, Tbf, HANDLE_INGRESS, HANDLE_INGRESS_PARENT, HANDLE_ROOT};
+use libnet::netlink::tc::{
+    self, AddrField, Tbf, HANDLE_INGRESS, HANDLE_INGRESS_PARENT, HANDLE_ROOT,
+};
 use libnet::netlink::{Handle, Link};
 use libnet::netns::NetNs;
 use libnet::undo::Undo;
@@ -30,6 +37,9 @@ use serde::Deserialize;
 use crate::hashname::hash_name;
 use crate::skel::{Args, CniError, OrCni, Plugin};
 use crate::types::{CniResult, Interface};
+
+pub mod subnets;
+use subnets::Subnets;
 
 pub struct Bandwidth;
 
@@ -59,10 +69,12 @@ impl Shape {
 }
 
 /// The validated limits of one attachment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Limits {
     pub ingress: Option<Shape>,
     pub egress: Option<Shape>,
+    /// Shape only some subnets' traffic (htb), or all of it (tbf) when `None`.
+    pub subnets: Option<Subnets>,
 }
 
 impl Limits {
@@ -80,6 +92,8 @@ struct Entry {
     ingress_burst: Option<i64>,
     egress_rate: Option<i64>,
     egress_burst: Option<i64>,
+    shaped_subnets: Option<Vec<String>>,
+    unshaped_subnets: Option<Vec<String>>,
 }
 
 impl Entry {
@@ -88,6 +102,8 @@ impl Entry {
             || self.ingress_burst.is_some()
             || self.egress_rate.is_some()
             || self.egress_burst.is_some()
+            || self.shaped_subnets.is_some()
+            || self.unshaped_subnets.is_some()
     }
 }
 
@@ -136,6 +152,7 @@ pub fn limits_of(raw: &serde_json::Value) -> Result<Limits, CniError> {
     Ok(Limits {
         ingress: shape("ingress", e.ingress_rate, e.ingress_burst)?,
         egress: shape("egress", e.egress_rate, e.egress_burst)?,
+        subnets: Subnets::parse(e.shaped_subnets.as_deref(), e.unshaped_subnets.as_deref())?,
     })
 }
 
@@ -207,9 +224,8 @@ fn add_shaping(
     let ticks = tc::tick_in_usec();
     let mut undo = Undo::new();
     if let Some(s) = l.ingress {
-        h.add_tbf(host.index, &s.tbf(ticks))
-            .cni_ctx(&format!("bandwidth: tbf on {}", host.name))?;
-        undo.push("tbf", || drop(h.del_qdisc(host.index, HANDLE_ROOT)));
+        add_root(h, host, &s, l, AddrField::Src, ticks)?;
+        undo.push("root qdisc", || drop(h.del_qdisc(host.index, HANDLE_ROOT)));
     }
     if let Some(s) = l.egress {
         let name = ifb_name(&a.conf.name, &a.container_id);
@@ -218,6 +234,12 @@ fn add_shaping(
         let ifb_name = name.clone();
         undo.push("ifb", move || drop(h.del_link_by_name(&ifb_name)));
         let ifb = h.link_by_name(&name).cni_ctx("bandwidth")?;
+        if l.subnets.is_some() {
+            // htb's leaf queues are as long as the device's queue: the ifb's 0 would drop
+            // everything. The veth's length, at least 1000, as the reference 1.5.0.
+            h.set_txqlen(ifb.index, host.txqlen.max(1000))
+                .cni_ctx(&format!("bandwidth: txqueuelen of {name}"))?;
+        }
         h.add_ingress_qdisc(host.index)
             .cni_ctx(&format!("bandwidth: ingress qdisc on {}", host.name))?;
         undo.push("ingress", || {
@@ -225,8 +247,7 @@ fn add_shaping(
         });
         h.add_redirect_filter(host.index, ifb.index)
             .cni_ctx(&format!("bandwidth: redirect {} to {name}", host.name))?;
-        h.add_tbf(ifb.index, &s.tbf(ticks))
-            .cni_ctx(&format!("bandwidth: tbf on {name}"))?;
+        add_root(h, &ifb, &s, l, AddrField::Dst, ticks)?;
         result.interfaces.push(Interface {
             name,
             mac: ifb.mac_string(),
@@ -235,6 +256,39 @@ fn add_shaping(
     }
     undo.commit();
     Ok(())
+}
+
+/// The root qdisc that shapes `link`: the tbf, or with subnets the htb layout whose filters
+/// look at the peer's address in `field`.
+fn add_root(
+    h: &Handle,
+    link: &Link,
+    s: &Shape,
+    l: &Limits,
+    field: AddrField,
+    ticks: f64,
+) -> Result<(), CniError> {
+    match &l.subnets {
+        None => h
+            .add_tbf(link.index, &s.tbf(ticks))
+            .cni_ctx(&format!("bandwidth: tbf on {}", link.name)),
+        Some(sn) => subnets::add_htb(h, link, s, sn, field, ticks),
+    }
+}
+
+/// CHECK the root qdisc [`add_root`] made.
+fn check_root(
+    h: &Handle,
+    link: &Link,
+    s: &Shape,
+    l: &Limits,
+    field: AddrField,
+    ticks: f64,
+) -> Result<(), CniError> {
+    match &l.subnets {
+        None => check_tbf(h, link, &s.tbf(ticks)),
+        Some(sn) => subnets::check_htb(h, link, s, sn, field, ticks),
+    }
 }
 
 /// The drift CHECK reports.
@@ -280,7 +334,7 @@ fn check_redirect(h: &Handle, host: &Link, ifb: &Link) -> Result<(), CniError> {
 }
 
 /// Remove what ADD put on the host veth while it still exists (a chain deletes in reverse,
-/// so the bridge has not removed the veth yet): the tbf, and the ingress qdisc when its filter
+/// so the bridge has not removed the veth yet): the tbf or htb, and the ingress qdisc when its filter
 /// feeds our ifb. Without this a veth would keep redirecting to a deleted ifb, which drops
 /// everything the container sends. Best effort; needs only the namespace, not `prevResult`.
 fn del_veth_qdiscs(a: &Args, h: &Handle, ifb: Option<u32>) {
@@ -296,8 +350,11 @@ fn del_veth_qdiscs(a: &Args, h: &Handle, ifb: Option<u32>) {
         }
     }
     let ours = h.qdiscs(host.index).is_ok_and(|qs| {
-        qs.iter()
-            .any(|q| q.parent == HANDLE_ROOT && q.kind == "tbf" && q.handle == tc::HANDLE_TBF)
+        qs.iter().any(|q| {
+            q.parent == HANDLE_ROOT
+                && (q.kind == "tbf" || q.kind == "htb")
+                && q.handle == tc::HANDLE_TBF
+        })
     });
     if ours {
         let _ = h.del_qdisc(host.index, HANDLE_ROOT);
@@ -339,7 +396,7 @@ impl Plugin for Bandwidth {
         let host = host_veth(a, &h, &prev)?;
         let ticks = tc::tick_in_usec();
         if let Some(s) = l.ingress {
-            check_tbf(&h, &host, &s.tbf(ticks))?;
+            check_root(&h, &host, &s, &l, AddrField::Src, ticks)?;
         }
         if let Some(s) = l.egress {
             let name = ifb_name(&a.conf.name, &a.container_id);
@@ -347,7 +404,7 @@ impl Plugin for Bandwidth {
                 .find_link(&name)
                 .cni_ctx("bandwidth")?
                 .ok_or_else(|| drift(format!("ifb {name} is missing")))?;
-            check_tbf(&h, &ifb, &s.tbf(ticks))?;
+            check_root(&h, &ifb, &s, &l, AddrField::Dst, ticks)?;
             check_redirect(&h, &host, &ifb)?;
         }
         Ok(())

@@ -8,6 +8,15 @@
 //! `netlink-packet-route` models the ingress qdisc, u32 and mirred; `tbf` is not modelled, so
 //! its `TCA_OPTIONS` are encoded and decoded here as raw nested attributes (`struct
 //! tc_tbf_qopt` from `linux/pkt_sched.h`).
+//!
+//! Shaping only some traffic (by address prefix) takes an `htb` root qdisc with classes
+//! ([`htb`]) and `u32` prefix filters steering packets to them ([`prefix`]).
+
+mod htb;
+mod prefix;
+
+pub use htb::HtbClass;
+pub use prefix::{AddrField, PrefixFilter};
 
 use netlink_packet_core::{DefaultNla, Nla, NlasIterator, NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::tc::{
@@ -149,6 +158,8 @@ pub struct Qdisc {
     pub kind: String,
     /// For a `tbf` qdisc: its parameters.
     pub tbf: Option<Tbf>,
+    /// For an `htb` qdisc: the minor of its default class.
+    pub htb_default: Option<u32>,
 }
 
 /// What the kernel says about one filter.
@@ -159,8 +170,14 @@ pub struct Filter {
     pub kind: String,
     /// Priority (`pref`).
     pub priority: u16,
+    /// Ethertype (host order; `ETH_P_ALL` is 3).
+    pub protocol: u16,
     /// Interface indexes this filter's `mirred` actions redirect or mirror to.
     pub mirred_to: Vec<u32>,
+    /// For u32: the class (`flowid`) it classifies into.
+    pub class_id: Option<u32>,
+    /// For u32: the keys of its selector (none for the hash table entries the kernel lists).
+    pub keys: Vec<TcU32Key>,
 }
 
 fn tc_msg(index: u32, parent: u32, handle: u32) -> TcMessage {
@@ -197,29 +214,44 @@ fn kind_of(attrs: &[TcAttribute]) -> String {
 
 fn qdisc_from_msg(m: TcMessage) -> Qdisc {
     let kind = kind_of(&m.attributes);
-    let tbf = if kind == "tbf" {
-        raw_options(&m.attributes).and_then(|o| Tbf::parse(&o))
-    } else {
-        None
-    };
+    let opts = raw_options(&m.attributes);
+    let tbf = opts
+        .as_deref()
+        .filter(|_| kind == "tbf")
+        .and_then(Tbf::parse);
+    let htb_default = opts
+        .as_deref()
+        .filter(|_| kind == "htb")
+        .and_then(htb::parse_default);
     Qdisc {
         index: m.header.index as u32,
         handle: m.header.handle.into(),
         parent: m.header.parent.into(),
         kind,
         tbf,
+        htb_default,
     }
 }
 
 fn filter_from_msg(m: TcMessage) -> Filter {
     let mut mirred_to = Vec::new();
+    let (mut class_id, mut keys) = (None, Vec::new());
     for a in &m.attributes {
         let TcAttribute::Options(opts) = a else {
             continue;
         };
         for o in opts {
-            let TcOption::U32(TcFilterU32Option::Action(acts)) = o else {
-                continue;
+            let acts = match o {
+                TcOption::U32(TcFilterU32Option::Action(acts)) => acts,
+                TcOption::U32(TcFilterU32Option::ClassId(c)) => {
+                    class_id = Some((*c).into());
+                    continue;
+                }
+                TcOption::U32(TcFilterU32Option::Selector(sel)) => {
+                    keys.clone_from(&sel.keys);
+                    continue;
+                }
+                _ => continue,
             };
             for act in acts {
                 for attr in &act.attributes {
@@ -240,7 +272,10 @@ fn filter_from_msg(m: TcMessage) -> Filter {
         parent: m.header.parent.into(),
         kind: kind_of(&m.attributes),
         priority: (m.header.info >> 16) as u16,
+        protocol: u16::from_be((m.header.info & 0xffff) as u16),
         mirred_to,
+        class_id,
+        keys,
     }
 }
 

@@ -21,7 +21,8 @@ fn zero_or_absent_rates_mean_no_shaping() {
         one_way.unwrap(),
         Limits {
             ingress: None,
-            egress: shape_of(1000, 800)
+            egress: shape_of(1000, 800),
+            subnets: None,
         }
     );
 }
@@ -125,4 +126,112 @@ fn add_with_limits_needs_prev_result() {
     assert_eq!(code, 1);
     assert_eq!(out["code"], 7, "{out}");
     assert!(out["msg"].as_str().unwrap().contains("prevResult"), "{out}");
+}
+
+#[test]
+fn subnet_lists_are_parsed_and_validated() {
+    use subnets::Mode;
+    let l = limits(json!({"egressRate": 1000, "egressBurst": 800,
+        "unshapedSubnets": ["10.244.7.9/24", "fd00:6b6e:7::/64"]}))
+    .unwrap();
+    let sn = l.subnets.unwrap();
+    assert_eq!(sn.mode, Mode::Unshaped);
+    let nets: Vec<String> = sn.nets.iter().map(|n| n.to_string()).collect();
+    assert_eq!(
+        nets,
+        ["10.244.7.0/24", "fd00:6b6e:7::/64"],
+        "host bits dropped"
+    );
+    // An empty list is no list.
+    let l = limits(json!({"shapedSubnets": [], "unshapedSubnets": []})).unwrap();
+    assert_eq!(l.subnets, None);
+    let cases = [
+        (
+            json!({"shapedSubnets": ["10.0.0.0/8"], "unshapedSubnets": ["10.1.0.0/16"]}),
+            "cannot be both specified",
+        ),
+        (json!({"shapedSubnets": ["10.0.0.0/33"]}), "bad subnet"),
+        (json!({"unshapedSubnets": ["10.0.0.1"]}), "bad subnet"),
+        (json!({"unshapedSubnets": ["nonsense"]}), "bad subnet"),
+        (
+            json!({"unshapedSubnets": "10.0.0.0/8"}),
+            "invalid configuration",
+        ),
+    ];
+    for (conf, why) in cases {
+        let e = limits(conf.clone()).unwrap_err();
+        assert_eq!(e.code, ERR_INVALID_CONFIG, "{conf}");
+        assert!(e.msg.contains(why), "{conf}: {}", e.msg);
+    }
+}
+
+#[test]
+fn subnet_lists_come_with_their_entry() {
+    // As the reference: the entry is taken whole from the config or from the capability.
+    let rc = json!({"bandwidth": {"ingressRate": 2000, "ingressBurst": 1600,
+        "shapedSubnets": ["fd00:6b6e::/48"]}});
+    let l = limits(json!({"runtimeConfig": rc})).unwrap();
+    assert_eq!(l.subnets.unwrap().mode, subnets::Mode::Shaped);
+    let l = limits(json!({"unshapedSubnets": ["10.0.0.0/8"], "runtimeConfig": rc})).unwrap();
+    assert_eq!(l.ingress, None, "the config's lists shadow the capability");
+    let bad = json!({"bandwidth": {"shapedSubnets": ["x"]}});
+    assert_eq!(
+        limits(json!({"runtimeConfig": bad})).unwrap_err().code,
+        ERR_INVALID_CONFIG
+    );
+}
+
+#[test]
+fn htb_layout_follows_the_reference_ids() {
+    use libnet::netlink::tc::AddrField;
+    use subnets::{Mode, Subnets, SHAPED_MINOR, UNSHAPED_MINOR, UNSHAPED_RATE};
+    let sn = Subnets {
+        mode: Mode::Unshaped,
+        nets: vec![
+            "10.244.9.0/24".parse().unwrap(),
+            "fd00:6b6e::/48".parse().unwrap(),
+        ],
+    };
+    assert_eq!(
+        (sn.default_minor(), sn.listed_minor()),
+        (SHAPED_MINOR, UNSHAPED_MINOR)
+    );
+    let fs = sn.filters(AddrField::Src);
+    assert_eq!(fs.iter().map(|f| f.priority).collect::<Vec<_>>(), [16, 15]);
+    assert!(fs.iter().all(|f| f.class_id == 0x0001_0001));
+    let shaped = Subnets {
+        mode: Mode::Shaped,
+        ..sn
+    };
+    assert_eq!(shaped.default_minor(), UNSHAPED_MINOR);
+    assert!(shaped
+        .filters(AddrField::Dst)
+        .iter()
+        .all(|f| f.class_id == 0x0001_0030));
+    let [s, u] = subnets::classes(
+        &Shape {
+            rate: 8_000_000,
+            burst: 80_000,
+        },
+        1500,
+        15.625,
+    );
+    assert_eq!(
+        (s.handle, s.parent, s.rate, s.ceil),
+        (0x0001_0030, 0x0001_0000, 1_000_000, 1_000_000)
+    );
+    assert_eq!(
+        s.buffer,
+        Shape {
+            rate: 8_000_000,
+            burst: 80_000
+        }
+        .tbf(15.625)
+        .buffer
+    );
+    assert_eq!(s.quantum, 1514);
+    assert_eq!(
+        (u.handle, u.rate, u.ceil),
+        (0x0001_0001, UNSHAPED_RATE, UNSHAPED_RATE)
+    );
 }
