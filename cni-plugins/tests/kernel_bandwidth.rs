@@ -6,13 +6,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cni_plugins::plugins::bandwidth::{ifb_name, IFB_PREFIX};
 use cni_plugins::plugins::by_name;
 use cni_plugins::skel::run;
-use common::{links, scratch};
+use common::{iperf, iperf_server, links, scratch, sh};
 use libnet::netns::ScratchNs;
 use serde_json::{json, Value};
 
@@ -86,20 +86,6 @@ fn attach(host: &ScratchNs, ctr: &ScratchNs, br: &str, id: &str, addr: &str) -> 
 
 fn host_veth(prev: &Value) -> String {
     prev["interfaces"][1]["name"].as_str().unwrap().to_string()
-}
-
-fn sh(ns: &ScratchNs, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .args(args)
-        .output()
-        .expect("ip netns exec");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -273,67 +259,13 @@ fn add_without_limits_changes_nothing() {
     assert!(!q.contains("tbf") && !q.contains("ingress"), "{q}");
 }
 
-/// An iperf3 process we started; killed (by its own pid) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Bits per second received by the client side of one iperf3 run from `ctr` to `server`
-/// (`reverse`: the server sends).
-fn iperf(ctr: &ScratchNs, server: &str, reverse: bool) -> f64 {
-    let mut args = vec![
-        "netns",
-        "exec",
-        ctr.name(),
-        "iperf3",
-        "-c",
-        server,
-        "-t",
-        "3",
-        "-J",
-    ];
-    if reverse {
-        args.push("-R");
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = Command::new("ip").args(&args).output().expect("iperf3");
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-            return bps;
-        }
-        // The server may not listen yet.
-        assert!(Instant::now() < deadline, "iperf3 failed: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn shaped_throughput_is_the_configured_rate() {
     let (host, a, b) = (scratch("h"), scratch("a"), scratch("b"));
     let prev = attach(&host, &a, "kbw31", "ctra", "10.244.31.5/24");
     attach(&host, &b, "kbw31", "ctrb", "10.244.31.6/24");
     let unshaped = {
-        let _srv = Proc(
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    a.name(),
-                    "iperf3",
-                    "-s",
-                    "-B",
-                    "10.244.31.5",
-                ])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("iperf3 server"),
-        );
+        let _srv = iperf_server(&a, Some("10.244.31.5"));
         iperf(&b, "10.244.31.5", false)
     };
     let netns = a.path().display().to_string();
@@ -346,21 +278,7 @@ fn shaped_throughput_is_the_configured_rate() {
         &bw_conf(true, true, &prev),
     );
     assert_eq!(code, 0, "{res}");
-    let _srv = Proc(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                a.name(),
-                "iperf3",
-                "-s",
-                "-B",
-                "10.244.31.5",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("iperf3 server"),
-    );
+    let _srv = iperf_server(&a, Some("10.244.31.5"));
     // b → a: into the container (tbf on the veth); a → b: out of it (through the ifb).
     let ingress = iperf(&b, "10.244.31.5", false);
     let egress = iperf(&b, "10.244.31.5", true);

@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use cni_plugins::plugins::bandwidth::{ifb_name, IFB_PREFIX};
-use common::{links, scratch};
+use common::{iperf, iperf_server, links, scratch, sh};
 use libnet::netns::ScratchNs;
 use serde_json::{json, Value};
 
@@ -30,20 +28,6 @@ static IPERF: Mutex<()> = Mutex::new(());
 
 fn call(host: &ScratchNs, plugin: &str, cmd: &str, id: &str, ctr: &str, c: &Value) -> (i32, Value) {
     common::call(host, plugin, cmd, id, ctr, "eth0", c)
-}
-
-fn sh(ns: &ScratchNs, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .args(args)
-        .output()
-        .expect("ip netns exec");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn bridge_conf((v4, v6): (&str, &str)) -> Value {
@@ -72,44 +56,6 @@ fn bw_conf(lists: &Value, prev: &Value) -> Value {
         c["prevResult"] = prev.clone();
     }
     c
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Bits per second received in one iperf3 run from `client` to `server` (`reverse`: the
-/// server sends).
-fn iperf(client: &ScratchNs, server: &str, reverse: bool) -> f64 {
-    let mut args = vec![
-        "netns",
-        "exec",
-        client.name(),
-        "iperf3",
-        "-c",
-        server,
-        "-t",
-        "3",
-        "-J",
-    ];
-    if reverse {
-        args.push("-R");
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = Command::new("ip").args(&args).output().expect("iperf3");
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-            return bps;
-        }
-        assert!(Instant::now() < deadline, "iperf3 failed: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The shaped container and its two peers, attached; the bridge result of the first.
@@ -155,13 +101,7 @@ impl Setup {
     /// over IPv6.
     fn measure(&self) -> [f64; 8] {
         let _one = IPERF.lock().unwrap_or_else(|e| e.into_inner());
-        let _srv = Proc(
-            Command::new("ip")
-                .args(["netns", "exec", self.me.name(), "iperf3", "-s"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("iperf3 server"),
-        );
+        let _srv = iperf_server(&self.me, None);
         [
             iperf(&self.b, ME.0, false),
             iperf(&self.b, ME.0, true),

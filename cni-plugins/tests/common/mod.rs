@@ -2,8 +2,9 @@
 //! plugins run in-process through the skel inside the host, and small `ip` probes.
 #![allow(dead_code)]
 
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use cni_plugins::plugins::by_name;
 use cni_plugins::skel::run;
@@ -156,4 +157,73 @@ pub fn reference(
     let out = child.wait_with_output().unwrap();
     let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out.status.success(), v)
+}
+
+/// Run `args` inside the namespace (`ip netns exec`); its standard output, asserting success.
+pub fn sh(ns: &ScratchNs, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .args(args)
+        .output()
+        .expect("ip netns exec");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A process we started; killed (by its own pid) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An iperf3 server in the namespace, bound to `bind` if given.
+pub fn iperf_server(ns: &ScratchNs, bind: Option<&str>) -> Proc {
+    let mut args = vec!["netns", "exec", ns.name(), "iperf3", "-s"];
+    if let Some(addr) = bind {
+        args.extend(["-B", addr]);
+    }
+    Proc(
+        Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("iperf3 server"),
+    )
+}
+
+/// Bits per second received in one 3 s iperf3 run from `client` to `server` (`reverse`: the
+/// server sends). Retries for a few seconds while the server is not listening yet.
+pub fn iperf(client: &ScratchNs, server: &str, reverse: bool) -> f64 {
+    let mut args = vec![
+        "netns",
+        "exec",
+        client.name(),
+        "iperf3",
+        "-c",
+        server,
+        "-t",
+        "3",
+        "-J",
+    ];
+    if reverse {
+        args.push("-R");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("ip").args(&args).output().expect("iperf3");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return bps;
+        }
+        assert!(Instant::now() < deadline, "iperf3 failed: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
