@@ -7,6 +7,7 @@ mod common;
 use common::TestNs;
 use ipnet::IpNet;
 use libnet::driver::bridge::{self, BridgeNet, Endpoint, IpConf, RouteConf};
+use libnet::netlink::link::IPV4_DEVCONF_ARP_NOTIFY;
 use libnet::netlink::{Handle, Route, VethPeer};
 use libnet::{sysctl, HasKind, Kind};
 
@@ -130,6 +131,25 @@ fn sysctls_are_per_namespace() {
             .unwrap(),
         "0"
     );
+}
+
+#[test]
+fn ipv4_devconf_over_netlink_is_the_sysctl() {
+    let a = TestNs::new("d");
+    let h = Handle::new_in(&a.ns).unwrap();
+    let peer = VethPeer {
+        name: "kntdc1",
+        ..Default::default()
+    };
+    h.add_veth("kntdc0", None, None, &peer).unwrap();
+    let idx = h.link_by_name("kntdc0").unwrap().index;
+    let get = |k: &'static str| a.ns.run_in(move || sysctl::get(k)).unwrap().unwrap();
+    assert_eq!(get("net.ipv4.conf.kntdc0.arp_notify"), "0");
+    h.set_ipv4_devconf(idx, IPV4_DEVCONF_ARP_NOTIFY, 1).unwrap();
+    assert_eq!(get("net.ipv4.conf.kntdc0.arp_notify"), "1");
+    // Only that setting: the peer and the neighbours' other settings are untouched.
+    assert_eq!(get("net.ipv4.conf.kntdc1.arp_notify"), "0");
+    assert_eq!(get("net.ipv4.conf.kntdc0.forwarding"), "0");
 }
 
 #[test]

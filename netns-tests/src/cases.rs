@@ -214,6 +214,11 @@ pub fn bridge_gateway(n: u8) -> Case {
     );
     let mut case = Case::new("bridge-gateway", c);
     case.gateways = vec![gw(n)];
+    // Set by both over different paths (knit: netlink); the values must agree.
+    case.container_sysctls = vec![
+        "net/ipv4/conf/{if}/arp_notify",
+        "net/ipv6/conf/{if}/accept_dad",
+    ];
     case
 }
 
@@ -383,6 +388,10 @@ pub fn all() -> Vec<Case> {
     );
     c.gateways = vec![gw(11)];
     c.masq = true;
+    c.container_sysctls = vec![
+        "net/ipv4/conf/{if}/arp_notify",
+        "net/ipv6/conf/{if}/accept_dad",
+    ];
     cases.push(c);
 
     // macvlan on the host's link to the outside namespace: containers reach each other and
@@ -399,6 +408,10 @@ pub fn all() -> Vec<Case> {
         ),
     );
     c.gateways = vec![];
+    c.container_sysctls = vec![
+        "net/ipv4/conf/{if}/arp_notify",
+        "net/ipv6/conf/{if}/ndisc_notify",
+    ];
     cases.push(c);
 
     // bandwidth after bridge: tbf on the host veth, ifb + redirect for the other direction.

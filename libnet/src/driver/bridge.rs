@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::{host_veth_name, DriverError};
+use crate::netlink::link::IPV4_DEVCONF_ARP_NOTIFY;
 use crate::netlink::{Handle, Link, Route};
 use crate::netns::NetNs;
 use crate::sysctl;
@@ -201,7 +202,9 @@ fn configure_container(net: &BridgeNet, ep: &Endpoint<'_>) -> Result<LinkRef, Dr
         } else {
             let _ = sysctl::set(&format!("net/ipv6/conf/{ifn}/accept_dad"), "0");
         }
-        let _ = sysctl::set(&format!("net/ipv4/conf/{ifn}/arp_notify"), "1");
+        // Over netlink: a /proc/sys lookup of a per-device key costs time proportional to
+        // the number of namespaces on the host.
+        let _ = c.set_ipv4_devconf(link.index, IPV4_DEVCONF_ARP_NOTIFY, 1);
     }
     if !net.disable_container_interface {
         c.set_up(link.index, true)?;

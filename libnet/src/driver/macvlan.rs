@@ -8,7 +8,7 @@
 //!    sees it; the kernel checks the name in the container only, and refuses it (nothing made)
 //!    when the container already has IFNAME. No rename: a rename re-registers the link's
 //!    per-device sysctl tables, which is most of the kernel's cost of the link;
-//! 3. in the container: arp_notify/ndisc_notify, up, addresses and routes.
+//! 3. in the container: arp_notify, up, addresses and routes.
 //!
 //! Detach deletes IFNAME in the container. Without the namespace there is nothing to do: these
 //! links die with their namespace.
@@ -20,10 +20,9 @@ use ipnet::IpNet;
 use super::bridge::{Endpoint, LinkRef};
 use super::iface::{self, Want};
 use super::DriverError;
-use crate::netlink::link::{MacvlanMode, NewLink};
+use crate::netlink::link::{MacvlanMode, NewLink, IPV4_DEVCONF_ARP_NOTIFY};
 use crate::netlink::{Handle, Link};
 use crate::netns::NetNs;
-use crate::sysctl;
 use crate::undo::Undo;
 
 /// Which kind of link to make.
@@ -120,11 +119,8 @@ pub fn attach(h: &Handle, net: &SubNet, ep: &Endpoint<'_>) -> Result<LinkRef, Dr
     undo.push("link", move || {
         let _ = cr.del_link(idx);
     });
-    let ifname = ep.ifname;
-    ep.netns.run_in(|| {
-        let _ = sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
-        let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1");
-    })?;
+    // arp_notify as the reference sets it (it leaves IPv6's ndisc_notify alone), over netlink.
+    let _ = c.set_ipv4_devconf(idx, IPV4_DEVCONF_ARP_NOTIFY, 1);
     iface::configure(&c, idx, &ep.ips, &ep.routes)?;
     undo.commit();
     Ok(LinkRef {

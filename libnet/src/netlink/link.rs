@@ -6,7 +6,7 @@ pub use kinds::{MacvlanMode, NewLink};
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
@@ -17,6 +17,28 @@ use super::{Handle, NetlinkError, Result};
 
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
+
+/// `IPV4_DEVCONF_ARP_NOTIFY` (linux/ip.h): `net.ipv4.conf.IF.arp_notify`.
+pub const IPV4_DEVCONF_ARP_NOTIFY: u16 = 22;
+
+/// `IFLA_AF_SPEC { AF_INET { IFLA_INET_CONF { id: value } } }`: one IPv4 per-device setting,
+/// and only that one (the kernel marks each id it is given as set by hand).
+fn inet_devconf_attr(id: u16, value: u32) -> LinkAttribute {
+    const IFLA_AF_SPEC: u16 = 26;
+    const IFLA_INET_CONF: u16 = 1;
+    fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        let len = 4 + value.len();
+        let mut v = Vec::with_capacity(len.next_multiple_of(4));
+        v.extend_from_slice(&(len as u16).to_ne_bytes());
+        v.extend_from_slice(&kind.to_ne_bytes());
+        v.extend_from_slice(value);
+        v.resize(len.next_multiple_of(4), 0);
+        v
+    }
+    let conf = nla(IFLA_INET_CONF, &nla(id, &value.to_ne_bytes()));
+    let inet = nla(libc::AF_INET as u16, &conf);
+    LinkAttribute::Other(DefaultNla::new(IFLA_AF_SPEC, inet))
+}
 
 /// The kinds of link knit creates or inspects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,6 +391,13 @@ impl Handle {
         self.set_attr("set address", index, LinkAttribute::Address(mac.to_vec()))
     }
 
+    /// One IPv4 per-device setting over netlink (`sysctl net.ipv4.conf.IF.KEY=V` without a
+    /// lookup in /proc/sys, whose per-device entries of every namespace share one dcache
+    /// chain: a first lookup there costs time proportional to the number of namespaces).
+    pub fn set_ipv4_devconf(&self, index: u32, id: u16, value: u32) -> Result<()> {
+        self.set_attr("set ipv4 devconf", index, inet_devconf_attr(id, value))
+    }
+
     /// `ip link set #INDEX txqueuelen N`
     pub fn set_txqlen(&self, index: u32, len: u32) -> Result<()> {
         self.set_attr("set txqueuelen", index, LinkAttribute::TxQueueLen(len))
@@ -437,6 +466,23 @@ mod tests {
         assert!(parse_mac("0a:58:0a:f4:00").is_none());
         assert!(parse_mac("0a:58:0a:f4:00:02:03").is_none());
         assert!(parse_mac("zz:58:0a:f4:00:02").is_none());
+    }
+
+    #[test]
+    fn inet_devconf_is_one_nested_setting() {
+        use netlink_packet_core::Nla;
+        let LinkAttribute::Other(a) = inet_devconf_attr(IPV4_DEVCONF_ARP_NOTIFY, 1) else {
+            panic!("raw attribute expected");
+        };
+        assert_eq!(a.kind(), 26);
+        let mut v = vec![0u8; a.value_len()];
+        a.emit_value(&mut v);
+        let n = |len: u16, kind: u16| [len.to_ne_bytes(), kind.to_ne_bytes()].concat();
+        let mut want = n(16, 2);
+        want.extend(n(12, 1));
+        want.extend(n(8, 22));
+        want.extend(1u32.to_ne_bytes());
+        assert_eq!(v, want);
     }
 
     #[test]
