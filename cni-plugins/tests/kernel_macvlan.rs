@@ -255,3 +255,29 @@ fn macvlan_bad_input_and_half_way_failure_leave_nothing() {
     assert_eq!(links(&ctr), vec!["eth0", "lo", "other0"]);
     assert_eq!(links(&host), vec!["kmv0", "kmv0p", "lo"]);
 }
+
+/// The link is born in the container under its final name: a host link of that very name
+/// (here the master itself is `eth0`) neither blocks it nor is touched.
+#[test]
+fn macvlan_named_like_a_host_link() {
+    let host = scratch("h");
+    ip(
+        &host,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ],
+    );
+    ip(&host, &["link", "set", "eth0", "up"]);
+    let ctr = scratch("c");
+    let n = ctr.path().display().to_string();
+    let id = cid("m6");
+    let c = conf(json!({"master": "eth0"}), "10.244.50.9/24");
+    let (code, out) = call(&host, "macvlan", "ADD", &id, &n, "eth0", &c);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(links(&ctr), vec!["eth0", "lo"]);
+    assert_eq!(links(&host), vec!["eth0", "eth0p", "lo"]);
+    let (code, out) = call(&host, "macvlan", "DEL", &id, &n, "eth0", &c);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(links(&ctr), vec!["lo"]);
+    assert_eq!(links(&host), vec!["eth0", "eth0p", "lo"]);
+}
