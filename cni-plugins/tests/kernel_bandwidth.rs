@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cni_plugins::plugins::bandwidth::{ifb_name, IFB_PREFIX};
 use cni_plugins::plugins::by_name;
 use cni_plugins::skel::run;
-use common::{iperf, iperf_server, links, scratch, sh};
+use common::{iperf, iperf_server, links, reference, scratch, sh};
 use libnet::netns::ScratchNs;
 use serde_json::{json, Value};
 
@@ -301,39 +300,6 @@ fn shaped_throughput_is_the_configured_rate() {
     }
 }
 
-/// Run the reference plugin (containernetworking-plugins 1.1.1) for `cmd` inside `host`.
-fn call_reference(
-    host: &ScratchNs,
-    cmd: &str,
-    id: &str,
-    netns: &str,
-    conf: &Value,
-) -> (bool, String) {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", host.name(), "/usr/lib/cni/bandwidth"])
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("reference bandwidth plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 /// What `tc` and `ip` show of the shaping of one attachment, minus MACs.
 fn tc_state(host: &ScratchNs, veth: &str, ifb: &str) -> String {
     let mut s = sh(host, &["tc", "qdisc", "show", "dev", veth]);
@@ -356,10 +322,9 @@ fn reference_and_knit_read_each_other() {
     let conf = bw_conf(true, true, &prev);
 
     // The reference's ADD, checked and deleted by knit.
-    let (ok, out) = call_reference(&host, "ADD", "ctr5", &netns, &conf);
-    assert!(ok, "reference ADD: {out}");
+    let (ok, ref_result) = reference(&host, "bandwidth", "ADD", "ctr5", &netns, &conf);
+    assert!(ok, "reference ADD: {ref_result}");
     let by_reference = tc_state(&host, &veth, &ifb);
-    let ref_result: Value = serde_json::from_str(&out).unwrap();
     let checked = bw_conf(true, true, &ref_result);
     let (code, out) = call(&host, "bandwidth", "CHECK", "ctr5", &netns, &checked);
     assert_eq!(code, 0, "knit CHECK of the reference's ADD: {out}");
@@ -379,9 +344,9 @@ fn reference_and_knit_read_each_other() {
         ref_result["interfaces"][3]["name"]
     );
     let checked = bw_conf(true, true, &res);
-    let (ok, out) = call_reference(&host, "CHECK", "ctr5", &netns, &checked);
+    let (ok, out) = reference(&host, "bandwidth", "CHECK", "ctr5", &netns, &checked);
     assert!(ok, "reference CHECK of knit's ADD: {out}");
-    let (ok, out) = call_reference(&host, "DEL", "ctr5", &netns, &checked);
+    let (ok, out) = reference(&host, "bandwidth", "DEL", "ctr5", &netns, &checked);
     assert!(ok, "reference DEL of knit's ADD: {out}");
     assert!(!links(&host).contains(&ifb));
 }
