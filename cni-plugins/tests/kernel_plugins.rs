@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{call as call_if, links, scratch};
+use common::{call as call_if, first_ip, links, scratch};
 use libnet::netlink::Handle;
 use libnet::netns::ScratchNs;
 use serde_json::{json, Value};
@@ -173,15 +173,7 @@ fn gc_recovers_what_a_crashed_runtime_leaked() {
             &conf,
         );
         assert_eq!(code, 0, "{res}");
-        ips.push(
-            res["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string(),
-        );
+        ips.push(first_ip(&res));
     }
     let net_dir = data.join(&name);
     let masq = || common::nft_out(&host, &["list", "set", "inet", "knit", "masq4"]);

@@ -222,15 +222,7 @@ fn ptp_gc_recovers_what_a_crashed_runtime_leaked() {
             &conf,
         );
         assert_eq!(code, 0, "{res}");
-        ips.push(
-            res["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string(),
-        );
+        ips.push(first_ip(&res));
     }
     let ruleset = || {
         let out = std::process::Command::new("ip")

@@ -108,6 +108,14 @@ pub fn nft_out(ns: &ScratchNs, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The first address of an ADD result, without its prefix length.
+pub fn first_ip(res: &Value) -> String {
+    let a = res["ips"][0]["address"]
+        .as_str()
+        .expect("an address in the result");
+    a.split('/').next().unwrap_or(a).to_string()
+}
+
 /// Assert a CHECK fails with a message that names `what`.
 pub fn assert_check_fails(
     host: &ScratchNs,
