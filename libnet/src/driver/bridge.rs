@@ -4,7 +4,8 @@
 //! 1. `ip link add BR type bridge` if missing (promisc, mtu), `accept_ra=0` on it, up;
 //! 2. `ip link add vethXXXX mtu M type veth peer name IFNAME netns CTR` (peer made in place);
 //! 3. `ip link set vethXXXX master BR up`, hairpin per config;
-//! 4. inside the container: dad/arp_notify sysctls, `ip link set IFNAME up`, addresses, routes;
+//! 4. inside the container: the accept_dad sysctl, arp_notify (over netlink), `ip link set
+//!    IFNAME up`, addresses, routes;
 //! 5. gateway addresses on the bridge (isGateway) and ip forwarding.
 //!
 //! Detach deletes the host end of the pair by its derived name (which removes both ends) and
