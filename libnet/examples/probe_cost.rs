@@ -2,7 +2,9 @@
 //! `cargo run --release -p libnet --example probe_cost` (root).
 use std::time::Instant;
 
-use libnet::driver::bridge::{self, BridgeNet, Endpoint, IpConf, RouteConf};
+use libnet::driver::bridge::{Bridge, BridgeNet, IpConf, RouteConf};
+use libnet::driver::Driver;
+use libnet::endpoint::{self, Addressing, Fixed, Request};
 use libnet::netlink::Handle;
 use libnet::netns::NetNs;
 
@@ -26,20 +28,24 @@ fn main() {
     }];
     host.run_in(|| {
         let h = Handle::new().unwrap();
+        let driver = Bridge { h: &h, net };
         for i in 0..10 {
             let t0 = Instant::now();
             let c = NetNs::open(format!("/run/netns/{cn}")).unwrap();
-            let ep = Endpoint {
+            let req = Request {
+                network: "probe",
                 container_id: "x",
                 ifname: "eth0",
-                netns: &c,
+                netns: Some(&c),
                 mac: None,
+            };
+            let mut source = Fixed(Addressing {
                 ips: ips.clone(),
                 routes: routes.clone(),
-            };
-            bridge::attach(&h, &net, &ep).unwrap();
+            });
+            endpoint::attach(&req, &mut source, &driver, &[]).unwrap();
             let t1 = Instant::now();
-            bridge::detach(&h, "x", "eth0", None).unwrap();
+            driver.detach("x", "eth0", None).unwrap();
             let t2 = Instant::now();
             println!("{i}: attach {:?} detach {:?}", t1 - t0, t2 - t1);
         }

@@ -2,6 +2,7 @@
 //! nftables) and the home of the pure planners (IPAM, rule plans) those effects are driven by.
 
 pub mod driver;
+pub mod endpoint;
 pub mod error;
 pub mod ipam;
 pub mod netlink;

@@ -6,9 +6,12 @@ mod common;
 
 use common::TestNs;
 use ipnet::IpNet;
-use libnet::driver::bridge::{self, BridgeNet, Endpoint, IpConf, RouteConf};
+use libnet::driver::bridge::{Bridge, BridgeNet, IpConf, RouteConf};
+use libnet::driver::Driver;
+use libnet::endpoint::{self, Addressing, Attached, EndpointError, Filter, Fixed, Request, Step};
 use libnet::netlink::link::IPV4_DEVCONF_ARP_NOTIFY;
 use libnet::netlink::{Handle, Route, VethPeer};
+use libnet::netns::NetNs;
 use libnet::{sysctl, HasKind, Kind};
 
 fn net(s: &str) -> IpNet {
@@ -174,6 +177,29 @@ fn move_link_between_namespaces() {
     assert!(hb.find_link("kvb").unwrap().is_some());
 }
 
+/// Attach (container id, eth0) in `netns` with fixed addresses through the lifecycle.
+fn attach_fixed(
+    driver: &dyn Driver,
+    id: &str,
+    netns: &NetNs,
+    ips: &[IpConf],
+    routes: &[RouteConf],
+    filters: &[&dyn Filter],
+) -> Result<Attached, EndpointError> {
+    let req = Request {
+        network: "knit-test",
+        container_id: id,
+        ifname: "eth0",
+        netns: Some(netns),
+        mac: None,
+    };
+    let mut source = Fixed(Addressing {
+        ips: ips.to_vec(),
+        routes: routes.to_vec(),
+    });
+    endpoint::attach(&req, &mut source, driver, filters)
+}
+
 #[test]
 fn bridge_driver_attach_detach_and_rollback() {
     let host = TestNs::new("bh");
@@ -200,25 +226,17 @@ fn bridge_driver_attach_detach_and_rollback() {
         gw: None,
     }];
     // The driver runs in the plugin's own namespace: here, the test "host" namespace.
+    let driver = Bridge {
+        h: &h,
+        net: net_conf.clone(),
+    };
     let a1 = host
         .ns
-        .run_in(|| {
-            bridge::attach(
-                &h,
-                &net_conf,
-                &Endpoint {
-                    container_id: "ctr1",
-                    ifname: "eth0",
-                    netns: &c1.ns,
-                    mac: None,
-                    ips: ips1.clone(),
-                    routes: routes.clone(),
-                },
-            )
-        })
+        .run_in(|| attach_fixed(&driver, "ctr1", &c1.ns, &ips1, &routes, &[]))
         .unwrap()
-        .unwrap();
-    assert_eq!(a1.bridge.name, "kbr1");
+        .unwrap()
+        .wired;
+    assert_eq!(a1.bridge.unwrap().name, "kbr1");
     assert_eq!(a1.container.name, "eth0");
     let br = h.link_by_name("kbr1").unwrap();
     assert!(h
@@ -244,24 +262,17 @@ fn bridge_driver_attach_detach_and_rollback() {
 
     // A second endpoint whose route cannot be added (gateway outside its subnet) fails half way
     // and must leave no veth behind.
-    let bad = host.ns.run_in(|| {
-        bridge::attach(
-            &h,
-            &net_conf,
-            &Endpoint {
-                container_id: "ctr2",
-                ifname: "eth0",
-                netns: &c2.ns,
-                mac: None,
-                ips: ips2.clone(),
-                routes: vec![RouteConf {
-                    dst: net("10.9.0.0/16"),
-                    gw: Some("192.0.2.1".parse().unwrap()),
-                }],
-            },
-        )
-    });
-    assert!(bad.unwrap().is_err());
+    let bad_route = [RouteConf {
+        dst: net("10.9.0.0/16"),
+        gw: Some("192.0.2.1".parse().unwrap()),
+    }];
+    let bad = host
+        .ns
+        .run_in(|| attach_fixed(&driver, "ctr2", &c2.ns, &ips2, &bad_route, &[]))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(bad.step, Step::Wire);
+    assert!(bad.undo_failures.is_empty(), "{bad}");
     assert!(h
         .find_link(&libnet::driver::host_veth_name("ctr2", "eth0"))
         .unwrap()
@@ -276,7 +287,71 @@ fn bridge_driver_attach_detach_and_rollback() {
         "the bridge in use by ctr1 stays"
     );
 
-    bridge::detach(&h, "ctr1", "eth0", None).unwrap();
-    bridge::detach(&h, "ctr1", "eth0", None).unwrap();
+    driver.detach("ctr1", "eth0", None).unwrap();
+    driver.detach("ctr1", "eth0", None).unwrap();
+    assert!(c.find_link("eth0").unwrap().is_none());
+}
+
+/// A filter whose nftables work always fails: the step after the links were made.
+struct Refusing;
+
+#[derive(Debug, thiserror::Error)]
+#[error("refused on purpose")]
+struct Refused;
+
+impl HasKind for Refused {
+    fn kind(&self) -> Kind {
+        Kind::Busy
+    }
+}
+
+impl Filter for Refusing {
+    fn name(&self) -> &'static str {
+        "refusing"
+    }
+    fn ensure(
+        &self,
+        _: &Request<'_>,
+        _: &Addressing,
+        _: &libnet::driver::Wired,
+    ) -> Result<(), endpoint::BoxError> {
+        Err(endpoint::boxed(Refused))
+    }
+    fn del(&self, _: &Request<'_>) -> Result<(), endpoint::BoxError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn lifecycle_failure_after_the_links_exist_removes_them_and_the_new_bridge() {
+    let host = TestNs::new("lh");
+    let ctr = TestNs::new("lc");
+    let h = Handle::new_in(&host.ns).unwrap();
+    let driver = Bridge {
+        h: &h,
+        net: BridgeNet {
+            bridge: "kbr2".into(),
+            is_gateway: true,
+            ..Default::default()
+        },
+    };
+    let ips = [IpConf {
+        addr: net("10.244.8.2/24"),
+        gateway: "10.244.8.1".parse().ok(),
+    }];
+    let e = host
+        .ns
+        .run_in(|| attach_fixed(&driver, "ctrf", &ctr.ns, &ips, &[], &[&Refusing]))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!((e.step, e.kind()), (Step::Filter("refusing"), Kind::Busy));
+    assert!(e.undo_failures.is_empty(), "{e}");
+    assert!(
+        e.to_string().starts_with("refusing: refused on purpose"),
+        "{e}"
+    );
+    let left: Vec<String> = h.links().unwrap().into_iter().map(|l| l.name).collect();
+    assert_eq!(left, vec!["lo".to_string()], "host namespace keeps nothing");
+    let c = Handle::new_in(&ctr.ns).unwrap();
     assert!(c.find_link("eth0").unwrap().is_none());
 }

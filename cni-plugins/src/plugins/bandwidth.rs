@@ -225,14 +225,16 @@ fn add_shaping(
     let mut undo = Undo::new();
     if let Some(s) = l.ingress {
         add_root(h, host, &s, l, AddrField::Src, ticks)?;
-        undo.push("root qdisc", || drop(h.del_qdisc(host.index, HANDLE_ROOT)));
+        undo.push(format!("root qdisc of {}", host.name), || {
+            h.del_qdisc(host.index, HANDLE_ROOT)
+        });
     }
     if let Some(s) = l.egress {
         let name = ifb_name(&a.conf.name, &a.container_id);
         h.add_ifb(&name, Some(host.mtu))
             .cni_ctx(&format!("bandwidth: creating {name}"))?;
         let ifb_name = name.clone();
-        undo.push("ifb", move || drop(h.del_link_by_name(&ifb_name)));
+        undo.push(format!("ifb {name}"), move || h.del_link_by_name(&ifb_name));
         let ifb = h.link_by_name(&name).cni_ctx("bandwidth")?;
         if l.subnets.is_some() {
             // htb's leaf queues are as long as the device's queue: the ifb's 0 would drop
@@ -242,8 +244,8 @@ fn add_shaping(
         }
         h.add_ingress_qdisc(host.index)
             .cni_ctx(&format!("bandwidth: ingress qdisc on {}", host.name))?;
-        undo.push("ingress", || {
-            drop(h.del_qdisc(host.index, HANDLE_INGRESS_PARENT))
+        undo.push(format!("ingress qdisc of {}", host.name), || {
+            h.del_qdisc(host.index, HANDLE_INGRESS_PARENT)
         });
         h.add_redirect_filter(host.index, ifb.index)
             .cni_ctx(&format!("bandwidth: redirect {} to {name}", host.name))?;

@@ -6,18 +6,19 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use libnet::driver::bridge::{self as driver, BridgeNet, Endpoint, IpConf, RouteConf};
+use libnet::driver::bridge::{self as driver, Bridge as BridgeDriver, BridgeNet};
+use libnet::endpoint::filters::{Masq, SpoofCheck};
+use libnet::endpoint::Filter;
 use libnet::netlink::link::parse_mac;
 use libnet::netlink::Handle;
-use libnet::netns::NetNs;
-use libnet::HasKind;
+use libnet::nft::Nft;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::shared::ReleaseOnError;
+use super::shared::{self, CniIpam};
 use crate::ipam;
 use crate::skel::{Args, CniError, OrCni, Plugin, ERR_UNSUPPORTED_FIELD};
-use crate::types::{CniResult, Interface, IpConfig, RouteEntry};
+use crate::types::{CniResult, IpConfig, RouteEntry};
 
 pub struct Bridge;
 
@@ -79,6 +80,18 @@ impl Conf {
         Ok(c)
     }
 
+    /// ipMasq, then macspoofchk (the host port must carry only the container's MAC).
+    fn filters<'n>(&self, nft: &'n Nft) -> Vec<Box<dyn Filter + 'n>> {
+        let mut f: Vec<Box<dyn Filter + 'n>> = Vec::new();
+        if self.ip_masq {
+            f.push(Box::new(Masq { nft }));
+        }
+        if self.macspoofchk {
+            f.push(Box::new(SpoofCheck { nft }));
+        }
+        f
+    }
+
     fn net(&self) -> BridgeNet {
         BridgeNet {
             bridge: self.bridge.clone(),
@@ -91,6 +104,10 @@ impl Conf {
             disable_container_interface: self.disable_container_interface,
         }
     }
+}
+
+fn refs<'a>(filters: &'a [Box<dyn Filter + 'a>]) -> Vec<&'a dyn Filter> {
+    filters.iter().map(|f| &**f).collect()
 }
 
 /// The MAC asked for through `runtimeConfig.mac` (capability `mac`), `args.cni.mac` or
@@ -150,103 +167,32 @@ fn complete_ipam(c: &Conf, r: &mut CniResult) -> Result<(), CniError> {
     Ok(())
 }
 
-fn open_netns(a: &Args) -> Result<NetNs, CniError> {
-    let path = a
-        .netns
-        .as_ref()
-        .expect("skel requires CNI_NETNS for ADD and CHECK");
-    NetNs::open(path).cni_ctx("opening the container's network namespace")
-}
-
 impl Plugin for Bridge {
     fn add(&self, a: &Args) -> Result<CniResult, CniError> {
         let c = Conf::load(a)?;
         let mac = requested_mac(a)?;
-        let ns = open_netns(a)?;
-        let layer3 = !ipam::ipam_type(a).is_empty();
-        let mut result = if layer3 {
-            ipam::add(a)?
-        } else {
-            CniResult::default()
-        };
-        // From here on a failure must give the addresses back.
-        let release = ReleaseOnError::new(a, layer3);
-        if layer3 && result.ips.is_empty() {
-            return Err(CniError::config("IPAM plugin returned missing IP config"));
-        }
-        complete_ipam(&c, &mut result)?;
-
+        let ns = shared::open_netns(a)?;
+        let source = CniIpam::new(a).completed_by(Box::new(|r| complete_ipam(&c, r)));
         let h = Handle::new().cni()?;
-        let ep = Endpoint {
-            container_id: &a.container_id,
-            ifname: &a.ifname,
-            netns: &ns,
-            mac,
-            ips: result
-                .ips
-                .iter()
-                .map(|ip| IpConf {
-                    addr: ip.address,
-                    gateway: ip.gateway,
-                })
-                .collect(),
-            routes: result
-                .routes
-                .iter()
-                .map(|r| RouteConf {
-                    dst: r.dst,
-                    gw: r.gw,
-                })
-                .collect(),
+        let driver = BridgeDriver {
+            h: &h,
+            net: c.net(),
         };
-        let att = driver::attach(&h, &c.net(), &ep).cni()?;
-        if let Err(e) = ensure_nft(a, &c, &result, &att) {
-            let _ = driver::detach(&h, &a.container_id, &a.ifname, Some(&ns));
-            return Err(e);
-        }
-        release.disarm();
-
-        super::shared::finish_result(
-            a,
-            &mut result,
-            vec![
-                Interface {
-                    name: att.bridge.name,
-                    mac: att.bridge.mac,
-                    ..Default::default()
-                },
-                Interface {
-                    name: att.host.name,
-                    mac: att.host.mac,
-                    ..Default::default()
-                },
-                Interface {
-                    name: att.container.name,
-                    mac: att.container.mac,
-                    sandbox: a.netns.as_ref().unwrap().display().to_string(),
-                    ..Default::default()
-                },
-            ],
-        );
-        Ok(result)
+        let nft = Nft::new();
+        let filters = c.filters(&nft);
+        shared::attach(a, &ns, mac, source, &driver, &refs(&filters), None)
     }
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
         let c = Conf::load(a)?;
-        super::shared::teardown(
-            |errs| {
-                if !ipam::ipam_type(a).is_empty() {
-                    errs.note(ipam::del(a));
-                }
-                if c.ip_masq {
-                    errs.note(crate::masq::del(a));
-                }
-                if c.macspoofchk {
-                    errs.note(crate::spoofchk::del(a));
-                }
-            },
-            || detach_link(a),
-        )
+        let h = Handle::new().cni()?;
+        let driver = BridgeDriver {
+            h: &h,
+            net: c.net(),
+        };
+        let nft = Nft::new();
+        let filters = c.filters(&nft);
+        shared::detach(a, &driver, &refs(&filters))
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {
@@ -257,7 +203,7 @@ impl Plugin for Bridge {
         if !ipam::ipam_type(a).is_empty() {
             ipam::check(a)?;
         }
-        let ns = open_netns(a)?;
+        let ns = shared::open_netns(a)?;
         let h = Handle::new().cni()?;
         let want = driver::Expected {
             container_id: &a.container_id,
@@ -296,39 +242,6 @@ impl Plugin for Bridge {
     fn status(&self, a: &Args) -> Result<(), CniError> {
         Conf::load(a)?;
         Ok(())
-    }
-}
-
-/// ipMasq, then macspoofchk (the host port must carry only the container's MAC). If the second
-/// fails, the first is taken back; the caller deletes the veth pair.
-fn ensure_nft(
-    a: &Args,
-    c: &Conf,
-    result: &CniResult,
-    att: &driver::Attached,
-) -> Result<(), CniError> {
-    if c.ip_masq {
-        crate::masq::ensure(a, result)?;
-    }
-    if c.macspoofchk {
-        if let Err(e) = crate::spoofchk::ensure(a, &att.host.name, &att.container.mac) {
-            if c.ip_masq {
-                let _ = crate::masq::del(a);
-            }
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
-/// Delete the endpoint's veth pair. The container's namespace may be gone already: that is not
-/// an error for DEL.
-fn detach_link(a: &Args) -> Result<(), CniError> {
-    let ns = a.netns.as_ref().and_then(|p| NetNs::open(p).ok());
-    let h = Handle::new().cni()?;
-    match driver::detach(&h, &a.container_id, &a.ifname, ns.as_ref()) {
-        Err(e) if e.kind() != libnet::Kind::NotFound => Err(CniError::from_kind(e.kind(), &e)),
-        _ => Ok(()),
     }
 }
 

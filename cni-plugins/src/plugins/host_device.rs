@@ -9,17 +9,15 @@
 
 use std::path::PathBuf;
 
-use libnet::driver::bridge::Endpoint;
 use libnet::driver::host_device::{self as driver, Selector};
 use libnet::netlink::Handle;
-use libnet::HasKind;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::shared::{self, FirstErr, ReleaseOnError};
+use super::shared::{self, CniIpam};
 use crate::ipam;
 use crate::skel::{Args, CniError, OrCni, Plugin};
-use crate::types::{CniResult, Interface};
+use crate::types::CniResult;
 
 pub struct HostDevice;
 
@@ -70,46 +68,23 @@ impl Plugin for HostDevice {
         let sel = selector(a)?;
         let ns = shared::open_netns(a)?;
         let h = Handle::new().cni()?;
-        let ipam_result = shared::ipam_add(a)?;
-        let release = ReleaseOnError::new(a, ipam_result.is_some());
-        let mut result = ipam_result.unwrap_or_default();
-        let ep = Endpoint {
-            container_id: &a.container_id,
-            ifname: &a.ifname,
-            netns: &ns,
-            mac: None,
-            ips: shared::ip_confs(&result),
-            routes: shared::route_confs(&result),
+        let driver = driver::HostDevice {
+            h: &h,
+            sel,
+            state: state_path(a),
         };
-        let link = driver::attach(&h, &sel, &ep, &state_path(a)).cni()?;
-        release.disarm();
-        shared::finish_result(
-            a,
-            &mut result,
-            vec![Interface {
-                name: link.name,
-                mac: link.mac,
-                sandbox: ns.path().display().to_string(),
-                ..Default::default()
-            }],
-        );
-        Ok(result)
+        shared::attach(a, &ns, None, CniIpam::new(a), &driver, &[], None)
     }
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
-        let _: Conf = a.parse()?;
-        let mut errs = FirstErr::default();
-        if !ipam::ipam_type(a).is_empty() {
-            errs.note(ipam::del(a));
-        }
-        let ns = shared::netns_if_any(a);
+        let sel = selector(a)?;
         let h = Handle::new().cni()?;
-        if let Err(e) = driver::detach(&h, &a.ifname, ns.as_ref(), &state_path(a)) {
-            if e.kind() != libnet::Kind::NotFound {
-                errs.note::<()>(Err(CniError::from_kind(e.kind(), &e)));
-            }
-        }
-        errs.finish()
+        let driver = driver::HostDevice {
+            h: &h,
+            sel,
+            state: state_path(a),
+        };
+        shared::detach(a, &driver, &[])
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {

@@ -3,16 +3,17 @@
 //! libnet's ptp driver; the result lists the host end, then the container end (index 1, which
 //! every address belongs to), as the reference's does.
 
-use libnet::driver::bridge::Endpoint;
 use libnet::driver::ptp as driver;
+use libnet::endpoint::filters::Masq;
+use libnet::endpoint::Filter;
 use libnet::netlink::Handle;
-use libnet::HasKind;
+use libnet::nft::Nft;
 use serde::Deserialize;
 
-use super::shared::{self, ReleaseOnError};
+use super::shared::{self, CniIpam};
 use crate::ipam;
 use crate::skel::{Args, CniError, OrCni, Plugin};
-use crate::types::{CniResult, Interface};
+use crate::types::CniResult;
 
 pub struct Ptp;
 
@@ -47,67 +48,28 @@ impl Plugin for Ptp {
         let c = Conf::load(a)?;
         let mac = shared::requested_mac(a, "")?;
         let ns = shared::open_netns(a)?;
-        let mut result = shared::ipam_add(a)?.unwrap_or_default();
-        let release = ReleaseOnError::new(a, true);
         let h = Handle::new().cni()?;
-        let ep = Endpoint {
-            container_id: &a.container_id,
-            ifname: &a.ifname,
-            netns: &ns,
-            mac,
-            ips: shared::ip_confs(&result),
-            routes: shared::route_confs(&result),
+        let driver = driver::Ptp {
+            h: &h,
+            mtu: c.mtu(),
         };
-        let att = driver::attach(&h, c.mtu(), &ep).cni()?;
-        if c.ip_masq {
-            if let Err(e) = crate::masq::ensure(a, &result) {
-                let _ = driver::detach(&h, &a.container_id, &a.ifname, Some(&ns));
-                return Err(e);
-            }
-        }
-        release.disarm();
-        shared::finish_result(
-            a,
-            &mut result,
-            vec![
-                Interface {
-                    name: att.host.name,
-                    mac: att.host.mac,
-                    mtu: c.mtu(),
-                    ..Default::default()
-                },
-                Interface {
-                    name: att.container.name,
-                    mac: att.container.mac,
-                    mtu: c.mtu(),
-                    sandbox: ns.path().display().to_string(),
-                    ..Default::default()
-                },
-            ],
-        );
-        Ok(result)
+        let nft = Nft::new();
+        let masq = Masq { nft: &nft };
+        let filters: &[&dyn Filter] = if c.ip_masq { &[&masq] } else { &[] };
+        shared::attach(a, &ns, mac, CniIpam::new(a), &driver, filters, c.mtu())
     }
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
         let c = Conf::load(a)?;
-        shared::teardown(
-            |errs| {
-                errs.note(ipam::del(a));
-                if c.ip_masq {
-                    errs.note(crate::masq::del(a));
-                }
-            },
-            || {
-                let ns = shared::netns_if_any(a);
-                let h = Handle::new().cni()?;
-                match driver::detach(&h, &a.container_id, &a.ifname, ns.as_ref()) {
-                    Err(e) if e.kind() != libnet::Kind::NotFound => {
-                        Err(CniError::from_kind(e.kind(), &e))
-                    }
-                    _ => Ok(()),
-                }
-            },
-        )
+        let h = Handle::new().cni()?;
+        let driver = driver::Ptp {
+            h: &h,
+            mtu: c.mtu(),
+        };
+        let nft = Nft::new();
+        let masq = Masq { nft: &nft };
+        let filters: &[&dyn Filter] = if c.ip_masq { &[&masq] } else { &[] };
+        shared::detach(a, &driver, filters)
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {

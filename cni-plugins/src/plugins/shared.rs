@@ -1,8 +1,12 @@
-//! Pieces shared by the plugins that hand a link to the container (ptp, macvlan, vlan, dummy,
-//! host-device): opening the namespace, the requested MAC, IPAM results as driver input, the
-//! container interface of a prevResult, and giving addresses back when an ADD fails.
+//! What the interface-making plugins (bridge, ptp, macvlan, vlan, dummy, host-device) share:
+//! the translation of a CNI call into libnet's endpoint lifecycle (the IPAM delegation as its
+//! address source, the request, the rendering of its result) and the small look-ups of their
+//! configuration (namespace, requested MAC, the container interface of a prevResult). The
+//! flow itself (allocate → wire → filters, one undo stack; the tolerant, parallel DEL) is
+//! libnet's, not here.
 
-use libnet::driver::bridge::{IpConf, RouteConf};
+use libnet::driver::{Driver, IpConf, RouteConf};
+use libnet::endpoint::{self, boxed, AddressSource, Addressing, BoxError, Filter, Request};
 use libnet::netlink::link::parse_mac;
 use libnet::netns::NetNs;
 use serde_json::Value;
@@ -43,24 +47,31 @@ pub fn requested_mac(a: &Args, conf_mac: &str) -> Result<Option<[u8; 6]>, CniErr
     }
 }
 
+/// A previous result's addresses as the drivers' CHECK expects them.
 pub fn ip_confs(r: &CniResult) -> Vec<IpConf> {
-    r.ips
-        .iter()
-        .map(|ip| IpConf {
-            addr: ip.address,
-            gateway: ip.gateway,
-        })
-        .collect()
+    addressing(r).ips
 }
 
-pub fn route_confs(r: &CniResult) -> Vec<RouteConf> {
-    r.routes
-        .iter()
-        .map(|r| RouteConf {
-            dst: r.dst,
-            gw: r.gw,
-        })
-        .collect()
+/// An IPAM result as the lifecycle's addressing.
+pub fn addressing(r: &CniResult) -> Addressing {
+    Addressing {
+        ips: r
+            .ips
+            .iter()
+            .map(|ip| IpConf {
+                addr: ip.address,
+                gateway: ip.gateway,
+            })
+            .collect(),
+        routes: r
+            .routes
+            .iter()
+            .map(|r| RouteConf {
+                dst: r.dst,
+                gw: r.gw,
+            })
+            .collect(),
+    }
 }
 
 /// The container-side interface of a previous result: named IFNAME, in a sandbox.
@@ -75,40 +86,134 @@ pub fn prev_result(a: &Args) -> Result<CniResult, CniError> {
         .ok_or_else(|| CniError::config("required prevResult missing"))
 }
 
-/// Run IPAM when the network has one; `None` for a layer-2-only attachment.
-pub fn ipam_add(a: &Args) -> Result<Option<CniResult>, CniError> {
-    if ipam::ipam_type(a).is_empty() {
-        return Ok(None);
-    }
-    let r = ipam::add(a)?;
-    if r.ips.is_empty() {
-        let _ = ipam::del(a);
-        return Err(CniError::config("IPAM plugin returned missing IP config"));
-    }
-    Ok(Some(r))
-}
+/// A plugin's own completion of an IPAM result (the bridge's gateways and default routes).
+pub type Complete<'a> = Box<dyn Fn(&mut CniResult) -> Result<(), CniError> + Send + 'a>;
 
-/// Gives an ADD's addresses back to IPAM unless disarmed.
-pub struct ReleaseOnError<'a> {
+/// CNI's IPAM delegation (`ipam.type`, in-process or exec'd) as the lifecycle's address
+/// source. Without an `ipam` section the endpoint is layer 2 only. The full IPAM result (DNS,
+/// interfaces) is kept for the rendering of the plugin's result.
+pub struct CniIpam<'a> {
     a: &'a Args,
-    armed: bool,
+    complete: Option<Complete<'a>>,
+    pub result: CniResult,
 }
 
-impl ReleaseOnError<'_> {
-    pub fn new(a: &Args, armed: bool) -> ReleaseOnError<'_> {
-        ReleaseOnError { a, armed }
-    }
-    pub fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for ReleaseOnError<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = ipam::del(self.a);
+impl<'a> CniIpam<'a> {
+    pub fn new(a: &'a Args) -> CniIpam<'a> {
+        CniIpam {
+            a,
+            complete: None,
+            result: CniResult::default(),
         }
     }
+
+    /// Complete the IPAM result with `f` before the driver sees it.
+    pub fn completed_by(mut self, f: Complete<'a>) -> CniIpam<'a> {
+        self.complete = Some(f);
+        self
+    }
+
+    pub fn is_layer2(&self) -> bool {
+        ipam::ipam_type(self.a).is_empty()
+    }
+}
+
+impl AddressSource for CniIpam<'_> {
+    fn allocate(&mut self, _: &Request<'_>) -> Result<Addressing, BoxError> {
+        if self.is_layer2() {
+            return Ok(Addressing::default());
+        }
+        let mut r = ipam::add(self.a).map_err(boxed)?;
+        let checked = if r.ips.is_empty() {
+            Err(CniError::config("IPAM plugin returned missing IP config"))
+        } else {
+            self.complete.as_ref().map_or(Ok(()), |f| f(&mut r))
+        };
+        if let Err(e) = checked {
+            // Reserved but refused: given back here, the lifecycle has not registered it yet.
+            if let Err(u) = ipam::del(self.a) {
+                eprintln!("knit: rolling back: could not release the addresses: {u}");
+            }
+            return Err(boxed(e));
+        }
+        let addrs = addressing(&r);
+        self.result = r;
+        Ok(addrs)
+    }
+
+    fn release(&mut self, _: &Request<'_>) -> Result<(), BoxError> {
+        if self.is_layer2() {
+            return Ok(());
+        }
+        ipam::del(self.a).map_err(boxed)
+    }
+}
+
+/// The lifecycle's request for this invocation.
+pub fn request<'a>(a: &'a Args, netns: Option<&'a NetNs>, mac: Option<[u8; 6]>) -> Request<'a> {
+    Request {
+        network: &a.conf.name,
+        container_id: &a.container_id,
+        ifname: &a.ifname,
+        netns,
+        mac,
+    }
+}
+
+/// ADD through the lifecycle, rendered as the plugin's result: the IPAM result with the links
+/// the driver made (shared link, host end, then the container's, which every address belongs
+/// to); `mtu` is reported on the host end and the container's link.
+pub fn attach(
+    a: &Args,
+    ns: &NetNs,
+    mac: Option<[u8; 6]>,
+    mut source: CniIpam<'_>,
+    driver: &dyn Driver,
+    filters: &[&dyn Filter],
+    mtu: Option<u32>,
+) -> Result<CniResult, CniError> {
+    let req = request(a, Some(ns), mac);
+    let att = endpoint::attach(&req, &mut source, driver, filters)?;
+    let w = att.wired;
+    let mut interfaces = Vec::new();
+    if let Some(br) = w.bridge {
+        interfaces.push(Interface {
+            name: br.name,
+            mac: br.mac,
+            ..Default::default()
+        });
+    }
+    if let Some(host) = w.host {
+        interfaces.push(Interface {
+            name: host.name,
+            mac: host.mac,
+            mtu,
+            ..Default::default()
+        });
+    }
+    interfaces.push(Interface {
+        name: w.container.name,
+        mac: w.container.mac,
+        mtu,
+        sandbox: ns.path().display().to_string(),
+        ..Default::default()
+    });
+    let mut result = source.result;
+    finish_result(a, &mut result, interfaces);
+    Ok(result)
+}
+
+/// DEL through the lifecycle: the namespace if it is still there, everything keyed by
+/// (network, container id, ifname).
+pub fn detach(a: &Args, driver: &dyn Driver, filters: &[&dyn Filter]) -> Result<(), CniError> {
+    let ns = netns_if_any(a);
+    let req = request(a, ns.as_ref(), None);
+    Ok(endpoint::detach(
+        &req,
+        &mut CniIpam::new(a),
+        driver,
+        filters,
+    )?)
 }
 
 /// The end of every interface-making ADD: the result names `interfaces`, the last of which is
@@ -138,32 +243,6 @@ impl FirstErr {
     pub fn finish(self) -> Result<(), CniError> {
         self.0.map_or(Ok(()), Err)
     }
-}
-
-/// DEL of an endpoint with a link: the bookkeeping (address release, nftables elements) runs
-/// beside the link deletion. Deleting a link and closing an nf_tables socket after a delete
-/// each wait for an RCU grace period in the kernel (~15 ms here); concurrent waits share one.
-/// Everything is attempted; the first failure (bookkeeping first) is returned.
-pub fn teardown(
-    bookkeeping: impl FnOnce(&mut FirstErr) + Send,
-    link: impl FnOnce() -> Result<(), CniError>,
-) -> Result<(), CniError> {
-    std::thread::scope(|s| {
-        let side = s.spawn(|| {
-            let mut errs = FirstErr::default();
-            bookkeeping(&mut errs);
-            errs
-        });
-        let linked = link();
-        let mut errs = side.join().unwrap_or_else(|_| {
-            FirstErr(Some(CniError::new(
-                crate::skel::ERR_INTERNAL,
-                "DEL: teardown thread panicked",
-            )))
-        });
-        errs.note(linked);
-        errs.finish()
-    })
 }
 
 #[cfg(test)]

@@ -3,64 +3,26 @@
 //! IPAM, libnet's macvlan driver (which makes all three kinds) and builds the result: one
 //! interface, in the sandbox, that every address belongs to.
 
-use libnet::driver::bridge::Endpoint;
-use libnet::driver::macvlan::{self as driver, SubNet};
+use libnet::driver::macvlan::{self as driver, SubLink, SubNet};
 use libnet::netlink::Handle;
-use libnet::HasKind;
 
-use super::shared::{self, ReleaseOnError};
+use super::shared::{self, CniIpam};
 use crate::ipam;
 use crate::skel::{Args, CniError, OrCni};
-use crate::types::{CniResult, Interface};
+use crate::types::CniResult;
 
 pub fn add(a: &Args, net: &SubNet, conf_mac: &str) -> Result<CniResult, CniError> {
     let mac = shared::requested_mac(a, conf_mac)?;
     let ns = shared::open_netns(a)?;
     let h = Handle::new().cni()?;
-    let ipam_result = shared::ipam_add(a)?;
-    let release = ReleaseOnError::new(a, ipam_result.is_some());
-    let mut result = ipam_result.unwrap_or_default();
-    let ep = Endpoint {
-        container_id: &a.container_id,
-        ifname: &a.ifname,
-        netns: &ns,
-        mac,
-        ips: shared::ip_confs(&result),
-        routes: shared::route_confs(&result),
-    };
-    let link = driver::attach(&h, net, &ep).cni()?;
-    release.disarm();
-    shared::finish_result(
-        a,
-        &mut result,
-        vec![Interface {
-            name: link.name,
-            mac: link.mac,
-            mtu: net.mtu,
-            sandbox: ns.path().display().to_string(),
-            ..Default::default()
-        }],
-    );
-    Ok(result)
+    let driver = SubLink::new(&h, net.clone());
+    shared::attach(a, &ns, mac, CniIpam::new(a), &driver, &[], net.mtu)
 }
 
+/// DEL needs no master: only the container's link, by name, if its namespace is still there.
 pub fn del(a: &Args) -> Result<(), CniError> {
-    shared::teardown(
-        |errs| {
-            if !ipam::ipam_type(a).is_empty() {
-                errs.note(ipam::del(a));
-            }
-        },
-        || {
-            let ns = shared::netns_if_any(a);
-            match driver::detach(&a.ifname, ns.as_ref()) {
-                Err(e) if e.kind() != libnet::Kind::NotFound => {
-                    Err(CniError::from_kind(e.kind(), &e))
-                }
-                _ => Ok(()),
-            }
-        },
-    )
+    let h = Handle::new().cni()?;
+    shared::detach(a, &SubLink::for_detach(&h), &[])
 }
 
 pub fn check(a: &Args, net: &SubNet) -> Result<(), CniError> {

@@ -79,6 +79,59 @@ impl Display for CniError {
     }
 }
 
+impl std::error::Error for CniError {}
+
+/// So that a CNI error (an IPAM plugin's, say) can travel through libnet's endpoint lifecycle
+/// and come out unchanged.
+impl HasKind for CniError {
+    fn kind(&self) -> Kind {
+        match self.code {
+            ERR_UNKNOWN_CONTAINER => Kind::NotFound,
+            ERR_TRY_AGAIN => Kind::Transient,
+            ERR_INTERNAL => Kind::Internal,
+            _ => Kind::Invalid,
+        }
+    }
+}
+
+impl From<libnet::endpoint::EndpointError> for CniError {
+    /// A CNI error that travelled through the lifecycle keeps its code; when the lifecycle added
+    /// to it (a step's name, what a rollback could not undo), the message says so too.
+    fn from(e: libnet::endpoint::EndpointError) -> CniError {
+        use libnet::endpoint::Step;
+        let Some(c) = e.cause::<CniError>() else {
+            return CniError::from_kind(e.kind(), e);
+        };
+        let mut msg = match e.step {
+            Step::Allocate | Step::Wire => c.msg.clone(),
+            step => format!("{step}: {}", c.msg),
+        };
+        for u in &e.undo_failures {
+            msg.push_str(&format!("; rolling back, {u}"));
+        }
+        CniError {
+            code: c.code,
+            msg,
+            details: c.details.clone(),
+        }
+    }
+}
+
+impl From<libnet::endpoint::DetachError> for CniError {
+    /// The first failure's code; every failure in the message.
+    fn from(e: libnet::endpoint::DetachError) -> CniError {
+        let msg = e.to_string();
+        let mut errors = e.errors.into_iter();
+        match errors.next() {
+            Some(first) => CniError {
+                msg,
+                ..CniError::from(first)
+            },
+            None => CniError::new(ERR_INTERNAL, "detach failed without an error"),
+        }
+    }
+}
+
 /// `result.cni()?`: turn any libnet error into a spec error by its kind.
 pub trait OrCni<T> {
     fn cni(self) -> Result<T, CniError>;

@@ -11,11 +11,10 @@
 //! Detach deletes the host end of the pair by its derived name (which removes both ends) and
 //! needs nothing from the container; the bridge itself is shared and stays.
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
 
-use super::{host_veth_name, DriverError};
+use super::{host_veth_name, Driver, DriverError, Wired};
+pub use super::{Endpoint, IpConf, LinkRef, RouteConf};
 use crate::netlink::link::IPV4_DEVCONF_ARP_NOTIFY;
 use crate::netlink::{Handle, Link, Route};
 use crate::netns::NetNs;
@@ -36,45 +35,6 @@ pub struct BridgeNet {
     pub enable_dad: bool,
     /// Leave the container's interface down (no addresses then).
     pub disable_container_interface: bool,
-}
-
-/// One address of an endpoint, with the gateway to reach beyond its subnet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpConf {
-    pub addr: IpNet,
-    pub gateway: Option<IpAddr>,
-}
-
-/// A route to install in the container; `gw: None` means the gateway of the same family.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteConf {
-    pub dst: IpNet,
-    pub gw: Option<IpAddr>,
-}
-
-/// What to attach.
-#[derive(Debug)]
-pub struct Endpoint<'a> {
-    pub container_id: &'a str,
-    pub ifname: &'a str,
-    pub netns: &'a NetNs,
-    pub mac: Option<[u8; 6]>,
-    pub ips: Vec<IpConf>,
-    pub routes: Vec<RouteConf>,
-}
-
-/// A link as reported in a CNI result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkRef {
-    pub name: String,
-    pub mac: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Attached {
-    pub bridge: LinkRef,
-    pub host: LinkRef,
-    pub container: LinkRef,
 }
 
 /// Create the bridge if it does not exist; error if the name is taken by another kind of link.
@@ -131,30 +91,55 @@ pub fn random_mac() -> [u8; 6] {
     mac
 }
 
-/// Attach an endpoint. On error everything this call made is removed again.
-pub fn attach(h: &Handle, net: &BridgeNet, ep: &Endpoint<'_>) -> Result<Attached, DriverError> {
+/// The bridge driver over a handle in the host's namespace.
+#[derive(Debug)]
+pub struct Bridge<'h> {
+    pub h: &'h Handle,
+    pub net: BridgeNet,
+}
+
+impl Driver for Bridge<'_> {
+    fn attach<'u>(&'u self, ep: &Endpoint<'_>, undo: &mut Undo<'u>) -> Result<Wired, DriverError> {
+        attach(self.h, &self.net, ep, undo)
+    }
+
+    fn detach(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        netns: Option<&NetNs>,
+    ) -> Result<(), DriverError> {
+        detach(self.h, container_id, ifname, netns)
+    }
+}
+
+/// Steps 1–5 of the module note; every object made is registered on `undo` as it appears.
+fn attach<'h>(
+    h: &'h Handle,
+    net: &BridgeNet,
+    ep: &Endpoint<'_>,
+    undo: &mut Undo<'h>,
+) -> Result<Wired, DriverError> {
     if net.hairpin && net.promisc {
         return Err(DriverError::Invalid(
             "cannot set hairpin mode and promiscuous mode at the same time".into(),
         ));
     }
-    let mut undo = Undo::new();
     let (br, created) = ensure_bridge(h, net)?;
     if created {
         let idx = br.index;
-        undo.push("bridge", move || {
+        undo.push(format!("bridge {}", net.bridge), move || {
             // Only if no other endpoint joined it meanwhile.
-            if let Ok(links) = h.links() {
-                if !links.iter().any(|l| l.master == Some(idx)) {
-                    let _ = h.del_link(idx);
-                }
+            if h.links()?.iter().any(|l| l.master == Some(idx)) {
+                return Ok(());
             }
+            h.del_link(idx)
         });
     }
 
     let host = super::add_endpoint_veth(
         h,
-        &mut undo,
+        undo,
         ep.container_id,
         ep.ifname,
         ep.netns,
@@ -177,16 +162,15 @@ pub fn attach(h: &Handle, net: &BridgeNet, ep: &Endpoint<'_>) -> Result<Attached
     // The bridge's MAC follows its lowest port until set explicitly; read it now.
     let br = h.link_by_index(br.index)?;
     let host = h.link_by_index(host_idx)?;
-    undo.commit();
-    Ok(Attached {
-        bridge: LinkRef {
+    Ok(Wired {
+        bridge: Some(LinkRef {
             name: br.name.clone(),
             mac: br.mac_string(),
-        },
-        host: LinkRef {
+        }),
+        host: Some(LinkRef {
             name: host.name.clone(),
             mac: host.mac_string(),
-        },
+        }),
         container,
     })
 }
@@ -319,10 +303,14 @@ pub struct Expected<'a> {
 }
 
 /// Verify an attachment: the bridge, the host veth as its port, the container's interface with
-/// its MAC, addresses and routes. The first difference is the error.
+/// its MAC, MTU (the network's, when configured), addresses and routes. The first difference
+/// is the error. A missing bridge or host end is drift of the host (`Invalid`), not an unknown
+/// container: only the container's own namespace and interface answer `NotFound`.
 pub fn check(h: &Handle, net: &BridgeNet, want: &Expected<'_>) -> Result<(), DriverError> {
     let drift = |what: String| Err(DriverError::Invalid(what));
-    let br = h.link_by_name(&net.bridge)?;
+    let Some(br) = h.find_link(&net.bridge)? else {
+        return drift(format!("bridge {:?} does not exist", net.bridge));
+    };
     if br.kind.as_deref() != Some("bridge") {
         return drift(format!("{:?} is not a bridge", net.bridge));
     }
@@ -331,10 +319,19 @@ pub fn check(h: &Handle, net: &BridgeNet, want: &Expected<'_>) -> Result<(), Dri
         if host.master != Some(br.index) {
             return drift(format!("{host_name} is not a port of {}", net.bridge));
         }
+        if let Some(mtu) = net.mtu.filter(|m| *m != host.mtu) {
+            return drift(format!("{host_name} has MTU {}, expected {mtu}", host.mtu));
+        }
     }
     want.netns.run_in(|| -> Result<(), DriverError> {
         let c = Handle::new()?;
         let link = c.link_by_name(want.ifname)?;
+        if let Some(mtu) = net.mtu.filter(|m| *m != link.mtu) {
+            return drift(format!(
+                "interface {} has MTU {}, expected {mtu}",
+                want.ifname, link.mtu
+            ));
+        }
         if let Some(mac) = &want.mac {
             if !mac.is_empty() && !mac.eq_ignore_ascii_case(&link.mac_string()) {
                 return drift(format!(

@@ -16,13 +16,14 @@
 //! dies with it; only the state file goes.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::bridge::{Endpoint, LinkRef};
 use super::iface::{self, Want};
 use super::DriverError;
+use super::{Driver, Endpoint, LinkRef, Wired};
 use crate::netlink::link::parse_mac;
 use crate::netlink::{Handle, Link};
 use crate::netns::NetNs;
@@ -165,12 +166,37 @@ fn forget(path: &Path) -> Result<(), DriverError> {
     }
 }
 
-/// Attach the device. On error it is back in the host as it was, and the state file is gone.
-pub fn attach(
-    h: &Handle,
+/// The host-device driver: lends the link `sel` names; DEL's state lives in the file `state`.
+#[derive(Debug)]
+pub struct HostDevice<'h> {
+    pub h: &'h Handle,
+    pub sel: Selector,
+    pub state: PathBuf,
+}
+
+impl Driver for HostDevice<'_> {
+    fn attach<'u>(&'u self, ep: &Endpoint<'_>, undo: &mut Undo<'u>) -> Result<Wired, DriverError> {
+        let container = attach(self.h, &self.sel, ep, &self.state, undo)?;
+        Ok(Wired {
+            bridge: None,
+            host: None,
+            container,
+        })
+    }
+
+    fn detach(&self, _: &str, ifname: &str, netns: Option<&NetNs>) -> Result<(), DriverError> {
+        detach(self.h, ifname, netns, &self.state)
+    }
+}
+
+/// Steps 1–3 of the module note. On error (here or later in the lifecycle) the undo puts the
+/// device back in the host as it was and removes the state file.
+fn attach<'h>(
+    h: &'h Handle,
     sel: &Selector,
     ep: &Endpoint<'_>,
-    state: &Path,
+    state: &'h Path,
+    undo: &mut Undo<'h>,
 ) -> Result<LinkRef, DriverError> {
     let dev = find(h, sel)?;
     let saved = Saved {
@@ -180,28 +206,40 @@ pub fn attach(
         mac: dev.mac_string(),
     };
     let host_ns = NetNs::current()?;
-    let c = Handle::new_in(ep.netns)?;
-    let mut undo = Undo::new();
+    let c = Rc::new(Handle::new_in(ep.netns)?);
     save(state, &saved)?;
-    undo.push("state", || {
-        let _ = forget(state);
+    undo.push(format!("state file {}", state.display()), move || {
+        forget(state)
     });
     h.set_alias(dev.index, &dev.name)?;
-    let s = saved.clone();
-    let (cr, hns, mac) = (&c, &host_ns, dev.mac.clone());
-    undo.push("moved", move || {
+    let (s, cr, ifname, mac) = (
+        saved.clone(),
+        Rc::clone(&c),
+        ep.ifname.to_string(),
+        dev.mac.clone(),
+    );
+    undo.push(format!("host device {} lent", dev.name), move || {
         // Wherever it got to: still in the host, or in the container under either name (an
         // IFNAME the container had before is not ours: the MAC tells them apart).
-        if let Ok(Some(l)) = h.find_link(&s.name) {
-            let _ = restore_on_host(h, l.index, &s);
-            return;
+        if let Some(l) = h.find_link(&s.name)? {
+            return restore_on_host(h, l.index, &s);
         }
-        let ours = [s.name.as_str(), ep.ifname]
-            .iter()
-            .filter_map(|n| cr.find_link(n).ok().flatten())
-            .find(|l| l.mac == mac);
-        if let Some(l) = ours {
-            let _ = move_back(cr, &l, hns, h, &s.name).and_then(|i| restore_on_host(h, i, &s));
+        let mut ours = None;
+        for n in [s.name.as_str(), ifname.as_str()] {
+            if let Some(l) = cr.find_link(n)?.filter(|l| l.mac == mac) {
+                ours = Some(l);
+                break;
+            }
+        }
+        match ours {
+            Some(l) => {
+                let i = move_back(&cr, &l, &host_ns, h, &s.name)?;
+                restore_on_host(h, i, &s)
+            }
+            None => Err(DriverError::Invalid(format!(
+                "{} is neither in the host nor in the container",
+                s.name
+            ))),
         }
     });
     h.set_up(dev.index, false)?;
@@ -218,7 +256,6 @@ pub fn attach(
     }
     iface::configure(&c, link.index, &ep.ips, &ep.routes)?;
     let link = c.link_by_index(link.index)?;
-    undo.commit();
     Ok(LinkRef {
         name: link.name.clone(),
         mac: link.mac_string(),

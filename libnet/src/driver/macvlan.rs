@@ -14,12 +14,13 @@
 //! links die with their namespace.
 
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 
 use ipnet::IpNet;
 
-use super::bridge::{Endpoint, LinkRef};
 use super::iface::{self, Want};
 use super::DriverError;
+use super::{Driver, Endpoint, LinkRef, Wired};
 use crate::netlink::link::{MacvlanMode, NewLink, IPV4_DEVCONF_ARP_NOTIFY};
 use crate::netlink::{Handle, Link};
 use crate::netns::NetNs;
@@ -84,9 +85,52 @@ fn find_master(h: &Handle, c: &Handle, net: &SubNet) -> Result<Option<Link>, Dri
     Ok(Some(master))
 }
 
-/// Attach an endpoint. On error everything this call made is removed again.
-pub fn attach(h: &Handle, net: &SubNet, ep: &Endpoint<'_>) -> Result<LinkRef, DriverError> {
-    let c = Handle::new_in(ep.netns)?;
+/// The driver of links made for one container (macvlan, vlan, dummy). Detaching needs none
+/// of the network's settings (the link is found by name in the container), so a DEL builds it
+/// without them ([`SubLink::for_detach`]) and does not look up a master that may be gone.
+#[derive(Debug)]
+pub struct SubLink<'h> {
+    h: &'h Handle,
+    net: Option<SubNet>,
+}
+
+impl<'h> SubLink<'h> {
+    pub fn new(h: &'h Handle, net: SubNet) -> SubLink<'h> {
+        SubLink { h, net: Some(net) }
+    }
+
+    pub fn for_detach(h: &'h Handle) -> SubLink<'h> {
+        SubLink { h, net: None }
+    }
+}
+
+impl Driver for SubLink<'_> {
+    fn attach<'u>(&'u self, ep: &Endpoint<'_>, undo: &mut Undo<'u>) -> Result<Wired, DriverError> {
+        let net = self.net.as_ref().ok_or_else(|| {
+            DriverError::Invalid("a sub-link is attached only with its network's settings".into())
+        })?;
+        let container = attach(self.h, net, ep, undo)?;
+        Ok(Wired {
+            bridge: None,
+            host: None,
+            container,
+        })
+    }
+
+    fn detach(&self, _: &str, ifname: &str, netns: Option<&NetNs>) -> Result<(), DriverError> {
+        detach(ifname, netns)
+    }
+}
+
+/// Steps 1–3 of the module note. The link is registered on `undo` the moment the kernel made
+/// it, by name in the container (the index is not known yet).
+fn attach(
+    h: &Handle,
+    net: &SubNet,
+    ep: &Endpoint<'_>,
+    undo: &mut Undo<'_>,
+) -> Result<LinkRef, DriverError> {
+    let c = Rc::new(Handle::new_in(ep.netns)?);
     let master = find_master(h, &c, net)?;
     let fd = ep.netns.as_raw_fd();
     let nl = NewLink {
@@ -96,7 +140,7 @@ pub fn attach(h: &Handle, net: &SubNet, ep: &Endpoint<'_>) -> Result<LinkRef, Dr
         // Made by the container's own handle when the master lives there.
         netns_fd: (!net.master_in_container).then_some(fd),
     };
-    let maker = if net.master_in_container { &c } else { h };
+    let maker = if net.master_in_container { &*c } else { h };
     let parent = master.as_ref().map(|m| m.index).unwrap_or_default();
     let made = match net.kind {
         SubKind::Macvlan(mode) => maker.add_macvlan(&nl, parent, mode),
@@ -112,17 +156,16 @@ pub fn attach(h: &Handle, net: &SubNet, ep: &Endpoint<'_>) -> Result<LinkRef, Dr
         }
         return Err(e.into());
     }
-    let mut undo = Undo::new();
+    let (cr, name) = (Rc::clone(&c), ep.ifname.to_string());
+    undo.push(
+        format!("{} {} in the container", net.kind.kernel_kind(), ep.ifname),
+        move || cr.del_link_by_name(&name),
+    );
     let link = c.link_by_name(ep.ifname)?;
     let idx = link.index;
-    let cr = &c;
-    undo.push("link", move || {
-        let _ = cr.del_link(idx);
-    });
     // arp_notify as the reference sets it (it leaves IPv6's ndisc_notify alone), over netlink.
     let _ = c.set_ipv4_devconf(idx, IPV4_DEVCONF_ARP_NOTIFY, 1);
     iface::configure(&c, idx, &ep.ips, &ep.routes)?;
-    undo.commit();
     Ok(LinkRef {
         name: link.name.clone(),
         mac: link.mac_string(),

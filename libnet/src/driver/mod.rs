@@ -9,7 +9,10 @@ pub mod macvlan;
 pub mod ptp;
 
 use std::fmt::Write;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
+
+use ipnet::IpNet;
 
 use crate::error::{HasKind, Kind};
 use crate::netlink::{Handle, Link, NetlinkError, VethPeer};
@@ -48,6 +51,64 @@ impl HasKind for DriverError {
             DriverError::State { source, .. } => HasKind::kind(source),
         }
     }
+}
+
+/// One address of an endpoint, with the gateway to reach beyond its subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpConf {
+    pub addr: IpNet,
+    pub gateway: Option<IpAddr>,
+}
+
+/// A route to install in the container; `gw: None` means the gateway of the same family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConf {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+}
+
+/// What to attach.
+#[derive(Debug)]
+pub struct Endpoint<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub netns: &'a NetNs,
+    pub mac: Option<[u8; 6]>,
+    pub ips: Vec<IpConf>,
+    pub routes: Vec<RouteConf>,
+}
+
+/// A link as reported in a CNI result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRef {
+    pub name: String,
+    pub mac: String,
+}
+
+/// What a driver made for an endpoint, in the order a CNI result lists interfaces: the shared
+/// link (a bridge), the host end, then the container's link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wired {
+    pub bridge: Option<LinkRef>,
+    pub host: Option<LinkRef>,
+    pub container: LinkRef,
+}
+
+/// A network type's kernel wiring. The endpoint lifecycle ([`crate::endpoint`]) is its only
+/// caller: it decides the addresses first and owns the undo stack the driver pushes onto.
+pub trait Driver {
+    /// Wire an endpoint whose addresses are decided. Every object is registered on `undo` the
+    /// moment it exists, so a failure at any later step (here or in the lifecycle) removes it.
+    fn attach<'u>(&'u self, ep: &Endpoint<'_>, undo: &mut Undo<'u>) -> Result<Wired, DriverError>;
+
+    /// Remove what `attach` made. Tolerant: what is already gone is success, and `netns` is
+    /// `None` when the container's namespace is gone (everything must still go that can).
+    fn detach(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        netns: Option<&NetNs>,
+    ) -> Result<(), DriverError>;
 }
 
 /// The host-side veth name of an endpoint: derived from (container id, ifname) so that DEL finds
@@ -93,12 +154,13 @@ pub(crate) fn add_endpoint_veth<'h>(
         }
         return Err(e.into());
     }
-    let host = h.link_by_name(&host_name)?;
-    let idx = host.index;
-    undo.push("veth", move || {
-        let _ = h.del_link(idx);
+    // The pair exists from here on: its removal is registered before anything else can fail
+    // (by name: the look-up below is such a thing).
+    let name = host_name.clone();
+    undo.push(format!("veth {host_name}"), move || {
+        h.del_link_by_name(&name)
     });
-    Ok(host)
+    Ok(h.link_by_name(&host_name)?)
 }
 
 #[cfg(test)]

@@ -17,19 +17,13 @@
 
 use ipnet::IpNet;
 
-use super::bridge::{Endpoint, IpConf, LinkRef};
 use super::iface::{self, Want};
 use super::{host_veth_name, DriverError};
+use super::{Driver, Endpoint, IpConf, LinkRef, Wired};
 use crate::netlink::{Handle, Link, Route, RouteScope};
 use crate::netns::NetNs;
 use crate::sysctl;
 use crate::undo::Undo;
-
-#[derive(Debug, Clone)]
-pub struct Attached {
-    pub host: LinkRef,
-    pub container: LinkRef,
-}
 
 /// The gateway address as the host end carries it: a host route's length.
 fn gw_host_net(ip: &IpConf) -> Result<IpNet, DriverError> {
@@ -42,8 +36,36 @@ fn gw_host_net(ip: &IpConf) -> Result<IpNet, DriverError> {
     Ok(IpNet::from(gw))
 }
 
-/// Attach an endpoint. On error everything this call made is removed again.
-pub fn attach(h: &Handle, mtu: Option<u32>, ep: &Endpoint<'_>) -> Result<Attached, DriverError> {
+/// The ptp driver over a handle in the host's namespace.
+#[derive(Debug)]
+pub struct Ptp<'h> {
+    pub h: &'h Handle,
+    pub mtu: Option<u32>,
+}
+
+impl Driver for Ptp<'_> {
+    fn attach<'u>(&'u self, ep: &Endpoint<'_>, undo: &mut Undo<'u>) -> Result<Wired, DriverError> {
+        attach(self.h, self.mtu, ep, undo)
+    }
+
+    fn detach(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        netns: Option<&NetNs>,
+    ) -> Result<(), DriverError> {
+        super::bridge::detach(self.h, container_id, ifname, netns)
+    }
+}
+
+/// Steps 1–3 of the module note; the pair is registered on `undo` as soon as it exists (the
+/// host addresses and routes hang off it and go with it).
+fn attach<'h>(
+    h: &'h Handle,
+    mtu: Option<u32>,
+    ep: &Endpoint<'_>,
+    undo: &mut Undo<'h>,
+) -> Result<Wired, DriverError> {
     if ep.ips.is_empty() {
         return Err(DriverError::Invalid(
             "ptp needs at least one address".into(),
@@ -52,16 +74,8 @@ pub fn attach(h: &Handle, mtu: Option<u32>, ep: &Endpoint<'_>) -> Result<Attache
     for ip in &ep.ips {
         gw_host_net(ip)?;
     }
-    let mut undo = Undo::new();
-    let host = super::add_endpoint_veth(
-        h,
-        &mut undo,
-        ep.container_id,
-        ep.ifname,
-        ep.netns,
-        ep.mac,
-        mtu,
-    )?;
+    let host =
+        super::add_endpoint_veth(h, undo, ep.container_id, ep.ifname, ep.netns, ep.mac, mtu)?;
     let host_idx = host.index;
     h.set_up(host_idx, true)?;
 
@@ -89,12 +103,12 @@ pub fn attach(h: &Handle, mtu: Option<u32>, ep: &Endpoint<'_>) -> Result<Attache
         sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
     }
     let host = h.link_by_index(host_idx)?;
-    undo.commit();
-    Ok(Attached {
-        host: LinkRef {
+    Ok(Wired {
+        bridge: None,
+        host: Some(LinkRef {
             name: host.name.clone(),
             mac: host.mac_string(),
-        },
+        }),
         container,
     })
 }
@@ -128,16 +142,6 @@ fn configure_container(c: &Handle, ep: &Endpoint<'_>) -> Result<LinkRef, DriverE
         name: link.name.clone(),
         mac: link.mac_string(),
     })
-}
-
-/// Detach an endpoint: tolerant, needs no namespace (see the module note).
-pub fn detach(
-    h: &Handle,
-    container_id: &str,
-    ifname: &str,
-    netns: Option<&NetNs>,
-) -> Result<(), DriverError> {
-    super::bridge::detach(h, container_id, ifname, netns)
 }
 
 /// What CHECK expects, from the previous result.
