@@ -1,5 +1,6 @@
-//! The bridge plugin's `ipMasq`, through libnet's nftables layer. Keyed by (network, container
-//! id, ifname), so DEL needs neither the container's namespace nor a prevResult.
+//! The nftables attachment identity of a CNI call (network, container id, ifname), shared by
+//! ipMasq, macspoofchk, portmap and firewall, and the CHECK and GC of ipMasq. ADD and DEL of
+//! ipMasq are the lifecycle's filter (`libnet::endpoint::filters::Masq`).
 
 use libnet::nft::{Attachment, Nft};
 
@@ -16,17 +17,6 @@ pub fn valid_attachments(a: &Args) -> Vec<Attachment> {
         .iter()
         .map(|(cid, ifname)| Attachment::new(&a.conf.name, cid, ifname))
         .collect()
-}
-
-pub fn ensure(a: &Args, r: &CniResult) -> Result<(), CniError> {
-    let ips: Vec<_> = r.ips.iter().map(|ip| ip.address).collect();
-    Nft::new()
-        .ensure_masq(&attachment(a), &ips)
-        .cni_ctx("ipMasq")
-}
-
-pub fn del(a: &Args) -> Result<(), CniError> {
-    Nft::new().del_masq(&attachment(a)).cni_ctx("ipMasq")
 }
 
 pub fn check(a: &Args, prev: &CniResult) -> Result<(), CniError> {

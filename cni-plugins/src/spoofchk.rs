@@ -1,7 +1,7 @@
 //! The bridge plugin's `macspoofchk`, through libnet's nftables layer (`table bridge knit`):
 //! frames entering the bridge from the container's host-side veth must carry the container
-//! interface's MAC. Keyed by (network, container id, ifname) like ipMasq, so DEL needs neither
-//! the container's namespace nor a prevResult.
+//! interface's MAC. ADD and DEL are the lifecycle's filter
+//! (`libnet::endpoint::filters::SpoofCheck`); this is its CHECK against a prevResult.
 
 use libnet::netlink::link::parse_mac;
 use libnet::nft::Nft;
@@ -12,19 +12,6 @@ use crate::types::CniResult;
 
 fn mac(s: &str) -> Result<[u8; 6], CniError> {
     parse_mac(s).ok_or_else(|| CniError::config(format!("macspoofchk: invalid MAC {s:?}")))
-}
-
-/// Allow only `container_mac` from host port `host_port`.
-pub fn ensure(a: &Args, host_port: &str, container_mac: &str) -> Result<(), CniError> {
-    Nft::new()
-        .ensure_spoofchk(&attachment(a), host_port, mac(container_mac)?)
-        .cni_ctx("macspoofchk")
-}
-
-pub fn del(a: &Args) -> Result<(), CniError> {
-    Nft::new()
-        .del_spoofchk(&attachment(a))
-        .cni_ctx("macspoofchk")
 }
 
 /// The host port and container MAC of a bridge result: the container interface is `ifname`

@@ -207,3 +207,36 @@ fn gc_recovers_what_a_crashed_runtime_leaked() {
     }
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn bridge_check_sees_a_changed_mtu_and_a_missing_bridge_is_no_unknown_container() {
+    let (host, ctr) = (scratch("h"), scratch("c"));
+    let mut conf = bridge_conf("kbr21");
+    conf["mtu"] = json!(1400);
+    let netns = ctr.path().display().to_string();
+    let (code, res) = call(&host, "bridge", "ADD", "ctrm", &netns, &conf);
+    assert_eq!(code, 0, "{res}");
+    let checked = common::with_prev(&conf, &res);
+    let (code, out) = call(&host, "bridge", "CHECK", "ctrm", &netns, &checked);
+    assert_eq!(code, 0, "{out}");
+
+    // The container's interface gets another MTU: CHECK says so.
+    let c = Handle::new_in(&ctr).unwrap();
+    let eth0 = c.link_by_name("eth0").unwrap();
+    assert_eq!(eth0.mtu, 1400);
+    common::ip(&ctr, &["link", "set", "eth0", "mtu", "1300"]);
+    let (code, out) = call(&host, "bridge", "CHECK", "ctrm", &netns, &checked);
+    assert_eq!((code, out["code"].as_u64()), (1, Some(7)), "{out}");
+    assert!(out["msg"].as_str().unwrap().contains("MTU 1300"), "{out}");
+    common::ip(&ctr, &["link", "set", "eth0", "mtu", "1400"]);
+
+    // The bridge is gone: drift of the host (code 7), not "unknown container" (code 3, which
+    // tells a runtime that no cleanup is needed).
+    common::ip(&host, &["link", "del", "kbr21"]);
+    let (code, out) = call(&host, "bridge", "CHECK", "ctrm", &netns, &checked);
+    assert_eq!((code, out["code"].as_u64()), (1, Some(7)), "{out}");
+    assert!(out["msg"].as_str().unwrap().contains("kbr21"), "{out}");
+
+    let (code, out) = call(&host, "bridge", "DEL", "ctrm", &netns, &checked);
+    assert_eq!(code, 0, "{out}");
+}
