@@ -1,7 +1,7 @@
 //! The bridge plugin's `ipMasq`, through libnet's nftables layer. Keyed by (network, container
 //! id, ifname), so DEL needs neither the container's namespace nor a prevResult.
 
-use libnet::nft::{Attachment, Nft};
+use libnet::nft::Attachment;
 
 use crate::skel::{Args, CniError, OrCni};
 use crate::types::CniResult;
@@ -20,25 +20,21 @@ pub fn valid_attachments(a: &Args) -> Vec<Attachment> {
 
 pub fn ensure(a: &Args, r: &CniResult) -> Result<(), CniError> {
     let ips: Vec<_> = r.ips.iter().map(|ip| ip.address).collect();
-    Nft::new()
-        .ensure_masq(&attachment(a), &ips)
-        .cni_ctx("ipMasq")
+    a.nft().ensure_masq(&attachment(a), &ips).cni_ctx("ipMasq")
 }
 
 pub fn del(a: &Args) -> Result<(), CniError> {
-    Nft::new().del_masq(&attachment(a)).cni_ctx("ipMasq")
+    a.nft().del_masq(&attachment(a)).cni_ctx("ipMasq")
 }
 
 pub fn check(a: &Args, prev: &CniResult) -> Result<(), CniError> {
     let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address).collect();
-    Nft::new()
-        .check_masq(&attachment(a), &ips)
-        .cni_ctx("ipMasq")
+    a.nft().check_masq(&attachment(a), &ips).cni_ctx("ipMasq")
 }
 
 /// GC of this network's nftables state (every feature) for attachments not in the valid list.
 pub fn gc(a: &Args) -> Result<(), CniError> {
-    Nft::new()
+    a.nft()
         .gc(&a.conf.name, &valid_attachments(a))
         .cni_ctx("GC of nftables state")
 }

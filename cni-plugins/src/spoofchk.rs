@@ -4,7 +4,6 @@
 //! the container's namespace nor a prevResult.
 
 use libnet::netlink::link::parse_mac;
-use libnet::nft::Nft;
 
 use crate::masq::attachment;
 use crate::skel::{Args, CniError, OrCni};
@@ -16,15 +15,13 @@ fn mac(s: &str) -> Result<[u8; 6], CniError> {
 
 /// Allow only `container_mac` from host port `host_port`.
 pub fn ensure(a: &Args, host_port: &str, container_mac: &str) -> Result<(), CniError> {
-    Nft::new()
+    a.nft()
         .ensure_spoofchk(&attachment(a), host_port, mac(container_mac)?)
         .cni_ctx("macspoofchk")
 }
 
 pub fn del(a: &Args) -> Result<(), CniError> {
-    Nft::new()
-        .del_spoofchk(&attachment(a))
-        .cni_ctx("macspoofchk")
+    a.nft().del_spoofchk(&attachment(a)).cni_ctx("macspoofchk")
 }
 
 /// The host port and container MAC of a bridge result: the container interface is `ifname`
@@ -45,7 +42,7 @@ pub fn check(a: &Args, prev: &CniResult, bridge: &str) -> Result<(), CniError> {
     let (port, m) = port_and_mac(a, prev, bridge).ok_or_else(|| {
         CniError::config("macspoofchk: prevResult lacks the host or container interface")
     })?;
-    Nft::new()
+    a.nft()
         .check_spoofchk(&attachment(a), port, mac(m)?)
         .cni_ctx("macspoofchk")
 }
