@@ -325,7 +325,11 @@ fn dispatch(plugin: &dyn Plugin, a: &Args) -> Result<Option<Value>, CniError> {
             need("1.1.0", "GC")?;
             plugin.gc(a).map(|()| None)
         }
-        Command::Version => unreachable!("handled before dispatch"),
+        // Answered by `run` before dispatch; an error rather than an abort all the same.
+        Command::Version => Err(CniError::new(
+            ERR_INTERNAL,
+            "VERSION reached the plugin dispatch",
+        )),
     }
 }
 

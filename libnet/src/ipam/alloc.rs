@@ -186,11 +186,18 @@ fn allocate_in_set<L: LockedStore>(
     let set = &pool.set;
     let found = |ri: usize, ip: IpAddr| {
         let r = &set.0[ri];
-        Allocation {
-            address: IpNet::new(ip, r.subnet.prefix_len()).expect("prefix from a valid subnet"),
+        // Cannot fail (the range holds `ip`, so the families agree), but never aborts either.
+        let address = IpNet::new(ip, r.subnet.prefix_len()).map_err(|_| {
+            IpamError::config(
+                format!("ranges[{index}]"),
+                format!("{ip} does not fit subnet {}", r.subnet),
+            )
+        })?;
+        Ok(Allocation {
+            address,
             gateway: Some(r.gateway),
             range_set: index,
-        }
+        })
     };
     if let Some(ip) = wanted {
         // Assigned to this set by containment, so some range holds it.
@@ -210,12 +217,12 @@ fn allocate_in_set<L: LockedStore>(
                 range_set: pool.whole.to_string(),
             });
         }
-        return Ok(found(ri, ip));
+        return found(ri, ip);
     }
     let last = s.last_reserved(index).unwrap_or(None);
     for (ri, ip) in set.candidates(last) {
         if s.reserve(id, ifname, ip, index)? {
-            return Ok(found(ri, ip));
+            return found(ri, ip);
         }
     }
     Err(match pool.block {

@@ -246,8 +246,9 @@ impl RangeSet {
         self.0.iter().any(|a| o.0.iter().any(|b| a.overlaps(b)))
     }
 
+    /// The family of the set (canonicalised sets are never empty; an empty one says IPv4).
     pub fn is_ipv4(&self) -> bool {
-        self.0[0].subnet.addr().is_ipv4()
+        self.0.first().is_none_or(|r| r.subnet.addr().is_ipv4())
     }
 
     /// The part of the set inside `block` (e.g. a /26 a host leased from the network's /16):
@@ -278,13 +279,13 @@ impl RangeSet {
     /// end of one range to the start of the next.
     pub fn candidates(&self, last: Option<IpAddr>) -> Candidates<'_> {
         let first = match last.and_then(|l| self.position(l)) {
-            Some(p) => self.advance(p),
-            None => (0, self.0[0].start()),
+            Some(p) => Some(self.advance(p)),
+            None => self.0.first().map(|r| (0, r.start())),
         };
         Candidates {
             set: self,
-            next: Some(first),
-            first,
+            next: first,
+            first: first.unwrap_or_default(),
         }
     }
 
@@ -441,6 +442,15 @@ mod tests {
         )]);
         let all: Vec<_> = s.candidates(None).map(|c| c.1.to_string()).collect();
         assert_eq!(all, ["10.244.0.2"]);
+    }
+
+    #[test]
+    fn an_empty_set_has_no_candidates() {
+        // Only a hand-built set can be empty (the field is public): walking it must not panic.
+        let empty = RangeSet(Vec::new());
+        assert_eq!(empty.candidates(None).count(), 0);
+        assert_eq!(empty.candidates(Some(ip("10.0.0.1"))).count(), 0);
+        assert!(!empty.contains(ip("10.0.0.1")));
     }
 
     #[test]
