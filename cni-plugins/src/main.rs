@@ -6,14 +6,18 @@ use std::path::Path;
 use cni_plugins::{plugins, skel};
 
 fn main() {
-    let mut argv = std::env::args();
+    // args_os: `args` panics (an abort here) on an argument that is not UTF-8.
+    let mut argv = std::env::args_os();
     let arg0 = argv.next().unwrap_or_default();
     let mut name = Path::new(&arg0)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if name == "knit-cni" {
-        name = argv.next().unwrap_or_default();
+        name = argv
+            .next()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name == "--list" {
             // `make build` links the binary under each of these names.
             println!("{}", plugins::NAMES.join("\n"));

@@ -2,7 +2,7 @@
 //! ipMasq, macspoofchk, portmap and firewall, and the CHECK and GC of ipMasq. ADD and DEL of
 //! ipMasq are the lifecycle's filter (`libnet::endpoint::filters::Masq`).
 
-use libnet::nft::{Attachment, Nft};
+use libnet::nft::Attachment;
 
 use crate::skel::{Args, CniError, OrCni};
 use crate::types::CniResult;
@@ -21,14 +21,12 @@ pub fn valid_attachments(a: &Args) -> Vec<Attachment> {
 
 pub fn check(a: &Args, prev: &CniResult) -> Result<(), CniError> {
     let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address).collect();
-    Nft::new()
-        .check_masq(&attachment(a), &ips)
-        .cni_ctx("ipMasq")
+    a.nft().check_masq(&attachment(a), &ips).cni_ctx("ipMasq")
 }
 
 /// GC of this network's nftables state (every feature) for attachments not in the valid list.
 pub fn gc(a: &Args) -> Result<(), CniError> {
-    Nft::new()
+    a.nft()
         .gc(&a.conf.name, &valid_attachments(a))
         .cni_ctx("GC of nftables state")
 }

@@ -4,7 +4,6 @@
 //! (`libnet::endpoint::filters::SpoofCheck`); this is its CHECK against a prevResult.
 
 use libnet::netlink::link::parse_mac;
-use libnet::nft::Nft;
 
 use crate::masq::attachment;
 use crate::skel::{Args, CniError, OrCni};
@@ -32,7 +31,7 @@ pub fn check(a: &Args, prev: &CniResult, bridge: &str) -> Result<(), CniError> {
     let (port, m) = port_and_mac(a, prev, bridge).ok_or_else(|| {
         CniError::config("macspoofchk: prevResult lacks the host or container interface")
     })?;
-    Nft::new()
+    a.nft()
         .check_spoofchk(&attachment(a), port, mac(m)?)
         .cni_ctx("macspoofchk")
 }

@@ -149,6 +149,73 @@ fn loopback_up_and_down() {
     assert!(!c.link_by_name("lo").unwrap().is_up());
 }
 
+/// Runtimes may pass `CNI_IFNAME=eth0` to loopback: the reference 1.1.1 ignores the name and
+/// works on `lo`, its result naming `lo`. knit answers the same, verb for verb and version for
+/// version (1.1.0 is knit's alone: the reference 1.1.1 does not speak it).
+#[test]
+fn loopback_ignores_ifname_like_the_reference() {
+    let host = scratch("h");
+    let lo_up = |ctr: &ScratchNs| {
+        Handle::new_in(ctr)
+            .unwrap()
+            .link_by_name("lo")
+            .unwrap()
+            .is_up()
+    };
+    for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] {
+        let ctr = scratch("c");
+        let netns = ctr.path().display().to_string();
+        let conf = json!({"cniVersion": v, "name": "knt-lo", "type": "loopback"});
+        let knit = |cmd| call_if(&host, "loopback", cmd, "c", &netns, "eth0", &conf);
+        let reference = |cmd| common::reference(&host, "loopback", cmd, "c", &netns, &conf);
+
+        let (ok, want) = reference("ADD");
+        assert!(ok, "reference ADD {v}: {want}");
+        assert!(lo_up(&ctr));
+        assert!(reference("DEL").0, "reference DEL {v}");
+        assert!(!lo_up(&ctr));
+
+        let (code, mut got) = knit("ADD");
+        assert_eq!(code, 0, "{v}: {got}");
+        // The one known difference: before 1.0.0 the spec requires `version` in each of
+        // `ips` and knit writes it; the reference's loopback leaves it out.
+        if v != "1.0.0" {
+            for (ipc, fam) in got["ips"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .zip(["4", "6"])
+            {
+                let obj = ipc.as_object_mut().unwrap();
+                assert_eq!(obj.remove("version"), Some(json!(fam)), "{v}");
+            }
+        }
+        assert_eq!(got, want, "ADD {v}: knit vs reference");
+        assert_eq!(got["interfaces"][0]["name"], "lo", "{got}");
+        assert!(lo_up(&ctr), "{v}: lo is up after ADD");
+        let check_ok = v != "0.3.0" && v != "0.3.1";
+        assert_eq!(knit("CHECK").0 == 0, check_ok, "CHECK {v}");
+        assert_eq!(reference("CHECK").0, check_ok, "reference CHECK {v}");
+
+        assert_eq!(knit("DEL").0, 0, "DEL {v}");
+        assert!(!lo_up(&ctr), "{v}: lo is down after DEL");
+        assert!(links(&ctr).iter().all(|l| l == "lo"), "{:?}", links(&ctr));
+        if check_ok {
+            let (code, out) = knit("CHECK");
+            assert_eq!(code, 1, "{out}");
+            assert_eq!(out["msg"], "loopback interface is down", "{out}");
+            assert!(!reference("CHECK").0, "the reference's CHECK fails too");
+        }
+    }
+    let ctr = scratch("c");
+    let netns = ctr.path().display().to_string();
+    let conf = json!({"cniVersion": "1.1.0", "name": "knt-lo", "type": "loopback"});
+    let (code, out) = call_if(&host, "loopback", "ADD", "c", &netns, "net1", &conf);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["interfaces"][0]["name"], "lo", "{out}");
+    assert!(lo_up(&ctr));
+}
+
 /// A runtime crashed: three attachments were added, it remembers one. GC with that one valid
 /// releases the other two's addresses and nftables elements and leaves the valid one alone.
 #[test]

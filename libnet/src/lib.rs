@@ -8,7 +8,9 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod state;
 pub mod sysctl;
 pub mod undo;
 
 pub use error::{HasKind, Kind};
+pub use state::{StateRoot, DEFAULT_STATE_ROOT};

@@ -178,7 +178,7 @@ impl Plugin for Bridge {
             h: &h,
             net: c.net(),
         };
-        let nft = Nft::new();
+        let nft = a.nft();
         let filters = c.filters(&nft);
         shared::attach(a, &ns, mac, source, &driver, &refs(&filters), None)
     }
@@ -190,7 +190,7 @@ impl Plugin for Bridge {
             h: &h,
             net: c.net(),
         };
-        let nft = Nft::new();
+        let nft = a.nft();
         let filters = c.filters(&nft);
         shared::detach(a, &driver, &refs(&filters))
     }

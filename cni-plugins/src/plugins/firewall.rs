@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use libnet::nft::{IngressPolicy, Nft};
+use libnet::nft::IngressPolicy;
 use serde::Deserialize;
 
 use crate::masq::attachment;
@@ -66,7 +66,7 @@ impl Plugin for Firewall {
     fn add(&self, a: &Args) -> Result<CniResult, CniError> {
         let policy = load(a)?;
         let (prev, t) = target(a)?;
-        Nft::new()
+        a.nft()
             .ensure_firewall(&attachment(a), &t.bridge, &t.ips, policy)
             .cni_ctx("firewall")?;
         Ok(prev)
@@ -74,13 +74,13 @@ impl Plugin for Firewall {
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
         load(a)?;
-        Nft::new().del_firewall(&attachment(a)).cni_ctx("firewall")
+        a.nft().del_firewall(&attachment(a)).cni_ctx("firewall")
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {
         let policy = load(a)?;
         let (_, t) = target(a)?;
-        Nft::new()
+        a.nft()
             .check_firewall(&attachment(a), &t.bridge, &t.ips, policy)
             .cni_ctx("firewall")
     }

@@ -4,7 +4,7 @@
 //! (or `runtimeConfig.deviceID`, a PCI address, as device plugins pass it); IPAM optional.
 //!
 //! What DEL needs is kept in a state file keyed by container id and ifname
-//! (`$KNIT_STATE_DIR/host-device/`, default `/run/cni/knit/host-device/`), and the original
+//! (`host-device/` under the call's state root, default `/run/cni/knit/host-device/`), and the original
 //! name also in the link's alias, as the reference keeps it.
 
 use std::path::PathBuf;
@@ -20,8 +20,6 @@ use crate::skel::{Args, CniError, OrCni, Plugin};
 use crate::types::CniResult;
 
 pub struct HostDevice;
-
-const DEFAULT_STATE_DIR: &str = "/run/cni/knit";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -54,12 +52,10 @@ fn selector(a: &Args) -> Result<Selector, CniError> {
 
 /// Where DEL finds what to restore: one file per (container id, ifname).
 fn state_path(a: &Args) -> PathBuf {
-    let base = std::env::var_os("KNIT_STATE_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     // Both parts are validated identifiers (skel): no '/' can escape the directory.
-    base.join("host-device")
+    a.ctx
+        .state
+        .host_device()
         .join(format!("{}-{}", a.container_id, a.ifname))
 }
 

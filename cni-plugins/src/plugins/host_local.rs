@@ -50,7 +50,9 @@ impl Plugin for HostLocal {
             .cni_ctx("host-local")?;
         // Made durable beside the caller's kernel work; the answer waits for it.
         let unsynced = st.take_unsynced();
-        crate::durable::defer(move || unsynced.sync().cni_ctx("host-local"));
+        a.ctx
+            .deferred
+            .defer(move || unsynced.sync().cni_ctx("host-local"));
         Ok(CniResult {
             ips: allocs
                 .into_iter()

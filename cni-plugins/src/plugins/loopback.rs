@@ -1,6 +1,7 @@
-//! `loopback`: bring the loopback link (`CNI_IFNAME`, normally `lo`) up in the container
-//! (`ip -n CTR link set lo up`), down again on DEL. As in the reference, a `prevResult` passes
-//! through unchanged; otherwise the result names the link and its first v4 and v6 address.
+//! `loopback`: bring the loopback link up in the container (`ip -n CTR link set lo up`), down
+//! again on DEL. As in the reference, `CNI_IFNAME` is ignored (a runtime may pass `eth0`): the
+//! link is always `lo`. A `prevResult` passes through unchanged; otherwise the result names
+//! `lo` and its first v4 and v6 address.
 
 use libnet::netlink::Handle;
 use libnet::netns::NetNs;
@@ -9,6 +10,9 @@ use crate::skel::{Args, CniError, OrCni, Plugin};
 use crate::types::{CniResult, Interface, IpConfig};
 
 pub struct Loopback;
+
+/// The only link this plugin touches, whatever `CNI_IFNAME` says (as the reference).
+const LO: &str = "lo";
 
 fn in_netns<T: Send>(
     a: &Args,
@@ -30,7 +34,7 @@ fn in_netns<T: Send>(
 impl Plugin for Loopback {
     fn add(&self, a: &Args) -> Result<CniResult, CniError> {
         let addrs = in_netns(a, |h| {
-            let lo = h.link_by_name(&a.ifname).cni()?;
+            let lo = h.link_by_name(LO).cni()?;
             h.set_up(lo.index, true).cni()?;
             h.addrs(lo.index).cni()
         })?
@@ -42,7 +46,7 @@ impl Plugin for Loopback {
         let first = |v4: bool| addrs.iter().find(|ad| ad.net.addr().is_ipv4() == v4);
         Ok(CniResult {
             interfaces: vec![Interface {
-                name: a.ifname.clone(),
+                name: LO.into(),
                 mac: "00:00:00:00:00:00".into(),
                 sandbox: sandbox.unwrap_or_default(),
                 ..Default::default()
@@ -61,7 +65,7 @@ impl Plugin for Loopback {
     }
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
-        in_netns(a, |h| match h.find_link(&a.ifname).cni()? {
+        in_netns(a, |h| match h.find_link(LO).cni()? {
             Some(lo) => h.set_up(lo.index, false).cni(),
             None => Ok(()),
         })?;
@@ -70,7 +74,7 @@ impl Plugin for Loopback {
 
     fn check(&self, a: &Args) -> Result<(), CniError> {
         in_netns(a, |h| {
-            let lo = h.link_by_name(&a.ifname).cni()?;
+            let lo = h.link_by_name(LO).cni()?;
             if lo.is_up() {
                 Ok(())
             } else {

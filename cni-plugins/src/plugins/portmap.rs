@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use libnet::nft::{route_localnet_key, Nft, PortMapping, RawPortMapping};
+use libnet::nft::{route_localnet_key, PortMapping, RawPortMapping};
 use libnet::sysctl;
 use serde::Deserialize;
 
@@ -82,7 +82,7 @@ impl Plugin for Portmap {
                     .cni_ctx("portmap: enabling route_localnet")?;
             }
         }
-        Nft::new()
+        a.nft()
             .ensure_portmap(&attachment(a), &l.maps, &ips)
             .cni_ctx("portmap")?;
         Ok(prev)
@@ -90,7 +90,7 @@ impl Plugin for Portmap {
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
         load(a)?;
-        Nft::new().del_portmap(&attachment(a)).cni_ctx("portmap")
+        a.nft().del_portmap(&attachment(a)).cni_ctx("portmap")
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {
@@ -99,7 +99,7 @@ impl Plugin for Portmap {
         if l.maps.is_empty() {
             return Ok(());
         }
-        Nft::new()
+        a.nft()
             .check_portmap(&attachment(a), &l.maps, &container_ips(&prev))
             .cni_ctx("portmap")
     }

@@ -7,7 +7,6 @@ use libnet::driver::ptp as driver;
 use libnet::endpoint::filters::Masq;
 use libnet::endpoint::Filter;
 use libnet::netlink::Handle;
-use libnet::nft::Nft;
 use serde::Deserialize;
 
 use super::shared::{self, CniIpam};
@@ -53,7 +52,7 @@ impl Plugin for Ptp {
             h: &h,
             mtu: c.mtu(),
         };
-        let nft = Nft::new();
+        let nft = a.nft();
         let masq = Masq { nft: &nft };
         let filters: &[&dyn Filter] = if c.ip_masq { &[&masq] } else { &[] };
         shared::attach(a, &ns, mac, CniIpam::new(a), &driver, filters, c.mtu())
@@ -66,7 +65,7 @@ impl Plugin for Ptp {
             h: &h,
             mtu: c.mtu(),
         };
-        let nft = Nft::new();
+        let nft = a.nft();
         let masq = Masq { nft: &nft };
         let filters: &[&dyn Filter] = if c.ip_masq { &[&masq] } else { &[] };
         shared::detach(a, &driver, filters)

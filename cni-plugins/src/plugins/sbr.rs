@@ -108,8 +108,8 @@ impl Observed {
 
 fn default_dst(ip: IpAddr) -> IpNet {
     match ip {
-        IpAddr::V4(_) => "0.0.0.0/0".parse().expect("literal"),
-        IpAddr::V6(_) => "::/0".parse().expect("literal"),
+        IpAddr::V4(_) => IpNet::V4(ipnet::Ipv4Net::default()),
+        IpAddr::V6(_) => IpNet::V6(ipnet::Ipv6Net::default()),
     }
 }
 

@@ -288,6 +288,7 @@ pub mod tests {
             stdin: conf.as_bytes().to_vec(),
             conf: NetConf::deserialize(&raw).unwrap(),
             raw,
+            ctx: Default::default(),
         }
     }
 }

@@ -15,7 +15,7 @@ use libnet::sysctl;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::skel::{Args, CniError, OrCni, Plugin, ERR_IO};
+use crate::skel::{Args, CniError, OrCni, Plugin, ERR_INVALID_ENV, ERR_IO};
 use crate::types::CniResult;
 
 pub struct Tuning;
@@ -216,9 +216,14 @@ fn write_backup(path: &Path, b: &Backup) -> Result<(), CniError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// The skel refuses ADD and CHECK without `CNI_NETNS`; a caller that builds `Args` itself gets
+/// the same error here instead of an abort.
 fn open_ns(a: &Args) -> Result<NetNs, CniError> {
-    NetNs::open(a.netns.as_ref().expect("skel requires CNI_NETNS"))
-        .cni_ctx("tuning: container netns")
+    let path = a
+        .netns
+        .as_ref()
+        .ok_or_else(|| CniError::new(ERR_INVALID_ENV, "tuning: CNI_NETNS is not set"))?;
+    NetNs::open(path).cni_ctx("tuning: container netns")
 }
 
 impl Plugin for Tuning {
@@ -350,6 +355,23 @@ mod tests {
             "net//",
         ] {
             assert!(sysctl_path(bad, "eth0").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn add_and_check_without_a_netns_are_errors_not_aborts() {
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"tuning","mtu":1400,
+            "prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}]}}"#;
+        for cmd in ["ADD", "CHECK"] {
+            let mut a = crate::plugins::shared::tests::args(cmd, conf);
+            a.netns = None;
+            let e = match cmd {
+                "ADD" => Tuning.add(&a).map(|_| ()),
+                _ => Tuning.check(&a),
+            }
+            .unwrap_err();
+            assert_eq!(e.code, ERR_INVALID_ENV, "{cmd}: {e}");
+            assert!(e.msg.contains("CNI_NETNS"), "{cmd}: {e}");
         }
     }
 

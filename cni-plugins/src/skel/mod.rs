@@ -9,10 +9,12 @@ use std::fmt::Display;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use libnet::{HasKind, Kind};
+use libnet::nft::Nft;
+use libnet::{HasKind, Kind, StateRoot};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::durable::Deferred;
 use crate::types::{version_at_least, CniResult, Dns, SUPPORTED_VERSIONS};
 
 pub const ERR_INCOMPATIBLE_VERSION: u32 = 1;
@@ -26,6 +28,10 @@ pub const ERR_TRY_AGAIN: u32 = 11;
 pub const ERR_NOT_AVAILABLE: u32 = 50;
 pub const ERR_LIMITED: u32 = 51;
 pub const ERR_INTERNAL: u32 = 999;
+
+/// Test hook: `KNIT_STATE_DIR=D` puts knit's state under `D` instead of
+/// [`libnet::DEFAULT_STATE_ROOT`]. Read here, once per call, and passed down as a value.
+pub const STATE_DIR_ENV: &str = "KNIT_STATE_DIR";
 
 /// The spec's error object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +213,17 @@ pub struct Args {
     pub stdin: Vec<u8>,
     pub raw: Value,
     pub conf: NetConf,
+    /// What belongs to this call rather than to the process.
+    pub ctx: Context,
+}
+
+/// Per-call values the plugins use instead of process-wide state or the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Root of knit's state directories (nft records, host-device saves).
+    pub state: StateRoot,
+    /// Work the answer waits for (reservation fsyncs).
+    pub deferred: Deferred,
 }
 
 impl Args {
@@ -221,6 +238,11 @@ impl Args {
                 })
             })
             .transpose()
+    }
+
+    /// The nftables layer with this call's state dir.
+    pub fn nft(&self) -> Nft {
+        Nft::at(self.ctx.state.nft())
     }
 
     /// The value of `CNI_ARGS` key `k`.
@@ -305,8 +327,8 @@ pub fn run(plugin: &dyn Plugin, env: &dyn Env, stdin: &mut dyn Read, out: &mut d
         Ok(args) => {
             let version = args.conf.cni_version.clone();
             let res = dispatch(plugin, &args);
-            // Nothing is answered before deferred work (fsyncs) is done.
-            let res = crate::durable::wait_all().and(res);
+            // Nothing is answered before this call's deferred work (fsyncs) is done.
+            let res = args.ctx.deferred.wait_all().and(res);
             (version, res)
         }
         Err((version, e)) => (version, Err(e)),
@@ -356,7 +378,11 @@ fn dispatch(plugin: &dyn Plugin, a: &Args) -> Result<Option<Value>, CniError> {
             need("1.1.0", "GC")?;
             plugin.gc(a).map(|()| None)
         }
-        Command::Version => unreachable!("handled before dispatch"),
+        // Answered by `run` before dispatch; an error rather than an abort all the same.
+        Command::Version => Err(CniError::new(
+            ERR_INTERNAL,
+            "VERSION reached the plugin dispatch",
+        )),
     }
 }
 
@@ -401,6 +427,14 @@ fn parse(env: &dyn Env, stdin: &mut dyn Read) -> Result<Args, ParseErr> {
         stdin: stdin_bytes,
         raw: Value::Null,
         conf: NetConf::default(),
+        ctx: Context {
+            state: env
+                .get(STATE_DIR_ENV)
+                .filter(|d| !d.is_empty())
+                .map(StateRoot::new)
+                .unwrap_or_default(),
+            deferred: Deferred::default(),
+        },
     };
     if command == Command::Version {
         return Ok(args);

@@ -185,3 +185,62 @@ fn cni_args_and_valid_attachments_parse() {
     let args = parse(&env, &mut stdin.as_bytes()).unwrap();
     assert_eq!(args.valid_attachments(), vec![("a".into(), "eth0".into())]);
 }
+
+#[test]
+fn the_state_root_is_read_once_from_the_given_env_and_carried_as_a_value() {
+    let stdin = r#"{"cniVersion":"1.1.0","name":"n","type":"t"}"#;
+    let args = parse(&GOOD_ENV, &mut stdin.as_bytes()).unwrap();
+    assert_eq!(args.ctx.state, StateRoot::default());
+    assert_eq!(
+        args.nft().state().dir(),
+        std::path::Path::new(libnet::nft::DEFAULT_STATE_DIR)
+    );
+    for (val, want) in [
+        ("", libnet::DEFAULT_STATE_ROOT),
+        ("/tmp/knit-t", "/tmp/knit-t"),
+    ] {
+        let mut env = GOOD_ENV.to_vec();
+        env.push((STATE_DIR_ENV, val));
+        let args = parse(&env.as_slice(), &mut stdin.as_bytes()).unwrap();
+        assert_eq!(args.ctx.state.path(), std::path::Path::new(want));
+    }
+    let mut env = GOOD_ENV.to_vec();
+    env.push((STATE_DIR_ENV, "/tmp/knit-t"));
+    let args = parse(&env.as_slice(), &mut stdin.as_bytes()).unwrap();
+    assert_eq!(
+        args.nft().state().dir(),
+        std::path::Path::new("/tmp/knit-t/nft")
+    );
+}
+
+/// ADD succeeds but defers work that fails: the answer is that failure.
+struct DefersFailure;
+
+impl Plugin for DefersFailure {
+    fn add(&self, a: &Args) -> Result<CniResult, CniError> {
+        a.ctx
+            .deferred
+            .defer(|| Err(CniError::new(ERR_IO, "fsync reservation: EIO")));
+        Ok(CniResult::default())
+    }
+    fn del(&self, _a: &Args) -> Result<(), CniError> {
+        Ok(())
+    }
+    fn check(&self, _a: &Args) -> Result<(), CniError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn run_answers_after_its_own_deferred_work_and_reports_its_failure() {
+    let stdin = r#"{"cniVersion":"1.1.0","name":"n","type":"t"}"#;
+    let mut out = Vec::new();
+    let code = run(&DefersFailure, &GOOD_ENV, &mut stdin.as_bytes(), &mut out);
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(code, 1);
+    assert_eq!(v["code"], ERR_IO);
+    assert_eq!(v["msg"], "fsync reservation: EIO");
+    // The next call in the same process has nothing deferred of its own and answers normally.
+    let (code, v) = call(GOOD_ENV, stdin);
+    assert_eq!(code, 0, "{v}");
+}

@@ -4,7 +4,7 @@
 
 use super::config::IpamConfig;
 use super::range::{canonical_ip, RangeSet};
-use super::store::{IpamStore, Lookup};
+use super::store::{IpamStore, LockedStore, Lookup};
 use super::IpamError;
 use ipnet::IpNet;
 use std::collections::HashSet;
@@ -21,18 +21,18 @@ pub struct Allocation {
     pub range_set: usize,
 }
 
-/// Run `f` with the store locked; the lock is released on every path (and by the kernel if
-/// the process dies, since it is an flock).
+/// Run `f` under the store's lock; the lock is released on every path (and by the kernel if
+/// the process dies, since it is an flock), and a failed release is reported.
 fn locked<S, T>(
     store: &mut S,
-    f: impl FnOnce(&mut S) -> Result<T, IpamError>,
+    f: impl FnOnce(&mut S::Locked<'_>) -> Result<T, IpamError>,
 ) -> Result<T, IpamError>
 where
     S: IpamStore + ?Sized,
 {
-    store.lock()?;
-    let out = f(store);
-    let unlocked = store.unlock();
+    let mut guard = store.lock()?;
+    let out = f(&mut guard);
+    let unlocked = guard.unlock();
     let v = out?;
     unlocked?;
     Ok(v)
@@ -48,10 +48,31 @@ pub fn allocate<S: IpamStore + ?Sized>(
     ifname: &str,
     requested: &[IpAddr],
 ) -> Result<Vec<Allocation>, IpamError> {
+    allocate_in_blocks(store, cfg, &[], id, ifname, requested)
+}
+
+/// Like [`allocate`], but a range set a block of `blocks` falls into hands out (and accepts
+/// requests for) only addresses inside that block: the overlay leases one block of the
+/// network per host (e.g. a /26 of a /16) and allocates locally. The network's subnet still
+/// rules: its gateway, network and broadcast addresses are skipped, the block's own edges are
+/// not, and the address carries the network's prefix length. A set without a block draws
+/// from all of it. A full block is [`IpamError::BlockExhausted`] (lease another); a block
+/// outside every set, or two blocks for one set, is [`IpamError::Block`].
+pub fn allocate_in_blocks<S: IpamStore + ?Sized>(
+    store: &mut S,
+    cfg: &IpamConfig,
+    blocks: &[IpNet],
+    id: &str,
+    ifname: &str,
+    requested: &[IpAddr],
+) -> Result<Vec<Allocation>, IpamError> {
     check_attachment(id, ifname)?;
-    let wanted = assign_requested(&cfg.ranges, requested)?;
+    let pools = pools(&cfg.ranges, blocks)?;
+    let sets: Vec<RangeSet> = pools.iter().map(|p| p.set.clone()).collect();
+    let wanted = assign_requested(&sets, requested)?;
     locked(store, |s| {
-        // Duplicate allocation is not allowed (spec); checked for every set before reserving.
+        // Duplicate allocation is not allowed (spec); checked for every (whole) set before
+        // reserving.
         let held = s.held_by(id, ifname, Lookup::Fast)?;
         for set in &cfg.ranges {
             if let Some(ip) = held.iter().find(|ip| set.contains(**ip)) {
@@ -63,8 +84,8 @@ pub fn allocate<S: IpamStore + ?Sized>(
             }
         }
         let mut done: Vec<Allocation> = Vec::with_capacity(cfg.ranges.len());
-        for (i, set) in cfg.ranges.iter().enumerate() {
-            match allocate_in_set(s, i, set, id, ifname, wanted[i]) {
+        for (i, pool) in pools.iter().enumerate() {
+            match allocate_in_set(s, i, pool, id, ifname, wanted[i]) {
                 Ok(a) => done.push(a),
                 Err(e) => {
                     for a in &done {
@@ -76,6 +97,37 @@ pub fn allocate<S: IpamStore + ?Sized>(
         }
         Ok(done)
     })
+}
+
+/// What one range set draws from: the whole set, or its part inside a leased block.
+struct Pool<'a> {
+    whole: &'a RangeSet,
+    set: RangeSet,
+    block: Option<IpNet>,
+}
+
+fn pools<'a>(sets: &'a [RangeSet], blocks: &[IpNet]) -> Result<Vec<Pool<'a>>, IpamError> {
+    let mut out: Vec<Pool<'a>> = sets
+        .iter()
+        .map(|s| Pool {
+            whole: s,
+            set: s.clone(),
+            block: None,
+        })
+        .collect();
+    for b in blocks {
+        let bad = |reason| IpamError::Block { block: *b, reason };
+        let (pool, cut) = out
+            .iter_mut()
+            .find_map(|p| p.whole.within(*b).map(|cut| (p, cut)))
+            .ok_or_else(|| bad("outside every range set"))?;
+        if pool.block.is_some() {
+            return Err(bad("a second block for one range set"));
+        }
+        pool.set = cut;
+        pool.block = Some(*b);
+    }
+    Ok(out)
 }
 
 /// The reservation file holds `<id>\r\n<ifname>`: neither may be empty or break that format.
@@ -123,28 +175,35 @@ fn assign_requested(
     Ok(out)
 }
 
-fn allocate_in_set<S: IpamStore + ?Sized>(
-    s: &mut S,
+fn allocate_in_set<L: LockedStore>(
+    s: &mut L,
     index: usize,
-    set: &RangeSet,
+    pool: &Pool<'_>,
     id: &str,
     ifname: &str,
     wanted: Option<IpAddr>,
 ) -> Result<Allocation, IpamError> {
+    let set = &pool.set;
     let found = |ri: usize, ip: IpAddr| {
         let r = &set.0[ri];
-        Allocation {
-            address: IpNet::new(ip, r.subnet.prefix_len()).expect("prefix from a valid subnet"),
+        // Cannot fail (the range holds `ip`, so the families agree), but never aborts either.
+        let address = IpNet::new(ip, r.subnet.prefix_len()).map_err(|_| {
+            IpamError::config(
+                format!("ranges[{index}]"),
+                format!("{ip} does not fit subnet {}", r.subnet),
+            )
+        })?;
+        Ok(Allocation {
+            address,
             gateway: Some(r.gateway),
             range_set: index,
-        }
+        })
     };
     if let Some(ip) = wanted {
-        let ri = set
-            .0
-            .iter()
-            .position(|r| r.contains(ip))
-            .expect("assigned by containment");
+        // Assigned to this set by containment, so some range holds it.
+        let Some(ri) = set.0.iter().position(|r| r.contains(ip)) else {
+            return Err(IpamError::RequestedUnassigned { ips: vec![ip] });
+        };
         let r = &set.0[ri];
         if ip == r.gateway {
             return Err(IpamError::RequestedGateway { ip });
@@ -155,20 +214,27 @@ fn allocate_in_set<S: IpamStore + ?Sized>(
         if !s.reserve(id, ifname, ip, index)? {
             return Err(IpamError::RequestedTaken {
                 ip,
-                range_set: set.to_string(),
+                range_set: pool.whole.to_string(),
             });
         }
-        return Ok(found(ri, ip));
+        return found(ri, ip);
     }
     let last = s.last_reserved(index).unwrap_or(None);
     for (ri, ip) in set.candidates(last) {
         if s.reserve(id, ifname, ip, index)? {
-            return Ok(found(ri, ip));
+            return found(ri, ip);
         }
     }
-    Err(IpamError::Exhausted {
-        index,
-        range_set: set.to_string(),
+    Err(match pool.block {
+        Some(block) => IpamError::BlockExhausted {
+            index,
+            block,
+            range_set: pool.whole.to_string(),
+        },
+        None => IpamError::Exhausted {
+            index,
+            range_set: set.to_string(),
+        },
     })
 }
 

@@ -1,6 +1,7 @@
 use super::*;
 use crate::error::{HasKind, Kind};
 use crate::ipam::store::fake::FakeStore;
+use ipnet::IpNet;
 use serde_json::json;
 
 fn ip(s: &str) -> IpAddr {
@@ -233,6 +234,115 @@ fn n_allocations_fill_a_range_of_n_then_fail() {
     );
 }
 
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+#[test]
+fn a_block_fills_with_the_networks_prefix_then_reports_itself_exhausted() {
+    let c = cfg(json!({"ranges": [[{"subnet": "10.244.0.0/16"}]]}));
+    let block = [net("10.244.3.64/26")];
+    let mut s = FakeStore::default();
+    let mut got = std::collections::BTreeSet::new();
+    for i in 0..64 {
+        let a = allocate_in_blocks(&mut s, &c, &block, &format!("c{i}"), "eth0", &[]).unwrap();
+        assert_eq!(a[0].address.prefix_len(), 16, "the network's prefix");
+        assert_eq!(
+            a[0].gateway,
+            Some(ip("10.244.0.1")),
+            "the network's gateway"
+        );
+        assert!(block[0].contains(&a[0].address.addr()));
+        assert!(got.insert(a[0].address.addr()));
+    }
+    // The block's own first and last addresses are ordinary hosts of the /16.
+    assert!(got.contains(&ip("10.244.3.64")) && got.contains(&ip("10.244.3.127")));
+    assert_eq!(
+        s.attempts, 64,
+        "one reservation attempt each: the walk stays in the block"
+    );
+    let e = allocate_in_blocks(&mut s, &c, &block, "full", "eth0", &[]).unwrap_err();
+    assert!(
+        matches!(e, IpamError::BlockExhausted { index: 0, .. }),
+        "{e}"
+    );
+    assert_eq!(e.kind(), Kind::Busy);
+    assert_eq!(
+        e.to_string(),
+        "no IP addresses available in block 10.244.3.64/26 of range set 10.244.0.1-10.244.255.254"
+    );
+    assert!(!s.locked);
+    // The set itself is far from full: the next block, or no block, still allocates.
+    let a = allocate_in_blocks(&mut s, &c, &[net("10.244.3.128/26")], "full", "eth0", &[]).unwrap();
+    assert_eq!(addrs(&a), ["10.244.3.128/16"]);
+    let a = allocate(&mut s, &c, "anywhere", "eth0", &[]).unwrap();
+    assert!(!block[0].contains(&a[0].address.addr()));
+}
+
+#[test]
+fn the_first_and_last_blocks_skip_the_networks_reserved_addresses() {
+    let c = cfg(json!({"subnet": "10.244.0.0/24"}));
+    let mut s = FakeStore::default();
+    let first = [net("10.244.0.0/30")];
+    let a = allocate_in_blocks(&mut s, &c, &first, "a", "eth0", &[]).unwrap();
+    assert_eq!(addrs(&a), ["10.244.0.2/24"]);
+    allocate_in_blocks(&mut s, &c, &first, "b", "eth0", &[]).unwrap();
+    let e = allocate_in_blocks(&mut s, &c, &first, "c", "eth0", &[]).unwrap_err();
+    assert!(matches!(e, IpamError::BlockExhausted { .. }), "{e}");
+    // .255 is the network's broadcast: .252 (the block's own network address) to .254.
+    let last = [net("10.244.0.252/30")];
+    let mut got = Vec::new();
+    for id in ["d", "e", "e2"] {
+        got.extend(addrs(
+            &allocate_in_blocks(&mut s, &c, &last, id, "eth0", &[]).unwrap(),
+        ));
+    }
+    assert_eq!(
+        got,
+        ["10.244.0.252/24", "10.244.0.253/24", "10.244.0.254/24"]
+    );
+    let e = allocate_in_blocks(&mut s, &c, &last, "f", "eth0", &[]).unwrap_err();
+    assert!(matches!(e, IpamError::BlockExhausted { .. }), "{e}");
+    // Requests: inside the block fine, the gateway refused, outside the block unassigned.
+    let mid = [net("10.244.0.0/25")];
+    let a = allocate_in_blocks(&mut s, &c, &mid, "g", "eth0", &[ip("10.244.0.100")]).unwrap();
+    assert_eq!(addrs(&a), ["10.244.0.100/24"]);
+    let e = allocate_in_blocks(&mut s, &c, &mid, "h", "eth0", &[ip("10.244.0.1")]).unwrap_err();
+    assert!(matches!(e, IpamError::RequestedGateway { .. }), "{e}");
+    let e = allocate_in_blocks(&mut s, &c, &mid, "h", "eth0", &[ip("10.244.0.200")]).unwrap_err();
+    assert!(matches!(e, IpamError::RequestedUnassigned { .. }), "{e}");
+}
+
+#[test]
+fn blocks_restrict_only_their_own_set_and_must_fit_one() {
+    let c = cfg(json!({"ranges": [
+        [{"subnet": "10.244.0.0/16"}],
+        [{"subnet": "fd00:6b6e::/64"}]
+    ]}));
+    let mut s = FakeStore::default();
+    let a = allocate_in_blocks(&mut s, &c, &[net("10.244.7.0/24")], "a", "eth0", &[]).unwrap();
+    assert_eq!(addrs(&a), ["10.244.7.0/16", "fd00:6b6e::2/64"]);
+    let both = [net("10.244.7.0/24"), net("fd00:6b6e::1:0/112")];
+    let a = allocate_in_blocks(&mut s, &c, &both, "b", "eth0", &[]).unwrap();
+    assert_eq!(addrs(&a), ["10.244.7.1/16", "fd00:6b6e::1:0/64"]);
+    // Holding an address anywhere in the set is a duplicate, whatever the block.
+    let e = allocate_in_blocks(&mut s, &c, &[net("10.244.9.0/24")], "a", "eth0", &[]).unwrap_err();
+    assert!(matches!(e, IpamError::Duplicate { .. }), "{e}");
+    let before = s.lock_count;
+    for bad in [
+        vec![net("10.9.0.0/24")],
+        vec![net("10.244.1.0/24"), net("10.244.2.0/24")],
+    ] {
+        let e = allocate_in_blocks(&mut s, &c, &bad, "z", "eth0", &[]).unwrap_err();
+        assert!(matches!(e, IpamError::Block { .. }), "{e}");
+        assert_eq!(e.kind(), Kind::Invalid);
+    }
+    assert_eq!(
+        s.lock_count, before,
+        "a bad block is refused before locking"
+    );
+}
+
 #[test]
 fn attachment_must_fit_the_reservation_format() {
     let c = small();
@@ -331,6 +441,40 @@ mod model {
                 let got: Vec<IpAddr> = s.ips.keys().copied().collect();
                 prop_assert_eq!(got, want);
             }
+        }
+    }
+
+    proptest! {
+        /// Any block of a /22: allocation fills exactly the network-allocatable addresses of
+        /// the block, each once, then reports the block exhausted.
+        #[test]
+        fn a_block_yields_its_allocatable_addresses_once(plen in 22u8..=30, off in 0u32..1024) {
+            let c = cfg(json!({"subnet": "10.244.0.0/22"}));
+            let base = u32::from(std::net::Ipv4Addr::new(10, 244, 0, 0));
+            let block = IpNet::new(IpAddr::from(std::net::Ipv4Addr::from(base + off)), plen)
+                .unwrap()
+                .trunc();
+            let want: Vec<IpAddr> = block
+                .hosts()
+                .chain([block.network(), block.broadcast()])
+                .filter(|a| c.ranges[0].0[0].is_allocatable(*a))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let mut s = FakeStore::default();
+            let mut got = Vec::new();
+            loop {
+                match allocate_in_blocks(&mut s, &c, &[block], &format!("c{}", got.len()), "eth0", &[]) {
+                    Ok(a) => got.push(a[0].address.addr()),
+                    Err(e) => {
+                        prop_assert!(matches!(e, IpamError::BlockExhausted { .. }), "{}", e);
+                        break;
+                    }
+                }
+                prop_assert!(got.len() <= want.len());
+            }
+            got.sort();
+            prop_assert_eq!(got, want);
         }
     }
 

@@ -4,7 +4,7 @@
 //! flock'ed; plus knit's index `<dataDir>/.knit-ipam/<network>/`, outside the reference's sight.
 
 use super::index::{observe, remove_tolerant, write_in_place, Index};
-use super::store::{IpamStore, Lookup, Reservation};
+use super::store::{IpamStore, LockedStore, Lookup, Reservation};
 use super::IpamError;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -311,8 +311,79 @@ impl FileStore {
     }
 }
 
+/// The held flock of a [`FileStore`]: every reservation call goes through it. Dropping it (or
+/// [`LockedStore::unlock`]) writes the index stamp and releases the flock.
+#[derive(Debug)]
+pub struct FileLocked<'a> {
+    store: &'a mut FileStore,
+    /// `unlock` already ran: the drop has nothing left to do.
+    done: bool,
+}
+
 impl IpamStore for FileStore {
-    fn lock(&mut self) -> Result<(), IpamError> {
+    type Locked<'a> = FileLocked<'a>;
+
+    fn lock(&mut self) -> Result<FileLocked<'_>, IpamError> {
+        self.take_lock()?;
+        Ok(FileLocked {
+            store: self,
+            done: false,
+        })
+    }
+}
+
+impl Drop for FileLocked<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.store.release_lock();
+        }
+    }
+}
+
+impl LockedStore for FileLocked<'_> {
+    fn reserve(
+        &mut self,
+        id: &str,
+        ifname: &str,
+        ip: IpAddr,
+        range_set: usize,
+    ) -> Result<bool, IpamError> {
+        self.store.reserve(id, ifname, ip, range_set)
+    }
+
+    fn last_reserved(&mut self, range_set: usize) -> Result<Option<IpAddr>, IpamError> {
+        self.store.last_reserved(range_set)
+    }
+
+    fn held_by(&mut self, id: &str, ifname: &str, how: Lookup) -> Result<Vec<IpAddr>, IpamError> {
+        self.store.held_by(id, ifname, how)
+    }
+
+    fn release_ip(&mut self, ip: IpAddr) -> Result<bool, IpamError> {
+        self.store.release_ip(ip)
+    }
+
+    fn release_owner(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
+        self.store.release_owner(id, ifname)
+    }
+
+    fn reservations(&mut self) -> Result<Vec<Reservation>, IpamError> {
+        self.store.scan()
+    }
+
+    fn forget_unless(&mut self, keep: &dyn Fn(&str, &str) -> bool) -> Result<(), IpamError> {
+        self.store.forget_unless(keep)
+    }
+
+    fn unlock(mut self) -> Result<(), IpamError> {
+        self.done = true;
+        self.store.release_lock()
+    }
+}
+
+/// The operations under the flock; only [`FileLocked`] calls them.
+impl FileStore {
+    fn take_lock(&mut self) -> Result<(), IpamError> {
         self.flock(libc::LOCK_EX, "flock")?;
         let seen = observe(&self.dir_file, &self.dir);
         self.trusted = seen.is_some() && self.index.stamp() == seen;
@@ -327,7 +398,8 @@ impl IpamStore for FileStore {
         Ok(())
     }
 
-    fn unlock(&mut self) -> Result<(), IpamError> {
+    /// Write the stamp (the end of every locked operation), then release the flock.
+    fn release_lock(&mut self) -> Result<(), IpamError> {
         if std::mem::take(&mut self.trusted) {
             let now = observe(&self.dir_file, &self.dir);
             if now != self.index.stamp() {
@@ -403,10 +475,6 @@ impl IpamStore for FileStore {
             self.sync_dir()?;
         }
         Ok(released)
-    }
-
-    fn reservations(&mut self) -> Result<Vec<Reservation>, IpamError> {
-        self.scan()
     }
 
     fn forget_unless(&mut self, keep: &dyn Fn(&str, &str) -> bool) -> Result<(), IpamError> {

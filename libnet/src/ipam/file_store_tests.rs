@@ -1,6 +1,7 @@
 //! FileStore in a temp dir: the reference's layout byte for byte, the index, concurrency.
 
 use super::file_store::{FileStore, INDEX_DIR};
+use super::store::{IpamStore, LockedStore, Lookup};
 use super::*;
 use crate::error::Kind;
 use serde_json::json;
@@ -269,6 +270,50 @@ fn knit_only_traffic_never_scans_after_the_first_lock() {
     allocate(&mut s2, &c, "x", "eth0", &[]).unwrap();
     release(&mut s, "x", "eth0").unwrap();
     assert_eq!((s.scans, s2.scans), (1, 0));
+}
+
+/// Whether another open file description can take `<dir>/lock` right now (LOCK_NB probe).
+fn lock_is_free(net_dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(net_dir.join("lock")).unwrap();
+    // SAFETY: flock on a file we own; no memory is passed.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    rc == 0
+}
+
+#[test]
+fn the_guard_holds_the_flock_until_dropped_and_stamps_on_the_way_out() {
+    let t = TempDir::new("guard");
+    let net = t.0.join("n");
+    let mut a = FileStore::open(&t.0, "n").unwrap();
+    {
+        let mut g = a.lock().unwrap();
+        assert!(!lock_is_free(&net), "held while the guard lives");
+        assert!(g.reserve("c1", "eth0", ip("10.244.0.2"), 0).unwrap());
+        assert!(!g.reserve("c2", "eth0", ip("10.244.0.2"), 0).unwrap());
+        // Dropped without unlock(), as on an early return or a panic.
+    }
+    assert!(lock_is_free(&net), "dropping the guard released the flock");
+    // The drop wrote the stamp: another handle trusts the index and never scans.
+    let mut b = FileStore::open(&t.0, "n").unwrap();
+    let mut g = b.lock().unwrap();
+    assert_eq!(
+        g.held_by("c1", "eth0", Lookup::Fast).unwrap(),
+        [ip("10.244.0.2")]
+    );
+    assert_eq!(g.last_reserved(0).unwrap(), Some(ip("10.244.0.2")));
+    assert_eq!(g.release_owner("c1", "eth0").unwrap(), [ip("10.244.0.2")]);
+    g.unlock().unwrap();
+    assert!(lock_is_free(&net));
+    assert_eq!(b.scans, 0, "stamp matched: no rebuild");
+    // The explicit unlock stamped too: the first handle trusts b's release.
+    let mut g = a.lock().unwrap();
+    assert!(g
+        .held_by("c1", "eth0", Lookup::Thorough)
+        .unwrap()
+        .is_empty());
+    g.unlock().unwrap();
+    assert_eq!(a.scans, 1, "only a's very first lock scanned");
 }
 
 #[test]

@@ -72,8 +72,10 @@ impl Index {
         }
         match write_in_place(&path, text.as_bytes()) {
             Err(IpamError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                let bucket = path.parent().expect("bucket dir");
-                fs::create_dir_all(bucket).map_err(|e| IpamError::io("create dir", bucket, e))?;
+                if let Some(bucket) = path.parent() {
+                    fs::create_dir_all(bucket)
+                        .map_err(|e| IpamError::io("create dir", bucket, e))?;
+                }
                 write_in_place(&path, text.as_bytes())?;
             }
             r => r?,

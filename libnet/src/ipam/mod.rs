@@ -9,8 +9,13 @@
 //! - [`range`] is range math over `u128` addresses: containment, overlap, and the round-robin
 //!   candidate walk (from `last_reserved_ip + 1`, wrapping across the ranges of a set, skipping
 //!   the gateway, the network address and the IPv4 broadcast address).
-//! - [`alloc`] (re-exported here as [`allocate`], [`release`], [`held_by`], [`gc`]) drives an
-//!   [`IpamStore`] under the store's lock. It never touches the filesystem itself.
+//! - [`alloc`] (re-exported here as [`allocate`], [`allocate_in_blocks`], [`release`],
+//!   [`held_by`], [`gc`]) drives an [`IpamStore`] under the store's lock. It never touches the
+//!   filesystem itself. [`allocate_in_blocks`] confines a range set to a block the caller
+//!   leased (the overlay's per-host block of the network, from etcd) while the network's
+//!   gateway, network and broadcast rules still apply.
+//! - [`store`] is the backend seam: [`IpamStore::lock`] returns a guard ([`LockedStore`]) that
+//!   is the only way to reserve, look up or release, and releases the lock when dropped.
 //! - [`file_store`] is the on-disk store, byte-compatible with the reference so a node can switch
 //!   between the reference and knit without conflicts:
 //!   `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>`, `last_reserved_ip.<set>` holds
@@ -63,7 +68,8 @@
 //! DEL removes the file and fsyncs the directory once.
 //!
 //! Locking: [`allocate`], [`release`], [`held_by`] and [`gc`] take the network's flock
-//! themselves, once per call (the reference takes it once per range set).
+//! themselves, once per call (the reference takes it once per range set), through the guard
+//! [`FileLocked`]; the guard's unlock (or drop) writes the stamp, then releases the flock.
 
 pub mod alloc;
 pub mod config;
@@ -77,13 +83,14 @@ mod file_store_tests;
 #[cfg(all(test, feature = "root-tests"))]
 mod reference_tests;
 
-pub use alloc::{allocate, gc, held_by, release, Allocation};
+pub use alloc::{allocate, allocate_in_blocks, gc, held_by, release, Allocation};
 pub use config::{parse_resolv_conf, read_resolv_conf, requested_ips, Dns, IpamConfig, Route};
-pub use file_store::{FileStore, Unsynced};
+pub use file_store::{FileLocked, FileStore, Unsynced};
 pub use range::{Range, RangeSet};
-pub use store::{IpamStore, Lookup, Reservation};
+pub use store::{IpamStore, LockedStore, Lookup, Reservation};
 
 use crate::error::{HasKind, Kind};
+use ipnet::IpNet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -117,6 +124,15 @@ pub enum IpamError {
     },
     #[error("no IP addresses available in range set: {range_set}")]
     Exhausted { index: usize, range_set: String },
+    /// The leased block is full (its range set may not be): lease another block.
+    #[error("no IP addresses available in block {block} of range set {range_set}")]
+    BlockExhausted {
+        index: usize,
+        block: IpNet,
+        range_set: String,
+    },
+    #[error("invalid block {block}: {reason}")]
+    Block { block: IpNet, reason: &'static str },
     #[error("ipam {op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -158,9 +174,10 @@ impl HasKind for IpamError {
             | IpamError::Attachment { .. }
             | IpamError::RequestedGateway { .. }
             | IpamError::RequestedReserved { .. }
-            | IpamError::RequestedUnassigned { .. } => Kind::Invalid,
+            | IpamError::RequestedUnassigned { .. }
+            | IpamError::Block { .. } => Kind::Invalid,
             IpamError::RequestedTaken { .. } | IpamError::Duplicate { .. } => Kind::Exists,
-            IpamError::Exhausted { .. } => Kind::Busy,
+            IpamError::Exhausted { .. } | IpamError::BlockExhausted { .. } => Kind::Busy,
             IpamError::Io { source, .. } => HasKind::kind(source),
         }
     }

@@ -246,8 +246,32 @@ impl RangeSet {
         self.0.iter().any(|a| o.0.iter().any(|b| a.overlaps(b)))
     }
 
+    /// The family of the set (canonicalised sets are never empty; an empty one says IPv4).
     pub fn is_ipv4(&self) -> bool {
-        self.0[0].subnet.addr().is_ipv4()
+        self.0.first().is_none_or(|r| r.subnet.addr().is_ipv4())
+    }
+
+    /// The part of the set inside `block` (e.g. a /26 a host leased from the network's /16):
+    /// each range cut to the block, ranges outside it dropped; `None` if nothing is left.
+    /// Subnet and gateway stay the network's, so the network's gateway, network and broadcast
+    /// addresses are still skipped and the block's own first and last addresses are not.
+    pub fn within(&self, block: IpNet) -> Option<RangeSet> {
+        let (lo, hi) = (to_u128(block.network()), to_u128(block.broadcast()));
+        let v4 = block.addr().is_ipv4();
+        let cut: Vec<Range> = self
+            .0
+            .iter()
+            .filter(|r| r.subnet.addr().is_ipv4() == v4)
+            .filter_map(|r| {
+                let (start, end) = (r.start().max(lo), r.end().min(hi));
+                (start <= end).then(|| Range {
+                    range_start: from_u128(start, v4),
+                    range_end: from_u128(end, v4),
+                    ..r.clone()
+                })
+            })
+            .collect();
+        (!cut.is_empty()).then_some(RangeSet(cut))
     }
 
     /// Round-robin walk: every allocatable address of the set exactly once, starting after
@@ -255,13 +279,13 @@ impl RangeSet {
     /// end of one range to the start of the next.
     pub fn candidates(&self, last: Option<IpAddr>) -> Candidates<'_> {
         let first = match last.and_then(|l| self.position(l)) {
-            Some(p) => self.advance(p),
-            None => (0, self.0[0].start()),
+            Some(p) => Some(self.advance(p)),
+            None => self.0.first().map(|r| (0, r.start())),
         };
         Candidates {
             set: self,
-            next: Some(first),
-            first,
+            next: first,
+            first: first.unwrap_or_default(),
         }
     }
 
@@ -421,11 +445,80 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_set_has_no_candidates() {
+        // Only a hand-built set can be empty (the field is public): walking it must not panic.
+        let empty = RangeSet(Vec::new());
+        assert_eq!(empty.candidates(None).count(), 0);
+        assert_eq!(empty.candidates(Some(ip("10.0.0.1"))).count(), 0);
+        assert!(!empty.contains(ip("10.0.0.1")));
+    }
+
+    #[test]
     fn ipv6_defaults_include_last_address() {
         let s = set(&[raw("fd00:6b6e::/126", None, None, None)]);
         let all: Vec<_> = s.candidates(None).map(|c| c.1.to_string()).collect();
         assert_eq!(all, ["fd00:6b6e::2", "fd00:6b6e::3"]);
         assert_eq!(s.to_string(), "fd00:6b6e::1-fd00:6b6e::3");
+    }
+
+    fn walk(s: &RangeSet, last: Option<&str>) -> Vec<String> {
+        s.candidates(last.map(ip))
+            .map(|c| c.1.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_block_keeps_the_network_rules_not_its_own() {
+        let s = set(&[raw("10.244.0.0/16", None, None, None)]);
+        // A block in the middle: its own .64 and .127 are ordinary host addresses.
+        let b = s.within("10.244.3.64/26".parse().unwrap()).unwrap();
+        let all = walk(&b, None);
+        assert_eq!(all.len(), 64);
+        assert_eq!(all[0], "10.244.3.64");
+        assert_eq!(all[63], "10.244.3.127");
+        assert_eq!(b.to_string(), "10.244.3.64-10.244.3.127");
+        assert_eq!(b.0[0].subnet, s.0[0].subnet, "prefix stays the network's");
+        // The first block holds the network address and the gateway; the last the broadcast.
+        let first = walk(&s.within("10.244.0.0/26".parse().unwrap()).unwrap(), None);
+        assert_eq!((first.len(), first[0].as_str()), (62, "10.244.0.2"));
+        let last = walk(
+            &s.within("10.244.255.192/26".parse().unwrap()).unwrap(),
+            None,
+        );
+        assert_eq!(last.len(), 63);
+        assert_eq!(last.last().unwrap(), "10.244.255.254");
+        // Round robin inside the block; a last address outside it starts at the block.
+        assert_eq!(walk(&b, Some("10.244.3.100"))[0], "10.244.3.101");
+        assert_eq!(walk(&b, Some("10.244.3.127"))[0], "10.244.3.64");
+        assert_eq!(walk(&b, Some("10.244.9.9"))[0], "10.244.3.64");
+    }
+
+    #[test]
+    fn a_block_outside_the_set_or_its_family_is_none() {
+        let s = set(&[raw(
+            "10.244.0.0/16",
+            Some("10.244.0.10"),
+            Some("10.244.0.200"),
+            None,
+        )]);
+        assert!(s.within("10.245.0.0/26".parse().unwrap()).is_none());
+        assert!(s.within("10.244.1.0/26".parse().unwrap()).is_none());
+        assert!(s.within("fd00::/64".parse().unwrap()).is_none());
+        // A block over the range's edge keeps only the range's part.
+        let b = s.within("10.244.0.192/26".parse().unwrap()).unwrap();
+        assert_eq!(b.to_string(), "10.244.0.192-10.244.0.200");
+        // Several ranges: each cut, the ones outside dropped.
+        let two = set(&[
+            raw("10.244.1.0/24", None, None, None),
+            raw("10.244.2.0/24", None, None, None),
+        ]);
+        let b = two.within("10.244.2.0/25".parse().unwrap()).unwrap();
+        assert_eq!(b.0.len(), 1);
+        assert_eq!(b.0[0].gateway, ip("10.244.2.1"));
+        assert_eq!(walk(&b, None)[0], "10.244.2.2");
+        let v6 = set(&[raw("fd00:6b6e::/64", None, None, None)]);
+        let b = v6.within("fd00:6b6e::ff00/120".parse().unwrap()).unwrap();
+        assert_eq!(walk(&b, None).len(), 256);
     }
 
     fn arb_range() -> impl Strategy<Value = (RawRange, u32)> {
@@ -455,6 +548,28 @@ mod tests {
     }
 
     proptest! {
+        /// Walking a block yields exactly the full set's candidates that lie in the block.
+        #[test]
+        fn a_block_walks_the_sets_candidates_inside_it(
+            (r, _) in arb_range(), plen in 24u8..=32, off in any::<u32>(), last in any::<u32>()
+        ) {
+            let s = set(&[r]);
+            let net = u32::from(Ipv4Addr::new(10, 244, 0, 0));
+            let block = IpNet::new(IpAddr::V4(Ipv4Addr::from(net + off % 1024)), plen).unwrap().trunc();
+            let last = Some(IpAddr::V4(Ipv4Addr::from(net + last % 1024)));
+            let mut want: Vec<IpAddr> =
+                s.candidates(None).map(|c| c.1).filter(|a| block.contains(a)).collect();
+            want.sort();
+            match s.within(block) {
+                None => prop_assert!(want.is_empty()),
+                Some(b) => {
+                    let mut got: Vec<IpAddr> = b.candidates(last).map(|c| c.1).collect();
+                    got.sort();
+                    prop_assert_eq!(got, want);
+                }
+            }
+        }
+
         #[test]
         fn candidates_cover_allocatable_exactly_once((r, n) in arb_range(), last in any::<u32>()) {
             let s = set(&[r]);

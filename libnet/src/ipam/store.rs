@@ -1,6 +1,6 @@
 //! The store the allocator drives: reservations keyed by address, owned by an attachment
 //! (containerID, ifname). [`super::FileStore`] is the real one; `FakeStore` (tests only) keeps
-//! everything in memory and records lock discipline.
+//! everything in memory and counts its locks.
 
 use super::IpamError;
 use std::net::IpAddr;
@@ -23,12 +23,41 @@ pub struct Reservation {
     pub ifname: Option<String>,
 }
 
-/// Reservations of one network. Callers hold [`lock`](IpamStore::lock) around every sequence of
-/// calls (the functions in [`super::alloc`] do); the other methods assume it is held.
+/// Reservations of one network, behind the network's exclusive lock. The only way to read or
+/// change reservations is through the guard [`lock`](IpamStore::lock) returns, so a call
+/// without the lock does not compile (the functions in [`super::alloc`] take it once per call).
+/// A backend is a pair: the store (an open handle, or a client of a shared database) and its
+/// guard (the held flock, or a lease/transaction).
+///
+/// Reserving without the lock, or after giving it back, does not compile:
+/// ```compile_fail
+/// use libnet::ipam::{FileStore, IpamStore, LockedStore};
+/// fn add(s: &mut FileStore) -> Result<(), libnet::ipam::IpamError> {
+///     let mut g = s.lock()?;
+///     g.unlock()?;
+///     g.reserve("c1", "eth0", "10.244.0.2".parse().unwrap(), 0)?; // `g` was moved by unlock
+///     Ok(())
+/// }
+/// ```
+/// ```compile_fail
+/// use libnet::ipam::{FileStore, LockedStore};
+/// fn add(s: &mut FileStore) {
+///     let _ = LockedStore::reserve(s, "c1", "eth0", "10.244.0.2".parse().unwrap(), 0);
+/// }
+/// ```
 pub trait IpamStore {
+    /// The held lock; dropping it releases the lock, [`LockedStore::unlock`] also reports
+    /// whether finishing (bookkeeping, the release itself) failed.
+    type Locked<'a>: LockedStore
+    where
+        Self: 'a;
+
     /// Take the network's exclusive lock (blocks until it is free).
-    fn lock(&mut self) -> Result<(), IpamError>;
-    fn unlock(&mut self) -> Result<(), IpamError>;
+    fn lock(&mut self) -> Result<Self::Locked<'_>, IpamError>;
+}
+
+/// Reservations under the lock: what [`IpamStore::lock`] hands out.
+pub trait LockedStore {
     /// Reserve `ip` for (id, ifname) and remember it as the last one of `range_set`.
     /// `Ok(false)` when the address is already reserved.
     fn reserve(
@@ -51,6 +80,11 @@ pub trait IpamStore {
     fn forget_unless(&mut self, _keep: &dyn Fn(&str, &str) -> bool) -> Result<(), IpamError> {
         Ok(())
     }
+    /// Finish the locked operation and release the lock, reporting what failed. Dropping the
+    /// guard does the same and ignores errors (an flock also dies with the process).
+    fn unlock(self) -> Result<(), IpamError>
+    where
+        Self: Sized;
 }
 
 #[cfg(test)]
@@ -58,7 +92,7 @@ pub(crate) mod fake {
     use super::*;
     use std::collections::{BTreeMap, HashMap};
 
-    /// In-memory store; panics on calls made without the lock.
+    /// In-memory store; counts locks and records whether one is held.
     #[derive(Debug, Default)]
     pub struct FakeStore {
         pub ips: BTreeMap<IpAddr, (String, String)>,
@@ -69,24 +103,28 @@ pub(crate) mod fake {
         pub attempts: usize,
     }
 
-    impl FakeStore {
-        fn held(&self) {
-            assert!(self.locked, "store used without its lock");
-        }
-    }
+    /// The fake's guard: clears `locked` on unlock or drop.
+    #[derive(Debug)]
+    pub struct FakeLocked<'a>(&'a mut FakeStore);
 
     impl IpamStore for FakeStore {
-        fn lock(&mut self) -> Result<(), IpamError> {
+        type Locked<'a> = FakeLocked<'a>;
+
+        fn lock(&mut self) -> Result<FakeLocked<'_>, IpamError> {
             assert!(!self.locked, "lock taken twice");
             self.locked = true;
             self.lock_count += 1;
-            Ok(())
+            Ok(FakeLocked(self))
         }
-        fn unlock(&mut self) -> Result<(), IpamError> {
-            assert!(self.locked, "unlock without lock");
-            self.locked = false;
-            Ok(())
+    }
+
+    impl Drop for FakeLocked<'_> {
+        fn drop(&mut self) {
+            self.0.locked = false;
         }
+    }
+
+    impl LockedStore for FakeLocked<'_> {
         fn reserve(
             &mut self,
             id: &str,
@@ -94,24 +132,22 @@ pub(crate) mod fake {
             ip: IpAddr,
             set: usize,
         ) -> Result<bool, IpamError> {
-            self.held();
-            self.attempts += 1;
-            if self.ips.contains_key(&ip) {
+            let s = &mut *self.0;
+            s.attempts += 1;
+            if s.ips.contains_key(&ip) {
                 return Ok(false);
             }
-            self.ips
-                .insert(ip, (id.trim().to_string(), ifn.to_string()));
-            self.last.insert(set, ip);
+            s.ips.insert(ip, (id.trim().to_string(), ifn.to_string()));
+            s.last.insert(set, ip);
             Ok(true)
         }
         fn last_reserved(&mut self, set: usize) -> Result<Option<IpAddr>, IpamError> {
-            self.held();
-            Ok(self.last.get(&set).copied())
+            Ok(self.0.last.get(&set).copied())
         }
         fn held_by(&mut self, id: &str, ifn: &str, _: Lookup) -> Result<Vec<IpAddr>, IpamError> {
-            self.held();
             let owner = (id.trim().to_string(), ifn.to_string());
             Ok(self
+                .0
                 .ips
                 .iter()
                 .filter(|(_, o)| **o == owner)
@@ -119,19 +155,18 @@ pub(crate) mod fake {
                 .collect())
         }
         fn release_ip(&mut self, ip: IpAddr) -> Result<bool, IpamError> {
-            self.held();
-            Ok(self.ips.remove(&ip).is_some())
+            Ok(self.0.ips.remove(&ip).is_some())
         }
         fn release_owner(&mut self, id: &str, ifn: &str) -> Result<Vec<IpAddr>, IpamError> {
             let ips = self.held_by(id, ifn, Lookup::Thorough)?;
             for ip in &ips {
-                self.ips.remove(ip);
+                self.0.ips.remove(ip);
             }
             Ok(ips)
         }
         fn reservations(&mut self) -> Result<Vec<Reservation>, IpamError> {
-            self.held();
             Ok(self
+                .0
                 .ips
                 .iter()
                 .map(|(ip, (id, ifn))| Reservation {
@@ -140,6 +175,9 @@ pub(crate) mod fake {
                     ifname: Some(ifn.clone()),
                 })
                 .collect())
+        }
+        fn unlock(self) -> Result<(), IpamError> {
+            Ok(())
         }
     }
 }

@@ -34,9 +34,10 @@ pub trait NftApply {
     }
 }
 
-const LIBNFTABLES: &[&str] = &[
-    "libnftables.so.1",
-    "/usr/lib/x86_64-linux-gnu/libnftables.so.1",
+/// C string literals: nothing to convert (or fail) at run time.
+const LIBNFTABLES: &[&CStr] = &[
+    c"libnftables.so.1",
+    c"/usr/lib/x86_64-linux-gnu/libnftables.so.1",
 ];
 const NFT_CTX_OUTPUT_JSON: u32 = 1 << 4;
 
@@ -66,22 +67,23 @@ unsafe impl Sync for Lib {}
 fn load() -> Result<Lib, String> {
     let mut handle = std::ptr::null_mut();
     for name in LIBNFTABLES {
-        let c = CString::new(*name).expect("no NUL");
         // SAFETY: dlopen with a valid C string; the handle is kept for the process lifetime.
-        handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
         if !handle.is_null() {
             break;
         }
     }
     if handle.is_null() {
-        return Err(format!("cannot dlopen {}", LIBNFTABLES[0]));
+        return Err(format!(
+            "cannot dlopen {}",
+            LIBNFTABLES[0].to_string_lossy()
+        ));
     }
-    let sym = |name: &str| -> Result<*mut c_void, String> {
-        let c = CString::new(name).expect("no NUL");
-        // SAFETY: handle is a live dlopen handle, c a valid C string.
-        let p = unsafe { libc::dlsym(handle, c.as_ptr()) };
+    let sym = |name: &CStr| -> Result<*mut c_void, String> {
+        // SAFETY: handle is a live dlopen handle, name a valid C string.
+        let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
         if p.is_null() {
-            Err(format!("libnftables lacks {name}"))
+            Err(format!("libnftables lacks {}", name.to_string_lossy()))
         } else {
             Ok(p)
         }
@@ -89,19 +91,21 @@ fn load() -> Result<Lib, String> {
     // SAFETY: each symbol has the C signature declared by libnftables.h for the type it is cast to.
     unsafe {
         Ok(Lib {
-            ctx_new: std::mem::transmute::<*mut c_void, CtxNew>(sym("nft_ctx_new")?),
-            ctx_free: std::mem::transmute::<*mut c_void, CtxFree>(sym("nft_ctx_free")?),
+            ctx_new: std::mem::transmute::<*mut c_void, CtxNew>(sym(c"nft_ctx_new")?),
+            ctx_free: std::mem::transmute::<*mut c_void, CtxFree>(sym(c"nft_ctx_free")?),
             buffer_output: std::mem::transmute::<*mut c_void, CtxInt>(sym(
-                "nft_ctx_buffer_output",
+                c"nft_ctx_buffer_output",
             )?),
-            buffer_error: std::mem::transmute::<*mut c_void, CtxInt>(sym("nft_ctx_buffer_error")?),
+            buffer_error: std::mem::transmute::<*mut c_void, CtxInt>(sym(c"nft_ctx_buffer_error")?),
             get_output: std::mem::transmute::<*mut c_void, CtxStr>(sym(
-                "nft_ctx_get_output_buffer",
+                c"nft_ctx_get_output_buffer",
             )?),
-            get_error: std::mem::transmute::<*mut c_void, CtxStr>(sym("nft_ctx_get_error_buffer")?),
-            run_cmd: std::mem::transmute::<*mut c_void, RunCmd>(sym("nft_run_cmd_from_buffer")?),
+            get_error: std::mem::transmute::<*mut c_void, CtxStr>(sym(
+                c"nft_ctx_get_error_buffer",
+            )?),
+            run_cmd: std::mem::transmute::<*mut c_void, RunCmd>(sym(c"nft_run_cmd_from_buffer")?),
             set_output_flags: std::mem::transmute::<*mut c_void, SetFlags>(sym(
-                "nft_ctx_output_set_flags",
+                c"nft_ctx_output_set_flags",
             )?),
         })
     }

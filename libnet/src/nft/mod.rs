@@ -48,7 +48,8 @@
 //! already gone. The delete batch still uses `add element X; delete element X` pairs (nft 1.0.6
 //! and its kernel interface have no `destroy`), so an element vanishing meanwhile cannot fail
 //! it. After a successful ADD the elements are recorded in `<state dir>/<attachment
-//! id>.<feature>.json` (written, fsynced, renamed) and DEL reads them from there, so DEL needs
+//! id>.<feature>.json` (written to a temp file and renamed; not fsynced, see [`StateDir::write`])
+//! and DEL reads them from there, so DEL needs
 //! only (network, container id, ifname). [`Nft::gc`] uses the state files and, for elements
 //! whose state file was lost, the comments (listing only our table).
 //!
@@ -65,10 +66,12 @@
 //!   over netlink and libnftables is loaded only to create the skeleton (once per namespace,
 //!   ~28 ms including the dlopen) and for GC.
 //! - A whole `ensure_portmap` (state read, ownership lookups, batch, state write): ~0.05 ms with
-//!   the state dir on tmpfs, the same with 50 or 1,000 attachments present. On this ext4 the state file's fsync
-//!   dominates: median ~0.5 ms, 3-5 ms while others compile. The state need not outlive a reboot
-//!   (neither do the elements), so a state dir under /run would drop that cost; the default stays
-//!   /var/lib/cni/knit/nft as specified.
+//!   the state dir on tmpfs, the same with 50 or 1,000 attachments present. On ext4, when the
+//!   record was still fsynced, that fsync dominated: median ~0.5 ms, 3-5 ms while others
+//!   compile. The state need not outlive a reboot (neither do the elements), so the record is
+//!   not fsynced and the default state dir is [`DEFAULT_STATE_DIR`] (`/run/cni/knit/nft`, on
+//!   tmpfs); callers choose another one as a value ([`Nft::at`], [`crate::StateRoot::nft`]),
+//!   never through the environment.
 //! - DEL: ~12-16 ms, independent of the table size, and not ours: the kernel frees deleted
 //!   elements after an RCU grace period, and closing any bound nf_tables netlink socket while such
 //!   work is pending waits for it (`nft_rcv_nl_event` flushes the destroy work). The batch itself
@@ -97,7 +100,7 @@ pub use apply::{LibNft, NftApply, NftCli};
 pub use error::NftError;
 pub use lookup::Found;
 pub use plan::{Elem, ElemOp, IngressPolicy, PortMapping, Proto, RawPortMapping, Table};
-pub use state::{Attachment, Feature, Record, StateDir, DEFAULT_STATE_DIR, STATE_DIR_ENV};
+pub use state::{Attachment, Feature, Record, StateDir, DEFAULT_STATE_DIR};
 pub use wire::WireElem;
 
 /// The sysctl the portmap caller sets to 1 on the bridge so 127.0.0.0/8 can be DNATed out.
@@ -114,9 +117,14 @@ pub struct Nft<A: NftApply = LibNft> {
 
 impl Nft<LibNft> {
     /// Elements over netlink, the skeleton through libnftables (loaded only when needed), the
-    /// state dir from the environment.
+    /// state in [`DEFAULT_STATE_DIR`].
     pub fn new() -> Nft<LibNft> {
-        Nft::with(LibNft::new(), StateDir::from_env())
+        Nft::at(StateDir::new(DEFAULT_STATE_DIR))
+    }
+
+    /// Like [`Nft::new`] with the state in `state` (e.g. [`crate::StateRoot::nft`]).
+    pub fn at(state: StateDir) -> Nft<LibNft> {
+        Nft::with(LibNft::new(), state)
     }
 }
 

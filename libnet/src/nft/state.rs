@@ -2,7 +2,8 @@
 //! DEL and GC work from (network, container id, ifname) alone.
 //!
 //! Layout: `<dir>/<id>.<feature>.json` where `<id>` is [`Attachment::id`]; the file holds the
-//! attachment itself and its elements. Written to a temp file, fsynced, renamed into place.
+//! attachment itself and its elements. Written to a temp file and renamed into place (not
+//! fsynced: see [`StateDir::write`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -14,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::error::NftError;
 use super::plan::{Elem, COMMENT_MAX};
 
-/// Default state dir; `KNIT_STATE_DIR=D` makes it `D/nft` (tests point it at a temp dir).
+/// Default state dir: `nft` under [`crate::DEFAULT_STATE_ROOT`]; callers pass another one as a
+/// value ([`crate::StateRoot::nft`], [`super::Nft::at`]).
 pub const DEFAULT_STATE_DIR: &str = "/run/cni/knit/nft";
-pub const STATE_DIR_ENV: &str = "KNIT_STATE_DIR";
 const LOCK_FILE: &str = ".lock";
 
 /// One container interface on one network: the identity CNI DEL gives us.
@@ -118,14 +119,6 @@ pub struct Lock {
 impl StateDir {
     pub fn new(dir: impl Into<PathBuf>) -> StateDir {
         StateDir { dir: dir.into() }
-    }
-
-    /// `$KNIT_STATE_DIR/nft` if set, else [`DEFAULT_STATE_DIR`].
-    pub fn from_env() -> StateDir {
-        match std::env::var_os(STATE_DIR_ENV) {
-            Some(d) if !d.is_empty() => StateDir::new(Path::new(&d).join("nft")),
-            _ => StateDir::new(DEFAULT_STATE_DIR),
-        }
     }
 
     pub fn dir(&self) -> &Path {

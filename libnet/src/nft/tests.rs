@@ -319,17 +319,15 @@ fn spoofchk_makes_the_bridge_table_and_is_owned_per_attachment() {
 }
 
 #[test]
-fn state_dir_from_env() {
-    // The only test touching this variable.
-    std::env::set_var(STATE_DIR_ENV, "/tmp/knit-x");
+fn state_dir_is_a_value_never_the_environment() {
     assert_eq!(
-        StateDir::from_env().dir(),
-        std::path::Path::new("/tmp/knit-x/nft")
-    );
-    std::env::remove_var(STATE_DIR_ENV);
-    assert_eq!(
-        StateDir::from_env().dir(),
+        Nft::new().state().dir(),
         std::path::Path::new(DEFAULT_STATE_DIR)
+    );
+    let root = crate::StateRoot::new("/tmp/knit-x");
+    assert_eq!(
+        Nft::at(root.nft()).state().dir(),
+        std::path::Path::new("/tmp/knit-x/nft")
     );
 }
 

@@ -293,3 +293,9 @@ fn config_and_input_errors_come_before_the_kernel() {
     assert_eq!(call(&Sbr, "STATUS", &status).0, 0);
     assert_eq!(call(&Sbr, "GC", &status).0, 0);
 }
+
+#[test]
+fn default_destinations_are_the_whole_family() {
+    assert_eq!(default_dst(ip("10.1.2.3")).to_string(), "0.0.0.0/0");
+    assert_eq!(default_dst(ip("fd00::1")).to_string(), "::/0");
+}
