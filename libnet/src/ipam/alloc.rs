@@ -88,8 +88,12 @@ pub fn allocate_in_blocks<S: IpamStore + ?Sized>(
             match allocate_in_set(s, i, pool, id, ifname, wanted[i]) {
                 Ok(a) => done.push(a),
                 Err(e) => {
+                    // Undo that tells: an address that cannot be given back is named.
                     for a in &done {
-                        let _ = s.release_ip(a.address.addr());
+                        let ip = a.address.addr();
+                        if let Err(u) = s.release_ip(ip) {
+                            eprintln!("knit: rolling back: could not release {ip}: {u}");
+                        }
                     }
                     return Err(e);
                 }
