@@ -4,6 +4,7 @@
 pub mod driver;
 pub mod error;
 pub mod ipam;
+pub mod linger;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

@@ -1,0 +1,475 @@
+//! DEL designed around the kernel's wait: return when an object is gone from the kernel's view,
+//! and leave the memory-freeing wait to a detached helper process.
+//!
+//! What the kernel does (measured on 6.18 with `strace -T` and `ip -ts monitor`): `ip link del`
+//! of a veth blocks ~17-24 ms in `sendto`, yet both ends, their addresses and routes are unlisted
+//! and RTM_DELLINK is notified within ~1 ms of the call. The rest is `netdev_run_todo` after
+//! the RTNL is released (`rcu_barrier`, waiting for the last references), which concerns memory,
+//! not anything a caller can see. Likewise, closing an nfnetlink socket after a batch that deleted
+//! set elements blocks 6-9 ms in `close`: its release flushes nf_tables' destroy work (an RCU
+//! grace period); the elements themselves are gone when the batch's `send` returns.
+//!
+//! [`del_link`] therefore works like this, everything built before `fork`:
+//! 1. a monitor socket subscribed to RTNLGRP_LINK of the namespace, a request socket, a pipe,
+//!    and the 32 bytes of the RTM_DELLINK request;
+//! 2. a double fork (the middle child calls `setsid` and exits at once and is reaped here, so no
+//!    runtime is left with a zombie); the grandchild keeps only the request socket and the pipe's
+//!    write end (stdio and every other descriptor closed: a runtime reading our stdout to EOF
+//!    is not held up), sends the request, blocks through the kernel's wait, writes the errno of
+//!    the ack (0 for success) into the pipe and exits. Between `fork` and `_exit` it makes raw
+//!    syscalls only (the parent may be multi-threaded: no allocation, no locks);
+//! 3. the caller waits for whichever comes first: the link's RTM_DELLINK notification (gone) or
+//!    the helper's errno (a refusal, ENODEV included, which arrives fast because nothing was
+//!    unregistered; or 0 if the whole deletion finished first). Every error the kernel can give
+//!    is given before the link is unlisted, so every error still reaches the caller;
+//! 4. after the notification, a barrier: an empty RTM_SETLINK on the same index, answered once
+//!    the RTNL is free, i.e. once the whole unregister batch (a veth's peer in its own namespace
+//!    included, with its addresses and routes) is done. It answers ENODEV and changes nothing.
+//!
+//! If `fork` fails, the request is made in-process (the old, slow way) so DEL still works. The
+//! helper is named `knit-linger` (its `comm`) so tests can see none is left behind; each lives
+//! as long as the kernel's wait (~20 ms). Under a subreaper the helper is reparented to it,
+//! which reaps it like any orphan.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::netlink::{Handle, NetlinkError, Result};
+use crate::netns::NetNs;
+
+/// The helper's `comm`, as `ps` and `/proc/PID/comm` show it.
+pub const HELPER_NAME: &str = "knit-linger";
+const HELPER_COMM: &[u8] = b"knit-linger\0";
+
+/// How long the caller waits for the link to be unlisted before calling it a failure.
+const UNLIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+const RTNLGRP_LINK: u32 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_HDRLEN: usize = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_SETLINK: u16 = 19;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const REQ_SEQ: u32 = 1;
+const BARRIER_SEQ: u32 = 2;
+
+/// `ip link del dev #INDEX` in `ns` (the calling thread's namespace when `None`), returning as
+/// soon as the link is gone from the namespace's view; the kernel's remaining wait is left to a
+/// detached helper. Errors are those of [`Handle::del_link`] (ENODEV when there is no such link).
+pub fn del_link(ns: Option<&NetNs>, index: u32) -> Result<()> {
+    let socks = match ns {
+        Some(ns) => ns.run_in(Sockets::open)??,
+        None => Sockets::open()?,
+    };
+    socks.del(index)
+}
+
+/// `ip link del NAME` in `ns` like [`del_link`]; a missing link is success (tolerant teardown).
+pub fn del_link_by_name(ns: Option<&NetNs>, name: &str) -> Result<()> {
+    let open = || -> Result<Option<(Sockets, u32)>> {
+        let Some(link) = Handle::new()?.find_link(name)? else {
+            return Ok(None);
+        };
+        Ok(Some((Sockets::open()?, link.index)))
+    };
+    let found = match ns {
+        Some(ns) => ns.run_in(open)??,
+        None => open()?,
+    };
+    let Some((socks, index)) = found else {
+        return Ok(());
+    };
+    match socks.del(index) {
+        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+        r => r,
+    }
+}
+
+/// Hand the final close of `fd` to a detached helper, so that the caller's own close of it is
+/// cheap (it no longer drops the last reference). For an nfnetlink socket after a batch that
+/// deleted elements, whose release waits out nf_tables' destroy work. If the helper cannot be
+/// made, nothing happens: the caller's close then pays the wait itself.
+pub fn close_detached(fd: BorrowedFd<'_>) {
+    let fd = fd.as_raw_fd();
+    spawn_helper([fd, fd], || {
+        // SAFETY: raw syscall on a descriptor the helper owns a copy of.
+        unsafe { libc::close(fd) };
+    });
+}
+
+/// What [`del_link`] needs, opened in the link's namespace.
+struct Sockets {
+    /// Subscribed to link events; also carries the barrier.
+    mon: Socket,
+    /// Carries the RTM_DELLINK request (handed to the helper).
+    req: Socket,
+}
+
+impl Sockets {
+    fn open() -> Result<Sockets> {
+        let sock = || -> Result<Socket> {
+            let mut s = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+            s.bind_auto().map_err(NetlinkError::Socket)?;
+            s.connect(&SocketAddr::new(0, 0))
+                .map_err(NetlinkError::Socket)?;
+            Ok(s)
+        };
+        let mon = sock()?;
+        mon.add_membership(RTNLGRP_LINK)
+            .map_err(NetlinkError::Socket)?;
+        let _ = mon.set_rx_buf_sz(1 << 20);
+        Ok(Sockets { mon, req: sock()? })
+    }
+
+    fn del(self, index: u32) -> Result<()> {
+        let kernel = |errno: i32| NetlinkError::Kernel {
+            op: "del link",
+            object: format!("link #{index}"),
+            errno,
+            ext: None,
+        };
+        let msg = link_msg(RTM_DELLINK, REQ_SEQ, index);
+        let (rd, wr) = pipe().map_err(NetlinkError::Socket)?;
+        let (req, report) = (self.req.as_raw_fd(), wr.as_raw_fd());
+        let spawned = spawn_helper([req, report], || {
+            let errno = request(req, &msg);
+            let bytes = errno.to_ne_bytes();
+            // SAFETY: raw write of a stack buffer to a descriptor the helper owns a copy of.
+            unsafe { libc::write(report, bytes.as_ptr().cast(), bytes.len()) };
+        });
+        if !spawned {
+            // No helper: the old way, blocking through the kernel's whole wait.
+            return match request(req, &msg) {
+                0 => Ok(()),
+                e => Err(kernel(e)),
+            };
+        }
+        // Our copies go: the helper holds the request socket and the only write end.
+        drop(wr);
+        drop(self.req);
+        match wait_unlisted(&self.mon, rd.as_raw_fd(), index)? {
+            Outcome::Answer(0) => Ok(()),
+            Outcome::Answer(e) => Err(kernel(e)),
+            Outcome::Unlisted => {
+                barrier(&self.mon, index)?;
+                Ok(())
+            }
+            Outcome::HelperLost => Err(NetlinkError::Socket(io::Error::other(format!(
+                "the helper deleting link #{index} exited without an answer"
+            )))),
+            Outcome::Timeout => Err(kernel(libc::ETIMEDOUT)),
+        }
+    }
+}
+
+enum Outcome {
+    /// The helper's errno (0: the kernel finished the whole deletion first).
+    Answer(i32),
+    /// RTM_DELLINK for the index was seen.
+    Unlisted,
+    HelperLost,
+    Timeout,
+}
+
+/// Wait for the link's RTM_DELLINK on `mon` or the helper's errno on `rd`.
+fn wait_unlisted(mon: &Socket, rd: RawFd, index: u32) -> Result<Outcome> {
+    let deadline = Instant::now() + UNLIST_TIMEOUT;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Outcome::Timeout);
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: rd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: mon.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: fds is a valid array of two pollfd for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(NetlinkError::Socket(e));
+        }
+        if fds[0].revents != 0 {
+            let mut b = [0u8; 4];
+            // SAFETY: b is a valid writable buffer of 4 bytes.
+            let r = unsafe { libc::read(rd, b.as_mut_ptr().cast(), b.len()) };
+            if r == 4 {
+                return Ok(Outcome::Answer(i32::from_ne_bytes(b)));
+            }
+            if r >= 0 {
+                return Ok(Outcome::HelperLost);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(NetlinkError::Socket(e));
+            }
+        }
+        if fds[1].revents != 0 {
+            match recv_dontwait(mon, &mut buf) {
+                Ok(n) => {
+                    if dellink_of(&buf[..n], index) {
+                        return Ok(Outcome::Unlisted);
+                    }
+                }
+                // Events were dropped (ENOBUFS): ask the kernel instead.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    if probe(mon, index)? == libc::ENODEV {
+                        return Ok(Outcome::Unlisted);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(NetlinkError::Socket(e)),
+            }
+        }
+    }
+}
+
+/// Wait until the RTNL section that unlisted the link is over (see the module note).
+fn barrier(mon: &Socket, index: u32) -> Result<()> {
+    probe(mon, index).map(|_| ())
+}
+
+/// An empty RTM_SETLINK on `index`: changes nothing, answers once the RTNL is ours (ENODEV
+/// when the link is gone). Returns the errno of the answer.
+fn probe(mon: &Socket, index: u32) -> Result<i32> {
+    let msg = link_msg(RTM_SETLINK, BARRIER_SEQ, index);
+    mon.send(&msg, 0).map_err(NetlinkError::Socket)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = loop {
+            // SAFETY: buf is a valid writable buffer of buf.len() bytes.
+            let r = unsafe { libc::recv(mon.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if r >= 0 {
+                break r as usize;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::ENOBUFS) => continue,
+                _ => return Err(NetlinkError::Socket(e)),
+            }
+        };
+        if let Some(errno) = ack_errno(&buf[..n], BARRIER_SEQ) {
+            return Ok(errno);
+        }
+    }
+}
+
+fn recv_dontwait(s: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid writable buffer of buf.len() bytes.
+    let r = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints; on success both are new descriptors we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// An rtnetlink link request without attributes: nlmsghdr + ifinfomsg with only the index.
+fn link_msg(ty: u16, seq: u32, index: u32) -> [u8; 32] {
+    let mut m = [0u8; 32];
+    m[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    m[4..6].copy_from_slice(&ty.to_ne_bytes());
+    m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    m[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // ifinfomsg: family (1), pad (1), type (2), index (4), flags (4), change (4).
+    m[20..24].copy_from_slice(&(index as i32).to_ne_bytes());
+    m
+}
+
+/// The netlink messages of a datagram: (type, seq, payload).
+fn messages(mut b: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
+    std::iter::from_fn(move || {
+        if b.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        if len < NLMSG_HDRLEN || len > b.len() {
+            return None;
+        }
+        let ty = u16::from_ne_bytes([b[4], b[5]]);
+        let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+        let body = &b[NLMSG_HDRLEN..len];
+        b = &b[((len + 3) & !3).min(b.len())..];
+        Some((ty, seq, body))
+    })
+}
+
+/// Does the datagram hold RTM_DELLINK for `index`?
+fn dellink_of(b: &[u8], index: u32) -> bool {
+    messages(b).any(|(ty, _, body)| {
+        // AF_UNSPEC: the link itself (an AF_BRIDGE one only says it left its bridge).
+        ty == RTM_DELLINK
+            && body.len() >= 8
+            && body[0] == libc::AF_UNSPEC as u8
+            && i32::from_ne_bytes([body[4], body[5], body[6], body[7]]) == index as i32
+    })
+}
+
+/// The errno of the ack for `seq` in the datagram, if it holds one (0 for success).
+fn ack_errno(b: &[u8], seq: u32) -> Option<i32> {
+    messages(b).find_map(|(ty, s, body)| {
+        (ty == NLMSG_ERROR && s == seq && body.len() >= 4)
+            .then(|| -i32::from_ne_bytes([body[0], body[1], body[2], body[3]]))
+    })
+}
+
+/// Send `msg` on `sock` and wait for its ack; the errno (0 for success). Raw syscalls and
+/// stack buffers only: this runs in the helper after `fork`.
+fn request(sock: RawFd, msg: &[u8; 32]) -> i32 {
+    let errno = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
+    loop {
+        // SAFETY: msg is a valid buffer of 32 bytes.
+        let r = unsafe { libc::send(sock, msg.as_ptr().cast(), msg.len(), 0) };
+        if r >= 0 {
+            break;
+        }
+        if errno() != libc::EINTR {
+            return errno();
+        }
+    }
+    let mut buf = [0u8; 1024];
+    loop {
+        // SAFETY: buf is a valid writable stack buffer of buf.len() bytes.
+        let r = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if r < 0 {
+            match errno() {
+                libc::EINTR => continue,
+                e => return e,
+            }
+        }
+        if let Some(e) = ack_errno(&buf[..r as usize], REQ_SEQ) {
+            return e;
+        }
+    }
+}
+
+/// Run `job` in a detached grandchild that keeps only the descriptors `keep` (stdio and all
+/// others closed), then exits. The middle child is reaped before this returns. `false` if the
+/// helper could not be made. `job` must make raw syscalls only: the caller may be
+/// multi-threaded, and only the forking thread exists in the child.
+fn spawn_helper(keep: [RawFd; 2], job: impl FnOnce()) -> bool {
+    // SAFETY: fork; the child runs only async-signal-safe syscalls and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return false;
+    }
+    if pid == 0 {
+        // SAFETY: raw syscalls in the child; both children end in _exit.
+        unsafe {
+            libc::setsid();
+            if libc::fork() == 0 {
+                libc::prctl(libc::PR_SET_NAME, HELPER_COMM.as_ptr());
+                close_all_but(keep);
+                job();
+                libc::_exit(0);
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child; ECHILD (SIGCHLD ignored) is fine.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
+    true
+}
+
+/// Close every descriptor but the (at most two) in `keep`, with `close_range` (raw syscall,
+/// Linux >= 5.9). Only for a freshly forked helper: it closes descriptors that other owners in
+/// the parent's memory still believe theirs.
+fn close_all_but(keep: [RawFd; 2]) {
+    let (a, b) = if keep[0] <= keep[1] {
+        (keep[0] as u32, keep[1] as u32)
+    } else {
+        (keep[1] as u32, keep[0] as u32)
+    };
+    let close_range = |first: u32, last: u32| {
+        if first <= last {
+            // SAFETY: raw syscall; the helper never touches the closed descriptors again.
+            unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        }
+    };
+    if a > 0 {
+        close_range(0, a - 1);
+    }
+    if b > a + 1 {
+        close_range(a + 1, b - 1);
+    }
+    close_range(b.saturating_add(1), u32::MAX);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_msg_is_an_rtnetlink_request_for_the_index() {
+        let m = link_msg(RTM_DELLINK, 7, 42);
+        let (ty, seq, body) = messages(&m).next().unwrap();
+        assert_eq!((ty, seq, body.len()), (RTM_DELLINK, 7, 16));
+        assert_eq!(u16::from_ne_bytes([m[6], m[7]]), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(i32::from_ne_bytes([body[4], body[5], body[6], body[7]]), 42);
+        assert!(dellink_of(&m, 42));
+        assert!(!dellink_of(&m, 41));
+        assert!(!dellink_of(&link_msg(RTM_SETLINK, 7, 42), 42));
+    }
+
+    fn ack(seq: u32, errno: i32) -> Vec<u8> {
+        let mut m = vec![0u8; NLMSG_HDRLEN + 4];
+        m[0..4].copy_from_slice(&((NLMSG_HDRLEN + 4) as u32).to_ne_bytes());
+        m[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m[8..12].copy_from_slice(&seq.to_ne_bytes());
+        m[16..20].copy_from_slice(&(-errno).to_ne_bytes());
+        m
+    }
+
+    #[test]
+    fn acks_are_matched_by_sequence_among_other_messages() {
+        let mut d = link_msg(RTM_DELLINK, 0, 3).to_vec();
+        d.extend(ack(1, libc::ENODEV));
+        d.extend(ack(2, 0));
+        assert_eq!(ack_errno(&d, 1), Some(libc::ENODEV));
+        assert_eq!(ack_errno(&d, 2), Some(0));
+        assert_eq!(ack_errno(&d, 3), None);
+        // A truncated datagram ends the walk instead of reading past it.
+        assert_eq!(ack_errno(&d[..d.len() - 3], 2), None);
+    }
+}
