@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::Read;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use common::TestNs;
@@ -180,8 +179,7 @@ fn pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
 fn close_detached_helper_closes_the_handed_fd_and_keeps_no_other() {
     let (mut handed_r, handed_w) = pipe();
     let (mut other_r, other_w) = pipe();
-    linger::close_detached(handed_w.as_fd());
-    drop(handed_w);
+    linger::close_detached(handed_w);
     drop(other_w);
     // EOF on both: the helper closed the descriptor it was handed, and did not keep ours
     // (a runtime reading our stdout to EOF must not wait for it).

@@ -300,8 +300,8 @@ pub fn apply(op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftE
     }
     if ops.iter().any(|o| matches!(o, ElemOp::Del(_))) {
         // The elements are gone; the socket's release would wait out nf_tables' destroy work
-        // (6-9 ms): a helper pays it (see linger.rs), our close below is then cheap.
-        crate::linger::close_detached(std::os::fd::AsFd::as_fd(&sock));
+        // (6-9 ms): a helper pays it (see linger.rs).
+        crate::linger::close_detached(sock);
     }
     match first_err {
         None => Ok(()),
