@@ -10,7 +10,10 @@
 //! grace period); the elements themselves are gone when the batch's `send` returns.
 //!
 //! [`del_link`] therefore works like this, everything built before the helper is made:
-//! 1. the link is looked up (its kind; for a veth its peer's index and namespace id); a monitor
+//! 1. the link is looked up in the calling thread's namespace (its kind; for a veth its peer's
+//!    index and namespace id) and must be the caller's link (same index, name and MAC: a
+//!    [`Handle`] does not say which namespace it is in; otherwise the handle deletes it the old
+//!    way, so a thread elsewhere never deletes another namespace's link by index); a monitor
 //!    socket subscribed to RTNLGRP_LINK, listening to every namespace that has an id here
 //!    (`NETLINK_LISTEN_ALL_NSID`: the peer's), a request socket, a pipe, and the 32 bytes of the
 //!    RTM_DELLINK request;
@@ -68,22 +71,28 @@ const NLM_F_ACK: u16 = 4;
 const REQ_SEQ: u32 = 1;
 const BARRIER_SEQ: u32 = 2;
 
-/// `ip link del dev #INDEX` in `ns` (the calling thread's namespace when `None`), returning as
-/// soon as the link is gone from the namespace's view; the kernel's remaining wait is left to a
-/// detached helper. Errors are those of [`Handle::del_link`] (ENODEV when there is no such link).
-pub fn del_link(ns: Option<&NetNs>, index: u32) -> Result<()> {
-    let open = || -> Result<(Sockets, Link)> {
-        let link = Handle::new()?.link_by_index(index)?;
-        Ok((Sockets::open()?, link))
+/// `ip link del dev LINK` where `h` sees `link`, returning as soon as the link is gone from the
+/// namespace's view; the kernel's remaining wait is left to a detached helper. Errors are those
+/// of [`Handle::del_link`] (ENODEV when the link is already gone).
+///
+/// The helper's sockets are opened in the calling thread's namespace. A handle does not say
+/// which namespace it is in, so that one is first checked to list `link` under the same index,
+/// name and MAC; if it does not (the caller's thread is elsewhere), the link is deleted through
+/// `h`, blocking through the kernel's wait as before, never in the wrong namespace.
+pub fn del_link(h: &Handle, link: &Link) -> Result<()> {
+    let here = match Handle::new()?.link_by_index(link.index) {
+        Ok(l) => l,
+        Err(e) if e.errno() == Some(libc::ENODEV) => return h.del_link(link.index),
+        Err(e) => return Err(e),
     };
-    let (socks, link) = match ns {
-        Some(ns) => ns.run_in(open)??,
-        None => open()?,
-    };
-    socks.del(&link)
+    if here.name != link.name || here.mac != link.mac {
+        return h.del_link(link.index);
+    }
+    Sockets::open()?.del(&here)
 }
 
-/// `ip link del NAME` in `ns` like [`del_link`]; a missing link is success (tolerant teardown).
+/// `ip link del NAME` in `ns` (the calling thread's namespace when `None`) like [`del_link`];
+/// a missing link is success (tolerant teardown).
 pub fn del_link_by_name(ns: Option<&NetNs>, name: &str) -> Result<()> {
     let open = || -> Result<Option<(Sockets, Link)>> {
         let Some(link) = Handle::new()?.find_link(name)? else {

@@ -115,8 +115,13 @@ fn veth_pair_addresses_and_routes_are_gone_when_del_link_returns() {
     let mut full = Vec::new();
     for _ in 0..3 {
         let (hi, ci) = pair(&h, &c, &ctr);
+        let link = h.link_by_index(hi).unwrap();
+        // From a thread in the link's namespace, as a plugin calls it.
         let t = Instant::now();
-        linger::del_link(Some(&host.ns), hi).unwrap();
+        host.ns
+            .run_in(|| linger::del_link(&h, &link))
+            .unwrap()
+            .unwrap();
         early.push(t.elapsed());
         assert_gone(&h, &c, hi, ci);
 
@@ -137,6 +142,27 @@ fn veth_pair_addresses_and_routes_are_gone_when_del_link_returns() {
 }
 
 #[test]
+fn del_link_from_another_namespace_goes_through_the_handle_and_spares_that_namespace() {
+    let host = TestNs::new("lh");
+    let ctr = TestNs::new("lc");
+    let other = TestNs::new("lo");
+    let h = Handle::new_in(&host.ns).unwrap();
+    let c = Handle::new_in(&ctr.ns).unwrap();
+    let (hi, ci) = pair(&h, &c, &ctr);
+    let link = h.link_by_index(hi).unwrap();
+    // The calling thread's namespace has another link under the same index.
+    other.sh(&format!("ip link add decoy index {hi} type bridge"));
+    other
+        .ns
+        .run_in(|| linger::del_link(&h, &link))
+        .unwrap()
+        .unwrap();
+    assert_gone(&h, &c, hi, ci);
+    let o = Handle::new_in(&other.ns).unwrap();
+    assert_eq!(o.link_by_index(hi).unwrap().name, "decoy");
+}
+
+#[test]
 fn del_link_by_name_in_the_container_removes_both_ends_and_tolerates_absence() {
     let host = TestNs::new("lh");
     let ctr = TestNs::new("lc");
@@ -154,14 +180,28 @@ fn del_link_by_name_in_the_container_removes_both_ends_and_tolerates_absence() {
 fn kernel_refusals_reach_the_caller() {
     let host = TestNs::new("lh");
     let h = Handle::new_in(&host.ns).unwrap();
-    // No such index: ENODEV, relayed by the helper (nothing is unregistered, so no notification).
-    let err = linger::del_link(Some(&host.ns), 999_999).unwrap_err();
+    // Gone already: ENODEV.
+    let ctr = TestNs::new("lc");
+    let cc = Handle::new_in(&ctr.ns).unwrap();
+    let (hi, _) = pair(&h, &cc, &ctr);
+    let link = h.link_by_index(hi).unwrap();
+    h.del_link(hi).unwrap();
+    let err = host
+        .ns
+        .run_in(|| linger::del_link(&h, &link))
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.errno(), Some(libc::ENODEV), "{err}");
     assert_eq!(err.kind(), Kind::NotFound);
-    // `ip link del lo` is refused.
-    let lo = h.link_by_name("lo").unwrap().index;
+    // `ip link del lo` is refused: the helper relays the kernel's answer (nothing is
+    // unregistered, so no notification comes).
+    let lo = h.link_by_name("lo").unwrap();
     let t = Instant::now();
-    let err = linger::del_link(Some(&host.ns), lo).unwrap_err();
+    let err = host
+        .ns
+        .run_in(|| linger::del_link(&h, &lo))
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.errno(), Some(libc::EOPNOTSUPP), "{err}");
     assert_eq!(err.kind(), Kind::Invalid);
     assert!(t.elapsed() < Duration::from_secs(1));
