@@ -526,12 +526,14 @@ fn spawn_helper(keep: [RawFd; 2], mut job: impl FnMut()) -> bool {
     let mut stack = vec![0u8; 64 * 1024];
     // SAFETY: an all-zero sigset_t is valid input to sigfillset/pthread_sigmask.
     let (mut all, mut mask) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: all-zero sigset_t and cpu_set_t are valid (empty) sets.
+    let (zero_mask, zero_cpus) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
     let mut m = Middle {
         keep,
         job: &mut job,
-        mask: unsafe { std::mem::zeroed() },
+        mask: zero_mask,
         pinned: false,
-        cpus: unsafe { std::mem::zeroed() },
+        cpus: zero_cpus,
     };
     // The children are born on this thread's CPU, which it is about to give up (suspended,
     // then waiting for the helper): under load they start at once instead of queueing for
