@@ -5,6 +5,7 @@ pub mod driver;
 pub mod endpoint;
 pub mod error;
 pub mod ipam;
+pub mod linger;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

@@ -277,7 +277,7 @@ pub fn detach(
 ) -> Result<(), DriverError> {
     let host_name = host_veth_name(container_id, ifname);
     if let Some(l) = h.find_link(&host_name)? {
-        return match h.del_link(l.index) {
+        return match crate::linger::del_link(h, &l) {
             Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
             r => Ok(r?),
         };

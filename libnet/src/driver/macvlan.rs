@@ -175,7 +175,7 @@ fn attach(
 /// Delete the container's link; a missing link or namespace is success.
 pub fn detach(ifname: &str, netns: Option<&NetNs>) -> Result<(), DriverError> {
     let Some(ns) = netns else { return Ok(()) };
-    Handle::new_in(ns)?.del_link_by_name(ifname)?;
+    crate::linger::del_link_by_name(Some(ns), ifname)?;
     Ok(())
 }
 

@@ -298,6 +298,11 @@ pub fn apply(op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftE
             break;
         }
     }
+    if ops.iter().any(|o| matches!(o, ElemOp::Del(_))) {
+        // The elements are gone; the socket's release would wait out nf_tables' destroy work
+        // (6-9 ms): a helper pays it (see linger.rs).
+        crate::linger::close_detached(sock);
+    }
     match first_err {
         None => Ok(()),
         Some((seq, errno)) => {

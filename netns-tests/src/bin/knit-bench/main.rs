@@ -124,8 +124,29 @@ fn cycle(side: &Side, case: &Case, n: usize, samples: &mut Samples) -> Result<Te
         .clone();
     let del = side.runner().del(&side.conflist, &rt, Some(&result));
     del.ok().with_context(|| format!("{} DEL", side.label))?;
+    if side.label == "knit" {
+        // knit's DEL returns before the kernel's own wait (libnet::linger): it counts only if
+        // everything is already gone when it returns.
+        gone_after_del(side, &ns).context("knit DEL returned early")?;
+    }
     samples.push(&add, &del);
     Ok(ns)
+}
+
+/// Nothing of the attachment is visible (untimed, right after DEL): no host veth, only `lo` in
+/// the container, no reservation, no nft element.
+fn gone_after_del(side: &Side, ns: &TestNs) -> Result<()> {
+    let veths = side.host_veths()?;
+    let links: Vec<String> = ns.handle()?.links()?.into_iter().map(|l| l.name).collect();
+    let ips = side.reserved_ips();
+    let elems = side.knit_nft_elements()?.unwrap_or_default();
+    if !veths.is_empty() || links != ["lo"] || !ips.is_empty() || !elems.is_empty() {
+        bail!(
+            "still visible: host veths {veths:?}, container links {links:?}, reservations \
+             {ips:?}, nft elements {elems:?}"
+        );
+    }
+    Ok(())
 }
 
 /// Interleaved cycles of both sides (order alternating), after one warm-up cycle each.
@@ -442,33 +463,47 @@ fn run(a: &Args) -> Result<()> {
     };
     let veth_floor = floor("DEL floor veth", &VETH_FLOOR)?;
     let del_med = |s: &Option<[Samples; 2]>| s.as_ref().map_or(f64::NAN, |s| median_ms(&s[1].del));
-    // DESIGN: ADD <= 0.25x the reference; DEL <= 0.6x the reference, i.e. within ~10 % of the
-    // kernel's own deletion by `ip`, whichever the kernel allows.
-    let mut targets = |name: &str, s: &Option<[Samples; 2]>, add_max: f64, floor: f64| {
-        verdict.target(
-            &format!("{name} ADD knit/ref"),
-            ratio_of(s, |s| &s.add),
-            add_max,
-        );
-        verdict.target_either(
-            &format!("{name} DEL knit/ref | knit/floor"),
-            (ratio_of(s, |s| &s.del), 0.6),
-            (del_med(s) / floor, 1.1),
-        );
-    };
+    // DESIGN: ADD <= 0.25x the reference. DEL (issue 12): knit returns once everything is gone
+    // from the kernel's view and leaves the kernel's RCU wait to a detached helper, so it is
+    // held to <= 0.3x the reference for links it deletes (bridge, ptp, macvlan); `del_max`
+    // None keeps the older target, <= 0.6x or within 10 % of the kernel's deletion by `ip`.
+    let mut targets =
+        |name: &str, s: &Option<[Samples; 2]>, add_max: f64, del_max: Option<f64>, floor: f64| {
+            verdict.target(
+                &format!("{name} ADD knit/ref"),
+                ratio_of(s, |s| &s.add),
+                add_max,
+            );
+            let del = ratio_of(s, |s| &s.del);
+            match del_max {
+                Some(max) => {
+                    println!(
+                        "  {name}: knit DEL {:.2} ms = {:.3}x the `ip` floor",
+                        del_med(s),
+                        del_med(s) / floor
+                    );
+                    verdict.target(&format!("{name} DEL knit/ref"), del, max);
+                }
+                None => verdict.target_either(
+                    &format!("{name} DEL knit/ref | knit/floor"),
+                    (del, 0.6),
+                    (del_med(s) / floor, 1.1),
+                ),
+            }
+        };
     if a.wants("bridge") {
-        targets("bridge+host-local", &bridge, 0.25, veth_floor);
+        targets("bridge+host-local", &bridge, 0.25, Some(0.3), veth_floor);
     }
     if a.wants("ptp") {
-        targets("ptp", &ptp, 0.25, veth_floor);
+        targets("ptp", &ptp, 0.25, Some(0.3), veth_floor);
     }
     if a.wants("macvlan") {
         let f = floor("DEL floor macvlan", &MACVLAN_FLOOR)?;
-        targets("macvlan", &macvlan, 0.25, f);
+        targets("macvlan", &macvlan, 0.25, Some(0.3), f);
     }
     if a.wants("bandwidth") {
         let f = floor("DEL floor veth+ifb", &BANDWIDTH_FLOOR)?;
-        targets("bridge+bandwidth", &bandwidth, 0.5, f);
+        targets("bridge+bandwidth", &bandwidth, 0.5, None, f);
         let cycle = ratio_of(&bandwidth, |s| &s.cycle);
         if let Some(s) = &bandwidth {
             // The best whole cycle the kernel allows: knit's ADD plus the floor's deletions.
@@ -480,6 +515,11 @@ fn run(a: &Args) -> Result<()> {
         verdict.target("bridge+bandwidth whole cycle knit/ref", cycle, 0.5);
     }
     if a.wants("podman") {
+        verdict.target(
+            "podman chain DEL knit/ref",
+            ratio_of(&podman, |s| &s.del),
+            0.2,
+        );
         verdict.target(
             "podman chain whole cycle knit/ref",
             ratio_of(&podman, |s| &s.cycle),
