@@ -37,6 +37,7 @@ pub enum Call {
     ReplaceNeigh(Neigh),
     DelNeigh(Neigh),
     AppendFdb(FdbEntry),
+    ReplaceFdb(FdbEntry),
     DelFdb(FdbEntry),
 }
 
@@ -58,6 +59,7 @@ impl Call {
             Call::ReplaceNeigh(..) => "replace_neigh",
             Call::DelNeigh(..) => "del_neigh",
             Call::AppendFdb(..) => "append_fdb",
+            Call::ReplaceFdb(..) => "replace_fdb",
             Call::DelFdb(..) => "del_fdb",
         }
     }
@@ -223,6 +225,10 @@ fn has_link(m: &Model, op: &'static str, index: u32) -> Result<()> {
         .any(|l| l.index == index)
         .then_some(())
         .ok_or_else(|| no_link(op, index))
+}
+
+fn same_fdb_mac(a: &FdbEntry, b: &FdbEntry) -> bool {
+    (a.index, a.mac, a.vlan) == (b.index, b.mac, b.vlan)
 }
 
 /// The kernel tells routes apart by table, destination, metric (and, within those, gateway
@@ -496,10 +502,32 @@ impl Netlink for FakeNetlink {
             || e.describe(),
             |m, _| {
                 has_link(m, "append fdb", e.index)?;
-                // Appending an entry that is there already changes nothing, as in the kernel.
-                if !m.fdb.iter().any(|x| x.key() == e.key()) {
+                // As in the kernel: the same entry again changes nothing, and neither does a
+                // second remote for a unicast MAC; a flood entry gains one more remote.
+                let there = if e.is_flood() {
+                    m.fdb.iter().any(|x| x.key() == e.key())
+                } else {
+                    m.fdb.iter().any(|x| same_fdb_mac(x, e))
+                };
+                if !there {
                     m.fdb.push(e.clone());
                 }
+                Ok(())
+            },
+        )
+    }
+
+    fn replace_fdb(&self, e: &FdbEntry) -> Result<()> {
+        self.change(
+            Call::ReplaceFdb(e.clone()),
+            || e.describe(),
+            |m, _| {
+                has_link(m, "replace fdb", e.index)?;
+                if e.is_flood() && m.fdb.iter().any(|x| same_fdb_mac(x, e)) {
+                    return Err(kernel("replace fdb", e.describe(), libc::EOPNOTSUPP));
+                }
+                m.fdb.retain(|x| !same_fdb_mac(x, e));
+                m.fdb.push(e.clone());
                 Ok(())
             },
         )
@@ -690,15 +718,45 @@ mod tests {
     }
 
     #[test]
+    fn a_unicast_mac_has_one_remote_and_moves_by_replace() {
+        let f = FakeNetlink::new();
+        f.add_vxlan(&nl("vx0"), &vx()).unwrap();
+        let i = f.find_link("vx0").unwrap().unwrap().index;
+        let m = [2, 0, 0, 0, 0, 1];
+        f.append_fdb(&FdbEntry::vxlan_remote(i, m, ip("192.168.0.2")))
+            .unwrap();
+        f.append_fdb(&FdbEntry::vxlan_remote(i, m, ip("192.168.0.3")))
+            .unwrap();
+        let dsts = |f: &FakeNetlink| f.fdb(i).unwrap().iter().map(|e| e.dst).collect::<Vec<_>>();
+        assert_eq!(dsts(&f), vec![Some(ip("192.168.0.2"))]);
+        f.replace_fdb(&FdbEntry::vxlan_remote(i, m, ip("192.168.0.3")))
+            .unwrap();
+        assert_eq!(dsts(&f), vec![Some(ip("192.168.0.3"))]);
+        // A flood entry's remotes are not replaced.
+        let z = FdbEntry::vxlan_remote(i, [0; 6], ip("192.168.0.2"));
+        f.append_fdb(&z).unwrap();
+        assert_eq!(
+            f.replace_fdb(&z).unwrap_err().errno(),
+            Some(libc::EOPNOTSUPP)
+        );
+    }
+
+    #[test]
     fn sync_fdb_converges_and_leaves_entries_it_does_not_own() {
         let f = FakeNetlink::new();
         f.add_vxlan(&nl("vx0"), &vx()).unwrap();
         let i = f.find_link("vx0").unwrap().unwrap().index;
         let (m1, m2, m3) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 3]);
-        let stale = FdbEntry::vxlan_remote(i, m1, ip("192.168.0.9"));
-        f.append_fdb(&stale).unwrap();
+        let zero = [0u8; 6];
+        let moved = FdbEntry::vxlan_remote(i, m1, ip("192.168.0.9"));
+        let gone = FdbEntry::vxlan_remote(i, m3, ip("192.168.0.9"));
+        let flood_kept = FdbEntry::vxlan_remote(i, zero, ip("192.168.0.2"));
+        let flood_stale = FdbEntry::vxlan_remote(i, zero, ip("192.168.0.9"));
+        for e in [&moved, &gone, &flood_kept, &flood_stale] {
+            f.append_fdb(e).unwrap();
+        }
         // A learned entry (no dst, not self): not ours to remove.
-        let mut learned = FdbEntry::vxlan_remote(i, m3, ip("192.168.0.9"));
+        let mut learned = FdbEntry::vxlan_remote(i, [2, 0, 0, 0, 0, 4], ip("192.168.0.9"));
         learned.dst = None;
         learned.is_self = false;
         f.lock().model.fdb.push(learned.clone());
@@ -706,13 +764,16 @@ mod tests {
         let want = vec![
             FdbEntry::vxlan_remote(i, m1, ip("192.168.0.2")),
             FdbEntry::vxlan_remote(i, m2, ip("192.168.0.3")),
+            flood_kept.clone(),
+            FdbEntry::vxlan_remote(i, zero, ip("192.168.0.3")),
         ];
         let plan = sync_fdb(&f, i, &want).unwrap();
         assert_eq!(
             plan,
             FdbPlan {
-                append: want.clone(),
-                del: vec![stale]
+                append: vec![want[1].clone(), want[3].clone()],
+                replace: vec![want[0].clone()],
+                del: vec![gone, flood_stale],
             }
         );
         let mut got = f.fdb(i).unwrap();

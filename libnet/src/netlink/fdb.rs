@@ -1,13 +1,15 @@
 //! Forwarding database entries: `bridge fdb ...`.
 //!
 //! On a vxlan device an entry `MAC dst IP` tells the kernel which remote VTEP a MAC lives
-//! behind; with `nolearning` these entries are the only way traffic finds a remote. Several
-//! entries may share a MAC with different `dst` (the all-zeros MAC lists the flood targets),
-//! hence `append` rather than `replace`. The entries are neighbour messages of family AF_BRIDGE.
+//! behind; with `nolearning` these entries are the only way traffic finds a remote. A unicast
+//! MAC has one remote: `replace` moves it, and `append` of a second `dst` is silently ignored
+//! by the kernel. The all-zeros MAC (and multicast MACs) hold a list of remotes, the flood
+//! targets: `append` adds to it, and `replace` is refused. The entries are neighbour messages
+//! of family AF_BRIDGE.
 
 use std::net::IpAddr;
 
-use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -52,6 +54,11 @@ impl FdbEntry {
 
     pub fn is_permanent(&self) -> bool {
         self.state & NUD_PERMANENT != 0
+    }
+
+    /// The all-zeros MAC or a multicast MAC: an entry holding a list of remotes.
+    pub fn is_flood(&self) -> bool {
+        self.mac == [0; 6] || self.mac[0] & 1 == 1
     }
 
     /// What identifies the entry in its device's table: two entries with the same key are the
@@ -124,14 +131,28 @@ pub const FDB_STATIC: u16 = NUD_NOARP;
 
 impl Handle {
     /// `bridge fdb append MAC dev #INDEX [dst IP] [vlan V] self|master permanent|static`:
-    /// adds one more entry even when the MAC already has others (with other `dst`); the
-    /// same entry again is success.
+    /// creates the entry; for the all-zeros or a multicast MAC adds one more remote to the
+    /// list. The same entry again is success, and so (by the kernel's rule) is a second `dst`
+    /// for a unicast MAC that already has one, which changes nothing: use
+    /// [`Handle::replace_fdb`] to move a unicast MAC.
     pub fn append_fdb(&self, e: &FdbEntry) -> Result<()> {
         self.exec(
             "append fdb",
             &|| e.describe(),
             RouteNetlinkMessage::NewNeighbour(e.to_msg()),
             NLM_F_CREATE | NLM_F_APPEND,
+        )
+    }
+
+    /// `bridge fdb replace MAC dev #INDEX dst IP [vlan V] self permanent`: creates the entry
+    /// or points the unicast MAC at a new remote. Refused (`EOPNOTSUPP`) for an existing
+    /// flood entry ([`FdbEntry::is_flood`]), whose remotes are appended and deleted one by one.
+    pub fn replace_fdb(&self, e: &FdbEntry) -> Result<()> {
+        self.exec(
+            "replace fdb",
+            &|| e.describe(),
+            RouteNetlinkMessage::NewNeighbour(e.to_msg()),
+            NLM_F_CREATE | NLM_F_REPLACE,
         )
     }
 

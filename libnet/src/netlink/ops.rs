@@ -60,8 +60,11 @@ pub trait Netlink {
 
     /// `bridge fdb show dev #INDEX`
     fn fdb(&self, index: u32) -> Result<Vec<FdbEntry>>;
-    /// `bridge fdb append MAC dev #INDEX dst IP self permanent`
+    /// `bridge fdb append MAC dev #INDEX dst IP self permanent` (a unicast MAC keeps its
+    /// first remote: see [`Handle::append_fdb`])
     fn append_fdb(&self, e: &FdbEntry) -> Result<()>;
+    /// `bridge fdb replace MAC dev #INDEX dst IP self permanent` (not for flood entries)
+    fn replace_fdb(&self, e: &FdbEntry) -> Result<()>;
     /// `bridge fdb del MAC dev #INDEX dst IP self` (missing = success)
     fn del_fdb(&self, e: &FdbEntry) -> Result<()>;
 }
@@ -134,46 +137,69 @@ impl Netlink for Handle {
     fn append_fdb(&self, e: &FdbEntry) -> Result<()> {
         Handle::append_fdb(self, e)
     }
+    fn replace_fdb(&self, e: &FdbEntry) -> Result<()> {
+        Handle::replace_fdb(self, e)
+    }
     fn del_fdb(&self, e: &FdbEntry) -> Result<()> {
         Handle::del_fdb(self, e)
     }
 }
 
-/// What [`sync_fdb`] changed.
+/// What [`sync_fdb`] changes, in the order it does it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FdbPlan {
+    /// New entries, and new remotes of flood entries (`bridge fdb append`).
     pub append: Vec<FdbEntry>,
+    /// Unicast MACs that moved to another remote (`bridge fdb replace`).
+    pub replace: Vec<FdbEntry>,
+    /// Stale entries and flood remotes (`bridge fdb del ... dst IP`).
     pub del: Vec<FdbEntry>,
 }
 
-/// Which remotes to append and which to delete so that the `self` entries with a `dst` on
-/// a vxlan device are exactly `desired` (pure). Entries without `dst` (the device's own MAC,
-/// learned entries) are not ours and are left alone.
+/// Which entries to append, replace and delete so that the `self` entries with a `dst` on a
+/// vxlan device are exactly `desired` (pure). Entries without `dst` (the device's own MAC,
+/// learned entries) are not ours and are left alone. A unicast MAC has one remote, so a
+/// moved MAC is replaced (never deleted and added: no window without a path); the remotes of
+/// a flood entry are a set, appended and deleted one by one.
 pub fn plan_fdb(current: &[FdbEntry], desired: &[FdbEntry]) -> FdbPlan {
-    let ours = |e: &&FdbEntry| e.is_self && e.dst.is_some();
-    let have: BTreeSet<_> = current.iter().filter(ours).map(FdbEntry::key).collect();
-    let want: BTreeSet<_> = desired.iter().map(FdbEntry::key).collect();
+    let ours: Vec<&FdbEntry> = current
+        .iter()
+        .filter(|e| e.is_self && e.dst.is_some())
+        .collect();
+    let same_mac =
+        |a: &FdbEntry, b: &FdbEntry| (a.index, a.mac, a.vlan) == (b.index, b.mac, b.vlan);
     let mut plan = FdbPlan::default();
+    let mut seen = BTreeSet::new();
     for e in desired {
-        if !have.contains(&e.key()) && !plan.append.iter().any(|a| a.key() == e.key()) {
+        if !seen.insert(e.key()) || ours.iter().any(|c| c.key() == e.key()) {
+            continue;
+        }
+        if !e.is_flood() && ours.iter().any(|c| same_mac(c, e)) {
+            plan.replace.push(e.clone());
+        } else {
             plan.append.push(e.clone());
         }
     }
-    for e in current.iter().filter(ours) {
-        if !want.contains(&e.key()) {
-            plan.del.push(e.clone());
+    for c in ours {
+        let wanted = desired.iter().any(|e| e.key() == c.key());
+        let replaced = !c.is_flood() && plan.replace.iter().any(|e| same_mac(e, c));
+        if !wanted && !replaced {
+            plan.del.push(c.clone());
         }
     }
     plan
 }
 
-/// Observe the FDB of vxlan device `index`, then append the missing remotes of `desired` and
-/// delete the stale ones (`bridge fdb append/del ... dst IP self`). Stops at the first
-/// failure; running it again continues from what the kernel then has.
+/// Observe the FDB of vxlan device `index`, then bring its remotes to `desired` (all on that
+/// device) with [`plan_fdb`]'s plan: additions and moves first, deletions last. Stops at the
+/// first failure; running it again continues from what the kernel then has.
 pub fn sync_fdb(nl: &impl Netlink, index: u32, desired: &[FdbEntry]) -> Result<FdbPlan> {
     let plan = plan_fdb(&nl.fdb(index)?, desired);
     for e in &plan.append {
         nl.append_fdb(e)?;
+    }
+    for e in &plan.replace {
+        nl.replace_fdb(e)?;
     }
     for e in &plan.del {
         nl.del_fdb(e)?;
