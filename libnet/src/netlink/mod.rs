@@ -412,6 +412,77 @@ fn collect(
     }
 }
 
+/// The lost-reply paths against the kernel, in a fresh namespace (they need the private
+/// `exchange` to send what the public operations never send).
+#[cfg(all(test, feature = "root-tests"))]
+mod kernel_tests {
+    use super::*;
+    use crate::netns::ScratchNs;
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    use std::time::Instant;
+
+    fn get_lo() -> RouteNetlinkMessage {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName("lo".into()));
+        RouteNetlinkMessage::GetLink(m)
+    }
+
+    fn scratch(tag: &str) -> ScratchNs {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "root-tests must run as root");
+        ScratchNs::create(&format!("knt-{}-{tag}", std::process::id())).unwrap()
+    }
+
+    #[test]
+    fn a_lost_answer_is_a_transient_timeout_and_its_late_tail_is_skipped() {
+        let ns = scratch("nlto");
+        let h = Handle::new_in(&ns).unwrap();
+        h.set_timeout(Some(Duration::from_millis(100))).unwrap();
+        // A get without NLM_F_ACK: the kernel sends the link, never the ack we wait for.
+        let t = Instant::now();
+        let mut got = 0;
+        let err = h
+            .exchange(
+                "get link",
+                &|| "link lo".into(),
+                get_lo(),
+                NLM_F_REQUEST,
+                &mut |_| got += 1,
+            )
+            .unwrap_err();
+        assert!(matches!(err, NetlinkError::Timeout { .. }), "{err}");
+        assert_eq!(err.kind(), Kind::Transient);
+        assert_eq!(got, 1);
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+        // A dump whose waiter gave up: its answers sit in the socket, numbered older than the
+        // next request, which skips them and gets its own answer.
+        {
+            let mut io = h.lock();
+            io.seq = io.seq.wrapping_add(1);
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+            header.sequence_number = io.seq;
+            let mut packet = NetlinkMessage::new(
+                header,
+                NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
+            );
+            packet.finalize();
+            let mut buf = vec![0u8; packet.buffer_len()];
+            packet.serialize(&mut buf);
+            h.sock.send(&buf, 0).unwrap();
+        }
+        let lo = h.link_by_name("lo").unwrap();
+        assert_eq!(lo.name, "lo");
+        assert_eq!(h.links().unwrap().len(), 1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -222,7 +222,7 @@ impl Handle {
     }
 
     /// `ip link add NAME type vxlan id VNI local IP dstport PORT nolearning dev #DEV [mtu M]`
-    /// (see [`vxlan_msg`]).
+    /// (built by `vxlan_msg`, which the unit tests check without root).
     pub fn add_vxlan(&self, l: &NewLink<'_>, v: &Vxlan) -> Result<()> {
         self.add_kind("add vxlan", l.name, vxlan_msg(l, v))
     }
