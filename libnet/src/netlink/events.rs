@@ -83,12 +83,20 @@ pub enum Event {
 }
 
 /// A socket subscribed to kernel notifications of one namespace.
-#[derive(Debug)]
 pub struct Subscription {
     sock: Socket,
     buf: Vec<u8>,
     /// Decoded from the last datagram and not yet handed out.
     pending: VecDeque<Result<Event>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("sock", &self.sock)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Subscription {

@@ -143,12 +143,19 @@ pub struct Handle {
 }
 
 /// What one exchange needs and the next one reuses.
-#[derive(Debug)]
 struct Io {
     /// The sequence number of the last request sent.
     seq: u32,
     /// Answers are read into this buffer, allocated once per handle.
     buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Io")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long a request waits for the kernel's answer before it fails as [`Kind::Transient`].
