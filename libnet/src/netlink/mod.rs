@@ -215,7 +215,8 @@ impl Handle {
         each: &mut dyn FnMut(RouteNetlinkMessage),
     ) -> Result<()> {
         let mut io = self.lock();
-        io.seq = io.seq.wrapping_add(1);
+        // 0 is the number of notifications; a request never uses it, even after the wrap.
+        io.seq = io.seq.wrapping_add(1).max(1);
         let seq = io.seq;
         let mut header = NetlinkHeader::default();
         header.flags = flags;
