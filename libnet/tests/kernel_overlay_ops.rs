@@ -492,3 +492,32 @@ fn subscription_sees_links_addresses_fdb_and_neighbours_come_and_go() {
     };
     assert_eq!(l.name, "vx0");
 }
+
+#[test]
+fn an_overrun_subscription_says_events_were_lost() {
+    let ns = TestNs::new("lost");
+    let h = Handle::new_in(&ns.ns).unwrap();
+    let mut sub = Subscription::new_in(&ns.ns, Groups::ALL).unwrap();
+    sub.set_rx_buf(1024).unwrap();
+    // Far more notifications than a few KiB hold, none read meanwhile.
+    for i in 0..40 {
+        let (a, b) = (format!("lo{i}a"), format!("lo{i}b"));
+        let peer = VethPeer {
+            name: &b,
+            ..Default::default()
+        };
+        h.add_veth(&a, None, None, &peer).unwrap();
+    }
+    wait_for(&mut sub, "the overrun", |e| *e == Event::Lost);
+    // Until the queue is read empty the kernel keeps dropping without saying so again: drain
+    // it, then the subscription goes on (with room again for what follows).
+    sub.set_rx_buf(1 << 20).unwrap();
+    while sub.recv(Some(Duration::from_millis(20))).unwrap().is_some() {}
+    let l = h.link_by_name("lo0a").unwrap();
+    h.del_link(l.index).unwrap();
+    wait_for(
+        &mut sub,
+        "lo0a going",
+        |e| matches!(e, Event::LinkDel(x) if x.index == l.index),
+    );
+}

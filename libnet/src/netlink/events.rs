@@ -6,7 +6,9 @@
 //! AF_BRIDGE and are told apart as [`Event::FdbNew`]/[`Event::FdbDel`].
 //!
 //! Events can be lost: when the socket's buffer overflows the kernel drops notifications and
-//! says so once; [`Event::Lost`] passes that on, and the reader must re-read the state it
+//! says so once; [`Event::Lost`] passes that on. From then until the socket's queue has been
+//! read empty the kernel drops every new notification without saying so again, so the reader
+//! drains what is queued (`recv` with a short timeout until `None`), then re-reads the state it
 //! watches (observe → diff → apply), as it must at start.
 
 use std::collections::VecDeque;
@@ -78,7 +80,8 @@ pub enum Event {
     /// An FDB entry (family AF_BRIDGE) appeared or changed.
     FdbNew(FdbEntry),
     FdbDel(FdbEntry),
-    /// The kernel dropped notifications (socket buffer overrun): re-read the state.
+    /// The kernel dropped notifications (socket buffer overrun), and drops more until the
+    /// queue is read empty: drain it, then re-read the state (see the module doc).
     Lost,
 }
 
@@ -120,6 +123,13 @@ impl Subscription {
     /// that namespace's notifications from then on, read from any thread.
     pub fn new_in(ns: &NetNs, groups: Groups) -> Result<Subscription> {
         ns.run_in(move || Subscription::new(groups))?
+    }
+
+    /// Size the socket's receive buffer (`SO_RCVBUF`; the kernel doubles it and has a floor):
+    /// the burst of notifications it holds before the kernel drops some ([`Event::Lost`]).
+    /// The default is 4 MiB.
+    pub fn set_rx_buf(&self, bytes: usize) -> Result<()> {
+        self.sock.set_rx_buf_sz(bytes).map_err(NetlinkError::Socket)
     }
 
     /// The next event, waiting at most `timeout` (`None`: without limit); `Ok(None)` when
