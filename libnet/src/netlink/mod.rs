@@ -409,7 +409,7 @@ fn collect(
                             op,
                             object: object(),
                             errno: -code.get(),
-                            ext: None,
+                            ext: ext_ack_msg(msg.header.flags, &err.header),
                         })
                     }
                 },
@@ -491,9 +491,69 @@ mod kernel_tests {
     }
 }
 
+/// The kernel's reason text (`NLMSGERR_ATTR_MSG`) of an error answer, if it sent one: after
+/// the echoed request (only its header when `NLM_F_CAPPED`) come attributes when
+/// `NLM_F_ACK_TLVS` is set. Read only on errors, so successful requests pay nothing.
+fn ext_ack_msg(flags: u16, payload: &[u8]) -> Option<String> {
+    const NLM_F_CAPPED: u16 = 0x100;
+    const NLM_F_ACK_TLVS: u16 = 0x200;
+    const NLMSGERR_ATTR_MSG: u16 = 1;
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let echoed = if flags & NLM_F_CAPPED != 0 {
+        16
+    } else {
+        u32::from_ne_bytes(payload.get(..4)?.try_into().ok()?) as usize
+    };
+    let mut rest = payload.get(echoed.next_multiple_of(4)..)?;
+    while rest.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        let value = rest.get(4..len)?;
+        if kind == NLMSGERR_ATTR_MSG {
+            let text = value.split(|b| *b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(text).into_owned()).filter(|t| !t.is_empty());
+        }
+        rest = rest
+            .get(len.next_multiple_of(4).max(4)..)
+            .unwrap_or_default();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernels_reason_is_read_from_the_ack_attributes() {
+        let nla = |kind: u16, v: &[u8]| {
+            let len = 4 + v.len();
+            let mut b = [(len as u16).to_ne_bytes(), kind.to_ne_bytes()].concat();
+            b.extend_from_slice(v);
+            b.resize(len.next_multiple_of(4), 0);
+            b
+        };
+        // An echoed request of 20 bytes (its length first), an offset attribute, the text.
+        let mut p = 20u32.to_ne_bytes().to_vec();
+        p.resize(20, 0);
+        p.extend(nla(2, &7u32.to_ne_bytes()));
+        p.extend(nla(1, b"Invalid MTU\0"));
+        assert_eq!(ext_ack_msg(0x200, &p).as_deref(), Some("Invalid MTU"));
+        assert_eq!(ext_ack_msg(0, &p), None, "no NLM_F_ACK_TLVS, no text");
+        // Capped: only the 16-byte header is echoed, whatever its length field says.
+        let mut c = 999u32.to_ne_bytes().to_vec();
+        c.resize(16, 0);
+        c.extend(nla(1, b"Unknown device type\0"));
+        assert_eq!(
+            ext_ack_msg(0x300, &c).as_deref(),
+            Some("Unknown device type")
+        );
+        // Truncated or lying lengths are no text, never a panic.
+        assert_eq!(ext_ack_msg(0x200, &p[..30]), None);
+        assert_eq!(ext_ack_msg(0x200, &[0xff, 0xff, 0, 0]), None);
+    }
 
     #[test]
     fn sequence_rule_skips_only_older_answers() {
