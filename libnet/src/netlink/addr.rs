@@ -101,36 +101,35 @@ impl Handle {
         let mut req = AddressMessage::default();
         req.header.index = index;
         let msgs = self.dump("dump addresses", RouteNetlinkMessage::GetAddress(req))?;
-        let mut out = Vec::new();
-        for m in msgs {
-            let RouteNetlinkMessage::NewAddress(a) = m else {
-                continue;
-            };
-            if index != 0 && a.header.index != index {
-                continue;
-            }
-            let mut local = None;
-            let mut address = None;
-            let mut flags = u32::from(a.header.flags.bits());
-            for attr in a.attributes {
-                match attr {
-                    AddressAttribute::Local(ip) => local = Some(ip),
-                    AddressAttribute::Address(ip) => address = Some(ip),
-                    AddressAttribute::Flags(f) => flags = f.bits(),
-                    _ => {}
-                }
-            }
-            if let Some(ip) = local.or(address) {
-                if let Ok(net) = IpNet::new(ip, a.header.prefix_len) {
-                    out.push(Addr {
-                        index: a.header.index,
-                        net,
-                        flags,
-                        scope: a.header.scope.into(),
-                    });
-                }
-            }
-        }
-        Ok(out)
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => addr_from_msg(a),
+                _ => None,
+            })
+            .filter(|a| index == 0 || a.index == index)
+            .collect())
     }
+}
+
+/// Decode one RTM_NEWADDR/RTM_DELADDR message.
+pub(crate) fn addr_from_msg(a: AddressMessage) -> Option<Addr> {
+    let mut local = None;
+    let mut address = None;
+    let mut flags = u32::from(a.header.flags.bits());
+    for attr in a.attributes {
+        match attr {
+            AddressAttribute::Local(ip) => local = Some(ip),
+            AddressAttribute::Address(ip) => address = Some(ip),
+            AddressAttribute::Flags(f) => flags = f.bits(),
+            _ => {}
+        }
+    }
+    let net = IpNet::new(local.or(address)?, a.header.prefix_len).ok()?;
+    Some(Addr {
+        index: a.header.index,
+        net,
+        flags,
+        scope: a.header.scope.into(),
+    })
 }

@@ -2,16 +2,16 @@
 
 mod kinds;
 
-pub use kinds::{MacvlanMode, NewLink};
+pub use kinds::{MacvlanMode, NewLink, Vxlan, VXLAN_PORT};
 
 use std::os::fd::{AsRawFd, RawFd};
 
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge,
 };
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::{Handle, NetlinkError, Result};
 
@@ -49,7 +49,7 @@ pub enum LinkKind {
 }
 
 /// What the kernel says about one link.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Link {
     pub index: u32,
     pub name: String,
@@ -73,6 +73,12 @@ pub struct Link {
     pub macvlan_mode: Option<u32>,
     /// For a vlan: its id.
     pub vlan_id: Option<u16>,
+    /// For a vxlan: its settings, as [`Handle::add_vxlan`] takes them.
+    pub vxlan: Option<Vxlan>,
+    /// For a bridge port: `learning on|off`, when the kernel reported it.
+    pub learning: Option<bool>,
+    /// For a bridge port: `neigh_suppress on|off`, when the kernel reported it.
+    pub neigh_suppress: Option<bool>,
 }
 
 impl Link {
@@ -109,6 +115,42 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     (n == 6).then_some(out)
 }
 
+/// Flags of a bridge port, set with `bridge link set dev PORT ...`; `None` leaves one as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrportFlags {
+    /// `learning on|off`: whether the bridge learns source MACs seen on this port.
+    pub learning: Option<bool>,
+    /// `neigh_suppress on|off`: the bridge answers ARP/ND for this port from its neighbour
+    /// entries instead of flooding the request through it.
+    pub neigh_suppress: Option<bool>,
+}
+
+/// IFLA_BRPORT_LEARNING (linux/if_link.h)
+const IFLA_BRPORT_LEARNING: u16 = 8;
+/// IFLA_BRPORT_NEIGH_SUPPRESS
+const IFLA_BRPORT_NEIGH_SUPPRESS: u16 = 32;
+
+/// `RTM_SETLINK` family AF_BRIDGE with `IFLA_PROTINFO { IFLA_BRPORT_* }`, as `bridge link set`
+/// sends it.
+fn brport_flags_msg(index: u32, f: &BrportFlags) -> LinkMessage {
+    let mut attrs = Vec::new();
+    for (kind, v) in [
+        (IFLA_BRPORT_LEARNING, f.learning),
+        (IFLA_BRPORT_NEIGH_SUPPRESS, f.neigh_suppress),
+    ] {
+        if let Some(on) = v {
+            attrs.push(LinkProtoInfoBridge::Other(DefaultNla::new(
+                kind,
+                vec![u8::from(on)],
+            )));
+        }
+    }
+    let mut m = by_index(index);
+    m.header.interface_family = AddressFamily::Bridge;
+    m.attributes.push(LinkAttribute::ProtoInfoBridge(attrs));
+    m
+}
+
 /// The other end of a new veth pair.
 #[derive(Debug, Clone, Default)]
 pub struct VethPeer<'a> {
@@ -119,7 +161,7 @@ pub struct VethPeer<'a> {
     pub mtu: Option<u32>,
 }
 
-fn link_from_msg(msg: LinkMessage) -> Link {
+pub(crate) fn link_from_msg(msg: LinkMessage) -> Link {
     let mut l = Link {
         index: msg.header.index,
         flags: msg.header.flags.bits(),
@@ -144,8 +186,11 @@ fn link_from_msg(msg: LinkMessage) -> Link {
                         LinkInfo::Data(d) => kinds::read_info_data(&mut l, d),
                         LinkInfo::PortData(InfoPortData::BridgePort(attrs)) => {
                             for a in attrs {
-                                if let InfoBridgePort::HairpinMode(h) = a {
-                                    l.hairpin = Some(h);
+                                match a {
+                                    InfoBridgePort::HairpinMode(h) => l.hairpin = Some(h),
+                                    InfoBridgePort::Learning(on) => l.learning = Some(on),
+                                    InfoBridgePort::NeighSupress(on) => l.neigh_suppress = Some(on),
+                                    _ => {}
                                 }
                             }
                         }
@@ -453,6 +498,19 @@ impl Handle {
             0,
         )
     }
+
+    /// `bridge link set dev #INDEX [learning on|off] [neigh_suppress on|off]`; read back in
+    /// [`Link::learning`] and [`Link::neigh_suppress`]. The link must be a bridge port.
+    pub fn set_brport_flags(&self, index: u32, flags: &BrportFlags) -> Result<()> {
+        if *flags == BrportFlags::default() {
+            return Ok(());
+        }
+        self.set(
+            "set bridge port flags",
+            index,
+            brport_flags_msg(index, flags),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -483,6 +541,30 @@ mod tests {
         want.extend(n(8, 22));
         want.extend(1u32.to_ne_bytes());
         assert_eq!(v, want);
+    }
+
+    #[test]
+    fn brport_flags_are_nested_protinfo_of_family_bridge() {
+        use netlink_packet_core::Emitable;
+        let m = brport_flags_msg(
+            5,
+            &BrportFlags {
+                learning: Some(false),
+                neigh_suppress: Some(true),
+            },
+        );
+        let mut buf = vec![0u8; m.buffer_len()];
+        m.emit(&mut buf);
+        assert_eq!(buf[0], libc::AF_BRIDGE as u8);
+        assert_eq!(&buf[4..8], &5u32.to_ne_bytes());
+        // IFLA_PROTINFO | NLA_F_NESTED holding IFLA_BRPORT_LEARNING=0, NEIGH_SUPPRESS=1.
+        let n = |len: u16, kind: u16| [len.to_ne_bytes(), kind.to_ne_bytes()].concat();
+        let mut want = n(20, 12 | 0x8000);
+        want.extend(n(5, 8));
+        want.extend([0, 0, 0, 0]);
+        want.extend(n(5, 32));
+        want.extend([1, 0, 0, 0]);
+        assert_eq!(&buf[16..], &want[..]);
     }
 
     #[test]
