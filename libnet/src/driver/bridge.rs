@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use super::{host_veth_name, Driver, DriverError, Wired};
 pub use super::{Endpoint, IpConf, LinkRef, RouteConf};
 use crate::netlink::link::IPV4_DEVCONF_ARP_NOTIFY;
+use crate::netlink::ops::Netlink;
 use crate::netlink::{Handle, Link, Route};
 use crate::netns::NetNs;
 use crate::sysctl;
@@ -221,6 +222,26 @@ fn ensure_gateways(
     br: &Link,
     ips: &[IpConf],
 ) -> Result<(), DriverError> {
+    let (v4, v6) = put_gateways(h, net, br, ips)?;
+    if v4 {
+        sysctl::set("net/ipv4/ip_forward", "1")?;
+    }
+    if v6 {
+        sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
+    }
+    Ok(())
+}
+
+/// The gateway addresses on the bridge, decided against what it already carries: one IPv4
+/// address per bridge, IPv6 several unless their subnets overlap, link-local left alone; a
+/// clashing address is replaced only with `forceAddress`, else `Exists`. Returns which
+/// families now route through the bridge (forwarding to switch on).
+fn put_gateways<N: Netlink + ?Sized>(
+    h: &N,
+    net: &BridgeNet,
+    br: &Link,
+    ips: &[IpConf],
+) -> Result<(bool, bool), DriverError> {
     let mut v4 = false;
     let mut v6 = false;
     let existing = h.addrs(br.index)?;
@@ -234,7 +255,6 @@ fn ensure_gateways(
             continue;
         }
         for a in existing.iter().filter(|a| a.net.addr().is_ipv4() == is_v4) {
-            // One IPv4 address per bridge; IPv6 may hold several unless the subnets overlap.
             let clash = is_v4 || a.net.contains(&want.addr()) || want.contains(&a.net.addr());
             if a.net.addr().is_ipv6() && a.net.addr().to_string().starts_with("fe80") {
                 continue;
@@ -256,13 +276,7 @@ fn ensure_gateways(
         }
         (v4, v6) = (v4 || is_v4, v6 || !is_v4);
     }
-    if v4 {
-        sysctl::set("net/ipv4/ip_forward", "1")?;
-    }
-    if v6 {
-        sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
-    }
-    Ok(())
+    Ok((v4, v6))
 }
 
 /// Detach an endpoint: delete the host end of its veth pair (both ends go). Tolerant: a
@@ -362,6 +376,99 @@ pub fn check(h: &Handle, net: &BridgeNet, want: &Expected<'_>) -> Result<(), Dri
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::netlink::fake::FakeNetlink;
+
+    fn gw(addr: &str, gw: &str) -> IpConf {
+        IpConf {
+            addr: addr.parse().unwrap(),
+            gateway: gw.parse().ok(),
+        }
+    }
+
+    /// A bridge `br0` carrying `addrs`, as the fake kernel has it.
+    fn bridge_with(addrs: &[&str]) -> (FakeNetlink, Link) {
+        let f = FakeNetlink::new();
+        f.add_bridge("br0", None, None).unwrap();
+        let br = f.find_link("br0").unwrap().unwrap();
+        for a in addrs {
+            f.seed_addr(br.index, a.parse().unwrap());
+        }
+        (f, br)
+    }
+
+    fn on_bridge(f: &FakeNetlink, br: &Link) -> Vec<String> {
+        let mut a: Vec<String> = f
+            .addrs(br.index)
+            .unwrap()
+            .iter()
+            .map(|a| a.net.to_string())
+            .collect();
+        a.sort();
+        a
+    }
+
+    #[test]
+    fn gateways_go_on_the_bridge_once_and_say_which_families_forward() {
+        let (f, br) = bridge_with(&["fe80::1/64"]);
+        let net = BridgeNet::default();
+        let ips = [gw("10.1.0.5/24", "10.1.0.1"), gw("fd00::5/64", "fd00::1")];
+        assert_eq!(put_gateways(&f, &net, &br, &ips).unwrap(), (true, true));
+        // A second endpoint of the same network adds nothing.
+        assert_eq!(put_gateways(&f, &net, &br, &ips).unwrap(), (true, true));
+        assert_eq!(
+            on_bridge(&f, &br),
+            vec!["10.1.0.1/24", "fd00::1/64", "fe80::1/64"]
+        );
+        // No gateway, no forwarding.
+        let none = [IpConf {
+            addr: "10.1.0.6/24".parse().unwrap(),
+            gateway: None,
+        }];
+        assert_eq!(put_gateways(&f, &net, &br, &none).unwrap(), (false, false));
+    }
+
+    #[test]
+    fn another_ipv4_address_is_refused_unless_forced() {
+        let (f, br) = bridge_with(&["10.2.0.1/24"]);
+        let ips = [gw("10.1.0.5/24", "10.1.0.1")];
+        let e = put_gateways(&f, &BridgeNet::default(), &br, &ips).unwrap_err();
+        assert!(matches!(e, DriverError::Exists(_)), "{e}");
+        assert_eq!(on_bridge(&f, &br), vec!["10.2.0.1/24"], "nothing changed");
+
+        let forced = BridgeNet {
+            force_address: true,
+            ..Default::default()
+        };
+        put_gateways(&f, &forced, &br, &ips).unwrap();
+        assert_eq!(on_bridge(&f, &br), vec!["10.1.0.1/24"]);
+    }
+
+    #[test]
+    fn ipv6_gateways_of_disjoint_subnets_live_side_by_side() {
+        let (f, br) = bridge_with(&["fd00:1::1/64"]);
+        let ips = [gw("fd00:2::5/64", "fd00:2::1")];
+        put_gateways(&f, &BridgeNet::default(), &br, &ips).unwrap();
+        assert_eq!(on_bridge(&f, &br), vec!["fd00:1::1/64", "fd00:2::1/64"]);
+        // An overlapping one clashes.
+        let ips = [gw("fd00:1::5/48", "fd00:1::2")];
+        assert!(put_gateways(&f, &BridgeNet::default(), &br, &ips).is_err());
+    }
+
+    #[test]
+    fn a_kernel_refusal_comes_back_as_the_error() {
+        let (f, br) = bridge_with(&[]);
+        f.fail_next("add_addr", libc::EACCES);
+        let e = put_gateways(
+            &f,
+            &BridgeNet::default(),
+            &br,
+            &[gw("10.1.0.5/24", "10.1.0.1")],
+        )
+        .unwrap_err();
+        assert_eq!(crate::HasKind::kind(&e), crate::Kind::Invalid, "{e}");
+    }
+
     #[test]
     fn random_macs_are_local_unicast_and_differ() {
         let (a, b) = (super::random_mac(), super::random_mac());
