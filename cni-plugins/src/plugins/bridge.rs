@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use libnet::driver::bridge::{self as driver, Bridge as BridgeDriver, BridgeNet};
+use libnet::driver::Driver;
 use libnet::endpoint::filters::{Masq, SpoofCheck};
 use libnet::endpoint::Filter;
 use libnet::netlink::link::parse_mac;
@@ -106,10 +107,6 @@ impl Conf {
     }
 }
 
-fn refs<'a>(filters: &'a [Box<dyn Filter + 'a>]) -> Vec<&'a dyn Filter> {
-    filters.iter().map(|f| &**f).collect()
-}
-
 /// The MAC asked for through `runtimeConfig.mac` (capability `mac`), `args.cni.mac` or
 /// `CNI_ARGS` `MAC=`, strongest first.
 fn requested_mac(a: &Args) -> Result<Option<[u8; 6]>, CniError> {
@@ -167,32 +164,39 @@ fn complete_ipam(c: &Conf, r: &mut CniResult) -> Result<(), CniError> {
     Ok(())
 }
 
+/// Run `f` with the lifecycle's driver and the filters the configuration asks for.
+fn with_endpoint<T>(
+    a: &Args,
+    c: &Conf,
+    f: impl FnOnce(&dyn Driver, &[&dyn Filter]) -> Result<T, CniError>,
+) -> Result<T, CniError> {
+    let h = Handle::new().cni()?;
+    let nft = a.nft();
+    let filters = c.filters(&nft);
+    let refs: Vec<&dyn Filter> = filters.iter().map(|f| &**f).collect();
+    f(
+        &BridgeDriver {
+            h: &h,
+            net: c.net(),
+        },
+        &refs,
+    )
+}
+
 impl Plugin for Bridge {
     fn add(&self, a: &Args) -> Result<CniResult, CniError> {
         let c = Conf::load(a)?;
         let mac = requested_mac(a)?;
         let ns = shared::open_netns(a)?;
         let source = CniIpam::new(a).completed_by(Box::new(|r| complete_ipam(&c, r)));
-        let h = Handle::new().cni()?;
-        let driver = BridgeDriver {
-            h: &h,
-            net: c.net(),
-        };
-        let nft = a.nft();
-        let filters = c.filters(&nft);
-        shared::attach(a, &ns, mac, source, &driver, &refs(&filters), None)
+        with_endpoint(a, &c, |driver, filters| {
+            shared::attach(a, &ns, mac, source, driver, filters, None)
+        })
     }
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
         let c = Conf::load(a)?;
-        let h = Handle::new().cni()?;
-        let driver = BridgeDriver {
-            h: &h,
-            net: c.net(),
-        };
-        let nft = a.nft();
-        let filters = c.filters(&nft);
-        shared::detach(a, &driver, &refs(&filters))
+        with_endpoint(a, &c, |driver, filters| shared::detach(a, driver, filters))
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {

@@ -4,6 +4,7 @@
 //! every address belongs to), as the reference's does.
 
 use libnet::driver::ptp as driver;
+use libnet::driver::Driver;
 use libnet::endpoint::filters::Masq;
 use libnet::endpoint::Filter;
 use libnet::netlink::Handle;
@@ -42,33 +43,38 @@ impl Conf {
     }
 }
 
+/// Run `f` with the lifecycle's driver and the filters the configuration asks for (ipMasq).
+fn with_endpoint<T>(
+    a: &Args,
+    c: &Conf,
+    f: impl FnOnce(&dyn Driver, &[&dyn Filter]) -> Result<T, CniError>,
+) -> Result<T, CniError> {
+    let h = Handle::new().cni()?;
+    let nft = a.nft();
+    let masq = Masq { nft: &nft };
+    let filters: &[&dyn Filter] = if c.ip_masq { &[&masq] } else { &[] };
+    f(
+        &driver::Ptp {
+            h: &h,
+            mtu: c.mtu(),
+        },
+        filters,
+    )
+}
+
 impl Plugin for Ptp {
     fn add(&self, a: &Args) -> Result<CniResult, CniError> {
         let c = Conf::load(a)?;
         let mac = shared::requested_mac(a, "")?;
         let ns = shared::open_netns(a)?;
-        let h = Handle::new().cni()?;
-        let driver = driver::Ptp {
-            h: &h,
-            mtu: c.mtu(),
-        };
-        let nft = a.nft();
-        let masq = Masq { nft: &nft };
-        let filters: &[&dyn Filter] = if c.ip_masq { &[&masq] } else { &[] };
-        shared::attach(a, &ns, mac, CniIpam::new(a), &driver, filters, c.mtu())
+        with_endpoint(a, &c, |driver, filters| {
+            shared::attach(a, &ns, mac, CniIpam::new(a), driver, filters, c.mtu())
+        })
     }
 
     fn del(&self, a: &Args) -> Result<(), CniError> {
         let c = Conf::load(a)?;
-        let h = Handle::new().cni()?;
-        let driver = driver::Ptp {
-            h: &h,
-            mtu: c.mtu(),
-        };
-        let nft = a.nft();
-        let masq = Masq { nft: &nft };
-        let filters: &[&dyn Filter] = if c.ip_masq { &[&masq] } else { &[] };
-        shared::detach(a, &driver, filters)
+        with_endpoint(a, &c, |driver, filters| shared::detach(a, driver, filters))
     }
 
     fn check(&self, a: &Args) -> Result<(), CniError> {
