@@ -1,0 +1,423 @@
+//! The SQLite store on a temp dir: round trips, refusals that write nothing, the revision.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use store::{
+    options, Driver, Endpoint, Error, ErrorKind, Network, Pool, PortMap, Proto, Sandbox,
+    SqliteStore, Store, ValidationError,
+};
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn bridge(name: &str, subnet: &str) -> Network {
+    let mut n = Network::new(name, Driver::Bridge);
+    n.ipam.push(Pool::new(net(subnet)));
+    n
+}
+
+fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let st = SqliteStore::open(dir.path()).unwrap();
+    (dir, st)
+}
+
+/// Everything the store holds, to prove a refused write changed nothing.
+fn snapshot(st: &SqliteStore) -> (u64, Vec<Network>, Vec<Sandbox>, Vec<Endpoint>) {
+    let nets = st.list_networks().unwrap();
+    let mut eps = Vec::new();
+    for n in &nets {
+        eps.extend(st.network_endpoints(&n.id).unwrap());
+    }
+    (
+        st.revision().unwrap(),
+        nets,
+        st.list_sandboxes().unwrap(),
+        eps,
+    )
+}
+
+#[test]
+fn network_round_trip_with_every_field() {
+    let (dir, st) = open();
+    let mut n = Network::new("isolated_nw", Driver::Bridge);
+    n.ipv6 = true;
+    n.internal = true;
+    n.ipam = vec![
+        Pool {
+            subnet: net("172.25.0.0/16"),
+            gateway: Some("172.25.0.1".parse().unwrap()),
+            ip_range: Some(net("172.25.5.0/24")),
+        },
+        Pool {
+            subnet: net("fd00:25::/64"),
+            gateway: None,
+            ip_range: None,
+        },
+    ];
+    n.options = BTreeMap::from([
+        (options::BRIDGE_NAME.to_string(), "knit-iso".to_string()),
+        (options::BRIDGE_ENABLE_ICC.to_string(), "false".to_string()),
+        (options::DRIVER_MTU.to_string(), "1400".to_string()),
+    ]);
+    n.labels.insert("team".into(), "net".into());
+    st.create_network(&n).unwrap();
+
+    assert_eq!(st.network("isolated_nw").unwrap(), n);
+    assert_eq!(st.network(&n.id).unwrap(), n);
+    assert_eq!(st.network(&n.id[..12]).unwrap(), n);
+    assert_eq!(st.list_networks().unwrap(), vec![n.clone()]);
+
+    // Another process (here: another connection) sees the same record.
+    drop(st);
+    let again = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(again.network("isolated_nw").unwrap(), n);
+    assert_eq!(again.delete_network(&n.id[..5]).unwrap(), n);
+    assert!(matches!(
+        again.network("isolated_nw"),
+        Err(Error::NetworkNotFound { .. })
+    ));
+    assert!(again.list_networks().unwrap().is_empty());
+}
+
+#[test]
+fn lookup_is_dockers_full_id_then_name_then_unique_prefix() {
+    let (_d, st) = open();
+    let mut a = bridge("a", "10.1.0.0/24");
+    a.id = format!("abc1{}", &a.id[4..]);
+    let mut b = bridge("b", "10.2.0.0/24");
+    b.id = format!("abc2{}", &b.id[4..]);
+    // A network whose name is a prefix of another's id: the exact name wins over the prefix.
+    let mut c = bridge("abc1", "10.3.0.0/24");
+    c.id = format!("ffff{}", &c.id[4..]);
+    for n in [&a, &b, &c] {
+        st.create_network(n).unwrap();
+    }
+    assert_eq!(st.network("abc1").unwrap().name, "abc1");
+    assert_eq!(st.network("abc2").unwrap().name, "b");
+    assert_eq!(st.network(&a.id).unwrap().name, "a");
+    let amb = st.network("abc").unwrap_err();
+    assert!(matches!(amb, Error::Ambiguous { count: 2, .. }), "{amb}");
+    assert_eq!(amb.kind(), ErrorKind::Invalid);
+    let nf = st.network("zzz").unwrap_err();
+    assert_eq!(nf.kind(), ErrorKind::NotFound);
+    assert_eq!(st.network("").unwrap_err().kind(), ErrorKind::NotFound);
+    let names: Vec<_> = st
+        .list_networks()
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["a", "abc1", "b"]);
+}
+
+#[test]
+fn duplicate_name_and_overlapping_subnet_are_refused_with_nothing_written() {
+    let (_d, st) = open();
+    st.create_network(&bridge("one", "10.10.0.0/16")).unwrap();
+    let before = snapshot(&st);
+
+    let dup = st
+        .create_network(&bridge("one", "10.20.0.0/16"))
+        .unwrap_err();
+    assert!(
+        matches!(&dup, Error::NetworkExists { name } if name == "one"),
+        "{dup}"
+    );
+    assert_eq!(dup.kind(), ErrorKind::Exists);
+    assert_eq!(snapshot(&st), before);
+
+    for sub in ["10.10.0.0/16", "10.10.3.0/24", "10.0.0.0/8"] {
+        let e = st.create_network(&bridge("two", sub)).unwrap_err();
+        match &e {
+            Error::SubnetOverlap {
+                subnet,
+                other,
+                network,
+            } => {
+                assert_eq!(*subnet, net(sub));
+                assert_eq!(*other, net("10.10.0.0/16"));
+                assert_eq!(network, "one");
+            }
+            other => panic!("{sub}: {other}"),
+        }
+        assert_eq!(e.kind(), ErrorKind::Exists);
+        assert!(e.to_string().contains("overlaps"), "{e}");
+        assert_eq!(snapshot(&st), before);
+    }
+
+    let mut same_id = bridge("three", "10.30.0.0/16");
+    same_id.id = before.1[0].id.clone();
+    assert!(matches!(
+        st.create_network(&same_id),
+        Err(Error::NetworkIdExists { .. })
+    ));
+
+    for bad in ["a/b", "..", "a..b", "-x", ""] {
+        let e = st.create_network(&bridge(bad, "10.40.0.0/16")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{bad}: {e}");
+    }
+    let mut gw = bridge("gw", "10.50.0.0/16");
+    gw.ipam[0].gateway = Some("10.51.0.1".parse().unwrap());
+    assert!(matches!(
+        st.create_network(&gw),
+        Err(Error::Invalid(ValidationError::GatewayOutsideSubnet { .. }))
+    ));
+    assert_eq!(snapshot(&st), before);
+
+    // Disjoint subnets, and networks without pools (null, host), are fine side by side.
+    st.create_network(&bridge("two", "10.11.0.0/16")).unwrap();
+    st.create_network(&Network::new("none", Driver::Null))
+        .unwrap();
+    st.create_network(&Network::new("host", Driver::Host))
+        .unwrap();
+    assert_eq!(st.list_networks().unwrap().len(), 4);
+}
+
+fn endpoint(n: &Network, name: &str, ip: &str) -> Endpoint {
+    let mut e = Endpoint::new(n.id.clone());
+    e.name = name.into();
+    e.ifname = "eth0".into();
+    e.mac = "02:42:ac:11:00:02".into();
+    e.ipv4 = Some(net(ip));
+    e
+}
+
+#[test]
+fn endpoints_round_trip_and_keep_their_network_busy() {
+    let (_d, st) = open();
+    let n = bridge("n", "10.7.0.0/24");
+    st.create_network(&n).unwrap();
+    let sb = Sandbox::new("c1", "/run/knit/netns/c1");
+    st.create_sandbox(&sb).unwrap();
+    assert_eq!(st.sandbox("c1").unwrap(), sb);
+    assert_eq!(st.sandbox(&sb.id[..8]).unwrap(), sb);
+
+    let mut e = endpoint(&n, "web", "10.7.0.2/24");
+    e.sandbox_id = Some(sb.id.clone());
+    e.aliases = vec!["www".into()];
+    e.ports = vec![PortMap {
+        proto: Proto::Udp,
+        host_ip: Some("127.0.0.1".parse().unwrap()),
+        host_port: 5353,
+        container_port: 53,
+    }];
+    e.labels.insert("k".into(), "v".into());
+    st.put_endpoint(&e).unwrap();
+    assert_eq!(st.endpoint(&e.id).unwrap(), e);
+    assert_eq!(st.network_endpoints(&n.id).unwrap(), vec![e.clone()]);
+    assert_eq!(st.sandbox_endpoints(&sb.id).unwrap(), vec![e.clone()]);
+
+    // Put replaces by id (Docker's Join fills in the sandbox after CreateEndpoint).
+    let mut moved = e.clone();
+    moved.mac = "02:42:ac:11:00:09".into();
+    st.put_endpoint(&moved).unwrap();
+    assert_eq!(st.endpoint(&e.id).unwrap(), moved);
+    assert_eq!(st.network_endpoints(&n.id).unwrap().len(), 1);
+
+    let before = snapshot(&st);
+    let busy = st.delete_network("n").unwrap_err();
+    assert!(
+        matches!(&busy, Error::NetworkInUse { endpoints: 1, .. }),
+        "{busy}"
+    );
+    assert_eq!(busy.kind(), ErrorKind::Busy);
+    let busy = st.delete_sandbox("c1").unwrap_err();
+    assert_eq!(busy.kind(), ErrorKind::Busy);
+    assert_eq!(snapshot(&st), before);
+
+    assert_eq!(st.delete_endpoint(&e.id).unwrap(), moved);
+    assert_eq!(st.endpoint(&e.id).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        st.delete_endpoint(&e.id).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert!(st.sandbox_endpoints(&sb.id).unwrap().is_empty());
+    st.delete_sandbox("c1").unwrap();
+    st.delete_network("n").unwrap();
+    assert_eq!(snapshot(&st).1, vec![]);
+}
+
+#[test]
+fn endpoint_refusals_write_nothing() {
+    let (_d, st) = open();
+    let n = bridge("n", "10.8.0.0/24");
+    st.create_network(&n).unwrap();
+    let first = endpoint(&n, "a", "10.8.0.2/24");
+    st.put_endpoint(&first).unwrap();
+    let before = snapshot(&st);
+
+    let mut missing = endpoint(&n, "b", "10.8.0.3/24");
+    missing.network_id = "0".repeat(64);
+    let e = st.put_endpoint(&missing).unwrap_err();
+    assert!(matches!(e, Error::NetworkNotFound { .. }), "{e}");
+
+    let e = st
+        .put_endpoint(&endpoint(&n, "a", "10.8.0.4/24"))
+        .unwrap_err();
+    assert!(matches!(e, Error::EndpointNameExists { .. }), "{e}");
+    assert_eq!(e.kind(), ErrorKind::Exists);
+
+    let e = st
+        .put_endpoint(&endpoint(&n, "c", "10.8.0.2/24"))
+        .unwrap_err();
+    match &e {
+        Error::AddressInUse { addr, endpoint, .. } => {
+            assert_eq!(addr.to_string(), "10.8.0.2");
+            assert_eq!(endpoint, &first.id);
+        }
+        other => panic!("{other}"),
+    }
+
+    let e = st
+        .put_endpoint(&endpoint(&n, "d", "10.9.0.2/24"))
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Invalid(ValidationError::AddressOutsidePools { .. })
+    ));
+    let mut bad_id = endpoint(&n, "e", "10.8.0.5/24");
+    bad_id.id = "../x".into();
+    assert_eq!(
+        st.put_endpoint(&bad_id).unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+    assert_eq!(snapshot(&st), before);
+
+    // The same name and address on another network are fine.
+    let m = bridge("m", "10.9.0.0/24");
+    st.create_network(&m).unwrap();
+    st.put_endpoint(&endpoint(&m, "a", "10.9.0.2/24")).unwrap();
+}
+
+#[test]
+fn sandboxes() {
+    let (_d, st) = open();
+    let a = Sandbox::new("a", "/run/knit/netns/a");
+    st.create_sandbox(&a).unwrap();
+    let before = snapshot(&st);
+    let dup = st.create_sandbox(&Sandbox::new("a", "/x")).unwrap_err();
+    assert!(matches!(dup, Error::SandboxExists { .. }), "{dup}");
+    let bad = st.create_sandbox(&Sandbox::new("a/b", "/x")).unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::Invalid);
+    assert_eq!(snapshot(&st), before);
+    let b = Sandbox::new("b", "/run/knit/netns/b");
+    st.create_sandbox(&b).unwrap();
+    assert_eq!(st.list_sandboxes().unwrap(), vec![a.clone(), b.clone()]);
+    assert_eq!(st.delete_sandbox(&a.id).unwrap(), a);
+    assert_eq!(st.sandbox("a").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(st.list_sandboxes().unwrap(), vec![b]);
+}
+
+#[test]
+fn revision_moves_once_per_write_and_never_on_reads() {
+    let (dir, st) = open();
+    assert_eq!(st.revision().unwrap(), 0);
+    let n = bridge("n", "10.6.0.0/24");
+    st.create_network(&n).unwrap();
+    assert_eq!(st.revision().unwrap(), 1);
+
+    st.network("n").unwrap();
+    st.list_networks().unwrap();
+    st.network_endpoints(&n.id).unwrap();
+    st.list_sandboxes().unwrap();
+    let _ = st.network("missing");
+    assert_eq!(st.revision().unwrap(), 1);
+
+    // A refused write is no write.
+    let _ = st.create_network(&bridge("n", "10.5.0.0/24"));
+    assert_eq!(st.revision().unwrap(), 1);
+
+    let e = endpoint(&n, "a", "10.6.0.2/24");
+    st.put_endpoint(&e).unwrap();
+    st.put_endpoint(&e).unwrap();
+    let sb = Sandbox::new("s", "/x");
+    st.create_sandbox(&sb).unwrap();
+    st.delete_endpoint(&e.id).unwrap();
+    st.delete_sandbox("s").unwrap();
+    st.delete_network("n").unwrap();
+    assert_eq!(st.revision().unwrap(), 7);
+
+    // Seen by another connection, as a watcher in another process would.
+    let other = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(other.revision().unwrap(), 7);
+    other.create_network(&bridge("m", "10.6.0.0/24")).unwrap();
+    assert_eq!(st.revision().unwrap(), 8);
+}
+
+#[test]
+fn store_is_one_file_in_wal_mode_and_checks_clean() {
+    let (dir, st) = open();
+    st.create_network(&bridge("n", "10.6.0.0/24")).unwrap();
+    assert_eq!(st.path(), dir.path().join("knit.db"));
+    assert!(st.integrity_check().unwrap().is_empty());
+    let mode = journal_mode_of(st.path());
+    assert_eq!(mode, "wal");
+}
+
+fn journal_mode_of(path: &std::path::Path) -> String {
+    // Read the journal mode from the file header: bytes 18 and 19 are 2 in WAL mode.
+    let bytes = std::fs::read(path).unwrap();
+    if bytes.len() > 19 && bytes[18] == 2 && bytes[19] == 2 {
+        "wal".into()
+    } else {
+        format!("header {:?}", &bytes.get(18..20))
+    }
+}
+
+#[test]
+fn open_creates_the_state_dir_and_refuses_a_file_in_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a/b/state");
+    let st = SqliteStore::open(&nested).unwrap();
+    assert!(nested.join("knit.db").exists());
+    drop(st);
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let e = SqliteStore::open(&file).unwrap_err();
+    assert!(matches!(e, Error::StateDir { .. }), "{e}");
+}
+
+#[test]
+fn threads_with_their_own_connections_lose_no_write_and_never_see_busy() {
+    const THREADS: usize = 6;
+    const OWN: usize = 15;
+    const SHARED: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let barrier = std::sync::Barrier::new(THREADS);
+    let won: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (dir, barrier) = (dir.path(), &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    // All open the fresh store at once: one of them makes the schema.
+                    let st = SqliteStore::open(dir).unwrap();
+                    let mut won = 0;
+                    for j in 0..OWN {
+                        let own = bridge(&format!("t{t}-{j}"), &format!("10.{}.{j}.0/24", 100 + t));
+                        st.create_network(&own).unwrap();
+                        if j < SHARED {
+                            // Same name and same subnet in every thread: one wins, the others
+                            // are told it exists (by name or by subnet), never "locked".
+                            let shared =
+                                bridge(&format!("shared-{j}"), &format!("10.200.{j}.0/24"));
+                            match st.create_network(&shared) {
+                                Ok(()) => won += 1,
+                                Err(e) => assert_eq!(e.kind(), ErrorKind::Exists, "{e}"),
+                            }
+                        }
+                    }
+                    won
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(won, SHARED);
+    let st = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(st.list_networks().unwrap().len(), THREADS * OWN + SHARED);
+    assert_eq!(st.revision().unwrap(), (THREADS * OWN + SHARED) as u64);
+}
