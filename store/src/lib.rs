@@ -33,7 +33,7 @@ pub use error::{Error, ErrorKind, ValidationError};
 pub use model::{
     new_id, now_rfc3339, options, Driver, Endpoint, Network, Pool, PortMap, Proto, Sandbox,
 };
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, BUSY_TIMEOUT, DB_FILE};
 
 /// The network model's store. Synchronous: the agent calls it from blocking threads, the CLI
 /// and the CNI plugins directly.

@@ -37,7 +37,7 @@ pub mod options {
 pub struct Network {
     /// 64 lowercase hex characters, random ([`new_id`]); looked up by full id or unique prefix.
     pub id: String,
-    /// Unique among networks; [`crate::validate_name`] gives the rule.
+    /// Unique among networks; [`crate::validate::validate_name`] gives the rule.
     pub name: String,
     pub driver: Driver,
     /// Address pools, at most one per subnet; v4 and v6 may both be present (dual stack).

@@ -200,12 +200,19 @@ fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result
 }
 
 /// Creates or upgrades the schema in one write transaction, so concurrent openers of a fresh
-/// store run it once.
+/// store run it once. An open of a current store only reads the version: a `knit network ls`
+/// never waits for the agent's write lock.
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     let sql = |op| {
         let path = path.to_path_buf();
         move |source| Error::Sqlite { op, path, source }
     };
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql("user_version"))?;
+    if current == SCHEMA_VERSION {
+        return Ok(());
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql("migrate"))?;

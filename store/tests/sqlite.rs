@@ -421,3 +421,38 @@ fn threads_with_their_own_connections_lose_no_write_and_never_see_busy() {
     assert_eq!(st.list_networks().unwrap().len(), THREADS * OWN + SHARED);
     assert_eq!(st.revision().unwrap(), (THREADS * OWN + SHARED) as u64);
 }
+
+#[test]
+fn a_newer_schema_and_a_damaged_record_are_reported_not_guessed() {
+    let (dir, st) = open();
+    let n = bridge("n", "10.6.0.0/24");
+    st.create_network(&n).unwrap();
+    let path = st.path().to_path_buf();
+    drop(st);
+
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute("UPDATE networks SET body = '{' WHERE id = ?1", [&n.id])
+        .unwrap();
+    let st = SqliteStore::open(dir.path()).unwrap();
+    let e = st.list_networks().unwrap_err();
+    assert!(
+        matches!(&e, Error::Corrupt { table: "networks", id, .. } if *id == n.id),
+        "{e}"
+    );
+    assert_eq!(e.kind(), ErrorKind::Internal);
+    drop(st);
+
+    raw.pragma_update(None, "user_version", 99).unwrap();
+    let e = SqliteStore::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::SchemaTooNew {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
