@@ -11,6 +11,7 @@
 //!   by the CLI, the CNI plugins and the agent at once, each write one transaction that is
 //!   either committed or absent after a `kill -9`.
 //! - etcd (a cluster) implements the same trait in a later issue.
+//! - `fake::MemStore` (feature `fake`): in memory, for other crates' unit tests.
 //!
 //! ```no_run
 //! use store::{Driver, Network, Pool, SqliteStore, Store};
@@ -25,6 +26,8 @@
 //! ```
 
 pub mod error;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod model;
 mod sqlite;
 pub mod validate;

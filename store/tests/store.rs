@@ -1,8 +1,11 @@
-//! The SQLite store on a temp dir: round trips, refusals that write nothing, the revision.
+//! The store's behaviour: round trips, refusals that write nothing, the revision. Each scenario
+//! runs on the SQLite store (on a temp dir) and on the in-memory fake, so the two agree; what
+//! only a database can do (another connection, the file) is tested on SQLite alone.
 
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
+use store::fake::MemStore;
 use store::{
     options, Driver, Endpoint, Error, ErrorKind, Network, Pool, PortMap, Proto, Sandbox,
     SqliteStore, Store, ValidationError,
@@ -24,8 +27,35 @@ fn open() -> (tempfile::TempDir, SqliteStore) {
     (dir, st)
 }
 
+/// Runs a scenario `fn(&dyn Store)` as two tests: `NAME::sqlite` and `NAME::mem`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                let (_dir, st) = super::open();
+                super::$name(&st);
+            }
+            #[test]
+            fn mem() {
+                super::$name(&super::MemStore::new());
+            }
+        }
+    )*};
+}
+
+on_both!(
+    network_round_trip_with_every_field,
+    lookup_is_dockers_full_id_then_name_then_unique_prefix,
+    duplicate_name_and_overlapping_subnet_are_refused_with_nothing_written,
+    endpoints_round_trip_and_keep_their_network_busy,
+    endpoint_refusals_write_nothing,
+    sandboxes,
+    revision_moves_once_per_write_and_never_on_reads,
+);
+
 /// Everything the store holds, to prove a refused write changed nothing.
-fn snapshot(st: &SqliteStore) -> (u64, Vec<Network>, Vec<Sandbox>, Vec<Endpoint>) {
+fn snapshot(st: &dyn Store) -> (u64, Vec<Network>, Vec<Sandbox>, Vec<Endpoint>) {
     let nets = st.list_networks().unwrap();
     let mut eps = Vec::new();
     for n in &nets {
@@ -39,9 +69,7 @@ fn snapshot(st: &SqliteStore) -> (u64, Vec<Network>, Vec<Sandbox>, Vec<Endpoint>
     )
 }
 
-#[test]
-fn network_round_trip_with_every_field() {
-    let (dir, st) = open();
+fn network_round_trip_with_every_field(st: &dyn Store) {
     let mut n = Network::new("isolated_nw", Driver::Bridge);
     n.ipv6 = true;
     n.internal = true;
@@ -69,22 +97,27 @@ fn network_round_trip_with_every_field() {
     assert_eq!(st.network(&n.id).unwrap(), n);
     assert_eq!(st.network(&n.id[..12]).unwrap(), n);
     assert_eq!(st.list_networks().unwrap(), vec![n.clone()]);
-
-    // Another process (here: another connection) sees the same record.
-    drop(st);
-    let again = SqliteStore::open(dir.path()).unwrap();
-    assert_eq!(again.network("isolated_nw").unwrap(), n);
-    assert_eq!(again.delete_network(&n.id[..5]).unwrap(), n);
+    assert_eq!(st.delete_network(&n.id[..5]).unwrap(), n);
     assert!(matches!(
-        again.network("isolated_nw"),
+        st.network("isolated_nw"),
         Err(Error::NetworkNotFound { .. })
     ));
-    assert!(again.list_networks().unwrap().is_empty());
+    assert!(st.list_networks().unwrap().is_empty());
 }
 
 #[test]
-fn lookup_is_dockers_full_id_then_name_then_unique_prefix() {
-    let (_d, st) = open();
+fn another_connection_sees_the_same_records() {
+    let (dir, st) = open();
+    let n = bridge("n", "10.4.0.0/24");
+    st.create_network(&n).unwrap();
+    // Another process (here: another connection) sees the record, and its deletion.
+    let other = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(other.network("n").unwrap(), n);
+    other.delete_network("n").unwrap();
+    assert_eq!(st.network("n").unwrap_err().kind(), ErrorKind::NotFound);
+}
+
+fn lookup_is_dockers_full_id_then_name_then_unique_prefix(st: &dyn Store) {
     let mut a = bridge("a", "10.1.0.0/24");
     a.id = format!("abc1{}", &a.id[4..]);
     let mut b = bridge("b", "10.2.0.0/24");
@@ -113,11 +146,9 @@ fn lookup_is_dockers_full_id_then_name_then_unique_prefix() {
     assert_eq!(names, ["a", "abc1", "b"]);
 }
 
-#[test]
-fn duplicate_name_and_overlapping_subnet_are_refused_with_nothing_written() {
-    let (_d, st) = open();
+fn duplicate_name_and_overlapping_subnet_are_refused_with_nothing_written(st: &dyn Store) {
     st.create_network(&bridge("one", "10.10.0.0/16")).unwrap();
-    let before = snapshot(&st);
+    let before = snapshot(st);
 
     let dup = st
         .create_network(&bridge("one", "10.20.0.0/16"))
@@ -127,7 +158,7 @@ fn duplicate_name_and_overlapping_subnet_are_refused_with_nothing_written() {
         "{dup}"
     );
     assert_eq!(dup.kind(), ErrorKind::Exists);
-    assert_eq!(snapshot(&st), before);
+    assert_eq!(snapshot(st), before);
 
     for sub in ["10.10.0.0/16", "10.10.3.0/24", "10.0.0.0/8"] {
         let e = st.create_network(&bridge("two", sub)).unwrap_err();
@@ -145,7 +176,7 @@ fn duplicate_name_and_overlapping_subnet_are_refused_with_nothing_written() {
         }
         assert_eq!(e.kind(), ErrorKind::Exists);
         assert!(e.to_string().contains("overlaps"), "{e}");
-        assert_eq!(snapshot(&st), before);
+        assert_eq!(snapshot(st), before);
     }
 
     let mut same_id = bridge("three", "10.30.0.0/16");
@@ -165,7 +196,7 @@ fn duplicate_name_and_overlapping_subnet_are_refused_with_nothing_written() {
         st.create_network(&gw),
         Err(Error::Invalid(ValidationError::GatewayOutsideSubnet { .. }))
     ));
-    assert_eq!(snapshot(&st), before);
+    assert_eq!(snapshot(st), before);
 
     // Disjoint subnets, and networks without pools (null, host), are fine side by side.
     st.create_network(&bridge("two", "10.11.0.0/16")).unwrap();
@@ -185,9 +216,7 @@ fn endpoint(n: &Network, name: &str, ip: &str) -> Endpoint {
     e
 }
 
-#[test]
-fn endpoints_round_trip_and_keep_their_network_busy() {
-    let (_d, st) = open();
+fn endpoints_round_trip_and_keep_their_network_busy(st: &dyn Store) {
     let n = bridge("n", "10.7.0.0/24");
     st.create_network(&n).unwrap();
     let sb = Sandbox::new("c1", "/run/knit/netns/c1");
@@ -217,7 +246,7 @@ fn endpoints_round_trip_and_keep_their_network_busy() {
     assert_eq!(st.endpoint(&e.id).unwrap(), moved);
     assert_eq!(st.network_endpoints(&n.id).unwrap().len(), 1);
 
-    let before = snapshot(&st);
+    let before = snapshot(st);
     let busy = st.delete_network("n").unwrap_err();
     assert!(
         matches!(&busy, Error::NetworkInUse { endpoints: 1, .. }),
@@ -226,7 +255,7 @@ fn endpoints_round_trip_and_keep_their_network_busy() {
     assert_eq!(busy.kind(), ErrorKind::Busy);
     let busy = st.delete_sandbox("c1").unwrap_err();
     assert_eq!(busy.kind(), ErrorKind::Busy);
-    assert_eq!(snapshot(&st), before);
+    assert_eq!(snapshot(st), before);
 
     assert_eq!(st.delete_endpoint(&e.id).unwrap(), moved);
     assert_eq!(st.endpoint(&e.id).unwrap_err().kind(), ErrorKind::NotFound);
@@ -237,17 +266,15 @@ fn endpoints_round_trip_and_keep_their_network_busy() {
     assert!(st.sandbox_endpoints(&sb.id).unwrap().is_empty());
     st.delete_sandbox("c1").unwrap();
     st.delete_network("n").unwrap();
-    assert_eq!(snapshot(&st).1, vec![]);
+    assert_eq!(snapshot(st).1, vec![]);
 }
 
-#[test]
-fn endpoint_refusals_write_nothing() {
-    let (_d, st) = open();
+fn endpoint_refusals_write_nothing(st: &dyn Store) {
     let n = bridge("n", "10.8.0.0/24");
     st.create_network(&n).unwrap();
     let first = endpoint(&n, "a", "10.8.0.2/24");
     st.put_endpoint(&first).unwrap();
-    let before = snapshot(&st);
+    let before = snapshot(st);
 
     let mut missing = endpoint(&n, "b", "10.8.0.3/24");
     missing.network_id = "0".repeat(64);
@@ -284,7 +311,7 @@ fn endpoint_refusals_write_nothing() {
         st.put_endpoint(&bad_id).unwrap_err().kind(),
         ErrorKind::Invalid
     );
-    assert_eq!(snapshot(&st), before);
+    assert_eq!(snapshot(st), before);
 
     // The same name and address on another network are fine.
     let m = bridge("m", "10.9.0.0/24");
@@ -292,17 +319,15 @@ fn endpoint_refusals_write_nothing() {
     st.put_endpoint(&endpoint(&m, "a", "10.9.0.2/24")).unwrap();
 }
 
-#[test]
-fn sandboxes() {
-    let (_d, st) = open();
+fn sandboxes(st: &dyn Store) {
     let a = Sandbox::new("a", "/run/knit/netns/a");
     st.create_sandbox(&a).unwrap();
-    let before = snapshot(&st);
+    let before = snapshot(st);
     let dup = st.create_sandbox(&Sandbox::new("a", "/x")).unwrap_err();
     assert!(matches!(dup, Error::SandboxExists { .. }), "{dup}");
     let bad = st.create_sandbox(&Sandbox::new("a/b", "/x")).unwrap_err();
     assert_eq!(bad.kind(), ErrorKind::Invalid);
-    assert_eq!(snapshot(&st), before);
+    assert_eq!(snapshot(st), before);
     let b = Sandbox::new("b", "/run/knit/netns/b");
     st.create_sandbox(&b).unwrap();
     assert_eq!(st.list_sandboxes().unwrap(), vec![a.clone(), b.clone()]);
@@ -311,9 +336,7 @@ fn sandboxes() {
     assert_eq!(st.list_sandboxes().unwrap(), vec![b]);
 }
 
-#[test]
-fn revision_moves_once_per_write_and_never_on_reads() {
-    let (dir, st) = open();
+fn revision_moves_once_per_write_and_never_on_reads(st: &dyn Store) {
     assert_eq!(st.revision().unwrap(), 0);
     let n = bridge("n", "10.6.0.0/24");
     st.create_network(&n).unwrap();
@@ -339,12 +362,17 @@ fn revision_moves_once_per_write_and_never_on_reads() {
     st.delete_sandbox("s").unwrap();
     st.delete_network("n").unwrap();
     assert_eq!(st.revision().unwrap(), 7);
+}
 
-    // Seen by another connection, as a watcher in another process would.
+#[test]
+fn revision_is_seen_by_another_connection() {
+    let (dir, st) = open();
+    st.create_network(&bridge("n", "10.6.0.0/24")).unwrap();
+    // As a watcher in another process would see it.
     let other = SqliteStore::open(dir.path()).unwrap();
-    assert_eq!(other.revision().unwrap(), 7);
-    other.create_network(&bridge("m", "10.6.0.0/24")).unwrap();
-    assert_eq!(st.revision().unwrap(), 8);
+    assert_eq!(other.revision().unwrap(), 1);
+    other.create_network(&bridge("m", "10.7.0.0/24")).unwrap();
+    assert_eq!(st.revision().unwrap(), 2);
 }
 
 #[test]
