@@ -320,19 +320,20 @@ fn endpoint_refusals_write_nothing(st: &dyn Store) {
 }
 
 fn sandboxes(st: &dyn Store) {
-    let a = Sandbox::new("a", "/run/knit/netns/a");
+    // Names with a non-hex character: "a" would also be a prefix of one id in 16.
+    let a = Sandbox::new("sb-a", "/run/knit/netns/sb-a");
     st.create_sandbox(&a).unwrap();
     let before = snapshot(st);
-    let dup = st.create_sandbox(&Sandbox::new("a", "/x")).unwrap_err();
+    let dup = st.create_sandbox(&Sandbox::new("sb-a", "/x")).unwrap_err();
     assert!(matches!(dup, Error::SandboxExists { .. }), "{dup}");
-    let bad = st.create_sandbox(&Sandbox::new("a/b", "/x")).unwrap_err();
+    let bad = st.create_sandbox(&Sandbox::new("sb/a", "/x")).unwrap_err();
     assert_eq!(bad.kind(), ErrorKind::Invalid);
     assert_eq!(snapshot(st), before);
-    let b = Sandbox::new("b", "/run/knit/netns/b");
+    let b = Sandbox::new("sb-b", "/run/knit/netns/sb-b");
     st.create_sandbox(&b).unwrap();
     assert_eq!(st.list_sandboxes().unwrap(), vec![a.clone(), b.clone()]);
     assert_eq!(st.delete_sandbox(&a.id).unwrap(), a);
-    assert_eq!(st.sandbox("a").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(st.sandbox("sb-a").unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(st.list_sandboxes().unwrap(), vec![b]);
 }
 
