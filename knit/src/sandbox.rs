@@ -18,13 +18,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
 use libnet::driver::bridge::{Bridge, BridgeNet};
+use libnet::driver::Wired;
 use libnet::driver::{IpConf, RouteConf};
 use libnet::endpoint::filters::Masq;
 use libnet::endpoint::{self, boxed, AddressSource, Addressing, BoxError, Filter, Request};
 use libnet::ipam::{self, FileStore, IpamConfig};
 use libnet::netlink::Handle;
 use libnet::netns::{NetNs, NETNS_RUN_DIR};
-use libnet::nft::{Nft, StateDir};
+use libnet::nft::{IngressPolicy, Nft, StateDir};
 use serde_json::{json, Value};
 use store::{Driver, Endpoint, Network, Sandbox, Store};
 
@@ -164,8 +165,39 @@ impl AddressSource for HostLocal {
     }
 }
 
+/// Docker's isolation between bridge networks: the endpoint's addresses are "same-bridge"
+/// isolated in libnet's forward chain (the firewall feature's `iso` set), so traffic between
+/// two isolated endpoints is dropped unless both are on the same bridge. Traffic to the host
+/// and beyond it is not affected.
+pub struct Isolation<'n> {
+    pub nft: &'n Nft,
+    pub bridge: String,
+}
+
+impl Filter for Isolation<'_> {
+    fn name(&self) -> &'static str {
+        "isolation"
+    }
+
+    fn ensure(&self, req: &Request<'_>, addrs: &Addressing, _: &Wired) -> Result<(), BoxError> {
+        let ips: Vec<IpAddr> = addrs.ips.iter().map(|ip| ip.addr.addr()).collect();
+        self.nft
+            .ensure_firewall(
+                &req.attachment(),
+                &self.bridge,
+                &ips,
+                IngressPolicy::SameBridge,
+            )
+            .map_err(boxed)
+    }
+
+    fn del(&self, req: &Request<'_>) -> Result<(), BoxError> {
+        self.nft.del_firewall(&req.attachment()).map_err(boxed)
+    }
+}
+
 /// Run `f` with the lifecycle's pieces for `net`: the address source, the bridge driver and the
-/// filters (ipMasq unless internal or turned off).
+/// filters (isolation from other networks; ipMasq unless internal or turned off).
 fn with_endpoint<T>(
     net: &Network,
     dirs: &Dirs,
@@ -197,11 +229,14 @@ fn with_endpoint<T>(
     };
     let nft = dirs.nft();
     let masq = Masq { nft: &nft };
-    let filters: Vec<&dyn Filter> = if masquerades(net) {
-        vec![&masq]
-    } else {
-        Vec::new()
+    let isolation = Isolation {
+        nft: &nft,
+        bridge: bridge_name(net),
     };
+    let mut filters: Vec<&dyn Filter> = vec![&isolation];
+    if masquerades(net) {
+        filters.push(&masq);
+    }
     f(&mut source, &driver, &filters)
 }
 

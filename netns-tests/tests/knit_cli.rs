@@ -6,9 +6,6 @@
 //! live there, never in the real host's), with a private `--state-dir`, `--run-dir` and
 //! `--cni-data-dir`. Runs the binary `$KNIT_BIN` (default target/release/knit: `make build`).
 //!
-//! Not covered yet: isolation between two networks. knit has no rule that stops one bridge
-//! network from routing to another through the host (a sandbox on a second network reaches
-//! the first one's sandboxes today), so that assertion waits for the isolation step.
 #![cfg(feature = "root-tests")]
 
 use std::path::{Path, PathBuf};
@@ -206,6 +203,15 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
 
     // A second sandbox on the same network reaches it (knit run passes ping's status on).
     k.ok(&["run", "--net", &n1, "--", "ping", "-c1", "-W2", &s1_ip])?;
+    // Isolation between networks, as Docker's: a sandbox on the second network does not
+    // reach s1 (the positive control above shows s1 answers), though both reach their gateways.
+    let (code, out, _) = k.status(&["run", "--net", &n2, "--", "ping", "-c1", "-W1", &s1_ip])?;
+    ensure!(
+        code == 1,
+        "{n2} reached {s1_ip} on {n1} (exit {code}): {out}"
+    );
+    let gw2 = format!("10.{o}.2.1");
+    k.ok(&["run", "--net", &n2, "--", "ping", "-c1", "-W2", &gw2])?;
     // --ip asks for an address; it is reserved like any other while the sandbox lives.
     let want = format!("10.{o}.1.77");
     let out = k.ok(&[
