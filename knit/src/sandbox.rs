@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
@@ -415,8 +416,11 @@ pub fn remove(st: &dyn Store, dirs: &Dirs, sb: &Sandbox) -> Result<()> {
 }
 
 /// Run `cmd` in `ns` (the child enters it before exec) with the terminal's stdio; returns its
-/// exit code, or 128 + the signal that ended it. knit ignores SIGINT meanwhile (the child gets
-/// it from the terminal) so that it can clean up after.
+/// exit code, or 128 + the signal that ended it.
+///
+/// Meanwhile knit blocks SIGINT, SIGQUIT, SIGTERM and SIGHUP so that it lives to clean up: the
+/// terminal's SIGINT/SIGQUIT reach the command directly (same process group), and a SIGTERM or
+/// SIGHUP sent to knit is passed on to the command, whose exit then ends the run as usual.
 fn exec_in(ns: &NetNs, cmd: &[String]) -> Result<i32> {
     let Some((prog, args)) = cmd.split_first() else {
         bail!("no command given");
@@ -424,27 +428,62 @@ fn exec_in(ns: &NetNs, cmd: &[String]) -> Result<i32> {
     let fd = ns.as_raw_fd();
     let mut c = std::process::Command::new(prog);
     c.args(args);
-    // SAFETY: between fork and exec only async-signal-safe calls (setns, signal) on an fd that
-    // stays open in the child until exec.
+    // SAFETY: between fork and exec only async-signal-safe calls (setns, sigemptyset,
+    // pthread_sigmask) on an fd that stays open in the child until exec.
     unsafe {
         c.pre_exec(move || {
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             Ok(())
         });
     }
-    // SAFETY: setting a signal disposition of this process; restored below.
-    let old = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let status = c.status();
-    // SAFETY: as above.
-    unsafe { libc::signal(libc::SIGINT, old) };
-    let status = status.map_err(|e| anyhow!(RunError::Spawn(prog.clone(), e)))?;
+    // SAFETY: a sigset_t filled by sigemptyset/sigaddset, applied to this thread only; threads
+    // started after (the forwarder) inherit the mask. It stays blocked until knit exits.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let mut child = c
+        .spawn()
+        .map_err(|e| anyhow!(RunError::Spawn(prog.clone(), e)))?;
+    let pid = child.id() as libc::pid_t;
+    let done = AtomicBool::new(false);
+    let status = std::thread::scope(|s| {
+        s.spawn(|| forward_signals(&set, pid, &done));
+        let st = child.wait();
+        done.store(true, Ordering::Relaxed);
+        st
+    })
+    .with_context(|| format!("waiting for {prog:?}"))?;
     Ok(status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1))
+}
+
+/// Pass SIGTERM and SIGHUP (blocked, so waited for here) on to `pid` until `done`.
+fn forward_signals(set: &libc::sigset_t, pid: libc::pid_t, done: &AtomicBool) {
+    let tick = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 100_000_000,
+    };
+    while !done.load(Ordering::Relaxed) {
+        // SAFETY: set is a valid sigset_t; no siginfo wanted.
+        let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &tick) };
+        if (sig == libc::SIGTERM || sig == libc::SIGHUP) && !done.load(Ordering::Relaxed) {
+            // SAFETY: kill(2) on the child we spawned and have not reaped yet.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
 }
 
 /// The command could not be started (exit 127 when not found, 126 otherwise, as a shell).

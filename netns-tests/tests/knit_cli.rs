@@ -45,6 +45,12 @@ impl Knit {
     }
 
     fn run(&self, args: &[&str]) -> Result<Output> {
+        self.command(args)
+            .output()
+            .with_context(|| format!("knit {args:?}"))
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
         let d = self.dir.path();
         let mut c = self.host.command(&self.bin.display().to_string());
         c.arg("--state-dir")
@@ -54,7 +60,7 @@ impl Knit {
             .arg("--cni-data-dir")
             .arg(self.data_dir())
             .args(args);
-        c.output().with_context(|| format!("knit {args:?}"))
+        c
     }
 
     /// Exit status, stdout, stderr.
@@ -232,6 +238,34 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
     ensure!(
         code == 127 && err.contains("/nonexistent/cmd"),
         "{code} {err}"
+    );
+
+    // SIGTERM to knit run reaches the command, and knit still cleans up after it.
+    let mut c = k.command(&["run", "--net", &n1, "--", "sleep", "30"]);
+    let mut child = c.spawn().context("spawning knit run sleep")?;
+    let t = std::time::Instant::now();
+    while k
+        .ok(&["sandbox", "ls", "--format", "json"])?
+        .matches("\"Id\"")
+        .count()
+        < 2
+    {
+        ensure!(
+            t.elapsed().as_secs() < 5,
+            "the sleeping sandbox never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let st = child.wait()?;
+    ensure!(st.code() == Some(143), "knit run after SIGTERM: {st:?}");
+    ensure!(
+        t.elapsed().as_secs() < 10,
+        "sleep was not ended by the SIGTERM"
     );
 
     // The unnamed sandboxes are gone with everything they had.
