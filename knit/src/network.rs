@@ -26,7 +26,8 @@ pub const BRIDGE_CREATED: &str = "io.knit.bridge.created";
 /// between its look and its insert.
 const AUTO_SUBNET_TRIES: usize = 8;
 
-/// The automatic subnets, in the order tried: `172.17.0.0/24` … `172.31.255.0/24` (Docker's
+/// The automatic subnets, in the order tried (skipping those that overlap another network or a
+/// route of the host): `172.17.0.0/24` … `172.31.255.0/24` (Docker's
 /// first default pool, cut into /24s), then `192.168.0.0/24` … `192.168.255.0/24`.
 pub fn auto_subnet_candidates() -> impl Iterator<Item = IpNet> {
     let a = (17u8..=31).flat_map(|b| (0u8..=255).map(move |c| [172, b, c, 0]));
@@ -206,7 +207,8 @@ pub fn create(st: &dyn Store, a: &CreateArgs) -> Result<Network> {
         net.options.insert(BRIDGE_CREATED.into(), "true".into());
     }
     if net.ipam.is_empty() {
-        insert_auto(st, &mut net, existing)?;
+        let routed = routed_subnets(&h)?;
+        insert_auto(st, &mut net, existing, &routed)?;
     } else {
         st.create_network(&net)
             .with_context(|| format!("creating network {:?}", net.name))?;
@@ -229,13 +231,30 @@ pub fn create(st: &dyn Store, a: &CreateArgs) -> Result<Network> {
     Ok(net)
 }
 
-/// Insert `net` with the first free automatic subnet, trying the next one when another
-/// process took it meanwhile.
-fn insert_auto(st: &dyn Store, net: &mut Network, mut existing: Vec<Network>) -> Result<()> {
+/// The IPv4 destinations of the host's main routing table, but the default route: an automatic
+/// subnet must not shadow them (Docker's `docker0` on 172.17.0.0/16, a LAN on 192.168.1.0/24).
+fn routed_subnets(h: &Handle) -> Result<Vec<IpNet>> {
+    Ok(h.routes(false)
+        .context("listing the host's routes")?
+        .into_iter()
+        .filter(|r| r.table == libnet::netlink::route::RT_TABLE_MAIN && r.dst.prefix_len() > 0)
+        .map(|r| r.dst)
+        .collect())
+}
+
+/// Insert `net` with the first automatic subnet free of other networks and of `routed`,
+/// trying the next one when another process took it meanwhile.
+fn insert_auto(
+    st: &dyn Store,
+    net: &mut Network,
+    mut existing: Vec<Network>,
+    routed: &[IpNet],
+) -> Result<()> {
     for _ in 0..AUTO_SUBNET_TRIES {
         let used: Vec<IpNet> = existing
             .iter()
             .flat_map(|n| n.ipam.iter().map(|p| p.subnet))
+            .chain(routed.iter().copied())
             .collect();
         let Some(subnet) = pick_subnet(&used) else {
             bail!("no free automatic subnet left: give one with --subnet");

@@ -182,6 +182,27 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
         .handle()?
         .link_by_name(&bridge1)
         .with_context(|| format!("bridge {bridge1} of {n1}"))?;
+    // Without --subnet: the first private /24 that no network and no host route covers.
+    k.host
+        .run(&["ip", "route", "add", "172.17.0.0/16", "dev", &bridge1])
+        .context("a host route on 172.17.0.0/16")?;
+    let n3 = format!("kc{pid}c");
+    k.ok(&["network", "create", "--internal", &n3])?;
+    let v: Value = serde_json::from_str(&k.ok(&["network", "inspect", &n3])?)?;
+    ensure!(
+        v[0]["IPAM"]["Config"][0]["Subnet"] == "172.18.0.0/24" && v[0]["Internal"] == true,
+        "automatic subnet: {v}"
+    );
+    // An internal network has no route out.
+    let routes = k.ok(&["run", "--net", &n3, "--", "ip", "route"])?;
+    ensure!(
+        routes.contains("172.18.0.0/24") && !routes.contains("default"),
+        "{n3}: {routes}"
+    );
+    k.ok(&["network", "rm", &n3])?;
+    k.host
+        .run(&["ip", "route", "del", "172.17.0.0/16", "dev", &bridge1])?;
+
     let ls = k.ok(&["network", "ls"])?;
     ensure!(ls.contains(&n1) && ls.contains(&sub2), "network ls:\n{ls}");
 
