@@ -1,11 +1,11 @@
-//! The `knit` CLI end to end, as a user runs it: networks, sandboxes that ping each other, the
+//! The `knit` CLI end to end, as a user runs it: networks (automatic subnet, internal),
+//! sandboxes that ping each other, isolation between networks, SIGTERM passed on, the
 //! null network, exit codes passed through, bad input that changes nothing, and removal that
 //! leaves no link, namespace, store record, IPAM reservation or nft element.
 //!
 //! Every knit command runs inside a scratch "host" namespace (its bridges, veths and nft table
 //! live there, never in the real host's), with a private `--state-dir`, `--run-dir` and
 //! `--cni-data-dir`. Runs the binary `$KNIT_BIN` (default target/release/knit: `make build`).
-//!
 #![cfg(feature = "root-tests")]
 
 use std::path::{Path, PathBuf};
