@@ -1,34 +1,98 @@
-//! `knit`: the operator's CLI. For now: version, and named network namespaces for demos and
-//! tests (`knit netns add|del|list`). The agent and controller daemons arrive with their issues.
+//! `knit`: the operator's CLI. It needs no daemon (podman's model): it opens the store under
+//! `--state-dir` itself. Commands: `network create|ls|inspect|rm`, `run`, `sandbox ls|rm`,
+//! `netns add|del|list`, `version`; `knit --help` and `--help` on each.
+//!
+//! Exit status: 0 on success, 1 when knit failed; `knit run` exits with CMD's status (128 +
+//! the signal if one ended it), 125 when knit itself failed, 126/127 when CMD could not be
+//! started (as `docker run`).
 
-use anyhow::{bail, Context, Result};
+mod cli;
+mod network;
+mod sandbox;
+mod table;
+
+use anyhow::{Context, Result};
+use clap::Parser;
 use libnet::netns::{NetNs, NETNS_RUN_DIR};
+use store::SqliteStore;
 
-const USAGE: &str =
-    "usage: knit version | knit netns add NAME | knit netns del NAME | knit netns list";
+use cli::{Cli, Command, NetnsCmd, NetworkCmd, SandboxCmd};
+use sandbox::{Dirs, RunError};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Err(e) = run(&args) {
-        eprintln!("knit: {e:#}");
-        std::process::exit(1);
+    let cli = Cli::parse();
+    let is_run = matches!(cli.command, Command::Run(_));
+    match dispatch(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("knit: {e:#}");
+            let code = match e.downcast_ref::<RunError>() {
+                Some(r) => r.exit_code(),
+                None if is_run => 125,
+                None => 1,
+            };
+            std::process::exit(code);
+        }
     }
 }
 
-fn run(args: &[String]) -> Result<()> {
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
-        ["version"] | ["--version"] => {
+fn open_store(cli: &Cli) -> Result<SqliteStore> {
+    SqliteStore::open(&cli.state_dir)
+        .with_context(|| format!("opening the store in {}", cli.state_dir.display()))
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let dirs = Dirs {
+        run_dir: cli.run_dir.clone(),
+        cni_data_dir: cli.cni_data_dir.clone(),
+    };
+    match &cli.command {
+        Command::Version => {
             println!("knit {}", env!("CARGO_PKG_VERSION"));
             println!("CNI spec versions: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0");
         }
-        ["netns", "add", name] => {
+        Command::Network(cmd) => {
+            let st = open_store(&cli)?;
+            match cmd {
+                NetworkCmd::Create(a) => println!("{}", network::create(&st, a)?.id),
+                NetworkCmd::Ls => print!("{}", network::ls(&st, cli.format)?),
+                NetworkCmd::Inspect { names } => print!("{}", network::inspect(&st, names)?),
+                NetworkCmd::Rm { names } => {
+                    for n in network::rm(&st, names, &dirs.cni_data_dir)? {
+                        println!("{n}");
+                    }
+                }
+            }
+        }
+        Command::Run(a) => {
+            let st = open_store(&cli)?;
+            return sandbox::run(&st, &dirs, a);
+        }
+        Command::Sandbox(cmd) => {
+            let st = open_store(&cli)?;
+            match cmd {
+                SandboxCmd::Ls => print!("{}", sandbox::ls(&st, cli.format)?),
+                SandboxCmd::Rm { names } => {
+                    for n in sandbox::rm(&st, &dirs, names)? {
+                        println!("{n}");
+                    }
+                }
+            }
+        }
+        Command::Netns(cmd) => netns(cmd)?,
+    }
+    Ok(0)
+}
+
+fn netns(cmd: &NetnsCmd) -> Result<()> {
+    match cmd {
+        NetnsCmd::Add { name } => {
             NetNs::create_named(name).with_context(|| format!("creating netns {name}"))?;
         }
-        ["netns", "del", name] => {
+        NetnsCmd::Del { name } => {
             NetNs::delete_named(name).with_context(|| format!("deleting netns {name}"))?;
         }
-        ["netns", "list"] => {
+        NetnsCmd::List => {
             let mut names: Vec<String> = match std::fs::read_dir(NETNS_RUN_DIR) {
                 Ok(rd) => rd
                     .filter_map(|e| e.ok())
@@ -42,8 +106,6 @@ fn run(args: &[String]) -> Result<()> {
                 println!("{n}");
             }
         }
-        ["help"] | ["--help"] | ["-h"] => println!("{USAGE}"),
-        _ => bail!("{USAGE}"),
     }
     Ok(())
 }

@@ -1,0 +1,265 @@
+//! The command line: clap's derive structs and nothing else (every command's work is in its own
+//! module), so parsing is tested without touching the kernel or a store.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+/// knit: container networking over plain network namespaces, no daemon needed.
+#[derive(Debug, Parser)]
+#[command(name = "knit", version, about)]
+pub struct Cli {
+    /// Where the network model's database lives.
+    #[arg(long, global = true, default_value = "/var/lib/knit")]
+    pub state_dir: PathBuf,
+    /// Where run-time state lives (knit's nftables element records).
+    #[arg(long, global = true, default_value = "/run/knit")]
+    pub run_dir: PathBuf,
+    /// The host-local IPAM data dir shared with knit's CNI `host-local` plugin.
+    #[arg(long, global = true, default_value = libnet::ipam::config::DEFAULT_DATA_DIR)]
+    pub cni_data_dir: PathBuf,
+    /// Output format of the listing commands.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print knit's version and the CNI spec versions it speaks.
+    Version,
+    /// Manage networks (Docker's model: bridge networks with their pools).
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Run a command in a new sandbox (a named network namespace) attached to a network.
+    Run(RunArgs),
+    /// Manage sandboxes made by `knit run --name`.
+    #[command(subcommand)]
+    Sandbox(SandboxCmd),
+    /// Raw named network namespaces (for demos and tests).
+    #[command(subcommand)]
+    Netns(NetnsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Create a network.
+    Create(CreateArgs),
+    /// List networks.
+    #[command(alias = "list")]
+    Ls,
+    /// Print networks as JSON shaped like `docker network inspect`.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks that have no endpoints (and the bridge knit made for them).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The network driver; only `bridge` in this version.
+    #[arg(short, long, default_value = "bridge")]
+    pub driver: String,
+    /// The IPv4 (or, with --ipv6, IPv6) subnet; default: a free private /24 (172.17.0.0/24 up).
+    #[arg(long)]
+    pub subnet: Vec<IpNet>,
+    /// The gateway of the subnet given at the same position; default: its first address.
+    #[arg(long)]
+    pub gateway: Vec<IpAddr>,
+    /// Hand out addresses only from this part of the subnet at the same position.
+    #[arg(long)]
+    pub ip_range: Vec<IpNet>,
+    /// Enable IPv6 (needed for an IPv6 --subnet).
+    #[arg(long)]
+    pub ipv6: bool,
+    /// No route out of the network and no masquerade.
+    #[arg(long)]
+    pub internal: bool,
+    /// Driver options under Docker's names (com.docker.network.bridge.name=br0, ...).
+    #[arg(short = 'o', long = "opt", value_parser = parse_key_value)]
+    pub opt: Vec<(String, String)>,
+    /// Labels (KEY=VALUE).
+    #[arg(long, value_parser = parse_key_value)]
+    pub label: Vec<(String, String)>,
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The network to attach to, or `none` (loopback only).
+    #[arg(long = "net", alias = "network")]
+    pub net: String,
+    /// Keep the sandbox under this name after CMD exits (until `knit sandbox rm NAME`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Ask for this address (reserved in the network's IPAM like any other).
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCmd {
+    /// List sandboxes.
+    #[command(alias = "list")]
+    Ls,
+    /// Remove sandboxes: detach their endpoints, delete their namespaces and records.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetnsCmd {
+    /// `ip netns add NAME`
+    Add { name: String },
+    /// `ip netns del NAME`
+    Del { name: String },
+    /// `ip netns list`
+    List,
+}
+
+/// `KEY=VALUE`, the key not empty (the value may be).
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("knit").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_help() {
+        for args in [
+            &["--help"][..],
+            &["network", "--help"],
+            &["network", "create", "--help"],
+            &["network", "ls", "--help"],
+            &["network", "inspect", "--help"],
+            &["network", "rm", "--help"],
+            &["run", "--help"],
+            &["sandbox", "ls", "--help"],
+            &["sandbox", "rm", "--help"],
+            &["netns", "add", "--help"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn global_flags_have_their_defaults_and_go_anywhere() {
+        let c = parse(&["network", "ls"]).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/knit"));
+        assert_eq!(c.run_dir, PathBuf::from("/run/knit"));
+        assert_eq!(c.cni_data_dir, PathBuf::from("/var/lib/cni/networks"));
+        assert_eq!(c.format, Format::Table);
+        let c = parse(&["network", "ls", "--format", "json", "--state-dir", "/tmp/s"]).unwrap();
+        assert_eq!(c.format, Format::Json);
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
+        assert!(parse(&["--format", "yaml", "network", "ls"]).is_err());
+    }
+
+    #[test]
+    fn network_create_takes_docker_flags() {
+        let c = parse(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.9.0.0/24",
+            "--gateway",
+            "10.9.0.254",
+            "--ip-range",
+            "10.9.0.128/25",
+            "--internal",
+            "-o",
+            "com.docker.network.bridge.name=br9",
+            "-o",
+            "x=",
+            "n9",
+        ])
+        .unwrap();
+        let Command::Network(NetworkCmd::Create(a)) = c.command else {
+            panic!("not create: {c:?}")
+        };
+        assert_eq!(a.driver, "bridge");
+        assert_eq!(a.subnet, vec!["10.9.0.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(a.gateway, vec!["10.9.0.254".parse::<IpAddr>().unwrap()]);
+        assert_eq!(a.ip_range.len(), 1);
+        assert!(a.internal && !a.ipv6);
+        assert_eq!(
+            a.opt,
+            vec![
+                ("com.docker.network.bridge.name".into(), "br9".into()),
+                ("x".into(), String::new())
+            ]
+        );
+        assert_eq!(a.name, "n9");
+        assert!(parse(&["network", "create", "-o", "novalue", "n"]).is_err());
+        assert!(parse(&["network", "create", "--subnet", "10.9.0.0/33", "n"]).is_err());
+        assert!(parse(&["network", "create"]).is_err());
+    }
+
+    #[test]
+    fn run_takes_the_command_after_the_double_dash() {
+        let c = parse(&[
+            "run", "--net", "n1", "--name", "s1", "--", "ping", "-c1", "x",
+        ])
+        .unwrap();
+        let Command::Run(r) = c.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.net, "n1");
+        assert_eq!(r.name.as_deref(), Some("s1"));
+        assert_eq!(r.cmd, ["ping", "-c1", "x"]);
+        assert!(
+            parse(&["run", "--net", "n1"]).is_err(),
+            "a command is required"
+        );
+        assert!(parse(&["run", "--", "true"]).is_err(), "--net is required");
+        assert!(parse(&["run", "--net", "n", "--ip", "nope", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn inspect_and_rm_need_a_name() {
+        assert!(parse(&["network", "inspect"]).is_err());
+        assert!(parse(&["network", "rm"]).is_err());
+        assert!(parse(&["sandbox", "rm"]).is_err());
+        let c = parse(&["network", "rm", "a", "b"]).unwrap();
+        assert!(
+            matches!(c.command, Command::Network(NetworkCmd::Rm { names }) if names == ["a", "b"])
+        );
+    }
+}

@@ -1,0 +1,357 @@
+//! The `knit` CLI end to end, as a user runs it: networks (automatic subnet, internal),
+//! sandboxes that ping each other, isolation between networks, SIGTERM passed on, the
+//! null network, exit codes passed through, bad input that changes nothing, and removal that
+//! leaves no link, namespace, store record, IPAM reservation or nft element.
+//!
+//! Every knit command runs inside a scratch "host" namespace (its bridges, veths and nft table
+//! live there, never in the real host's), with a private `--state-dir`, `--run-dir` and
+//! `--cni-data-dir`. Runs the binary `$KNIT_BIN` (default target/release/knit: `make build`).
+#![cfg(feature = "root-tests")]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use anyhow::{ensure, Context, Result};
+use netns_tests::scenario::TempDir;
+use netns_tests::topology::TestNs;
+use serde_json::Value;
+
+struct Knit {
+    host: TestNs,
+    dir: TempDir,
+    bin: PathBuf,
+}
+
+impl Knit {
+    fn new() -> Result<Knit> {
+        netns_tests::require_root();
+        let bin = std::env::var_os("KNIT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| netns_tests::workspace_root().join("target/release/knit"));
+        ensure!(
+            bin.exists(),
+            "{} is missing: run `make build` first",
+            bin.display()
+        );
+        Ok(Knit {
+            host: TestNs::new("cli")?,
+            dir: TempDir::new("cli")?,
+            bin,
+        })
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("cni")
+    }
+
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        self.command(args)
+            .output()
+            .with_context(|| format!("knit {args:?}"))
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let d = self.dir.path();
+        let mut c = self.host.command(&self.bin.display().to_string());
+        c.arg("--state-dir")
+            .arg(d.join("state"))
+            .arg("--run-dir")
+            .arg(d.join("run"))
+            .arg("--cni-data-dir")
+            .arg(self.data_dir())
+            .args(args);
+        c
+    }
+
+    /// Exit status, stdout, stderr.
+    fn status(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        let o = self.run(args)?;
+        Ok((
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ))
+    }
+
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let (code, out, err) = self.status(args)?;
+        ensure!(code == 0, "knit {args:?} exited {code}: {err}");
+        Ok(out)
+    }
+
+    /// Must fail with exit status `want` and an error that contains `needle`, changing nothing.
+    fn refuses(&self, args: &[&str], want: i32, needle: &str) -> Result<()> {
+        let before = self.snapshot()?;
+        let (code, _, err) = self.status(args)?;
+        ensure!(
+            code == want,
+            "knit {args:?}: exit {code}, want {want}: {err}"
+        );
+        ensure!(
+            err.contains(needle),
+            "knit {args:?}: error {err:?} lacks {needle:?}"
+        );
+        let after = self.snapshot()?;
+        ensure!(
+            before == after,
+            "knit {args:?} changed state:\n{before}\n---\n{after}"
+        );
+        Ok(())
+    }
+
+    /// What knit may change: the store's networks and sandboxes, the host's links, the knit-*
+    /// namespaces, the IPAM reservations.
+    fn snapshot(&self) -> Result<String> {
+        let nets = self.ok(&["network", "ls", "--format", "json"])?;
+        let sbs = self.ok(&["sandbox", "ls", "--format", "json"])?;
+        let links = self.host.stdout(&["ip", "-o", "link"])?;
+        let links: Vec<&str> = links
+            .lines()
+            .filter_map(|l| l.split(':').nth(1).map(str::trim))
+            .collect();
+        Ok(format!(
+            "{nets}{sbs}links {links:?}\nnetns {:?}\nipam {:?}\n",
+            knit_netns()?,
+            reservations(&self.data_dir())
+        ))
+    }
+}
+
+/// A failed test still removes the sandboxes it made (their namespaces are in the real
+/// /run/netns); the scratch host namespace takes the bridges and veths with it.
+impl Drop for Knit {
+    fn drop(&mut self) {
+        let Ok(out) = self.ok(&["sandbox", "ls", "--format", "json"]) else {
+            return;
+        };
+        let sbs: Value = serde_json::from_str(&out).unwrap_or_default();
+        for sb in sbs.as_array().into_iter().flatten() {
+            if let Some(id) = sb["Id"].as_str() {
+                let _ = self.run(&["sandbox", "rm", id]);
+            }
+        }
+    }
+}
+
+fn knit_netns() -> Result<Vec<String>> {
+    let mut v: Vec<String> = std::fs::read_dir(libnet::netns::NETNS_RUN_DIR)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("knit-"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Every reservation file under the data dir (`<network>/<ip>`).
+fn reservations(data_dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(nets) = std::fs::read_dir(data_dir) else {
+        return out;
+    };
+    for n in nets.filter_map(|e| e.ok()) {
+        let net = n.file_name().to_string_lossy().into_owned();
+        if net.starts_with('.') {
+            continue;
+        }
+        for f in std::fs::read_dir(n.path()).into_iter().flatten().flatten() {
+            let f = f.file_name().to_string_lossy().into_owned();
+            if f != "lock" && !f.starts_with("last_reserved_ip.") {
+                out.push(format!("{net}/{f}"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn knit_cli_networks_and_sandboxes() -> Result<()> {
+    let k = Knit::new()?;
+    let pid = std::process::id();
+    let o = 100 + pid % 100;
+    let (n1, n2) = (format!("kc{pid}a"), format!("kc{pid}b"));
+    let (sub1, sub2) = (format!("10.{o}.1.0/24"), format!("10.{o}.2.0/24"));
+    let base_links = k.snapshot()?;
+
+    let id1 = k.ok(&["network", "create", "--subnet", &sub1, &n1])?;
+    ensure!(id1.trim().len() == 64, "network id {id1:?}");
+    k.ok(&["network", "create", "--subnet", &sub2, &n2])?;
+    let bridge1 = format!("knit-{}", &id1.trim()[..10]);
+    k.host
+        .handle()?
+        .link_by_name(&bridge1)
+        .with_context(|| format!("bridge {bridge1} of {n1}"))?;
+    // Without --subnet: the first private /24 that no network and no host route covers.
+    k.host
+        .run(&["ip", "route", "add", "172.17.0.0/16", "dev", &bridge1])
+        .context("a host route on 172.17.0.0/16")?;
+    let n3 = format!("kc{pid}c");
+    k.ok(&["network", "create", "--internal", &n3])?;
+    let v: Value = serde_json::from_str(&k.ok(&["network", "inspect", &n3])?)?;
+    ensure!(
+        v[0]["IPAM"]["Config"][0]["Subnet"] == "172.18.0.0/24" && v[0]["Internal"] == true,
+        "automatic subnet: {v}"
+    );
+    // An internal network has no route out.
+    let routes = k.ok(&["run", "--net", &n3, "--", "ip", "route"])?;
+    ensure!(
+        routes.contains("172.18.0.0/24") && !routes.contains("default"),
+        "{n3}: {routes}"
+    );
+    k.ok(&["network", "rm", &n3])?;
+    k.host
+        .run(&["ip", "route", "del", "172.17.0.0/16", "dev", &bridge1])?;
+
+    let ls = k.ok(&["network", "ls"])?;
+    ensure!(ls.contains(&n1) && ls.contains(&sub2), "network ls:\n{ls}");
+
+    // A named sandbox stays after its command.
+    k.ok(&["run", "--name", "s1", "--net", &n1, "--", "true"])?;
+    let inspect: Value = serde_json::from_str(&k.ok(&["network", "inspect", &n1])?)?;
+    let net = &inspect[0];
+    ensure!(
+        net["Name"] == n1.as_str() && net["Driver"] == "bridge",
+        "{net}"
+    );
+    ensure!(net["IPAM"]["Config"][0]["Subnet"] == sub1.as_str(), "{net}");
+    let containers = net["Containers"].as_object().context("Containers")?;
+    ensure!(containers.len() == 1, "{net}");
+    let (_, s1) = containers.iter().next().context("s1")?;
+    ensure!(s1["Name"] == "s1", "{s1}");
+    let s1_cidr = s1["IPv4Address"].as_str().context("IPv4Address")?;
+    ensure!(s1_cidr == format!("10.{o}.1.2/24"), "s1 has {s1_cidr}");
+    let s1_ip = s1_cidr.split('/').next().context("ip")?.to_string();
+    ensure!(
+        reservations(&k.data_dir()) == [format!("{n1}/{s1_ip}")],
+        "the reservation is in the host-local layout: {:?}",
+        reservations(&k.data_dir())
+    );
+
+    // A second sandbox on the same network reaches it (knit run passes ping's status on).
+    k.ok(&["run", "--net", &n1, "--", "ping", "-c1", "-W2", &s1_ip])?;
+    // Isolation between networks, as Docker's: a sandbox on the second network does not
+    // reach s1 (the positive control above shows s1 answers), though both reach their gateways.
+    let (code, out, _) = k.status(&["run", "--net", &n2, "--", "ping", "-c1", "-W1", &s1_ip])?;
+    ensure!(
+        code == 1,
+        "{n2} reached {s1_ip} on {n1} (exit {code}): {out}"
+    );
+    let gw2 = format!("10.{o}.2.1");
+    k.ok(&["run", "--net", &n2, "--", "ping", "-c1", "-W2", &gw2])?;
+    // --ip asks for an address; it is reserved like any other while the sandbox lives.
+    let want = format!("10.{o}.1.77");
+    let out = k.ok(&[
+        "run", "--net", &n1, "--ip", &want, "--", "ip", "-o", "-4", "addr", "show", "eth0",
+    ])?;
+    ensure!(out.contains(&format!("{want}/24")), "--ip: {out}");
+    // The null network: loopback only, and up.
+    let out = k.ok(&["run", "--net", "none", "--", "ip", "-o", "link"])?;
+    let lines: Vec<&str> = out.lines().collect();
+    ensure!(
+        lines.len() == 1 && lines[0].contains(": lo:") && lines[0].contains(",UP"),
+        "{out}"
+    );
+    // CMD's exit status is knit run's.
+    let (code, _, _) = k.status(&["run", "--net", &n1, "--", "sh", "-c", "exit 3"])?;
+    ensure!(code == 3, "exit 3 came back as {code}");
+    let (code, _, err) = k.status(&["run", "--net", &n1, "--", "/nonexistent/cmd"])?;
+    ensure!(
+        code == 127 && err.contains("/nonexistent/cmd"),
+        "{code} {err}"
+    );
+
+    // SIGTERM to knit run reaches the command, and knit still cleans up after it.
+    let mut c = k.command(&["run", "--net", &n1, "--", "sleep", "30"]);
+    let mut child = c.spawn().context("spawning knit run sleep")?;
+    let t = std::time::Instant::now();
+    while k
+        .ok(&["sandbox", "ls", "--format", "json"])?
+        .matches("\"Id\"")
+        .count()
+        < 2
+    {
+        ensure!(
+            t.elapsed().as_secs() < 5,
+            "the sleeping sandbox never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let st = child.wait()?;
+    ensure!(st.code() == Some(143), "knit run after SIGTERM: {st:?}");
+    ensure!(
+        t.elapsed().as_secs() < 10,
+        "sleep was not ended by the SIGTERM"
+    );
+
+    // The unnamed sandboxes are gone with everything they had.
+    let sbs: Value = serde_json::from_str(&k.ok(&["sandbox", "ls", "--format", "json"])?)?;
+    ensure!(
+        sbs.as_array().map(Vec::len) == Some(1) && sbs[0]["Name"] == "s1",
+        "{sbs}"
+    );
+    ensure!(
+        reservations(&k.data_dir()).len() == 1,
+        "{:?}",
+        reservations(&k.data_dir())
+    );
+    let s1_ns = sbs[0]["Netns"].as_str().context("Netns")?.to_string();
+    ensure!(
+        knit_netns()?.len() == 1 && Path::new(&s1_ns).exists(),
+        "{:?}",
+        knit_netns()?
+    );
+
+    // Bad input: a clear error, nothing changed.
+    k.refuses(&["network", "create", &n1], 1, "already in use")?;
+    let inside = format!("10.{o}.1.128/25");
+    k.refuses(
+        &["network", "create", "--subnet", &inside, "other"],
+        1,
+        "overlaps",
+    )?;
+    k.refuses(&["network", "create", "a/b"], 1, "invalid")?;
+    k.refuses(
+        &["network", "create", "--driver", "macvlan", "m"],
+        1,
+        "not supported",
+    )?;
+    k.refuses(
+        &["run", "--net", "missing-net", "--", "true"],
+        125,
+        "not found",
+    )?;
+    k.refuses(
+        &["run", "--name", "s1", "--net", &n1, "--", "true"],
+        125,
+        "already in use",
+    )?;
+    k.refuses(
+        &["run", "--net", &n1, "--ip", "10.99.0.5", "--", "true"],
+        125,
+        "10.99.0.5",
+    )?;
+    k.refuses(&["network", "rm", &n1], 1, "endpoint")?;
+
+    // Removal leaves nothing: no link, netns, store record, reservation or nft element.
+    ensure!(k.ok(&["sandbox", "rm", "s1"])?.trim() == "s1");
+    ensure!(!Path::new(&s1_ns).exists(), "{s1_ns} is left");
+    k.ok(&["network", "rm", &n1, &n2])?;
+    ensure!(
+        k.snapshot()? == base_links,
+        "left behind:\n{}",
+        k.snapshot()?
+    );
+    ensure!(!k.data_dir().join(&n1).exists(), "IPAM dir of {n1} is left");
+    let nft = k.host.stdout(&["nft", "list", "ruleset"])?;
+    ensure!(
+        !nft.contains(&format!("{n1}/")),
+        "nft elements left:\n{nft}"
+    );
+    Ok(())
+}
