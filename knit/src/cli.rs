@@ -101,7 +101,8 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The network to attach to, or `none` (loopback only).
+    /// The network to attach to, `none` (loopback only), `host` (knit's own namespace, no
+    /// sandbox) or `container:NAME` (the namespace of sandbox NAME, no new sandbox).
     #[arg(long = "net", alias = "network")]
     pub net: String,
     /// Keep the sandbox under this name after CMD exits (until `knit sandbox rm NAME`).

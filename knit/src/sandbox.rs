@@ -247,8 +247,51 @@ struct Made {
     ns: NetNs,
 }
 
+/// Where `knit run` puts CMD, from `--net`.
+#[derive(Debug, PartialEq, Eq)]
+enum NetMode<'a> {
+    /// A new sandbox with `lo` only.
+    None,
+    /// The namespace knit runs in (Docker's host driver): no sandbox at all.
+    Host,
+    /// The namespace of an existing sandbox (Docker's `container:NAME`): no new sandbox.
+    Container(&'a str),
+    /// A new sandbox attached to this network.
+    Network(&'a str),
+}
+
+fn net_mode(net: &str) -> NetMode<'_> {
+    match net {
+        "none" => NetMode::None,
+        "host" => NetMode::Host,
+        _ => match net.strip_prefix("container:") {
+            Some(name) => NetMode::Container(name),
+            None => NetMode::Network(net),
+        },
+    }
+}
+
 /// `knit run`: returns CMD's exit code (128 + signal if a signal ended it).
 pub fn run(st: &dyn Store, dirs: &Dirs, a: &RunArgs) -> Result<i32> {
+    match net_mode(&a.net) {
+        NetMode::Host => {
+            refuse_sandbox_flags(a, "--net host runs in the host's namespace")?;
+            return exec_in(None, &a.cmd);
+        }
+        NetMode::Container(name) => {
+            refuse_sandbox_flags(a, "--net container:NAME joins that sandbox's namespace")?;
+            let sb = st.sandbox(name)?;
+            let ns = NetNs::open(&sb.netns).with_context(|| {
+                format!(
+                    "opening the namespace {} of sandbox {:?}",
+                    sb.netns.display(),
+                    sb.name
+                )
+            })?;
+            return exec_in(Some(&ns), &a.cmd);
+        }
+        NetMode::None | NetMode::Network(_) => {}
+    }
     let net = if a.net == "none" {
         if a.ip.is_some() {
             bail!("--ip needs a network (--net none has only lo)");
@@ -258,7 +301,7 @@ pub fn run(st: &dyn Store, dirs: &Dirs, a: &RunArgs) -> Result<i32> {
         Some(st.network(&a.net)?)
     };
     let made = create(st, dirs, net.as_ref(), a)?;
-    let code = exec_in(&made.ns, &a.cmd);
+    let code = exec_in(Some(&made.ns), &a.cmd);
     if a.name.is_some() && code.is_ok() {
         return code;
     }
@@ -266,6 +309,14 @@ pub fn run(st: &dyn Store, dirs: &Dirs, a: &RunArgs) -> Result<i32> {
     let code = code?;
     removed?;
     Ok(code)
+}
+
+/// `--name`, `--ip` and `-p` belong to a new sandbox; host and container: make none.
+fn refuse_sandbox_flags(a: &RunArgs, why: &str) -> Result<()> {
+    if a.name.is_some() || a.ip.is_some() {
+        bail!("{why}: --name and --ip need a new sandbox (--net NETWORK|none)");
+    }
+    Ok(())
 }
 
 /// The sandbox, its namespace and its endpoint; nothing is left when it fails.
@@ -415,25 +466,27 @@ pub fn remove(st: &dyn Store, dirs: &Dirs, sb: &Sandbox) -> Result<()> {
     }
 }
 
-/// Run `cmd` in `ns` (the child enters it before exec) with the terminal's stdio; returns its
+/// Run `cmd` in `ns` (the child enters it before exec; `None`: knit's own) with the terminal's stdio; returns its
 /// exit code, or 128 + the signal that ended it.
 ///
 /// Meanwhile knit blocks SIGINT, SIGQUIT, SIGTERM and SIGHUP so that it lives to clean up: the
 /// terminal's SIGINT/SIGQUIT reach the command directly (same process group), and a SIGTERM or
 /// SIGHUP sent to knit is passed on to the command, whose exit then ends the run as usual.
-fn exec_in(ns: &NetNs, cmd: &[String]) -> Result<i32> {
+fn exec_in(ns: Option<&NetNs>, cmd: &[String]) -> Result<i32> {
     let Some((prog, args)) = cmd.split_first() else {
         bail!("no command given");
     };
-    let fd = ns.as_raw_fd();
+    let fd = ns.map(|ns| ns.as_raw_fd());
     let mut c = std::process::Command::new(prog);
     c.args(args);
     // SAFETY: between fork and exec only async-signal-safe calls (setns, sigemptyset,
     // pthread_sigmask) on an fd that stays open in the child until exec.
     unsafe {
         c.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
+            if let Some(fd) = fd {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
@@ -587,6 +640,14 @@ mod tests {
             (s.to_string(), e.to_string()),
             ("10.5.0.128".into(), "10.5.0.254".into())
         );
+    }
+
+    #[test]
+    fn net_modes_follow_docker() {
+        assert_eq!(net_mode("none"), NetMode::None);
+        assert_eq!(net_mode("host"), NetMode::Host);
+        assert_eq!(net_mode("container:web"), NetMode::Container("web"));
+        assert_eq!(net_mode("n1"), NetMode::Network("n1"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The `knit` CLI end to end, as a user runs it: networks (automatic subnet, internal),
 //! sandboxes that ping each other, isolation between networks, SIGTERM passed on, the
-//! null network, exit codes passed through, bad input that changes nothing, and removal that
-//! leaves no link, namespace, store record, IPAM reservation or nft element.
+//! null, host and container: networks, exit codes passed through, bad input that changes
+//! nothing, and removal that leaves no link, namespace, store record, IPAM reservation or nft
+//! element.
 //!
 //! Every knit command runs inside a scratch "host" namespace (its bridges, veths and nft table
 //! live there, never in the real host's), with a private `--state-dir`, `--run-dir` and
@@ -307,7 +308,40 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
         knit_netns()?
     );
 
+    // --net host: CMD runs in knit's own (here the scratch host's) namespace, where the
+    // bridge is; no sandbox, namespace or address is made. The positive control for the
+    // bridge's absence in a sandbox is the null network's lone `lo` above.
+    let before = k.snapshot()?;
+    let out = k.ok(&["run", "--net", "host", "--", "ip", "-o", "link"])?;
+    ensure!(out.contains(&format!(": {bridge1}:")), "--net host: {out}");
+    ensure!(k.snapshot()? == before, "--net host made something");
+    // --net container:s1: CMD shares s1's namespace (same eth0, same address), nothing new.
+    let out = k.ok(&[
+        "run",
+        "--net",
+        "container:s1",
+        "--",
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ])?;
+    ensure!(out.contains(&format!("{s1_cidr} ")), "container:s1: {out}");
+    ensure!(k.snapshot()? == before, "--net container:s1 made something");
+
     // Bad input: a clear error, nothing changed.
+    k.refuses(
+        &["run", "--net", "container:missing", "--", "true"],
+        125,
+        "not found",
+    )?;
+    k.refuses(
+        &["run", "--net", "host", "--name", "h", "--", "true"],
+        125,
+        "--name",
+    )?;
     k.refuses(&["network", "create", &n1], 1, "already in use")?;
     let inside = format!("10.{o}.1.128/25");
     k.refuses(
