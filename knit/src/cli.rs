@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
+use store::{PortMap, Proto};
 
 /// knit: container networking over plain network namespaces, no daemon needed.
 #[derive(Debug, Parser)]
@@ -111,6 +112,11 @@ pub struct RunArgs {
     /// Ask for this address (reserved in the network's IPAM like any other).
     #[arg(long)]
     pub ip: Option<IpAddr>,
+    /// Publish a port of a bridge network's sandbox on the host:
+    /// `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]` (repeatable; DNAT in knit's nftables
+    /// table, reachable from outside, from the host and on 127.0.0.1).
+    #[arg(short = 'p', long = "publish", value_parser = parse_port_map)]
+    pub publish: Vec<PortMap>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -145,6 +151,37 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
+}
+
+/// `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]`, ports 1-65535 (an IPv6 HOST_IP in brackets).
+pub fn parse_port_map(s: &str) -> Result<PortMap, String> {
+    let bad =
+        |why: &str| format!("{why} in {s:?} (want [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp])");
+    let (spec, proto) = match s.rsplit_once('/') {
+        Some((spec, "tcp")) => (spec, Proto::Tcp),
+        Some((spec, "udp")) => (spec, Proto::Udp),
+        Some(_) => return Err(bad("unknown protocol")),
+        None => (s, Proto::Tcp),
+    };
+    let (rest, container) = spec.rsplit_once(':').ok_or_else(|| bad("no ':'"))?;
+    let (ip, host) = match rest.rsplit_once(':') {
+        Some((ip, host)) => {
+            let ip = ip
+                .strip_prefix('[')
+                .and_then(|i| i.strip_suffix(']'))
+                .unwrap_or(ip);
+            let ip: IpAddr = ip.parse().map_err(|_| bad("bad host address"))?;
+            (Some(ip), host)
+        }
+        None => (None, rest),
+    };
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0);
+    Ok(PortMap {
+        proto,
+        host_ip: ip,
+        host_port: port(host).ok_or_else(|| bad("bad host port"))?,
+        container_port: port(container).ok_or_else(|| bad("bad container port"))?,
+    })
 }
 
 #[cfg(test)]
@@ -251,6 +288,55 @@ mod tests {
         );
         assert!(parse(&["run", "--", "true"]).is_err(), "--net is required");
         assert!(parse(&["run", "--net", "n", "--ip", "nope", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn run_publishes_ports_as_docker() {
+        let c = parse(&[
+            "run",
+            "--net",
+            "n",
+            "-p",
+            "8080:80",
+            "-p",
+            "127.0.0.1:53:5353/udp",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let Command::Run(r) = c.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            r.publish,
+            [
+                PortMap {
+                    proto: Proto::Tcp,
+                    host_ip: None,
+                    host_port: 8080,
+                    container_port: 80
+                },
+                PortMap {
+                    proto: Proto::Udp,
+                    host_ip: Some("127.0.0.1".parse().unwrap()),
+                    host_port: 53,
+                    container_port: 5353
+                }
+            ]
+        );
+        let v6 = parse_port_map("[::1]:8080:80/tcp").unwrap();
+        assert_eq!(v6.host_ip, Some("::1".parse().unwrap()));
+        for bad in [
+            "80",
+            "0:80",
+            "8080:0",
+            "8080:80/icmp",
+            "x:8080:80",
+            "70000:80",
+            ":80",
+        ] {
+            assert!(parse_port_map(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -58,6 +58,16 @@ pub fn bridge_name(net: &Network) -> String {
     }
 }
 
+/// A port mapping as `docker ps` shows it: `[HOST_IP:]HOST_PORT->CONTAINER_PORT/PROTO`.
+pub fn port_string(p: &store::PortMap) -> String {
+    let ip = match p.host_ip {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:"),
+        Some(ip) => format!("{ip}:"),
+        None => String::new(),
+    };
+    format!("{ip}{}->{}/{}", p.host_port, p.container_port, p.proto)
+}
+
 /// Masquerade what leaves the network: unless internal or turned off by the option.
 pub fn masquerades(net: &Network) -> bool {
     !net.internal && net.option_bool(options::BRIDGE_ENABLE_IP_MASQUERADE, true)
@@ -158,6 +168,7 @@ pub fn inspect_json(
                 "MacAddress": ep.mac,
                 "IPv4Address": addr(&ep.ipv4),
                 "IPv6Address": addr(&ep.ipv6),
+                "Ports": ep.ports.iter().map(port_string).collect::<Vec<_>>(),
             }),
         );
     }

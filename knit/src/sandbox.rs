@@ -26,12 +26,15 @@ use libnet::endpoint::{self, boxed, AddressSource, Addressing, BoxError, Filter,
 use libnet::ipam::{self, FileStore, IpamConfig};
 use libnet::netlink::Handle;
 use libnet::netns::{NetNs, NETNS_RUN_DIR};
-use libnet::nft::{IngressPolicy, Nft, StateDir};
+use libnet::nft::{
+    route_localnet_key, IngressPolicy, Nft, PortMapping, Proto as NftProto, StateDir,
+};
+use libnet::sysctl;
 use serde_json::{json, Value};
-use store::{Driver, Endpoint, Network, Sandbox, Store};
+use store::{Driver, Endpoint, Network, PortMap, Sandbox, Store};
 
 use crate::cli::{Format, RunArgs};
-use crate::network::{bridge_name, masquerades};
+use crate::network::{bridge_name, masquerades, port_string};
 use crate::table;
 
 /// The interface of a sandbox on its network.
@@ -197,12 +200,65 @@ impl Filter for Isolation<'_> {
     }
 }
 
+/// Published ports (`knit run -p`): DNAT elements in knit's nftables table to the endpoint's
+/// first address of each family, and `route_localnet` on the bridge so 127.0.0.1 works too
+/// (the `portmap` CNI plugin's way). `del` needs no mappings: it reads the elements' record.
+pub struct Ports<'n> {
+    pub nft: &'n Nft,
+    pub bridge: String,
+    pub maps: Vec<PortMapping>,
+}
+
+impl Filter for Ports<'_> {
+    fn name(&self) -> &'static str {
+        "portmap"
+    }
+
+    fn ensure(&self, req: &Request<'_>, addrs: &Addressing, _: &Wired) -> Result<(), BoxError> {
+        if self.maps.is_empty() {
+            return Ok(());
+        }
+        let ips: Vec<IpAddr> = addrs.ips.iter().map(|ip| ip.addr.addr()).collect();
+        if ips.iter().any(IpAddr::is_ipv4) {
+            sysctl::set(&route_localnet_key(&self.bridge), "1").map_err(boxed)?;
+        }
+        self.nft
+            .ensure_portmap(&req.attachment(), &self.maps, &ips)
+            .map_err(boxed)
+    }
+
+    fn del(&self, req: &Request<'_>) -> Result<(), BoxError> {
+        self.nft.del_portmap(&req.attachment()).map_err(boxed)
+    }
+}
+
+/// libnet's form of a `-p` mapping; no host address means the network's `host_binding_ipv4`
+/// when it has one, else every local address.
+fn port_mapping(net: &Network, p: &PortMap) -> PortMapping {
+    let binding = net
+        .options
+        .get(store::options::BRIDGE_HOST_BINDING_IPV4)
+        .and_then(|v| v.parse::<IpAddr>().ok());
+    PortMapping {
+        host_port: p.host_port,
+        container_port: p.container_port,
+        protocol: match p.proto {
+            store::Proto::Tcp => NftProto::Tcp,
+            store::Proto::Udp => NftProto::Udp,
+            store::Proto::Sctp => NftProto::Sctp,
+        },
+        host_ip: p.host_ip.or(binding),
+    }
+}
+
 /// Run `f` with the lifecycle's pieces for `net`: the address source, the bridge driver and the
-/// filters (isolation from other networks; ipMasq unless internal or turned off).
+/// filters (isolation from other networks; ipMasq unless internal or turned off; the published
+/// `ports`, always present so that detach removes whatever was recorded).
 fn with_endpoint<T>(
     net: &Network,
     dirs: &Dirs,
     requested: Vec<IpAddr>,
+    ports: &[PortMap],
     f: impl FnOnce(&mut HostLocal, &Bridge<'_>, &[&dyn Filter]) -> Result<T>,
 ) -> Result<T> {
     if net.driver != Driver::Bridge {
@@ -234,10 +290,16 @@ fn with_endpoint<T>(
         nft: &nft,
         bridge: bridge_name(net),
     };
+    let published = Ports {
+        nft: &nft,
+        bridge: bridge_name(net),
+        maps: ports.iter().map(|p| port_mapping(net, p)).collect(),
+    };
     let mut filters: Vec<&dyn Filter> = vec![&isolation];
     if masquerades(net) {
         filters.push(&masq);
     }
+    filters.push(&published);
     f(&mut source, &driver, &filters)
 }
 
@@ -293,8 +355,8 @@ pub fn run(st: &dyn Store, dirs: &Dirs, a: &RunArgs) -> Result<i32> {
         NetMode::None | NetMode::Network(_) => {}
     }
     let net = if a.net == "none" {
-        if a.ip.is_some() {
-            bail!("--ip needs a network (--net none has only lo)");
+        if a.ip.is_some() || !a.publish.is_empty() {
+            bail!("--ip and -p need a network (--net none has only lo)");
         }
         None
     } else {
@@ -313,8 +375,8 @@ pub fn run(st: &dyn Store, dirs: &Dirs, a: &RunArgs) -> Result<i32> {
 
 /// `--name`, `--ip` and `-p` belong to a new sandbox; host and container: make none.
 fn refuse_sandbox_flags(a: &RunArgs, why: &str) -> Result<()> {
-    if a.name.is_some() || a.ip.is_some() {
-        bail!("{why}: --name and --ip need a new sandbox (--net NETWORK|none)");
+    if a.name.is_some() || a.ip.is_some() || !a.publish.is_empty() {
+        bail!("{why}: --name, --ip and -p need a new sandbox (--net NETWORK|none)");
     }
     Ok(())
 }
@@ -377,31 +439,38 @@ fn setup(
         netns: Some(ns),
         mac: None,
     };
-    with_endpoint(net, dirs, requested, |source, driver, filters| {
-        let att = endpoint::attach(&req, source, driver, filters).with_context(|| {
-            format!("attaching sandbox {:?} to network {:?}", sb.name, net.name)
-        })?;
-        let mut ep = Endpoint::new(net.id.clone());
-        ep.sandbox_id = Some(sb.id.clone());
-        ep.name = sb.name.clone();
-        ep.ifname = IFNAME.into();
-        ep.mac = att.wired.container.mac.clone();
-        for ip in &att.addressing.ips {
-            if ip.addr.addr().is_ipv4() {
-                ep.ipv4 = Some(ip.addr);
-            } else {
-                ep.ipv6 = Some(ip.addr);
+    with_endpoint(
+        net,
+        dirs,
+        requested,
+        &a.publish,
+        |source, driver, filters| {
+            let att = endpoint::attach(&req, source, driver, filters).with_context(|| {
+                format!("attaching sandbox {:?} to network {:?}", sb.name, net.name)
+            })?;
+            let mut ep = Endpoint::new(net.id.clone());
+            ep.sandbox_id = Some(sb.id.clone());
+            ep.name = sb.name.clone();
+            ep.ifname = IFNAME.into();
+            ep.ports = a.publish.clone();
+            ep.mac = att.wired.container.mac.clone();
+            for ip in &att.addressing.ips {
+                if ip.addr.addr().is_ipv4() {
+                    ep.ipv4 = Some(ip.addr);
+                } else {
+                    ep.ipv6 = Some(ip.addr);
+                }
             }
-        }
-        if let Err(e) = st.put_endpoint(&ep) {
-            if let Err(u) = endpoint::detach(&req, source, driver, filters) {
-                eprintln!("knit: rolling back: {u}");
+            if let Err(e) = st.put_endpoint(&ep) {
+                if let Err(u) = endpoint::detach(&req, source, driver, filters) {
+                    eprintln!("knit: rolling back: {u}");
+                }
+                return Err(e)
+                    .with_context(|| format!("recording the endpoint of sandbox {:?}", sb.name));
             }
-            return Err(e)
-                .with_context(|| format!("recording the endpoint of sandbox {:?}", sb.name));
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
 }
 
 /// Remove a sandbox: detach each endpoint through the lifecycle and drop its record, delete
@@ -429,7 +498,7 @@ pub fn remove(st: &dyn Store, dirs: &Dirs, sb: &Sandbox) -> Result<()> {
                     netns: ns.as_ref(),
                     mac: None,
                 };
-                with_endpoint(&net, dirs, Vec::new(), |source, driver, filters| {
+                with_endpoint(&net, dirs, Vec::new(), &[], |source, driver, filters| {
                     endpoint::detach(&req, source, driver, filters).map_err(anyhow::Error::from)
                 })
             });
@@ -601,6 +670,7 @@ pub fn ls(st: &dyn Store, format: Format) -> Result<String> {
                 "Network": net_name(&e.network_id), "EndpointID": e.id, "MacAddress": e.mac,
                 "IPv4Address": e.ipv4.map(|a| a.to_string()).unwrap_or_default(),
                 "IPv6Address": e.ipv6.map(|a| a.to_string()).unwrap_or_default(),
+                "Ports": e.ports.iter().map(port_string).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         }));
     }

@@ -1,8 +1,8 @@
 //! The `knit` CLI end to end, as a user runs it: networks (automatic subnet, internal),
 //! sandboxes that ping each other, isolation between networks, SIGTERM passed on, the
-//! null, host and container: networks, exit codes passed through, bad input that changes
-//! nothing, and removal that leaves no link, namespace, store record, IPAM reservation or nft
-//! element.
+//! null, host and container: networks, published ports (-p), exit codes passed through, bad
+//! input that changes nothing, and removal that leaves no link, namespace, store record, IPAM
+//! reservation or nft element.
 //!
 //! Every knit command runs inside a scratch "host" namespace (its bridges, veths and nft table
 //! live there, never in the real host's), with a private `--state-dir`, `--run-dir` and
@@ -372,6 +372,8 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
     )?;
     k.refuses(&["network", "rm", &n1], 1, "endpoint")?;
 
+    published_ports(&k, &n1, &format!("10.{o}.1.1"))?;
+
     // Removal leaves nothing: no link, netns, store record, reservation or nft element.
     ensure!(k.ok(&["sandbox", "rm", "s1"])?.trim() == "s1");
     ensure!(!Path::new(&s1_ns).exists(), "{s1_ns} is left");
@@ -386,6 +388,111 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
     ensure!(
         !nft.contains(&format!("{n1}/")),
         "nft elements left:\n{nft}"
+    );
+    Ok(())
+}
+
+/// `curl` from the scratch host: the body, or `None` when nothing answered.
+fn curl(k: &Knit, url: &str) -> Result<Option<String>> {
+    let o = k
+        .host
+        .command("curl")
+        .args(["-s", "--max-time", "2", url])
+        .output()?;
+    Ok(o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned()))
+}
+
+/// `-p`: a web server in sandbox "web" on `net`, published on every host address (18080) and
+/// on 127.0.0.1 only (18081), is reached through both from the host, through the gateway
+/// address and 127.0.0.1; the mappings show in inspect and leave with the sandbox.
+fn published_ports(k: &Knit, net: &str, gw: &str) -> Result<()> {
+    let www = k.dir.path().join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("hi"), "hello from web\n")?;
+    let www = www.display().to_string();
+    let mut server = k
+        .command(&[
+            "run",
+            "--name",
+            "web",
+            "--net",
+            net,
+            "-p",
+            "18080:80",
+            "-p",
+            "127.0.0.1:18081:80",
+            "--",
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            &www,
+        ])
+        .spawn()
+        .context("spawning knit run httpd")?;
+    let checked = check_published(k, net, gw);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    server.wait()?;
+    checked?;
+    let nft = k.host.stdout(&["nft", "list", "ruleset"])?;
+    ensure!(nft.contains("18080"), "the mapping went with httpd:\n{nft}");
+    ensure!(k.ok(&["sandbox", "rm", "web"])?.trim() == "web");
+    let nft = k.host.stdout(&["nft", "list", "ruleset"])?;
+    ensure!(
+        !nft.contains("18080") && !nft.contains("18081"),
+        "port mappings left:\n{nft}"
+    );
+    ensure!(
+        curl(k, "http://127.0.0.1:18080/hi")?.is_none(),
+        "18080 still answers"
+    );
+    Ok(())
+}
+
+fn check_published(k: &Knit, net: &str, gw: &str) -> Result<()> {
+    let t = std::time::Instant::now();
+    let web_ip = loop {
+        let v: Value = serde_json::from_str(&k.ok(&["network", "inspect", net])?)?;
+        let web = v[0]["Containers"]
+            .as_object()
+            .and_then(|c| c.values().find(|c| c["Name"] == "web"))
+            .cloned();
+        if let Some(web) = web {
+            ensure!(
+                web["Ports"] == serde_json::json!(["18080->80/tcp", "127.0.0.1:18081->80/tcp"]),
+                "inspect: {web}"
+            );
+            let ip = web["IPv4Address"].as_str().context("IPv4Address")?;
+            let ip = ip.split('/').next().context("ip")?.to_string();
+            // Positive control: httpd itself answers on the sandbox's address.
+            if curl(k, &format!("http://{ip}:80/hi"))?.is_some() {
+                break ip;
+            }
+        }
+        ensure!(t.elapsed().as_secs() < 5, "httpd in web never answered");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    for url in [
+        format!("http://{gw}:18080/hi"),
+        "http://127.0.0.1:18080/hi".to_string(),
+        "http://127.0.0.1:18081/hi".to_string(),
+    ] {
+        let body = curl(k, &url)?;
+        ensure!(
+            body.as_deref() == Some("hello from web\n"),
+            "{url} (web is {web_ip}): {body:?}"
+        );
+    }
+    ensure!(
+        curl(k, &format!("http://{gw}:18081/hi"))?.is_none(),
+        "18081 is published on 127.0.0.1 only, yet {gw} answers"
     );
     Ok(())
 }
