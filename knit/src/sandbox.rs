@@ -232,6 +232,42 @@ impl Filter for Ports<'_> {
     }
 }
 
+/// `com.docker.network.bridge.enable_icc=false`: the endpoint's bridge port is isolated, so
+/// the bridge forwards nothing between two endpoints of the network while each still reaches
+/// the bridge (its gateway, the host and beyond). Nothing to undo: the port goes with its veth.
+pub struct NoIcc<'h> {
+    pub h: &'h Handle,
+}
+
+impl Filter for NoIcc<'_> {
+    fn name(&self) -> &'static str {
+        "icc"
+    }
+
+    fn ensure(&self, _: &Request<'_>, _: &Addressing, wired: &Wired) -> Result<(), BoxError> {
+        let host = wired.host.as_ref().ok_or_else(|| boxed(NoHostLink))?;
+        let link = self.h.link_by_name(&host.name).map_err(boxed)?;
+        self.h
+            .set_bridge_port_isolated(link.index, true)
+            .map_err(boxed)
+    }
+
+    fn del(&self, _: &Request<'_>) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// The driver reported no host-side link whose bridge port could be isolated (a bug).
+#[derive(Debug, thiserror::Error)]
+#[error("enable_icc=false: the bridge driver reported no host-side link to isolate")]
+pub struct NoHostLink;
+
+impl libnet::HasKind for NoHostLink {
+    fn kind(&self) -> libnet::Kind {
+        libnet::Kind::Internal
+    }
+}
+
 /// libnet's form of a `-p` mapping; no host address means the network's `host_binding_ipv4`
 /// when it has one, else every local address.
 fn port_mapping(net: &Network, p: &PortMap) -> PortMapping {
@@ -253,7 +289,8 @@ fn port_mapping(net: &Network, p: &PortMap) -> PortMapping {
 
 /// Run `f` with the lifecycle's pieces for `net`: the address source, the bridge driver and the
 /// filters (isolation from other networks; ipMasq unless internal or turned off; the published
-/// `ports`, always present so that detach removes whatever was recorded).
+/// `ports`, always present so that detach removes whatever was recorded; isolated bridge ports
+/// when `enable_icc` is false).
 fn with_endpoint<T>(
     net: &Network,
     dirs: &Dirs,
@@ -300,6 +337,10 @@ fn with_endpoint<T>(
         filters.push(&masq);
     }
     filters.push(&published);
+    let no_icc = NoIcc { h: &h };
+    if !net.option_bool(store::options::BRIDGE_ENABLE_ICC, true) {
+        filters.push(&no_icc);
+    }
     f(&mut source, &driver, &filters)
 }
 

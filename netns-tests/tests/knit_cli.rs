@@ -1,8 +1,8 @@
 //! The `knit` CLI end to end, as a user runs it: networks (automatic subnet, internal),
 //! sandboxes that ping each other, isolation between networks, SIGTERM passed on, the
-//! null, host and container: networks, published ports (-p), exit codes passed through, bad
-//! input that changes nothing, and removal that leaves no link, namespace, store record, IPAM
-//! reservation or nft element.
+//! null, host and container: networks, published ports (-p), enable_icc=false, exit codes
+//! passed through, bad input that changes nothing, and removal that leaves no link, namespace,
+//! store record, IPAM reservation or nft element.
 //!
 //! Every knit command runs inside a scratch "host" namespace (its bridges, veths and nft table
 //! live there, never in the real host's), with a private `--state-dir`, `--run-dir` and
@@ -373,6 +373,34 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
     k.refuses(&["network", "rm", &n1], 1, "endpoint")?;
 
     published_ports(&k, &n1, &format!("10.{o}.1.1"))?;
+
+    // enable_icc=false: two sandboxes of that network do not reach each other (on n1, without
+    // the option, they do: the ping of s1 above), while each still reaches the gateway.
+    let n4 = format!("kc{pid}d");
+    let sub4 = format!("10.{o}.4.0/24");
+    let icc = "com.docker.network.bridge.enable_icc=false";
+    k.ok(&["network", "create", "--subnet", &sub4, "-o", icc, &n4])?;
+    k.ok(&["run", "--name", "quiet", "--net", &n4, "--", "true"])?;
+    let quiet_ip = format!("10.{o}.4.2");
+    let gw4 = format!("10.{o}.4.1");
+    k.ok(&[
+        "run",
+        "--net",
+        "container:quiet",
+        "--",
+        "ping",
+        "-c1",
+        "-W2",
+        &gw4,
+    ])?;
+    k.ok(&["run", "--net", &n4, "--", "ping", "-c1", "-W2", &gw4])?;
+    let (code, out, _) = k.status(&["run", "--net", &n4, "--", "ping", "-c1", "-W1", &quiet_ip])?;
+    ensure!(
+        code == 1,
+        "enable_icc=false, yet {quiet_ip} answered (exit {code}): {out}"
+    );
+    k.ok(&["sandbox", "rm", "quiet"])?;
+    k.ok(&["network", "rm", &n4])?;
 
     // Removal leaves nothing: no link, netns, store record, reservation or nft element.
     ensure!(k.ok(&["sandbox", "rm", "s1"])?.trim() == "s1");

@@ -468,6 +468,22 @@ impl Handle {
         )
     }
 
+    /// `ip link set #INDEX type bridge_slave isolated on|off`: an isolated port forwards only
+    /// to non-isolated ports and the bridge itself (Docker's `enable_icc=false` on one bridge).
+    pub fn set_bridge_port_isolated(&self, index: u32, on: bool) -> Result<()> {
+        let mut m = by_index(index);
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(on)])),
+        ]));
+        self.exec(
+            "set bridge port isolated",
+            &|| format!("link #{index}"),
+            RouteNetlinkMessage::NewLink(m),
+            0,
+        )
+    }
+
     /// `ip link set #INDEX type bridge_slave hairpin on|off [learning on|off]`
     pub fn set_bridge_port(
         &self,
