@@ -522,5 +522,11 @@ fn check_published(k: &Knit, net: &str, gw: &str) -> Result<()> {
         curl(k, &format!("http://{gw}:18081/hi"))?.is_none(),
         "18081 is published on 127.0.0.1 only, yet {gw} answers"
     );
+    // A port already published is refused, and the attach is rolled back whole.
+    k.refuses(
+        &["run", "--net", net, "-p", "18080:8080", "--", "true"],
+        125,
+        "tcp . 18080 } already belongs",
+    )?;
     Ok(())
 }
