@@ -422,8 +422,12 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
 
 /// `curl` from the scratch host: the body, or `None` when nothing answered.
 fn curl(k: &Knit, url: &str) -> Result<Option<String>> {
-    let o = k
-        .host
+    curl_in(&k.host, url)
+}
+
+/// `curl` from `ns`: the body, or `None` when nothing answered.
+fn curl_in(ns: &TestNs, url: &str) -> Result<Option<String>> {
+    let o = ns
         .command("curl")
         .args(["-s", "--max-time", "2", url])
         .output()?;
@@ -434,7 +438,7 @@ fn curl(k: &Knit, url: &str) -> Result<Option<String>> {
 
 /// `-p`: a web server in sandbox "web" on `net`, published on every host address (18080) and
 /// on 127.0.0.1 only (18081), is reached through both from the host, through the gateway
-/// address and 127.0.0.1; the mappings show in inspect and leave with the sandbox.
+/// address and 127.0.0.1, and through the first from another namespace ("outside"); the mappings show in inspect and leave with the sandbox.
 fn published_ports(k: &Knit, net: &str, gw: &str) -> Result<()> {
     let www = k.dir.path().join("www");
     std::fs::create_dir_all(&www)?;
@@ -462,7 +466,40 @@ fn published_ports(k: &Knit, net: &str, gw: &str) -> Result<()> {
         ])
         .spawn()
         .context("spawning knit run httpd")?;
-    let checked = check_published(k, net, gw);
+    // "Outside": another namespace on a link to the host, which has 192.0.2.1 there.
+    let outside = TestNs::new("out")?;
+    k.host.run(&[
+        "ip",
+        "link",
+        "add",
+        "kout",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        outside.name(),
+    ])?;
+    k.host
+        .run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "kout"])?;
+    k.host.run(&["ip", "link", "set", "kout", "up"])?;
+    outside.run(&["ip", "addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
+    outside.run(&["ip", "link", "set", "eth0", "up"])?;
+    let checked = check_published(k, net, gw).and_then(|()| {
+        let body = curl_in(&outside, "http://192.0.2.1:18080/hi")?;
+        ensure!(
+            body.as_deref() == Some("hello from web\n"),
+            "from outside: {body:?}"
+        );
+        ensure!(
+            curl_in(&outside, "http://192.0.2.1:18081/hi")?.is_none(),
+            "18081 is published on 127.0.0.1 only, yet answers from outside"
+        );
+        Ok(())
+    });
+    k.host.run(&["ip", "link", "del", "kout"])?;
+    drop(outside);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
