@@ -576,8 +576,8 @@ pub fn remove(st: &dyn Store, dirs: &Dirs, sb: &Sandbox) -> Result<()> {
     }
 }
 
-/// Run `cmd` in `ns` (the child enters it before exec; `None`: knit's own) with the terminal's stdio; returns its
-/// exit code, or 128 + the signal that ended it.
+/// Run `cmd` in `ns` (the child enters it before exec; `None`: knit's own) with the terminal's
+/// stdio; returns its exit code, or 128 + the signal that ended it.
 ///
 /// Meanwhile knit blocks SIGINT, SIGQUIT, SIGTERM and SIGHUP so that it lives to clean up: the
 /// terminal's SIGINT/SIGQUIT reach the command directly (same process group), and a SIGTERM or

@@ -438,7 +438,8 @@ fn curl_in(ns: &TestNs, url: &str) -> Result<Option<String>> {
 
 /// `-p`: a web server in sandbox "web" on `net`, published on every host address (18080) and
 /// on 127.0.0.1 only (18081), is reached through both from the host, through the gateway
-/// address and 127.0.0.1, and through the first from another namespace ("outside"); the mappings show in inspect and leave with the sandbox.
+/// address and 127.0.0.1, and through the first from another namespace ("outside"); the
+/// mappings show in inspect and leave with the sandbox.
 fn published_ports(k: &Knit, net: &str, gw: &str) -> Result<()> {
     let www = k.dir.path().join("www");
     std::fs::create_dir_all(&www)?;
