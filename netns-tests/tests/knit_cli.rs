@@ -456,6 +456,8 @@ fn published_ports(k: &Knit, net: &str, gw: &str) -> Result<()> {
             "18080:80",
             "-p",
             "127.0.0.1:18081:80",
+            "-p",
+            "18053:5353/udp",
             "--",
             "busybox",
             "httpd",
@@ -532,7 +534,12 @@ fn check_published(k: &Knit, net: &str, gw: &str) -> Result<()> {
             .cloned();
         if let Some(web) = web {
             ensure!(
-                web["Ports"] == serde_json::json!(["18080->80/tcp", "127.0.0.1:18081->80/tcp"]),
+                web["Ports"]
+                    == serde_json::json!([
+                        "18080->80/tcp",
+                        "127.0.0.1:18081->80/tcp",
+                        "18053->5353/udp"
+                    ]),
                 "inspect: {web}"
             );
             let ip = web["IPv4Address"].as_str().context("IPv4Address")?;
@@ -560,6 +567,39 @@ fn check_published(k: &Knit, net: &str, gw: &str) -> Result<()> {
         curl(k, &format!("http://{gw}:18081/hi"))?.is_none(),
         "18081 is published on 127.0.0.1 only, yet {gw} answers"
     );
+    // UDP: a datagram to the host's 18053 reaches a listener on 5353 in web's namespace
+    // (sent again until the listener, which exits on its first datagram, has started).
+    let listen = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                  s.settimeout(5); s.bind(('', 5353)); print(s.recv(100).decode(), flush=True)";
+    let listener = k
+        .command(&[
+            "run",
+            "--net",
+            "container:web",
+            "--",
+            "python3",
+            "-c",
+            listen,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning the UDP listener")?;
+    let send = format!("echo udp-hello > /dev/udp/{gw}/18053");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let got = std::thread::scope(|s| {
+        s.spawn(|| {
+            let t = std::time::Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && t.elapsed().as_secs() < 6 {
+                let _ = k.host.run(&["bash", "-c", &send]);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        let got = listener.wait_with_output();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        got
+    })?;
+    let got = String::from_utf8_lossy(&got.stdout);
+    ensure!(got.contains("udp-hello"), "UDP through 18053: {got:?}");
     // A port already published is refused, and the attach is rolled back whole.
     k.refuses(
         &["run", "--net", net, "-p", "18080:8080", "--", "true"],
