@@ -754,6 +754,38 @@ mod tests {
     }
 
     #[test]
+    fn ports_without_an_address_take_the_networks_host_binding() {
+        let p = PortMap {
+            proto: store::Proto::Udp,
+            host_ip: None,
+            host_port: 53,
+            container_port: 5353,
+        };
+        let mut n = Network::new("n1", Driver::Bridge);
+        let m = port_mapping(&n, &p);
+        assert_eq!(
+            (m.host_ip, m.host_port, m.container_port, m.protocol),
+            (None, 53, 5353, NftProto::Udp)
+        );
+        n.options.insert(
+            store::options::BRIDGE_HOST_BINDING_IPV4.into(),
+            "127.0.0.1".into(),
+        );
+        assert_eq!(
+            port_mapping(&n, &p).host_ip,
+            Some("127.0.0.1".parse().unwrap())
+        );
+        let pinned = PortMap {
+            host_ip: Some("10.0.0.1".parse().unwrap()),
+            ..p
+        };
+        assert_eq!(
+            port_mapping(&n, &pinned).host_ip,
+            Some("10.0.0.1".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn net_modes_follow_docker() {
         assert_eq!(net_mode("none"), NetMode::None);
         assert_eq!(net_mode("host"), NetMode::Host);
