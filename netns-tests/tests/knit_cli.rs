@@ -469,7 +469,7 @@ fn published_ports(k: &Knit, net: &str, gw: &str) -> Result<()> {
         ])
         .spawn()
         .context("spawning knit run httpd")?;
-    // "Outside": another namespace on a link to the host, which has 192.0.2.1 there.
+    // "Outside": another namespace on a link to the host, which has 198.51.100.1 there.
     let outside = TestNs::new("out")?;
     k.host.run(&[
         "ip",
@@ -485,18 +485,18 @@ fn published_ports(k: &Knit, net: &str, gw: &str) -> Result<()> {
         outside.name(),
     ])?;
     k.host
-        .run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "kout"])?;
+        .run(&["ip", "addr", "add", "198.51.100.1/24", "dev", "kout"])?;
     k.host.run(&["ip", "link", "set", "kout", "up"])?;
-    outside.run(&["ip", "addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
+    outside.run(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"])?;
     outside.run(&["ip", "link", "set", "eth0", "up"])?;
     let checked = check_published(k, net, gw).and_then(|()| {
-        let body = curl_in(&outside, "http://192.0.2.1:18080/hi")?;
+        let body = curl_in(&outside, "http://198.51.100.1:18080/hi")?;
         ensure!(
             body.as_deref() == Some("hello from web\n"),
             "from outside: {body:?}"
         );
         ensure!(
-            curl_in(&outside, "http://192.0.2.1:18081/hi")?.is_none(),
+            curl_in(&outside, "http://198.51.100.1:18081/hi")?.is_none(),
             "18081 is published on 127.0.0.1 only, yet answers from outside"
         );
         Ok(())
