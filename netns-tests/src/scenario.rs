@@ -177,8 +177,9 @@ impl Side {
     }
 }
 
-/// `ip link add kntx0 type veth peer name eth0 netns OUTSIDE`, 10.244.250.1/30 ↔ .2/30.
-fn join_outside(host: &TestNs, outside: &TestNs) -> Result<()> {
+/// `ip link add kntx0 type veth peer name eth0 netns OUTSIDE`, 10.244.250.1/30 ↔ .2/30
+/// ([`OUTSIDE_HOST_IP`] on the host's end, [`OUTSIDE_IP`] in the outside namespace).
+pub fn join_outside(host: &TestNs, outside: &TestNs) -> Result<()> {
     host.run(&[
         "ip",
         "link",

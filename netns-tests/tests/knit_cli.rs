@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use anyhow::{ensure, Context, Result};
-use netns_tests::scenario::TempDir;
+use netns_tests::cases::OUTSIDE_HOST_IP;
+use netns_tests::scenario::{join_outside, TempDir, OUTSIDE_LINK};
 use netns_tests::topology::TestNs;
 use serde_json::Value;
 
@@ -469,39 +470,22 @@ fn published_ports(k: &Knit, net: &str, gw: &str) -> Result<()> {
         ])
         .spawn()
         .context("spawning knit run httpd")?;
-    // "Outside": another namespace on a link to the host, which has 198.51.100.1 there.
+    // "Outside": another namespace on a link to the host, which has OUTSIDE_HOST_IP there.
     let outside = TestNs::new("out")?;
-    k.host.run(&[
-        "ip",
-        "link",
-        "add",
-        "kout",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        outside.name(),
-    ])?;
-    k.host
-        .run(&["ip", "addr", "add", "198.51.100.1/24", "dev", "kout"])?;
-    k.host.run(&["ip", "link", "set", "kout", "up"])?;
-    outside.run(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"])?;
-    outside.run(&["ip", "link", "set", "eth0", "up"])?;
+    join_outside(&k.host, &outside)?;
     let checked = check_published(k, net, gw).and_then(|()| {
-        let body = curl_in(&outside, "http://198.51.100.1:18080/hi")?;
+        let body = curl_in(&outside, &format!("http://{OUTSIDE_HOST_IP}:18080/hi"))?;
         ensure!(
             body.as_deref() == Some("hello from web\n"),
             "from outside: {body:?}"
         );
         ensure!(
-            curl_in(&outside, "http://198.51.100.1:18081/hi")?.is_none(),
+            curl_in(&outside, &format!("http://{OUTSIDE_HOST_IP}:18081/hi"))?.is_none(),
             "18081 is published on 127.0.0.1 only, yet answers from outside"
         );
         Ok(())
     });
-    k.host.run(&["ip", "link", "del", "kout"])?;
+    k.host.run(&["ip", "link", "del", OUTSIDE_LINK])?;
     drop(outside);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server.id() as i32),
