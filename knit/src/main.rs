@@ -6,6 +6,7 @@
 //! the signal if one ended it), 125 when knit itself failed, 126/127 when CMD could not be
 //! started (as `docker run`).
 
+mod attach;
 mod cli;
 mod network;
 mod sandbox;

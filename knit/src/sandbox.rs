@@ -7,7 +7,8 @@
 //! Order of `run`: sandbox record (a duplicate name fails before anything exists) → namespace →
 //! `lo` up → attach (its own rollback) → endpoint record → CMD. Any failure removes what this
 //! run made, newest first: the endpoint (detach through the lifecycle), the namespace, the
-//! records. Without `--name` the same removal follows CMD's exit.
+//! records. Without `--name` the same removal follows CMD's exit. The lifecycle's address
+//! source and filters for a sandbox are put together in [`crate::attach`].
 
 use std::io;
 use std::net::IpAddr;
@@ -17,24 +18,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ipnet::IpNet;
-use libnet::driver::bridge::{Bridge, BridgeNet};
-use libnet::driver::Wired;
-use libnet::driver::{IpConf, RouteConf};
-use libnet::endpoint::filters::Masq;
-use libnet::endpoint::{self, boxed, AddressSource, Addressing, BoxError, Filter, Request};
-use libnet::ipam::{self, FileStore, IpamConfig};
+use libnet::endpoint::{self, Request};
 use libnet::netlink::Handle;
 use libnet::netns::{NetNs, NETNS_RUN_DIR};
-use libnet::nft::{
-    route_localnet_key, IngressPolicy, Nft, PortMapping, Proto as NftProto, StateDir,
-};
-use libnet::sysctl;
-use serde_json::{json, Value};
-use store::{Driver, Endpoint, Network, PortMap, Sandbox, Store};
+use libnet::nft::{Nft, StateDir};
+use serde_json::json;
+use store::{Endpoint, Network, Sandbox, Store};
 
+use crate::attach::with_endpoint;
 use crate::cli::{Format, RunArgs};
-use crate::network::{bridge_name, masquerades, port_string};
+use crate::network::port_string;
 use crate::table;
 
 /// The interface of a sandbox on its network.
@@ -48,7 +41,7 @@ pub struct Dirs {
 }
 
 impl Dirs {
-    fn nft(&self) -> Nft {
+    pub(crate) fn nft(&self) -> Nft {
         Nft::at(StateDir::new(self.run_dir.join("nft")))
     }
 }
@@ -56,292 +49,6 @@ impl Dirs {
 /// The namespace name of a sandbox: `knit-` and the first 12 hex digits of its id.
 pub fn netns_name(sandbox_id: &str) -> String {
     format!("knit-{}", sandbox_id.get(..12).unwrap_or(sandbox_id))
-}
-
-/// The host-local IPAM configuration of a network: one range set per pool (dual stack), the
-/// pool's gateway, its ip-range as rangeStart..rangeEnd, in `data_dir`.
-pub fn ipam_config(net: &Network, data_dir: &Path) -> Result<IpamConfig> {
-    let sets: Vec<Value> = net
-        .ipam
-        .iter()
-        .map(|p| {
-            let mut r = json!({"subnet": p.subnet.to_string()});
-            if let Some(g) = p.gateway {
-                r["gateway"] = json!(g.to_string());
-            }
-            if let Some(range) = p.ip_range {
-                let (start, end) = range_bounds(&p.subnet, &range);
-                r["rangeStart"] = json!(start.to_string());
-                r["rangeEnd"] = json!(end.to_string());
-            }
-            json!([r])
-        })
-        .collect();
-    let v = json!({"type": "host-local", "ranges": sets, "dataDir": data_dir});
-    IpamConfig::from_json(&v)
-        .with_context(|| format!("the address pools of network {:?}", net.name))
-}
-
-/// First and last address of `range`, without the subnet's network and IPv4 broadcast address.
-fn range_bounds(subnet: &IpNet, range: &IpNet) -> (IpAddr, IpAddr) {
-    let step = |a: IpAddr, up: bool| match a {
-        IpAddr::V4(v) => {
-            let n = u32::from(v);
-            IpAddr::V4(
-                if up {
-                    n.saturating_add(1)
-                } else {
-                    n.saturating_sub(1)
-                }
-                .into(),
-            )
-        }
-        IpAddr::V6(v) => {
-            let n = u128::from(v);
-            IpAddr::V6(
-                if up {
-                    n.saturating_add(1)
-                } else {
-                    n.saturating_sub(1)
-                }
-                .into(),
-            )
-        }
-    };
-    let mut start = range.network();
-    if start == subnet.network() {
-        start = step(start, true);
-    }
-    let mut end = range.broadcast();
-    if end == subnet.broadcast() && end.is_ipv4() {
-        end = step(end, false);
-    }
-    (start, end)
-}
-
-/// libnet's IPAM over the host-local files as the lifecycle's address source; the default
-/// routes via the gateways unless the network is internal.
-pub struct HostLocal {
-    pub cfg: IpamConfig,
-    pub network: String,
-    pub requested: Vec<IpAddr>,
-    pub default_route: bool,
-}
-
-impl HostLocal {
-    fn store(&self) -> Result<FileStore, BoxError> {
-        FileStore::open(&self.cfg.data_dir, &self.network).map_err(boxed)
-    }
-}
-
-impl AddressSource for HostLocal {
-    fn allocate(&mut self, req: &Request<'_>) -> Result<Addressing, BoxError> {
-        let mut fs = self.store()?;
-        let got = ipam::allocate(
-            &mut fs,
-            &self.cfg,
-            req.container_id,
-            req.ifname,
-            &self.requested,
-        )
-        .map_err(boxed)?;
-        let mut a = Addressing::default();
-        for al in got {
-            a.ips.push(IpConf {
-                addr: al.address,
-                gateway: al.gateway,
-            });
-            if self.default_route && al.gateway.is_some() {
-                let any: IpNet = if al.address.addr().is_ipv4() {
-                    IpNet::V4(Default::default())
-                } else {
-                    IpNet::V6(Default::default())
-                };
-                a.routes.push(RouteConf { dst: any, gw: None });
-            }
-        }
-        Ok(a)
-    }
-
-    fn release(&mut self, req: &Request<'_>) -> Result<(), BoxError> {
-        let mut fs = self.store()?;
-        ipam::release(&mut fs, req.container_id, req.ifname).map_err(boxed)
-    }
-}
-
-/// Docker's isolation between bridge networks: the endpoint's addresses are "same-bridge"
-/// isolated in libnet's forward chain (the firewall feature's `iso` set), so traffic between
-/// two isolated endpoints is dropped unless both are on the same bridge. Traffic to the host
-/// and beyond it is not affected.
-pub struct Isolation<'n> {
-    pub nft: &'n Nft,
-    pub bridge: String,
-}
-
-impl Filter for Isolation<'_> {
-    fn name(&self) -> &'static str {
-        "isolation"
-    }
-
-    fn ensure(&self, req: &Request<'_>, addrs: &Addressing, _: &Wired) -> Result<(), BoxError> {
-        let ips: Vec<IpAddr> = addrs.ips.iter().map(|ip| ip.addr.addr()).collect();
-        self.nft
-            .ensure_firewall(
-                &req.attachment(),
-                &self.bridge,
-                &ips,
-                IngressPolicy::SameBridge,
-            )
-            .map_err(boxed)
-    }
-
-    fn del(&self, req: &Request<'_>) -> Result<(), BoxError> {
-        self.nft.del_firewall(&req.attachment()).map_err(boxed)
-    }
-}
-
-/// Published ports (`knit run -p`): DNAT elements in knit's nftables table to the endpoint's
-/// first address of each family, and `route_localnet` on the bridge so 127.0.0.1 works too
-/// (the `portmap` CNI plugin's way). `del` needs no mappings: it reads the elements' record.
-pub struct Ports<'n> {
-    pub nft: &'n Nft,
-    pub bridge: String,
-    pub maps: Vec<PortMapping>,
-}
-
-impl Filter for Ports<'_> {
-    fn name(&self) -> &'static str {
-        "portmap"
-    }
-
-    fn ensure(&self, req: &Request<'_>, addrs: &Addressing, _: &Wired) -> Result<(), BoxError> {
-        if self.maps.is_empty() {
-            return Ok(());
-        }
-        let ips: Vec<IpAddr> = addrs.ips.iter().map(|ip| ip.addr.addr()).collect();
-        if ips.iter().any(IpAddr::is_ipv4) {
-            sysctl::set(&route_localnet_key(&self.bridge), "1").map_err(boxed)?;
-        }
-        self.nft
-            .ensure_portmap(&req.attachment(), &self.maps, &ips)
-            .map_err(boxed)
-    }
-
-    fn del(&self, req: &Request<'_>) -> Result<(), BoxError> {
-        self.nft.del_portmap(&req.attachment()).map_err(boxed)
-    }
-}
-
-/// `com.docker.network.bridge.enable_icc=false`: the endpoint's bridge port is isolated, so
-/// the bridge forwards nothing between two endpoints of the network while each still reaches
-/// the bridge (its gateway, the host and beyond). Nothing to undo: the port goes with its veth.
-pub struct NoIcc<'h> {
-    pub h: &'h Handle,
-}
-
-impl Filter for NoIcc<'_> {
-    fn name(&self) -> &'static str {
-        "icc"
-    }
-
-    fn ensure(&self, _: &Request<'_>, _: &Addressing, wired: &Wired) -> Result<(), BoxError> {
-        let host = wired.host.as_ref().ok_or_else(|| boxed(NoHostLink))?;
-        let link = self.h.link_by_name(&host.name).map_err(boxed)?;
-        self.h
-            .set_bridge_port_isolated(link.index, true)
-            .map_err(boxed)
-    }
-
-    fn del(&self, _: &Request<'_>) -> Result<(), BoxError> {
-        Ok(())
-    }
-}
-
-/// The driver reported no host-side link whose bridge port could be isolated (a bug).
-#[derive(Debug, thiserror::Error)]
-#[error("enable_icc=false: the bridge driver reported no host-side link to isolate")]
-pub struct NoHostLink;
-
-impl libnet::HasKind for NoHostLink {
-    fn kind(&self) -> libnet::Kind {
-        libnet::Kind::Internal
-    }
-}
-
-/// libnet's form of a `-p` mapping; no host address means the network's `host_binding_ipv4`
-/// when it has one, else every local address.
-fn port_mapping(net: &Network, p: &PortMap) -> PortMapping {
-    let binding = net
-        .options
-        .get(store::options::BRIDGE_HOST_BINDING_IPV4)
-        .and_then(|v| v.parse::<IpAddr>().ok());
-    PortMapping {
-        host_port: p.host_port,
-        container_port: p.container_port,
-        protocol: match p.proto {
-            store::Proto::Tcp => NftProto::Tcp,
-            store::Proto::Udp => NftProto::Udp,
-            store::Proto::Sctp => NftProto::Sctp,
-        },
-        host_ip: p.host_ip.or(binding),
-    }
-}
-
-/// Run `f` with the lifecycle's pieces for `net`: the address source, the bridge driver and the
-/// filters (isolation from other networks; ipMasq unless internal or turned off; the published
-/// `ports`, always present so that detach removes whatever was recorded; isolated bridge ports
-/// when `enable_icc` is false).
-fn with_endpoint<T>(
-    net: &Network,
-    dirs: &Dirs,
-    requested: Vec<IpAddr>,
-    ports: &[PortMap],
-    f: impl FnOnce(&mut HostLocal, &Bridge<'_>, &[&dyn Filter]) -> Result<T>,
-) -> Result<T> {
-    if net.driver != Driver::Bridge {
-        bail!(
-            "network {:?} has driver {:?}: knit run supports bridge networks only",
-            net.name,
-            net.driver.as_str()
-        );
-    }
-    let mut source = HostLocal {
-        cfg: ipam_config(net, &dirs.cni_data_dir)?,
-        network: net.name.clone(),
-        requested,
-        default_route: !net.internal,
-    };
-    let h = Handle::new().context("opening a netlink socket")?;
-    let driver = Bridge {
-        h: &h,
-        net: BridgeNet {
-            bridge: bridge_name(net),
-            mtu: net.mtu(),
-            is_gateway: true,
-            ..Default::default()
-        },
-    };
-    let nft = dirs.nft();
-    let masq = Masq { nft: &nft };
-    let isolation = Isolation {
-        nft: &nft,
-        bridge: bridge_name(net),
-    };
-    let published = Ports {
-        nft: &nft,
-        bridge: bridge_name(net),
-        maps: ports.iter().map(|p| port_mapping(net, p)).collect(),
-    };
-    let mut filters: Vec<&dyn Filter> = vec![&isolation];
-    if masquerades(net) {
-        filters.push(&masq);
-    }
-    filters.push(&published);
-    let no_icc = NoIcc { h: &h };
-    if !net.option_bool(store::options::BRIDGE_ENABLE_ICC, true) {
-        filters.push(&no_icc);
-    }
-    f(&mut source, &driver, &filters)
 }
 
 /// What `run` needs once the sandbox is set up.
@@ -727,63 +434,6 @@ pub fn ls(st: &dyn Store, format: Format) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use store::Pool;
-
-    #[test]
-    fn ipam_config_follows_the_pools() {
-        let mut n = Network::new("n1", Driver::Bridge);
-        let mut p = Pool::new("10.5.0.0/24".parse().unwrap());
-        p.gateway = Some("10.5.0.1".parse().unwrap());
-        p.ip_range = Some("10.5.0.0/25".parse().unwrap());
-        n.ipam.push(p);
-        let c = ipam_config(&n, Path::new("/tmp/x")).unwrap();
-        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(c.ranges.len(), 1);
-        let r = &c.ranges[0].0[0];
-        assert_eq!(r.range_start, "10.5.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(r.range_end, "10.5.0.127".parse::<IpAddr>().unwrap());
-        assert_eq!(r.gateway, "10.5.0.1".parse::<IpAddr>().unwrap());
-        let (s, e) = range_bounds(
-            &"10.5.0.0/24".parse().unwrap(),
-            &"10.5.0.128/25".parse().unwrap(),
-        );
-        assert_eq!(
-            (s.to_string(), e.to_string()),
-            ("10.5.0.128".into(), "10.5.0.254".into())
-        );
-    }
-
-    #[test]
-    fn ports_without_an_address_take_the_networks_host_binding() {
-        let p = PortMap {
-            proto: store::Proto::Udp,
-            host_ip: None,
-            host_port: 53,
-            container_port: 5353,
-        };
-        let mut n = Network::new("n1", Driver::Bridge);
-        let m = port_mapping(&n, &p);
-        assert_eq!(
-            (m.host_ip, m.host_port, m.container_port, m.protocol),
-            (None, 53, 5353, NftProto::Udp)
-        );
-        n.options.insert(
-            store::options::BRIDGE_HOST_BINDING_IPV4.into(),
-            "127.0.0.1".into(),
-        );
-        assert_eq!(
-            port_mapping(&n, &p).host_ip,
-            Some("127.0.0.1".parse().unwrap())
-        );
-        let pinned = PortMap {
-            host_ip: Some("10.0.0.1".parse().unwrap()),
-            ..p
-        };
-        assert_eq!(
-            port_mapping(&n, &pinned).host_ip,
-            Some("10.0.0.1".parse().unwrap())
-        );
-    }
 
     #[test]
     fn net_modes_follow_docker() {
