@@ -21,8 +21,7 @@ pub fn add(a: &Args, net: &SubNet, conf_mac: &str) -> Result<CniResult, CniError
 
 /// DEL needs no master: only the container's link, by name, if its namespace is still there.
 pub fn del(a: &Args) -> Result<(), CniError> {
-    let h = Handle::new().cni()?;
-    shared::detach(a, &SubLink::for_detach(&h), &[])
+    shared::detach(a, &SubLink::for_detach(), &[])
 }
 
 pub fn check(a: &Args, net: &SubNet) -> Result<(), CniError> {

@@ -90,26 +90,29 @@ fn find_master(h: &Handle, c: &Handle, net: &SubNet) -> Result<Option<Link>, Dri
 /// without them ([`SubLink::for_detach`]) and does not look up a master that may be gone.
 #[derive(Debug)]
 pub struct SubLink<'h> {
-    h: &'h Handle,
-    net: Option<SubNet>,
+    /// The host's handle and the network's settings; `None` for a detach-only driver, which
+    /// needs neither (no host socket is opened for a DEL).
+    attach: Option<(&'h Handle, SubNet)>,
 }
 
 impl<'h> SubLink<'h> {
     pub fn new(h: &'h Handle, net: SubNet) -> SubLink<'h> {
-        SubLink { h, net: Some(net) }
+        SubLink {
+            attach: Some((h, net)),
+        }
     }
 
-    pub fn for_detach(h: &'h Handle) -> SubLink<'h> {
-        SubLink { h, net: None }
+    pub fn for_detach() -> SubLink<'h> {
+        SubLink { attach: None }
     }
 }
 
 impl Driver for SubLink<'_> {
     fn attach<'u>(&'u self, ep: &Endpoint<'_>, undo: &mut Undo<'u>) -> Result<Wired, DriverError> {
-        let net = self.net.as_ref().ok_or_else(|| {
+        let (h, net) = self.attach.as_ref().ok_or_else(|| {
             DriverError::Invalid("a sub-link is attached only with its network's settings".into())
         })?;
-        let container = attach(self.h, net, ep, undo)?;
+        let container = attach(h, net, ep, undo)?;
         Ok(Wired {
             bridge: None,
             host: None,
