@@ -20,7 +20,7 @@ use libnet::sysctl;
 use serde_json::{json, Value};
 use store::{Driver, Network, PortMap};
 
-use crate::network::{bridge_name, masquerades};
+use crate::network::{bridge_name, ipam_dir_name, masquerades};
 use crate::sandbox::Dirs;
 
 /// The host-local IPAM configuration of a network: one range set per pool (dual stack), the
@@ -235,7 +235,7 @@ impl libnet::HasKind for NoHostLink {
 
 /// libnet's form of a `-p` mapping; no host address means the network's `host_binding_ipv4`
 /// when it has one, else every local address.
-fn port_mapping(net: &Network, p: &PortMap) -> PortMapping {
+pub(crate) fn port_mapping(net: &Network, p: &PortMap) -> PortMapping {
     let binding = net
         .options
         .get(store::options::BRIDGE_HOST_BINDING_IPV4)
@@ -252,10 +252,8 @@ fn port_mapping(net: &Network, p: &PortMap) -> PortMapping {
     }
 }
 
-/// Run `f` with the lifecycle's pieces for `net`: the address source, the bridge driver and the
-/// filters (isolation from other networks; ipMasq unless internal or turned off; the published
-/// `ports`, always present so that detach removes whatever was recorded; isolated bridge ports
-/// when `enable_icc` is false).
+/// Run `f` with the lifecycle's pieces for a sandbox on `net`: the address source over the
+/// network's host-local reservations, then [`with_wiring`]'s driver and filters.
 pub(crate) fn with_endpoint<T>(
     net: &Network,
     dirs: &Dirs,
@@ -263,19 +261,35 @@ pub(crate) fn with_endpoint<T>(
     ports: &[PortMap],
     f: impl FnOnce(&mut HostLocal, &Bridge<'_>, &[&dyn Filter]) -> Result<T>,
 ) -> Result<T> {
+    let mut source = HostLocal {
+        cfg: ipam_config(net, &dirs.cni_data_dir)?,
+        network: ipam_dir_name(net).to_string(),
+        requested,
+        default_route: !net.internal,
+    };
+    with_wiring(net, dirs, false, ports, |driver, filters| {
+        f(&mut source, driver, filters)
+    })
+}
+
+/// Run `f` with the bridge driver and the filters for an endpoint on `net`: isolation from
+/// other networks; ipMasq unless internal or turned off; the published `ports`, always present
+/// so that detach removes whatever was recorded; isolated bridge ports when `enable_icc` is
+/// false. `hand_off`: the runtime configures the container side (Docker).
+pub(crate) fn with_wiring<T>(
+    net: &Network,
+    dirs: &Dirs,
+    hand_off: bool,
+    ports: &[PortMap],
+    f: impl FnOnce(&Bridge<'_>, &[&dyn Filter]) -> Result<T>,
+) -> Result<T> {
     if net.driver != Driver::Bridge {
         bail!(
-            "network {:?} has driver {:?}: knit run supports bridge networks only",
+            "network {:?} has driver {:?}: knit attaches to bridge networks only",
             net.name,
             net.driver.as_str()
         );
     }
-    let mut source = HostLocal {
-        cfg: ipam_config(net, &dirs.cni_data_dir)?,
-        network: net.name.clone(),
-        requested,
-        default_route: !net.internal,
-    };
     let h = Handle::new().context("opening a netlink socket")?;
     let driver = Bridge {
         h: &h,
@@ -283,6 +297,7 @@ pub(crate) fn with_endpoint<T>(
             bridge: bridge_name(net),
             mtu: net.mtu(),
             is_gateway: true,
+            hand_off,
             ..Default::default()
         },
     };
@@ -306,7 +321,7 @@ pub(crate) fn with_endpoint<T>(
     if !net.option_bool(store::options::BRIDGE_ENABLE_ICC, true) {
         filters.push(&no_icc);
     }
-    f(&mut source, &driver, &filters)
+    f(&driver, &filters)
 }
 
 #[cfg(test)]

@@ -46,6 +46,9 @@ pub enum Command {
     /// Manage sandboxes made by `knit run --name`.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
+    /// Run the host's agent: Docker's remote network + IPAM plugin (`docker network create -d
+    /// knit --ipam-driver knit`), knit's local API socket, metrics, and the repair pass.
+    Agent(AgentArgs),
     /// Raw named network namespaces (for demos and tests).
     #[command(subcommand)]
     Netns(NetnsCmd),
@@ -120,6 +123,32 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The Docker plugin's name: its socket is PLUGIN_DIR/NAME.sock and Docker knows it as
+    /// `-d NAME` / `--ipam-driver NAME`.
+    #[arg(long, default_value = "knit")]
+    pub plugin_name: String,
+    /// Where Docker looks for plugin sockets.
+    #[arg(long, default_value = "/run/docker/plugins")]
+    pub plugin_dir: PathBuf,
+    /// Log lines as text or JSON (stderr; filter with KNIT_LOG, e.g. KNIT_LOG=debug).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Serve Prometheus metrics on this address (path /metrics).
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Seconds between repair passes (store → kernel).
+    #[arg(long, default_value_t = 30)]
+    pub reconcile_interval: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@
 //! the signal if one ended it), 125 when knit itself failed, 126/127 when CMD could not be
 //! started (as `docker run`).
 
+mod agent;
 mod attach;
 mod cli;
 mod network;
@@ -81,6 +82,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
         }
         Command::Netns(cmd) => netns(cmd)?,
+        Command::Agent(a) => return agent::run(&cli.state_dir, dirs, a),
     }
     Ok(0)
 }

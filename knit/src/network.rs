@@ -197,7 +197,13 @@ pub fn inspect_json(
 /// `knit network create`: the record first (so a duplicate name or an overlapping subnet
 /// changes nothing), then the bridge; if the bridge cannot be made the record goes again.
 pub fn create(st: &dyn Store, a: &CreateArgs) -> Result<Network> {
-    let mut net = build_network(a)?;
+    let net = build_network(a)?;
+    materialize(st, net)
+}
+
+/// Store a built network (an automatic subnet when it has no pool) and make its bridge: the
+/// one path of `knit network create` and of Docker's `CreateNetwork`.
+pub fn materialize(st: &dyn Store, mut net: Network) -> Result<Network> {
     let existing = st.list_networks().context("listing networks")?;
     let bridge = bridge_name(&net);
     if let Some(other) = existing
@@ -224,22 +230,29 @@ pub fn create(st: &dyn Store, a: &CreateArgs) -> Result<Network> {
         st.create_network(&net)
             .with_context(|| format!("creating network {:?}", net.name))?;
     }
-    let bnet = BridgeNet {
-        bridge: bridge.clone(),
-        mtu: net.mtu(),
-        ..Default::default()
-    };
-    if let Err(e) = ensure_bridge(&h, &bnet) {
+    if let Err(e) = ensure_network_bridge(&h, &net) {
         if let Err(u) = st.delete_network(&net.id) {
             eprintln!(
                 "knit: rolling back: could not remove network {:?}: {u}",
                 net.name
             );
         }
-        return Err(e)
-            .with_context(|| format!("creating bridge {bridge} of network {:?}", net.name));
+        return Err(e);
     }
     Ok(net)
+}
+
+/// The bridge of a stored bridge network, made if missing (create, and the agent's repair).
+pub fn ensure_network_bridge(h: &Handle, net: &Network) -> Result<()> {
+    let bridge = bridge_name(net);
+    let bnet = BridgeNet {
+        bridge: bridge.clone(),
+        mtu: net.mtu(),
+        ..Default::default()
+    };
+    ensure_bridge(h, &bnet)
+        .with_context(|| format!("creating bridge {bridge} of network {:?}", net.name))?;
+    Ok(())
 }
 
 /// The IPv4 destinations of the host's main routing table, but the default route: an automatic
@@ -348,71 +361,103 @@ pub fn inspect(st: &dyn Store, names: &[String]) -> Result<String> {
 }
 
 /// `knit network rm NAME...`: each in turn; the first failure stops (those before it are gone).
+/// A network Docker made is Docker's to remove.
 pub fn rm(st: &dyn Store, names: &[String], cni_data_dir: &std::path::Path) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for n in names {
         let net = st.network(n)?;
-        let eps = st
-            .network_endpoints(&net.id)
-            .with_context(|| format!("listing the endpoints of network {:?}", net.name))?;
-        if !eps.is_empty() {
+        if is_dockers(&net) {
             bail!(
-                "network {:?} has {} endpoint(s): remove their sandboxes first (knit sandbox rm)",
+                "network {:?} was created through Docker: remove it with `docker network rm {}`",
                 net.name,
-                eps.len()
+                &net.id[..12.min(net.id.len())]
             );
         }
-        let bridge = bridge_name(&net);
-        let owned = net.options.get(BRIDGE_CREATED).is_some_and(|v| v == "true");
-        let h = Handle::new().context("opening a netlink socket")?;
-        let link = if owned {
-            h.find_link(&bridge)
-                .with_context(|| format!("looking up link {bridge}"))?
-                .filter(|l| l.kind.as_deref() == Some("bridge"))
-        } else {
-            None
-        };
-        if let Some(br) = &link {
-            let ports: Vec<String> = h
-                .links()
-                .context("listing links")?
-                .into_iter()
-                .filter(|l| l.master == Some(br.index))
-                .map(|l| l.name)
-                .collect();
-            if !ports.is_empty() {
-                bail!(
-                    "network {:?}: bridge {bridge} still has ports ({}) that knit does not know",
-                    net.name,
-                    ports.join(", ")
-                );
-            }
-        }
-        st.delete_network(&net.id)
-            .with_context(|| format!("removing network {:?}", net.name))?;
-        if let Some(br) = link {
-            match h.del_link(br.index) {
-                Ok(()) => {}
-                Err(e) if e.errno() == Some(libc::ENODEV) => {}
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!(
-                            "network {:?} removed, but not its bridge {bridge}",
-                            net.name
-                        )
-                    })
-                }
-            }
-        }
-        remove_ipam_dirs(cni_data_dir, &net.name);
+        remove(st, &net, cni_data_dir)?;
         removed.push(net.name);
     }
     Ok(removed)
 }
 
+/// Set (to `true`) on a network that Docker made through the agent.
+pub const DOCKER_OWNED: &str = "io.knit.docker";
+
+/// The host-local IPAM directory of a network's reservations, when not its own name (a
+/// Docker network on knit's IPAM driver keeps them in its pool's directory).
+pub const IPAM_DIR: &str = "io.knit.ipam.dir";
+
+/// Made by Docker through the agent.
+pub fn is_dockers(net: &Network) -> bool {
+    net.options.get(DOCKER_OWNED).is_some_and(|v| v == "true")
+}
+
+/// The name of the host-local IPAM directory holding a network's reservations.
+pub fn ipam_dir_name(net: &Network) -> &str {
+    net.options.get(IPAM_DIR).map_or(&net.name, |d| d.as_str())
+}
+
+/// Remove one network without endpoints: the record, then the bridge knit made for it, then
+/// its IPAM directories if nothing is reserved there.
+pub fn remove(st: &dyn Store, net: &Network, cni_data_dir: &std::path::Path) -> Result<()> {
+    let eps = st
+        .network_endpoints(&net.id)
+        .with_context(|| format!("listing the endpoints of network {:?}", net.name))?;
+    if !eps.is_empty() {
+        bail!(
+            "network {:?} has {} endpoint(s): remove their sandboxes first (knit sandbox rm)",
+            net.name,
+            eps.len()
+        );
+    }
+    let bridge = bridge_name(net);
+    let owned = net.options.get(BRIDGE_CREATED).is_some_and(|v| v == "true");
+    let h = Handle::new().context("opening a netlink socket")?;
+    let link = if owned {
+        h.find_link(&bridge)
+            .with_context(|| format!("looking up link {bridge}"))?
+            .filter(|l| l.kind.as_deref() == Some("bridge"))
+    } else {
+        None
+    };
+    if let Some(br) = &link {
+        let ports: Vec<String> = h
+            .links()
+            .context("listing links")?
+            .into_iter()
+            .filter(|l| l.master == Some(br.index))
+            .map(|l| l.name)
+            .collect();
+        if !ports.is_empty() {
+            bail!(
+                "network {:?}: bridge {bridge} still has ports ({}) that knit does not know",
+                net.name,
+                ports.join(", ")
+            );
+        }
+    }
+    st.delete_network(&net.id)
+        .with_context(|| format!("removing network {:?}", net.name))?;
+    if let Some(br) = link {
+        match h.del_link(br.index) {
+            Ok(()) => {}
+            Err(e) if e.errno() == Some(libc::ENODEV) => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "network {:?} removed, but not its bridge {bridge}",
+                        net.name
+                    )
+                })
+            }
+        }
+    }
+    remove_ipam_dirs(cni_data_dir, ipam_dir_name(net));
+    Ok(())
+}
+
 /// The host-local IPAM directories of a removed network, if nothing is reserved there any more
 /// (a CNI container on a network of the same name keeps them).
-fn remove_ipam_dirs(data_dir: &std::path::Path, name: &str) {
+pub fn remove_ipam_dirs(data_dir: &std::path::Path, name: &str) {
     let dir = data_dir.join(name);
     let Ok(rd) = std::fs::read_dir(&dir) else {
         return;

@@ -103,6 +103,7 @@ impl Conf {
             force_address: self.force_address,
             enable_dad: self.enable_dad,
             disable_container_interface: self.disable_container_interface,
+            hand_off: false,
         }
     }
 }

@@ -36,6 +36,11 @@ pub struct BridgeNet {
     pub enable_dad: bool,
     /// Leave the container's interface down (no addresses then).
     pub disable_container_interface: bool,
+    /// The runtime configures the container side itself (Docker's remote driver model): the
+    /// peer is made in the namespace given (the runtime's own), left down, without addresses
+    /// or routes, for the runtime to move, rename and configure. The gateway still goes on the
+    /// bridge.
+    pub hand_off: bool,
 }
 
 /// Create the bridge if it does not exist; error if the name is taken by another kind of link.
@@ -180,6 +185,12 @@ fn attach<'h>(
 fn configure_container(net: &BridgeNet, ep: &Endpoint<'_>) -> Result<LinkRef, DriverError> {
     let c = Handle::new()?;
     let link = c.link_by_name(ep.ifname)?;
+    if net.hand_off {
+        return Ok(LinkRef {
+            name: link.name.clone(),
+            mac: link.mac_string(),
+        });
+    }
     if !ep.ips.is_empty() {
         let ifn = ep.ifname;
         if net.enable_dad {

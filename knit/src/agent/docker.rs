@@ -1,0 +1,623 @@
+//! The Docker plugin's methods over knit's model: each call is translated into the store's
+//! records and libnet's endpoint lifecycle (the same attach and detach as `knit run` and the CNI
+//! plugins), synchronously; the HTTP layer runs it on a blocking thread.
+//!
+//! Shape of a Docker endpoint: at CreateEndpoint the record is written first (so a `kill -9`
+//! at any later point leaves something the repair pass can see), then the lifecycle attaches a
+//! veth pair whose host end is on the network's bridge and whose other end (`kn` + the first
+//! 11 hex digits of the endpoint id) stays in the agent's namespace, down, for Docker to move
+//! into the container, rename and configure (Join names it and the gateway). DeleteEndpoint
+//! detaches by the derived names, so it needs nothing but the ids, then drops the record.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ipnet::IpNet;
+use libnet::driver::bridge::random_mac;
+use libnet::driver::IpConf;
+use libnet::endpoint::{self, Addressing, Filter, Fixed, Request};
+use libnet::netns::NetNs;
+use serde_json::{json, Value};
+use store::{Driver, Endpoint, Network, Pool, PortMap, Proto, Store};
+use tracing::{info, warn};
+
+use super::pools::{self, PoolId, GLOBAL_SPACE, LOCAL_SPACE};
+use super::wire::*;
+use crate::attach::{port_mapping, with_wiring, Ports};
+use crate::network::{self, bridge_name, DOCKER_OWNED};
+use crate::sandbox::Dirs;
+
+/// A failed call: the HTTP status and the message Docker shows the user.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 400,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> ApiError {
+        ApiError {
+            status: 500,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+/// What every call needs.
+pub struct Ctx {
+    pub store: Box<dyn Store>,
+    pub dirs: Dirs,
+}
+
+/// The methods knit answers, for `Plugin.Activate`'s caller and the unknown-method error.
+pub const IMPLEMENTS: [&str; 2] = ["NetworkDriver", "IpamDriver"];
+
+fn parse<T: serde::de::DeserializeOwned>(method: &str, body: &[u8]) -> Result<T, ApiError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("{method}: malformed JSON body: {e}")))
+}
+
+fn need<'a>(method: &str, field: &str, v: &'a str) -> Result<&'a str, ApiError> {
+    if v.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{method}: {field} is missing"
+        )));
+    }
+    Ok(v)
+}
+
+/// Whether knit implements `method` (metrics label only known methods).
+pub fn known(method: &str) -> bool {
+    matches!(
+        method,
+        "Plugin.Activate"
+            | "NetworkDriver.GetCapabilities"
+            | "NetworkDriver.CreateNetwork"
+            | "NetworkDriver.DeleteNetwork"
+            | "NetworkDriver.CreateEndpoint"
+            | "NetworkDriver.EndpointOperInfo"
+            | "NetworkDriver.DeleteEndpoint"
+            | "NetworkDriver.Join"
+            | "NetworkDriver.Leave"
+            | "NetworkDriver.ProgramExternalConnectivity"
+            | "NetworkDriver.RevokeExternalConnectivity"
+            | "NetworkDriver.DiscoverNew"
+            | "NetworkDriver.DiscoverDelete"
+            | "IpamDriver.GetCapabilities"
+            | "IpamDriver.GetDefaultAddressSpaces"
+            | "IpamDriver.RequestPool"
+            | "IpamDriver.ReleasePool"
+            | "IpamDriver.RequestAddress"
+            | "IpamDriver.ReleaseAddress"
+    )
+}
+
+/// One call: `method` is the path without its `/` (`NetworkDriver.CreateNetwork`).
+pub fn call(ctx: &Ctx, method: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let ok = |()| json!({});
+    match method {
+        "Plugin.Activate" => Ok(json!({"Implements": IMPLEMENTS})),
+        "NetworkDriver.GetCapabilities" => {
+            Ok(json!({"Scope": "local", "ConnectivityScope": "local"}))
+        }
+        "NetworkDriver.CreateNetwork" => create_network(ctx, parse(method, body)?).map(ok),
+        "NetworkDriver.DeleteNetwork" => delete_network(ctx, parse(method, body)?).map(ok),
+        "NetworkDriver.CreateEndpoint" => create_endpoint(ctx, parse(method, body)?),
+        "NetworkDriver.EndpointOperInfo" => {
+            let r: EndpointRef = parse(method, body)?;
+            need(method, "EndpointID", &r.endpoint_id)?;
+            Ok(json!({"Value": {}}))
+        }
+        "NetworkDriver.DeleteEndpoint" => delete_endpoint(ctx, parse(method, body)?).map(ok),
+        "NetworkDriver.Join" => join(ctx, parse(method, body)?),
+        "NetworkDriver.Leave" => leave(ctx, parse(method, body)?).map(ok),
+        "NetworkDriver.ProgramExternalConnectivity" => program(ctx, parse(method, body)?).map(ok),
+        "NetworkDriver.RevokeExternalConnectivity" => revoke(ctx, parse(method, body)?).map(ok),
+        "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => Ok(json!({})),
+        "IpamDriver.GetCapabilities" => Ok(json!({"RequiresMACAddress": false})),
+        "IpamDriver.GetDefaultAddressSpaces" => Ok(json!({
+            "LocalDefaultAddressSpace": LOCAL_SPACE,
+            "GlobalDefaultAddressSpace": GLOBAL_SPACE,
+        })),
+        "IpamDriver.RequestPool" => request_pool(ctx, parse(method, body)?),
+        "IpamDriver.ReleasePool" => {
+            let r: PoolRef = parse(method, body)?;
+            let pool = PoolId::parse(need(method, "PoolID", &r.pool_id)?)?;
+            pools::release_pool(&ctx.dirs.cni_data_dir, &pool);
+            Ok(json!({}))
+        }
+        "IpamDriver.RequestAddress" => request_address(ctx, parse(method, body)?),
+        "IpamDriver.ReleaseAddress" => {
+            let r: PoolRef = parse(method, body)?;
+            let pool = PoolId::parse(need(method, "PoolID", &r.pool_id)?)?;
+            let a = parse_addr(&r.address)
+                .ok_or_else(|| ApiError::bad_request(format!("bad Address {:?}", r.address)))?;
+            pools::release_address(&ctx.dirs.cni_data_dir, &pool, a)?;
+            Ok(json!({}))
+        }
+        _ => Err(ApiError {
+            status: 404,
+            message: format!(
+                "knit does not implement {method:?}: it serves Plugin.Activate, \
+                 NetworkDriver.* and IpamDriver.* (libnetwork's remote API)"
+            ),
+        }),
+    }
+}
+
+/// An address with or without a prefix length.
+fn parse_addr(s: &str) -> Option<IpAddr> {
+    s.split_once('/')
+        .map_or(s, |(a, _)| a)
+        .parse::<IpAddr>()
+        .ok()
+}
+
+fn opt_net(field: &str, s: &str) -> Result<Option<IpNet>, ApiError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request(format!("{field} {s:?} is not a subnet")))
+}
+
+fn request_pool(ctx: &Ctx, r: RequestPool) -> Result<Value, ApiError> {
+    if r.address_space != LOCAL_SPACE && !r.address_space.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "address space {:?} is not knit's (use {LOCAL_SPACE:?}; knit has no global pools yet)",
+            r.address_space
+        )));
+    }
+    let want = opt_net("Pool", &r.pool)?;
+    let sub = opt_net("SubPool", &r.sub_pool)?;
+    let routed = routed()?;
+    let pool = pools::request_pool(
+        &*ctx.store,
+        &ctx.dirs.cni_data_dir,
+        want,
+        sub,
+        r.v6,
+        &routed,
+    )
+    .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    info!(pool = %pool.id(), "pool requested");
+    Ok(json!({"PoolID": pool.id(), "Pool": pool.subnet.to_string(), "Data": {}}))
+}
+
+fn routed() -> Result<Vec<IpNet>> {
+    let h = libnet::netlink::Handle::new().context("opening a netlink socket")?;
+    Ok(h.routes(false)
+        .context("listing the host's routes")?
+        .into_iter()
+        .filter(|r| r.table == libnet::netlink::route::RT_TABLE_MAIN && r.dst.prefix_len() > 0)
+        .map(|r| r.dst)
+        .collect())
+}
+
+fn request_address(ctx: &Ctx, r: PoolRef) -> Result<Value, ApiError> {
+    let pool = PoolId::parse(need("RequestAddress", "PoolID", &r.pool_id)?)?;
+    let want = if r.address.is_empty() {
+        None
+    } else {
+        Some(
+            parse_addr(&r.address)
+                .ok_or_else(|| ApiError::bad_request(format!("bad Address {:?}", r.address)))?,
+        )
+    };
+    let gateway = r.options.get("RequestAddressType").map(String::as_str) == Some(GATEWAY_REQUEST);
+    let a = pools::request_address(&ctx.dirs.cni_data_dir, &pool, want, gateway)?;
+    Ok(json!({"Address": a.to_string(), "Data": {}}))
+}
+
+/// The network record of Docker's CreateNetwork. Pure.
+pub fn network_of(r: &CreateNetwork) -> Result<Network, ApiError> {
+    let id = need("CreateNetwork", "NetworkID", &r.network_id)?;
+    // Docker never sends the name; its short id (as `docker network ls` prints it) stands in.
+    let mut net = Network::new(
+        format!("docker-{}", &id[..12.min(id.len())]),
+        Driver::Bridge,
+    );
+    net.id = id.to_string();
+    let truthy = |v: Option<&Value>| match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => matches!(s.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"),
+        _ => false,
+    };
+    net.ipv6 = truthy(r.options.get(ENABLE_IPV6));
+    net.internal = truthy(r.options.get(INTERNAL));
+    if let Some(Value::Object(generic)) = r.options.get(GENERIC) {
+        for (k, v) in generic {
+            if k.starts_with("io.knit.") {
+                return Err(ApiError::bad_request(format!(
+                    "option {k:?} is reserved for knit's own bookkeeping"
+                )));
+            }
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if k == store::options::INTERNAL {
+                net.internal |= truthy(Some(&Value::String(v.clone())));
+            }
+            net.options.insert(k.clone(), v);
+        }
+    }
+    net.options.insert(DOCKER_OWNED.into(), "true".into());
+    let data = r.ipv4_data.iter().chain(r.ipv6_data.iter()).flatten();
+    for d in data {
+        let subnet: IpNet = d.pool.parse().map_err(|_| {
+            ApiError::bad_request(format!("IPAM pool {:?} is not a subnet", d.pool))
+        })?;
+        let mut p = Pool::new(subnet);
+        p.gateway = parse_addr(&d.gateway);
+        if d.address_space == LOCAL_SPACE {
+            let (k, v) = pools::network_option(&subnet);
+            net.options.insert(k, v);
+        }
+        net.ipam.push(p);
+    }
+    store::validate::validate_network(&net)
+        .map_err(|e| ApiError::bad_request(format!("network {}: {e}", net.name)))?;
+    Ok(net)
+}
+
+fn create_network(ctx: &Ctx, r: CreateNetwork) -> Result<(), ApiError> {
+    let net = network_of(&r)?;
+    if let Ok(old) = ctx.store.network(&net.id) {
+        if old.id == net.id {
+            return Ok(()); // Docker retried a create that landed
+        }
+    }
+    let net = network::materialize(&*ctx.store, net)?;
+    info!(network = %net.id, bridge = %bridge_name(&net), "network created");
+    Ok(())
+}
+
+fn delete_network(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
+    let id = need("DeleteNetwork", "NetworkID", &r.network_id)?;
+    let net = match docker_network(ctx, id) {
+        Ok(n) => n,
+        Err(_) => return Ok(()), // gone already: delete is idempotent
+    };
+    network::remove(&*ctx.store, &net, &ctx.dirs.cni_data_dir)?;
+    info!(network = %net.id, "network deleted");
+    Ok(())
+}
+
+/// A network by Docker's full id.
+fn docker_network(ctx: &Ctx, id: &str) -> Result<Network> {
+    let net = ctx
+        .store
+        .network(id)
+        .with_context(|| format!("network {id} is not known to knit"))?;
+    if net.id != id {
+        bail!("network {id} is not known to knit");
+    }
+    Ok(net)
+}
+
+/// The container side of a Docker endpoint's veth pair, in the agent's namespace until Docker
+/// moves it.
+pub fn peer_name(endpoint_id: &str) -> String {
+    format!("kn{}", endpoint_id.get(..11).unwrap_or(endpoint_id))
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn mac_string(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The addressing the lifecycle gets for a Docker endpoint: Docker's addresses, each with the
+/// gateway of its pool; no routes (Docker sets them from Join's answer).
+pub fn addressing_of(net: &Network, ep: &Endpoint) -> Addressing {
+    let ips = [ep.ipv4, ep.ipv6]
+        .into_iter()
+        .flatten()
+        .map(|addr| IpConf {
+            addr,
+            gateway: net
+                .ipam
+                .iter()
+                .find(|p| p.subnet.contains(&addr.addr()))
+                .and_then(|p| p.gateway),
+        })
+        .collect();
+    Addressing {
+        ips,
+        routes: Vec::new(),
+    }
+}
+
+fn create_endpoint(ctx: &Ctx, r: CreateEndpoint) -> Result<Value, ApiError> {
+    let nid = need("CreateEndpoint", "NetworkID", &r.network_id)?;
+    let eid = need("CreateEndpoint", "EndpointID", &r.endpoint_id)?;
+    let net = docker_network(ctx, nid).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let iface = r.interface.unwrap_or_default();
+    let mut ep = Endpoint::new(net.id.clone());
+    ep.id = eid.to_string();
+    ep.ifname = peer_name(eid);
+    ep.ipv4 = opt_net("Interface.Address", &iface.address)?;
+    ep.ipv6 = opt_net("Interface.AddressIPv6", &iface.address_ipv6)?;
+    let (mac, reply_mac) = if iface.mac_address.is_empty() {
+        let m = random_mac();
+        (m, Some(mac_string(m)))
+    } else {
+        let m = parse_mac(&iface.mac_address).ok_or_else(|| {
+            ApiError::bad_request(format!("bad Interface.MacAddress {:?}", iface.mac_address))
+        })?;
+        (m, None)
+    };
+    ep.mac = mac_string(mac);
+    ep.ports = port_maps(&r.options)?;
+    // The record first: after a crash the repair pass finds it and finishes or undoes.
+    ctx.store
+        .put_endpoint(&ep)
+        .with_context(|| format!("recording endpoint {eid}"))?;
+    if let Err(e) = attach(ctx, &net, &ep, mac) {
+        if let Err(u) = ctx.store.delete_endpoint(&ep.id) {
+            warn!(endpoint = %ep.id, error = %u, "rolling back: could not remove the record");
+        }
+        return Err(e.into());
+    }
+    info!(endpoint = %ep.id, network = %net.id, ip = ?ep.ipv4, "endpoint created");
+    Ok(match reply_mac {
+        Some(m) => json!({"Interface": {"MacAddress": m}}),
+        None => json!({}),
+    })
+}
+
+fn attach(ctx: &Ctx, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> Result<()> {
+    let host = NetNs::current().context("opening the agent's network namespace")?;
+    let req = Request {
+        network: &net.name,
+        container_id: &ep.id,
+        ifname: &ep.ifname,
+        netns: Some(&host),
+        mac: Some(mac),
+    };
+    let mut source = Fixed(addressing_of(net, ep));
+    with_wiring(net, &ctx.dirs, true, &[], |driver, filters| {
+        endpoint::attach(&req, &mut source, driver, filters)
+            .with_context(|| format!("attaching endpoint {} to network {}", ep.id, net.name))?;
+        Ok(())
+    })
+}
+
+/// Detach a Docker endpoint by its ids alone (tolerant: gone is success).
+pub fn detach(ctx: &Ctx, net: &Network, endpoint_id: &str) -> Result<()> {
+    let ifname = peer_name(endpoint_id);
+    let req = Request {
+        network: &net.name,
+        container_id: endpoint_id,
+        ifname: &ifname,
+        netns: None,
+        mac: None,
+    };
+    with_wiring(net, &ctx.dirs, true, &[], |driver, filters| {
+        endpoint::detach(&req, &mut Fixed::default(), driver, filters)
+            .with_context(|| format!("detaching endpoint {endpoint_id}"))?;
+        Ok(())
+    })
+}
+
+fn delete_endpoint(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
+    let nid = need("DeleteEndpoint", "NetworkID", &r.network_id)?;
+    let eid = need("DeleteEndpoint", "EndpointID", &r.endpoint_id)?;
+    let Ok(net) = docker_network(ctx, nid) else {
+        return Ok(());
+    };
+    detach(ctx, &net, eid)?;
+    match ctx.store.delete_endpoint(eid) {
+        Ok(_) => {}
+        Err(e) if e.kind() == store::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow!(e)
+                .context(format!("removing endpoint {eid}"))
+                .into())
+        }
+    }
+    info!(endpoint = %eid, "endpoint deleted");
+    Ok(())
+}
+
+fn endpoint_of(ctx: &Ctx, method: &str, r: &EndpointRef) -> Result<(Network, Endpoint), ApiError> {
+    let nid = need(method, "NetworkID", &r.network_id)?;
+    let eid = need(method, "EndpointID", &r.endpoint_id)?;
+    let net = docker_network(ctx, nid).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let ep = ctx
+        .store
+        .endpoint(eid)
+        .map_err(|e| ApiError::bad_request(format!("endpoint {eid}: {e}")))?;
+    Ok((net, ep))
+}
+
+fn join(ctx: &Ctx, r: EndpointRef) -> Result<Value, ApiError> {
+    let (net, mut ep) = endpoint_of(ctx, "Join", &r)?;
+    let sandbox = Path::new(&r.sandbox_key)
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty());
+    if ep.sandbox_id != sandbox {
+        ep.sandbox_id = sandbox;
+        ctx.store
+            .put_endpoint(&ep)
+            .with_context(|| format!("recording the sandbox of endpoint {}", ep.id))?;
+    }
+    let gw = |a: Option<IpNet>| {
+        a.and_then(|a| {
+            net.ipam
+                .iter()
+                .find(|p| p.subnet.contains(&a.addr()))
+                .and_then(|p| p.gateway)
+        })
+        .map(|g| g.to_string())
+        .unwrap_or_default()
+    };
+    let reply = JoinReply {
+        interface_name: InterfaceName {
+            src_name: ep.ifname.clone(),
+            dst_prefix: "eth".into(),
+        },
+        gateway: if net.internal {
+            String::new()
+        } else {
+            gw(ep.ipv4)
+        },
+        gateway_ipv6: if net.internal {
+            String::new()
+        } else {
+            gw(ep.ipv6)
+        },
+        // An internal network has no way out, and no docker_gwbridge either.
+        disable_gateway_service: true,
+    };
+    Ok(serde_json::to_value(reply).map_err(anyhow::Error::from)?)
+}
+
+fn leave(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
+    let (_, mut ep) = endpoint_of(ctx, "Leave", &r)?;
+    if ep.sandbox_id.take().is_some() {
+        ctx.store
+            .put_endpoint(&ep)
+            .with_context(|| format!("recording that endpoint {} left", ep.id))?;
+    }
+    Ok(())
+}
+
+/// `com.docker.network.portmap` as knit's port maps; a range or a missing host port is refused.
+pub fn port_maps(
+    options: &std::collections::BTreeMap<String, Value>,
+) -> Result<Vec<PortMap>, ApiError> {
+    let Some(v) = options.get(PORTMAP) else {
+        return Ok(Vec::new());
+    };
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    let bindings: Vec<PortBinding> = serde_json::from_value(v.clone())
+        .map_err(|e| ApiError::bad_request(format!("{PORTMAP}: {e}")))?;
+    bindings
+        .iter()
+        .map(|b| {
+            let proto = match b.proto {
+                6 => Proto::Tcp,
+                17 => Proto::Udp,
+                132 => Proto::Sctp,
+                p => {
+                    return Err(ApiError::bad_request(format!(
+                        "port protocol {p} is not tcp, udp or sctp"
+                    )))
+                }
+            };
+            if b.host_port == 0 {
+                return Err(ApiError::bad_request(format!(
+                    "port {}/{proto}: knit needs a host port (-p HOST:{})",
+                    b.port, b.port
+                )));
+            }
+            if b.host_port_end != 0 && b.host_port_end != b.host_port {
+                return Err(ApiError::bad_request(format!(
+                    "host port range {}-{}: knit maps one host port per container port",
+                    b.host_port, b.host_port_end
+                )));
+            }
+            let host_ip = parse_addr(&b.host_ip).filter(|a| !a.is_unspecified());
+            Ok(PortMap {
+                proto,
+                host_ip,
+                host_port: b.host_port,
+                container_port: b.port,
+            })
+        })
+        .collect()
+}
+
+fn program(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
+    let (net, mut ep) = endpoint_of(ctx, "ProgramExternalConnectivity", &r)?;
+    let maps = port_maps(&r.options)?;
+    publish(ctx, &net, &ep, &maps)?;
+    if ep.ports != maps {
+        ep.ports = maps;
+        ctx.store
+            .put_endpoint(&ep)
+            .with_context(|| format!("recording the ports of endpoint {}", ep.id))?;
+    }
+    Ok(())
+}
+
+/// The endpoint's port mappings in knit's nftables table (replacing what it had).
+pub fn publish(ctx: &Ctx, net: &Network, ep: &Endpoint, maps: &[PortMap]) -> Result<()> {
+    let req = Request {
+        network: &net.name,
+        container_id: &ep.id,
+        ifname: &ep.ifname,
+        netns: None,
+        mac: None,
+    };
+    let ports = Ports {
+        nft: &ctx.dirs.nft(),
+        bridge: bridge_name(net),
+        maps: maps.iter().map(|p| port_mapping(net, p)).collect(),
+    };
+    if maps.is_empty() {
+        return ports
+            .del(&req)
+            .map_err(|e| anyhow!("{e}"))
+            .context("removing port mappings");
+    }
+    let wired = libnet::driver::Wired {
+        bridge: None,
+        host: None,
+        container: libnet::driver::LinkRef {
+            name: ep.ifname.clone(),
+            mac: ep.mac.clone(),
+        },
+    };
+    ports
+        .ensure(&req, &addressing_of(net, ep), &wired)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("publishing ports of endpoint {}", ep.id))
+}
+
+fn revoke(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
+    let (net, mut ep) = match endpoint_of(ctx, "RevokeExternalConnectivity", &r) {
+        Ok(x) => x,
+        Err(e) if e.status == 400 => return Ok(()), // gone: nothing published
+        Err(e) => return Err(e),
+    };
+    publish(ctx, &net, &ep, &[])?;
+    if !ep.ports.is_empty() {
+        ep.ports.clear();
+        ctx.store
+            .put_endpoint(&ep)
+            .with_context(|| format!("recording the ports of endpoint {}", ep.id))?;
+    }
+    Ok(())
+}
