@@ -10,6 +10,7 @@
 
 pub mod cases;
 pub mod cni;
+pub mod docker;
 pub mod reach;
 pub mod scenario;
 pub mod snapshot;

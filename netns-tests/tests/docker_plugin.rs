@@ -1,0 +1,295 @@
+//! knit's agent as a Docker Engine 20.10 remote network + IPAM plugin, end to end: a real
+//! dockerd in a scratch namespace standing for the host (`netns_tests::docker`), containers
+//! from an image imported from busybox-static, knit's agent and CLI on one state dir.
+//!
+//! Proven with real traffic: two containers ping each other and the gateway; `-p` answers from
+//! an outside namespace, from the host and on 127.0.0.1; two knit networks are isolated (with a
+//! positive control inside one); an internal network has no way out. The agent is stopped
+//! (TERM, then kill -9) between steps and new containers still get addresses and talk. Bad
+//! input gets a status and `{"Err": ...}`. `docker rm -f` and `docker network rm` leave no link,
+//! nft element, reservation or store record.
+#![cfg(feature = "root-tests")]
+
+use anyhow::{ensure, Context, Result};
+use netns_tests::cases::{OUTSIDE_HOST_IP, OUTSIDE_IP};
+use netns_tests::docker::{DockerHost, IMAGE};
+use netns_tests::scenario::{join_outside, OUTSIDE_LINK};
+use netns_tests::topology::TestNs;
+use serde_json::Value;
+
+const SUBNET: &str = "10.244.60.0/24";
+const GATEWAY: &str = "10.244.60.1";
+const SUBNET2: &str = "10.244.61.0/24";
+
+fn run_detached(h: &DockerHost, name: &str, net: &str, extra: &[&str], cmd: &[&str]) -> Result<()> {
+    let mut args = vec!["run", "-d", "--name", name, "--net", net];
+    args.extend(extra);
+    args.push(IMAGE);
+    args.extend(cmd);
+    h.docker(&args)?;
+    Ok(())
+}
+
+fn ip_of(h: &DockerHost, name: &str, net: &str) -> Result<String> {
+    let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
+    let ip = h.docker(&["inspect", "-f", &f, name])?;
+    ensure!(!ip.is_empty(), "container {name} has no address on {net}");
+    Ok(ip)
+}
+
+fn pings(h: &DockerHost, from: &str, to: &str) -> Result<bool> {
+    Ok(
+        h.docker_raw(&["exec", from, "ping", "-c", "1", "-W", "1", to])?
+            .status
+            .success(),
+    )
+}
+
+/// A TCP connection to ADDR:PORT from namespace `ns` reads `hello`.
+fn reads_hello(ns: &TestNs, addr: &str, port: u16) -> Result<bool> {
+    let script = format!("exec 3<>/dev/tcp/{addr}/{port} && timeout 3 cat <&3");
+    let out = ns
+        .command("timeout")
+        .args(["5", "bash", "-c", &script])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("hello"))
+}
+
+fn kernel_leftovers(h: &DockerHost) -> Result<Vec<String>> {
+    let mut left = Vec::new();
+    let links = h.ns.stdout(&["ip", "-o", "link", "show"])?;
+    for l in links.lines() {
+        let name = l.split(':').nth(1).unwrap_or("").trim();
+        let name = name.split('@').next().unwrap_or(name);
+        if name != "lo" && name != OUTSIDE_LINK {
+            left.push(format!("link {name}"));
+        }
+    }
+    let rules = h.ns.stdout(&["nft", "list", "ruleset"])?;
+    if rules.contains("elements =") {
+        left.push(format!("nft elements:\n{rules}"));
+    }
+    for sub in ["cni", "run/nft"] {
+        let d = h.dir.path().join(sub);
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if !n.starts_with('.') {
+                    left.push(format!("{}/{n}", d.display()));
+                }
+            }
+        }
+    }
+    Ok(left)
+}
+
+#[test]
+fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
+    let mut h = DockerHost::start("dk")?;
+    let outside = TestNs::new("dko")?;
+    join_outside(&h.ns, &outside)?;
+    h.start_agent(&[])?;
+    let p = h.plugin.clone();
+
+    // A network through Docker shows in knit's own listing.
+    let id = h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        SUBNET,
+        "kn1",
+    ])?;
+    let ls = h.knit(&["network", "ls"])?;
+    ensure!(
+        ls.contains(&id[..12]) && ls.contains(SUBNET),
+        "knit network ls:\n{ls}"
+    );
+
+    // Two containers talk to each other and to the gateway.
+    run_detached(&h, "c1", "kn1", &[], &["sleep", "600"])?;
+    run_detached(&h, "c2", "kn1", &[], &["sleep", "600"])?;
+    let (ip1, ip2) = (ip_of(&h, "c1", "kn1")?, ip_of(&h, "c2", "kn1")?);
+    ensure!(ip1 != ip2, "both containers got {ip1}");
+    ensure!(pings(&h, "c1", &ip2)?, "c1 cannot ping c2 ({ip2})");
+    ensure!(pings(&h, "c2", GATEWAY)?, "c2 cannot ping the gateway");
+    // Docker added no second interface (docker_gwbridge): the gateway came from Join.
+    let links = h.docker(&["exec", "c1", "ip", "-o", "link"])?;
+    ensure!(
+        !links.contains("eth1"),
+        "c1 has a second interface:\n{links}"
+    );
+    let inspect: Value = serde_json::from_str(&h.docker(&["network", "inspect", "kn1"])?)?;
+    let containers = inspect[0]["Containers"].as_object().context("Containers")?;
+    ensure!(containers.len() == 2, "docker network inspect: {inspect:#}");
+
+    // -p from outside, from the host and on 127.0.0.1, with no proxy process.
+    run_detached(
+        &h,
+        "web",
+        "kn1",
+        &["-p", "18081:8080"],
+        &[
+            "sh",
+            "-c",
+            "while true; do echo hello | nc -l -p 8080; done",
+        ],
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ensure!(
+        reads_hello(&outside, OUTSIDE_HOST_IP, 18081)?,
+        "-p from outside ({OUTSIDE_IP})"
+    );
+    ensure!(reads_hello(&h.ns, GATEWAY, 18081)?, "-p from the host");
+    ensure!(reads_hello(&h.ns, "127.0.0.1", 18081)?, "-p on 127.0.0.1");
+    let ps = h.ns.stdout(&["ps", "-eo", "comm"]).unwrap_or_default();
+    ensure!(!ps.contains("docker-proxy"), "a docker-proxy runs");
+
+    // Restart without loss: TERM, then kill -9; a new container still gets an address.
+    for (sig, name) in [(libc::SIGTERM, "c3"), (libc::SIGKILL, "c4")] {
+        h.stop_agent(sig)?;
+        h.start_agent(&[])?;
+        run_detached(&h, name, "kn1", &[], &["sleep", "600"])?;
+        let ip = ip_of(&h, name, "kn1")?;
+        ensure!(
+            pings(&h, name, &ip1)?,
+            "{name} ({ip}) cannot ping c1 after agent restart"
+        );
+        ensure!(
+            pings(&h, "c1", &ip)?,
+            "c1 cannot ping {name} after agent restart"
+        );
+    }
+
+    // Isolation: a second knit network cannot reach the first (positive control: its own).
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        SUBNET2,
+        "kn2",
+    ])?;
+    run_detached(&h, "d1", "kn2", &[], &["sleep", "600"])?;
+    run_detached(&h, "d2", "kn2", &[], &["sleep", "600"])?;
+    let d2 = ip_of(&h, "d2", "kn2")?;
+    ensure!(pings(&h, "d1", &d2)?, "positive control: d1 cannot ping d2");
+    ensure!(!pings(&h, "d1", &ip1)?, "kn2's d1 reaches kn1's c1");
+    ensure!(!pings(&h, "c1", &d2)?, "kn1's c1 reaches kn2's d2");
+
+    // Internal: no route out.
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--internal",
+        "--subnet",
+        "10.244.62.0/24",
+        "kn3",
+    ])?;
+    run_detached(&h, "i1", "kn3", &[], &["sleep", "600"])?;
+    let routes = h.docker(&["exec", "i1", "ip", "route"])?;
+    ensure!(
+        !routes.contains("default"),
+        "internal network has a default route:\n{routes}"
+    );
+    ensure!(
+        !pings(&h, "i1", OUTSIDE_IP)?,
+        "internal container reaches outside"
+    );
+
+    // Everything removed leaves nothing.
+    let names = ["c1", "c2", "web", "c3", "c4", "d1", "d2", "i1"];
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names);
+    h.docker(&rm)?;
+    h.docker(&["network", "rm", "kn1", "kn2", "kn3"])?;
+    let ls = h.knit(&["network", "ls"])?;
+    ensure!(ls.lines().count() == 1, "store still lists networks:\n{ls}");
+    let left = kernel_leftovers(&h)?;
+    ensure!(
+        left.is_empty(),
+        "left behind: {left:#?}\nagent log:\n{}",
+        h.agent_log()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_plugin_refuses_bad_input_with_clear_errors() -> Result<()> {
+    let mut h = DockerHost::start("dkb")?;
+    h.start_agent(&[])?;
+    let err = |status: u16, body: &str, want: &str| -> Result<()> {
+        ensure!(status >= 400, "status {status} for a bad request ({body})");
+        let v: Value = serde_json::from_str(body).with_context(|| format!("body {body:?}"))?;
+        let msg = v["Err"].as_str().context("no Err")?;
+        ensure!(
+            msg.contains(want),
+            "error {msg:?} does not mention {want:?}"
+        );
+        Ok(())
+    };
+    let (s, b) = h.plugin_post("NetworkDriver.CreateNetwork", b"{not json")?;
+    err(s, &b, "malformed JSON")?;
+    let (s, b) = h.plugin_post("NetworkDriver.Frobnicate", b"{}")?;
+    err(s, &b, "does not implement")?;
+    let huge = vec![b' '; 4 << 20];
+    let (s, b) = h.plugin_post("NetworkDriver.CreateNetwork", &huge)?;
+    err(s, &b, "bytes")?;
+    let (s, b) = h.plugin_post(
+        "NetworkDriver.CreateEndpoint",
+        br#"{"NetworkID":"0000000000000000000000000000000000000000000000000000000000000000","EndpointID":"e1"}"#,
+    )?;
+    err(s, &b, "not known to knit")?;
+    // Overlapping pools through Docker: a clear error, nothing made.
+    let p = h.plugin.clone();
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        SUBNET,
+        "ok1",
+    ])?;
+    let o = h.docker_raw(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        "10.244.60.128/25",
+        "bad1",
+    ])?;
+    ensure!(!o.status.success(), "an overlapping subnet was accepted");
+    let e = String::from_utf8_lossy(&o.stderr);
+    ensure!(e.contains("overlaps"), "docker said: {e}");
+    // A second agent on the same state dir refuses to start.
+    let o = h
+        .knit_command()
+        .args(["agent", "--plugin-name", &format!("{p}b")])
+        .output()?;
+    ensure!(!o.status.success(), "a second agent started");
+    let e = String::from_utf8_lossy(&o.stderr);
+    ensure!(e.contains("already running"), "second agent said: {e}");
+    // The good network still works and goes away cleanly.
+    h.docker(&["network", "rm", "ok1"])?;
+    ensure!(
+        h.knit(&["network", "ls"])?.lines().count() == 1,
+        "store not empty"
+    );
+    Ok(())
+}
