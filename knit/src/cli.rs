@@ -140,6 +140,10 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics on this address (path /metrics).
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// The Docker Engine API socket, asked for the names of networks Docker creates (Docker
+    /// tells a plugin only their ids).
+    #[arg(long, env = "DOCKER_HOST", default_value = "unix:///run/docker.sock")]
+    pub docker_host: String,
     /// Seconds between repair passes (store → kernel).
     #[arg(long, default_value_t = 30)]
     pub reconcile_interval: u64,

@@ -203,6 +203,8 @@ impl DockerHost {
         let child = self
             .knit_command()
             .args(["agent", "--plugin-name", &self.plugin])
+            .arg("--docker-host")
+            .arg(format!("unix://{}", self.sock().display()))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

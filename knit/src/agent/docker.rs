@@ -8,6 +8,8 @@
 //! 11 hex digits of the endpoint id) stays in the agent's namespace, down, for Docker to move
 //! into the container, rename and configure (Join names it and the gateway). DeleteEndpoint
 //! detaches by the derived names, so it needs nothing but the ids, then drops the record.
+//! A Docker endpoint's nftables elements are keyed by the network's id, not its name: the name
+//! changes once, when Docker's is learnt ([`super::names`]).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -55,8 +57,9 @@ impl From<anyhow::Error> for ApiError {
 
 /// What every call needs.
 pub struct Ctx {
-    pub store: Box<dyn Store>,
+    pub store: std::sync::Arc<dyn Store>,
     pub dirs: Dirs,
+    pub namer: super::names::Namer,
 }
 
 /// The methods knit answers, for `Plugin.Activate`'s caller and the unknown-method error.
@@ -286,6 +289,7 @@ fn create_network(ctx: &Ctx, r: CreateNetwork) -> Result<(), ApiError> {
     }
     let net = network::materialize(&*ctx.store, net)?;
     info!(network = %net.id, bridge = %bridge_name(&net), "network created");
+    ctx.namer.queue(&net.id);
     Ok(())
 }
 
@@ -396,7 +400,7 @@ fn create_endpoint(ctx: &Ctx, r: CreateEndpoint) -> Result<Value, ApiError> {
 fn attach(ctx: &Ctx, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> Result<()> {
     let host = NetNs::current().context("opening the agent's network namespace")?;
     let req = Request {
-        network: &net.name,
+        network: &net.id,
         container_id: &ep.id,
         ifname: &ep.ifname,
         netns: Some(&host),
@@ -414,7 +418,7 @@ fn attach(ctx: &Ctx, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> Result<()> {
 pub fn detach(ctx: &Ctx, net: &Network, endpoint_id: &str) -> Result<()> {
     let ifname = peer_name(endpoint_id);
     let req = Request {
-        network: &net.name,
+        network: &net.id,
         container_id: endpoint_id,
         ifname: &ifname,
         netns: None,
@@ -575,7 +579,7 @@ fn program(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
 /// The endpoint's port mappings in knit's nftables table (replacing what it had).
 pub fn publish(ctx: &Ctx, net: &Network, ep: &Endpoint, maps: &[PortMap]) -> Result<()> {
     let req = Request {
-        network: &net.name,
+        network: &net.id,
         container_id: &ep.id,
         ifname: &ep.ifname,
         netns: None,

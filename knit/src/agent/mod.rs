@@ -8,6 +8,7 @@
 
 pub mod docker;
 mod metrics;
+mod names;
 pub mod pools;
 mod reconcile;
 pub mod wire;
@@ -56,10 +57,19 @@ pub fn run(state_dir: &Path, dirs: Dirs, a: &AgentArgs) -> Result<i32> {
         .with_context(|| format!("opening the store in {}", state_dir.display()))?;
     std::fs::create_dir_all(&dirs.run_dir)
         .with_context(|| format!("creating run dir {}", dirs.run_dir.display()))?;
+    let store: Arc<dyn store::Store> = Arc::new(store);
+    let docker_sock = names::socket_of(&a.docker_host)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let st = store.clone();
+    std::thread::Builder::new()
+        .name("docker-names".into())
+        .spawn(move || names::run(st, docker_sock, rx))
+        .context("starting the naming thread")?;
     let shared = Arc::new(Shared {
         ctx: Ctx {
-            store: Box::new(store),
+            store,
             dirs,
+            namer: names::Namer(Some(tx)),
         },
         metrics: Metrics::new(),
     });

@@ -72,6 +72,9 @@ fn run(ctx: &Ctx) -> Result<u64> {
         if !is_dockers(&net) {
             continue;
         }
+        if net.name == super::names::stand_in(&net.id) {
+            ctx.namer.queue(&net.id);
+        }
         for ep in eps {
             match repair_endpoint(ctx, &h, &net, &ep) {
                 Ok(n) => repaired += n,
@@ -114,7 +117,7 @@ fn repair_endpoint(ctx: &Ctx, h: &Handle, net: &Network, ep: &Endpoint) -> Resul
         return Ok(1);
     }
     let req = Request {
-        network: &net.name,
+        network: &net.id,
         container_id: &ep.id,
         ifname: &ep.ifname,
         netns: None,

@@ -1,0 +1,104 @@
+//! Docker never tells a plugin a network's name; its Engine API does, once the network exists.
+//! After CreateNetwork (and for any Docker network still under its stand-in name at start) a
+//! thread asks `GET /networks/ID` on the Docker socket and gives the store record Docker's name
+//! and labels, so `knit network ls` and `docker network ls` agree.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use store::Store;
+
+/// The name a Docker network has until Docker's own is known.
+pub fn stand_in(id: &str) -> String {
+    format!("docker-{}", &id[..12.min(id.len())])
+}
+
+/// The Docker socket of a `DOCKER_HOST`-style address (`unix:///run/docker.sock`).
+pub fn socket_of(host: &str) -> Result<PathBuf> {
+    match host.strip_prefix("unix://") {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => bail!("--docker-host {host:?}: only unix:///PATH is supported"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Inspect {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Labels", default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// One `GET /networks/ID`: `None` while Docker does not know the network (yet).
+fn ask(sock: &Path, id: &str) -> Result<Option<(String, BTreeMap<String, String>)>> {
+    let mut s =
+        UnixStream::connect(sock).with_context(|| format!("connecting {}", sock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET /networks/{id} HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    match status {
+        "200" => {
+            let i: Inspect = serde_json::from_str(body).context("network inspect JSON")?;
+            Ok(Some((i.name, i.labels.unwrap_or_default())))
+        }
+        "404" => Ok(None),
+        s => bail!("Docker answered {s}: {body}"),
+    }
+}
+
+/// Serve naming requests (network ids) until the sender side is dropped.
+pub fn run(store: Arc<dyn Store>, sock: PathBuf, rx: Receiver<String>) {
+    for id in rx {
+        let t = Instant::now();
+        loop {
+            match ask(&sock, &id) {
+                Ok(Some((name, labels))) => {
+                    match store.rename_network(&id, &name, &labels) {
+                        Ok(n) => {
+                            info!(network = %id, name = %n.name, "named after Docker's network")
+                        }
+                        Err(e) => {
+                            warn!(network = %id, %name, error = %e, "keeping the stand-in name")
+                        }
+                    }
+                    break;
+                }
+                Ok(None) if t.elapsed() < Duration::from_secs(30) => {}
+                Ok(None) => {
+                    warn!(network = %id, "Docker does not know this network: keeping the stand-in name");
+                    break;
+                }
+                Err(e) => {
+                    warn!(network = %id, error = %format!("{e:#}"), "cannot ask Docker for the network's name");
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A handle the plugin calls use to queue a network for naming.
+#[derive(Clone)]
+pub struct Namer(pub Option<Sender<String>>);
+
+impl Namer {
+    pub fn queue(&self, id: &str) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(id.to_string());
+        }
+    }
+}
