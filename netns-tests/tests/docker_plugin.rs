@@ -293,3 +293,113 @@ fn the_plugin_refuses_bad_input_with_clear_errors() -> Result<()> {
     );
     Ok(())
 }
+
+/// A firewall reload that dropped knit's nftables table heals on the periodic repair pass and
+/// on restart; a missing bridge is made again.
+#[test]
+fn the_agent_repairs_what_the_host_lost() -> Result<()> {
+    let mut h = DockerHost::start("dkr")?;
+    h.start_agent(&["--reconcile-interval", "1"])?;
+    let p = h.plugin.clone();
+    h.docker(&["network", "create", "-d", &p, "--ipam-driver", &p, "--subnet", SUBNET, "kn1"])?;
+    run_detached(
+        &h,
+        "web",
+        "kn1",
+        &["-p", "18082:8080"],
+        &["sh", "-c", "while true; do echo hello | nc -l -p 8080; done"],
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ensure!(reads_hello(&h.ns, "127.0.0.1", 18082)?, "-p before the loss");
+    fn wait_for(h: &DockerHost, what: &str) -> Result<()> {
+        let t = std::time::Instant::now();
+        while !reads_hello(&h.ns, "127.0.0.1", 18082)? {
+            ensure!(
+                t.elapsed() < std::time::Duration::from_secs(15),
+                "{what}: -p never came back\n{}",
+                h.agent_log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Ok(())
+    }
+    // The periodic pass.
+    h.ns.run(&["nft", "delete", "table", "inet", "knit"])?;
+    ensure!(!reads_hello(&h.ns, "127.0.0.1", 18082)?, "-p still answers without knit's table");
+    wait_for(&h, "periodic repair")?;
+    // A restart (the agent was down when the table went).
+    h.stop_agent(libc::SIGKILL)?;
+    h.ns.run(&["nft", "delete", "table", "inet", "knit"])?;
+    h.start_agent(&[])?;
+    wait_for(&h, "repair at start")?;
+    h.docker(&["rm", "-f", "web"])?;
+    h.docker(&["network", "rm", "kn1"])?;
+    let left = kernel_leftovers(&h)?;
+    ensure!(left.is_empty(), "left behind: {left:#?}");
+    Ok(())
+}
+
+/// kill -9 of the agent at random moments while Docker creates and removes containers; after
+/// a restart and the removal of everything, the store and the kernel agree and nothing leaked.
+#[test]
+fn the_agent_survives_kill_9_at_any_point() -> Result<()> {
+    let mut h = DockerHost::start("dkk")?;
+    h.start_agent(&[])?;
+    let p = h.plugin.clone();
+    h.docker(&["network", "create", "-d", &p, "--ipam-driver", &p, "--subnet", SUBNET, "kn1"])?;
+    run_detached(&h, "anchor", "kn1", &[], &["sleep", "600"])?;
+    let anchor = ip_of(&h, "anchor", "kn1")?;
+    let mut seed: u64 = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..12 {
+        let name = format!("k{round}");
+        let sock = h.sock();
+        let (n2, img) = (name.clone(), IMAGE.to_string());
+        let removing = round % 3 == 2;
+        let target = if removing { format!("k{}", round - 1) } else { name.clone() };
+        let worker = std::thread::spawn(move || {
+            let args: Vec<String> = if removing {
+                vec!["rm".into(), "-f".into(), target]
+            } else {
+                ["run", "-d", "--name", &n2, "--net", "kn1", &img, "sleep", "600"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            };
+            std::process::Command::new(netns_tests::docker::DOCKER)
+                .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+                .args(&args)
+                .output()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(rnd(400)));
+        h.stop_agent(libc::SIGKILL)?;
+        h.start_agent(&[])?;
+        let _ = worker.join();
+    }
+    // Whatever Docker made of it: every container is removed, then one more runs and talks.
+    let ids = h.docker(&["ps", "-aq", "--filter", "name=k"])?;
+    for id in ids.split_whitespace() {
+        h.docker(&["rm", "-f", id])?;
+    }
+    run_detached(&h, "after", "kn1", &[], &["sleep", "600"])?;
+    ensure!(pings(&h, "after", &anchor)?, "a new container cannot reach the anchor");
+    h.docker(&["rm", "-f", "after", "anchor"])?;
+    // Endpoints Docker lost while the agent was down are found by the repair pass.
+    h.stop_agent(libc::SIGTERM)?;
+    h.start_agent(&[])?;
+    let o = h.docker_raw(&["network", "rm", "kn1"])?;
+    ensure!(
+        o.status.success(),
+        "network rm: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        h.agent_log()
+    );
+    let left = kernel_leftovers(&h)?;
+    ensure!(left.is_empty(), "left behind: {left:#?}\nagent log:\n{}", h.agent_log());
+    Ok(())
+}
