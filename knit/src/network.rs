@@ -452,7 +452,23 @@ pub fn remove(st: &dyn Store, net: &Network, cni_data_dir: &std::path::Path) -> 
         }
     }
     remove_ipam_dirs(cni_data_dir, ipam_dir_name(net));
+    if ipam_dir_name(net) != net.name {
+        remove_pool_alias(cni_data_dir, net);
+    }
     Ok(())
+}
+
+/// The name under which a Docker network's pool directory is shared with CNI networks (a
+/// symlink made by the agent), and the CNI index kept under that name.
+fn remove_pool_alias(data_dir: &std::path::Path, net: &Network) {
+    let link = data_dir.join(&net.name);
+    let ours = std::fs::read_link(&link).is_ok_and(|t| t.as_os_str() == ipam_dir_name(net));
+    if ours {
+        let _ = std::fs::remove_file(&link);
+        let index = data_dir.join(libnet::ipam::file_store::INDEX_DIR);
+        let _ = std::fs::remove_dir_all(index.join(&net.name));
+        let _ = std::fs::remove_dir(&index);
+    }
 }
 
 /// The host-local IPAM directories of a removed network, if nothing is reserved there any more

@@ -301,16 +301,33 @@ fn the_agent_repairs_what_the_host_lost() -> Result<()> {
     let mut h = DockerHost::start("dkr")?;
     h.start_agent(&["--reconcile-interval", "1"])?;
     let p = h.plugin.clone();
-    h.docker(&["network", "create", "-d", &p, "--ipam-driver", &p, "--subnet", SUBNET, "kn1"])?;
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        SUBNET,
+        "kn1",
+    ])?;
     run_detached(
         &h,
         "web",
         "kn1",
         &["-p", "18082:8080"],
-        &["sh", "-c", "while true; do echo hello | nc -l -p 8080; done"],
+        &[
+            "sh",
+            "-c",
+            "while true; do echo hello | nc -l -p 8080; done",
+        ],
     )?;
     std::thread::sleep(std::time::Duration::from_millis(300));
-    ensure!(reads_hello(&h.ns, "127.0.0.1", 18082)?, "-p before the loss");
+    ensure!(
+        reads_hello(&h.ns, "127.0.0.1", 18082)?,
+        "-p before the loss"
+    );
     fn wait_for(h: &DockerHost, what: &str) -> Result<()> {
         let t = std::time::Instant::now();
         while !reads_hello(&h.ns, "127.0.0.1", 18082)? {
@@ -325,7 +342,10 @@ fn the_agent_repairs_what_the_host_lost() -> Result<()> {
     }
     // The periodic pass.
     h.ns.run(&["nft", "delete", "table", "inet", "knit"])?;
-    ensure!(!reads_hello(&h.ns, "127.0.0.1", 18082)?, "-p still answers without knit's table");
+    ensure!(
+        !reads_hello(&h.ns, "127.0.0.1", 18082)?,
+        "-p still answers without knit's table"
+    );
     wait_for(&h, "periodic repair")?;
     // A restart (the agent was down when the table went).
     h.stop_agent(libc::SIGKILL)?;
@@ -346,7 +366,17 @@ fn the_agent_survives_kill_9_at_any_point() -> Result<()> {
     let mut h = DockerHost::start("dkk")?;
     h.start_agent(&[])?;
     let p = h.plugin.clone();
-    h.docker(&["network", "create", "-d", &p, "--ipam-driver", &p, "--subnet", SUBNET, "kn1"])?;
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        SUBNET,
+        "kn1",
+    ])?;
     run_detached(&h, "anchor", "kn1", &[], &["sleep", "600"])?;
     let anchor = ip_of(&h, "anchor", "kn1")?;
     let mut seed: u64 = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
@@ -361,15 +391,21 @@ fn the_agent_survives_kill_9_at_any_point() -> Result<()> {
         let sock = h.sock();
         let (n2, img) = (name.clone(), IMAGE.to_string());
         let removing = round % 3 == 2;
-        let target = if removing { format!("k{}", round - 1) } else { name.clone() };
+        let target = if removing {
+            format!("k{}", round - 1)
+        } else {
+            name.clone()
+        };
         let worker = std::thread::spawn(move || {
             let args: Vec<String> = if removing {
                 vec!["rm".into(), "-f".into(), target]
             } else {
-                ["run", "-d", "--name", &n2, "--net", "kn1", &img, "sleep", "600"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
+                [
+                    "run", "-d", "--name", &n2, "--net", "kn1", &img, "sleep", "600",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
             };
             std::process::Command::new(netns_tests::docker::DOCKER)
                 .env("DOCKER_HOST", format!("unix://{}", sock.display()))
@@ -387,7 +423,10 @@ fn the_agent_survives_kill_9_at_any_point() -> Result<()> {
         h.docker(&["rm", "-f", id])?;
     }
     run_detached(&h, "after", "kn1", &[], &["sleep", "600"])?;
-    ensure!(pings(&h, "after", &anchor)?, "a new container cannot reach the anchor");
+    ensure!(
+        pings(&h, "after", &anchor)?,
+        "a new container cannot reach the anchor"
+    );
     h.docker(&["rm", "-f", "after", "anchor"])?;
     // Endpoints Docker lost while the agent was down are found by the repair pass.
     h.stop_agent(libc::SIGTERM)?;
@@ -400,6 +439,10 @@ fn the_agent_survives_kill_9_at_any_point() -> Result<()> {
         h.agent_log()
     );
     let left = kernel_leftovers(&h)?;
-    ensure!(left.is_empty(), "left behind: {left:#?}\nagent log:\n{}", h.agent_log());
+    ensure!(
+        left.is_empty(),
+        "left behind: {left:#?}\nagent log:\n{}",
+        h.agent_log()
+    );
     Ok(())
 }

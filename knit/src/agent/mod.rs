@@ -61,9 +61,10 @@ pub fn run(state_dir: &Path, dirs: Dirs, a: &AgentArgs) -> Result<i32> {
     let docker_sock = names::socket_of(&a.docker_host)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let st = store.clone();
+    let data_dir = dirs.cni_data_dir.clone();
     std::thread::Builder::new()
         .name("docker-names".into())
-        .spawn(move || names::run(st, docker_sock, rx))
+        .spawn(move || names::run(st, docker_sock, data_dir, rx))
         .context("starting the naming thread")?;
     let shared = Arc::new(Shared {
         ctx: Ctx {

@@ -2,6 +2,11 @@
 //! After CreateNetwork (and for any Docker network still under its stand-in name at start) a
 //! thread asks `GET /networks/ID` on the Docker socket and gives the store record Docker's name
 //! and labels, so `knit network ls` and `docker network ls` agree.
+//!
+//! A network on knit's IPAM keeps its reservations in its pool's directory
+//! (`knit-pool-<subnet>`); once named, the directory is also reachable under the network's name
+//! (a symlink in the CNI data dir), so a CNI network of the same name — podman's, with knit's
+//! `bridge` plugin on the same bridge — draws from the very same reservations.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -60,7 +65,7 @@ fn ask(sock: &Path, id: &str) -> Result<Option<(String, BTreeMap<String, String>
 }
 
 /// Serve naming requests (network ids) until the sender side is dropped.
-pub fn run(store: Arc<dyn Store>, sock: PathBuf, rx: Receiver<String>) {
+pub fn run(store: Arc<dyn Store>, sock: PathBuf, cni_data_dir: PathBuf, rx: Receiver<String>) {
     for id in rx {
         let t = Instant::now();
         loop {
@@ -68,7 +73,8 @@ pub fn run(store: Arc<dyn Store>, sock: PathBuf, rx: Receiver<String>) {
                 Ok(Some((name, labels))) => {
                     match store.rename_network(&id, &name, &labels) {
                         Ok(n) => {
-                            info!(network = %id, name = %n.name, "named after Docker's network")
+                            info!(network = %id, name = %n.name, "named after Docker's network");
+                            alias_pool(&cni_data_dir, &n);
                         }
                         Err(e) => {
                             warn!(network = %id, %name, error = %e, "keeping the stand-in name")
@@ -100,5 +106,20 @@ impl Namer {
         if let Some(tx) = &self.0 {
             let _ = tx.send(id.to_string());
         }
+    }
+}
+
+/// `<data>/<name>` → the pool directory of a network on knit's IPAM, unless the name is taken.
+fn alias_pool(data_dir: &Path, net: &store::Network) {
+    let Some(pool) = net.options.get(crate::network::IPAM_DIR) else {
+        return;
+    };
+    let link = data_dir.join(&net.name);
+    if link.symlink_metadata().is_ok() {
+        warn!(network = %net.name, "{} exists: CNI networks of this name do not share the pool", link.display());
+        return;
+    }
+    if let Err(e) = std::os::unix::fs::symlink(pool, &link) {
+        warn!(network = %net.name, error = %e, "cannot alias the pool directory");
     }
 }
