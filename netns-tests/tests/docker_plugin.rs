@@ -227,7 +227,7 @@ fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
 #[test]
 fn the_plugin_refuses_bad_input_with_clear_errors() -> Result<()> {
     let mut h = DockerHost::start("dkb")?;
-    h.start_agent(&[])?;
+    h.start_agent(&["--log-format", "json", "--metrics", "127.0.0.1:9464"])?;
     let err = |status: u16, body: &str, want: &str| -> Result<()> {
         ensure!(status >= 400, "status {status} for a bad request ({body})");
         let v: Value = serde_json::from_str(body).with_context(|| format!("body {body:?}"))?;
@@ -287,6 +287,39 @@ fn the_plugin_refuses_bad_input_with_clear_errors() -> Result<()> {
     ensure!(e.contains("already running"), "second agent said: {e}");
     // The good network still works and goes away cleanly.
     h.docker(&["network", "rm", "ok1"])?;
+    // Metrics count calls by method and outcome; every log line is a JSON object; the local
+    // API socket in --run-dir answers.
+    let m =
+        h.ns.stdout(&["curl", "-sf", "http://127.0.0.1:9464/metrics"])?;
+    for want in [
+        "knit_agent_requests_total{method=\"NetworkDriver.CreateNetwork\",outcome=\"ok\"} 1",
+        "knit_agent_requests_total{method=\"NetworkDriver.CreateEndpoint\",outcome=\"error\"} 1",
+        "knit_agent_requests_total{method=\"unknown\",outcome=\"error\"} 1",
+        "knit_agent_request_duration_seconds_bucket",
+        "knit_agent_networks 0",
+    ] {
+        ensure!(m.contains(want), "metrics lack {want:?}:\n{m}");
+    }
+    let log = std::fs::read_to_string(h.dir.path().join("agent.log"))?;
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    ensure!(lines.len() > 3, "the agent logged almost nothing: {log}");
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).with_context(|| format!("log line {l:?}"))?;
+        ensure!(
+            v["level"].is_string() && v["fields"].is_object(),
+            "log line {l}"
+        );
+    }
+    let api = h.dir.path().join("run/agent.sock");
+    let st = h.ns.stdout(&[
+        "curl",
+        "-sf",
+        "--unix-socket",
+        &api.display().to_string(),
+        "http://knit/v1/status",
+    ])?;
+    let v: Value = serde_json::from_str(&st)?;
+    ensure!(v["networks"] == 0 && v["endpoints"] == 0, "status: {st}");
     ensure!(
         h.knit(&["network", "ls"])?.lines().count() == 1,
         "store not empty"
