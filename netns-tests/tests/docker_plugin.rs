@@ -125,6 +125,31 @@ fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
     let inspect: Value = serde_json::from_str(&h.docker(&["network", "inspect", "kn1"])?)?;
     let containers = inspect[0]["Containers"].as_object().context("Containers")?;
     ensure!(containers.len() == 2, "docker network inspect: {inspect:#}");
+    // knit's inspect shows the same containers, keyed by Docker's container id, with names.
+    let t = std::time::Instant::now();
+    loop {
+        let k: Value = serde_json::from_str(&h.knit(&["network", "inspect", "kn1"])?)?;
+        let mut names: Vec<String> = k[0]["Containers"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .map(|c| c["Name"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        let keys_match = k[0]["Containers"]
+            .as_object()
+            .is_some_and(|m| m.keys().all(|id| containers.contains_key(id)));
+        if names == ["c1", "c2"] && keys_match {
+            break;
+        }
+        ensure!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "knit network inspect: {k:#}\nDocker: {inspect:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // -p from outside, from the host and on 127.0.0.1, with no proxy process.
     run_detached(

@@ -289,7 +289,7 @@ fn create_network(ctx: &Ctx, r: CreateNetwork) -> Result<(), ApiError> {
     }
     let net = network::materialize(&*ctx.store, net)?;
     info!(network = %net.id, bridge = %bridge_name(&net), "network created");
-    ctx.namer.queue(&net.id);
+    ctx.namer.queue(super::names::Job::Network(net.id.clone()));
     Ok(())
 }
 
@@ -468,12 +468,14 @@ fn join(ctx: &Ctx, r: EndpointRef) -> Result<Value, ApiError> {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty());
-    if ep.sandbox_id != sandbox {
+    if ep.sandbox_id.is_none() {
         ep.sandbox_id = sandbox;
         ctx.store
             .put_endpoint(&ep)
             .with_context(|| format!("recording the sandbox of endpoint {}", ep.id))?;
     }
+    ctx.namer
+        .queue(super::names::Job::Endpoints(net.id.clone()));
     let gw = |a: Option<IpNet>| {
         a.and_then(|a| {
             net.ipam

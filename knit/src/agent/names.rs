@@ -41,10 +41,21 @@ struct Inspect {
     name: String,
     #[serde(rename = "Labels", default)]
     labels: Option<BTreeMap<String, String>>,
+    /// Container id → its endpoint on this network.
+    #[serde(rename = "Containers", default)]
+    containers: Option<BTreeMap<String, Member>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Member {
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "EndpointID", default)]
+    endpoint_id: String,
 }
 
 /// One `GET /networks/ID`: `None` while Docker does not know the network (yet).
-fn ask(sock: &Path, id: &str) -> Result<Option<(String, BTreeMap<String, String>)>> {
+fn ask(sock: &Path, id: &str) -> Result<Option<Inspect>> {
     let mut s =
         UnixStream::connect(sock).with_context(|| format!("connecting {}", sock.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -55,56 +66,103 @@ fn ask(sock: &Path, id: &str) -> Result<Option<(String, BTreeMap<String, String>
     let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
     let status = head.split_whitespace().nth(1).unwrap_or("");
     match status {
-        "200" => {
-            let i: Inspect = serde_json::from_str(body).context("network inspect JSON")?;
-            Ok(Some((i.name, i.labels.unwrap_or_default())))
-        }
+        "200" => Ok(Some(
+            serde_json::from_str(body).context("network inspect JSON")?,
+        )),
         "404" => Ok(None),
         s => bail!("Docker answered {s}: {body}"),
     }
 }
 
-/// Serve naming requests (network ids) until the sender side is dropped.
-pub fn run(store: Arc<dyn Store>, sock: PathBuf, cni_data_dir: PathBuf, rx: Receiver<String>) {
-    for id in rx {
-        let t = Instant::now();
-        loop {
-            match ask(&sock, &id) {
-                Ok(Some((name, labels))) => {
-                    match store.rename_network(&id, &name, &labels) {
-                        Ok(n) => {
-                            info!(network = %id, name = %n.name, "named after Docker's network");
-                            alias_pool(&cni_data_dir, &n);
-                        }
-                        Err(e) => {
-                            warn!(network = %id, %name, error = %e, "keeping the stand-in name")
-                        }
-                    }
-                    break;
-                }
-                Ok(None) if t.elapsed() < Duration::from_secs(30) => {}
-                Ok(None) => {
-                    warn!(network = %id, "Docker does not know this network: keeping the stand-in name");
-                    break;
-                }
-                Err(e) => {
-                    warn!(network = %id, error = %format!("{e:#}"), "cannot ask Docker for the network's name");
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
+/// What the naming thread is asked to learn from Docker.
+#[derive(Debug)]
+pub enum Job {
+    /// A network's name and labels.
+    Network(String),
+    /// The container id and name of the endpoints joined to this network.
+    Endpoints(String),
+}
+
+/// Serve naming jobs until the sender side is dropped.
+pub fn run(store: Arc<dyn Store>, sock: PathBuf, cni_data_dir: PathBuf, rx: Receiver<Job>) {
+    for job in rx {
+        match job {
+            Job::Network(id) => name_network(&*store, &sock, &cni_data_dir, &id),
+            Job::Endpoints(id) => name_endpoints(&*store, &sock, &id),
         }
     }
 }
 
-/// A handle the plugin calls use to queue a network for naming.
+fn name_network(store: &dyn Store, sock: &Path, cni_data_dir: &Path, id: &str) {
+    let t = Instant::now();
+    loop {
+        match ask(sock, id) {
+            Ok(Some(i)) => {
+                let labels = i.labels.unwrap_or_default();
+                match store.rename_network(id, &i.name, &labels) {
+                    Ok(n) => {
+                        info!(network = %id, name = %n.name, "named after Docker's network");
+                        alias_pool(cni_data_dir, &n);
+                    }
+                    Err(e) => {
+                        warn!(network = %id, name = %i.name, error = %e, "keeping the stand-in name")
+                    }
+                }
+                return;
+            }
+            Ok(None) if t.elapsed() < Duration::from_secs(30) => {}
+            Ok(None) => {
+                warn!(network = %id, "Docker does not know this network: keeping the stand-in name");
+                return;
+            }
+            Err(e) => {
+                warn!(network = %id, error = %format!("{e:#}"), "cannot ask Docker for the network's name");
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Docker lists a container on a network once its Join returned: until every joined endpoint
+/// of the network has its container's id and name (or 5 s passed), ask again.
+fn name_endpoints(store: &dyn Store, sock: &Path, id: &str) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(Some(i)) = ask(sock, id) else { return };
+        let members = i.containers.unwrap_or_default();
+        let Ok(eps) = store.network_endpoints(id) else {
+            return;
+        };
+        let mut missing = 0;
+        for mut ep in eps.into_iter().filter(|e| e.sandbox_id.is_some()) {
+            let Some((cid, m)) = members.iter().find(|(_, m)| m.endpoint_id == ep.id) else {
+                missing += 1;
+                continue;
+            };
+            if ep.sandbox_id.as_deref() != Some(cid.as_str()) || ep.name != m.name {
+                ep.sandbox_id = Some(cid.clone());
+                ep.name = m.name.clone();
+                if let Err(e) = store.put_endpoint(&ep) {
+                    warn!(endpoint = %ep.id, error = %e, "cannot record the container's name");
+                }
+            }
+        }
+        if missing == 0 {
+            return;
+        }
+    }
+}
+
+/// A handle the plugin calls use to queue naming jobs.
 #[derive(Clone)]
-pub struct Namer(pub Option<Sender<String>>);
+pub struct Namer(pub Option<Sender<Job>>);
 
 impl Namer {
-    pub fn queue(&self, id: &str) {
+    pub fn queue(&self, job: Job) {
         if let Some(tx) = &self.0 {
-            let _ = tx.send(id.to_string());
+            let _ = tx.send(job);
         }
     }
 }

@@ -73,7 +73,7 @@ fn run(ctx: &Ctx) -> Result<u64> {
             continue;
         }
         if net.name == super::names::stand_in(&net.id) {
-            ctx.namer.queue(&net.id);
+            ctx.namer.queue(super::names::Job::Network(net.id.clone()));
         }
         for ep in eps {
             match repair_endpoint(ctx, &h, &net, &ep) {
