@@ -504,3 +504,48 @@ fn the_agent_survives_kill_9_at_any_point() -> Result<()> {
     );
     Ok(())
 }
+
+/// Dual stack through Docker: both pools from knit's IPAM, both addresses on the container,
+/// both families reach the other container.
+#[test]
+fn dual_stack_network() -> Result<()> {
+    let mut h = DockerHost::start("dk6")?;
+    h.start_agent(&[])?;
+    let p = h.plugin.clone();
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--ipv6",
+        "--subnet",
+        "10.244.66.0/24",
+        "--subnet",
+        "fd00:6b6e:66::/64",
+        "kn6",
+    ])?;
+    run_detached(&h, "six-a", "kn6", &[], &["sleep", "600"])?;
+    run_detached(&h, "six-b", "kn6", &[], &["sleep", "600"])?;
+    let f6 = "{{(index .NetworkSettings.Networks \"kn6\").GlobalIPv6Address}}";
+    let b6 = h.docker(&["inspect", "-f", f6, "six-b"])?;
+    ensure!(
+        b6.starts_with("fd00:6b6e:66::"),
+        "b has no IPv6 address from knit: {b6:?}"
+    );
+    let b4 = ip_of(&h, "six-b", "kn6")?;
+    ensure!(pings(&h, "six-a", &b4)?, "a cannot ping b over IPv4");
+    let ok6 = h
+        .docker_raw(&["exec", "six-a", "ping", "-6", "-c", "1", "-W", "2", &b6])?
+        .status
+        .success();
+    ensure!(ok6, "a cannot ping b over IPv6 ({b6})");
+    let k: Value = serde_json::from_str(&h.knit(&["network", "inspect", "kn6"])?)?;
+    ensure!(k[0]["EnableIPv6"] == true, "knit inspect: {k:#}");
+    h.docker(&["rm", "-f", "six-a", "six-b"])?;
+    h.docker(&["network", "rm", "kn6"])?;
+    let left = kernel_leftovers(&h)?;
+    ensure!(left.is_empty(), "left behind: {left:#?}");
+    Ok(())
+}

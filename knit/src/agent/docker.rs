@@ -60,6 +60,9 @@ pub struct Ctx {
     pub store: std::sync::Arc<dyn Store>,
     pub dirs: Dirs,
     pub namer: super::names::Namer,
+    /// Calls hold it shared, the repair pass exclusively: a repair must never see a call's
+    /// half-made work (a record whose veth is being made) as a crash's leftovers.
+    pub repair: std::sync::RwLock<()>,
 }
 
 /// The methods knit answers, for `Plugin.Activate`'s caller and the unknown-method error.
@@ -112,6 +115,7 @@ pub fn known(method: &str) -> bool {
 
 /// One call: `method` is the path without its `/` (`NetworkDriver.CreateNetwork`).
 pub fn call(ctx: &Ctx, method: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let _calls = ctx.repair.read().unwrap_or_else(|p| p.into_inner());
     let ok = |()| json!({});
     match method {
         "Plugin.Activate" => Ok(json!({"Implements": IMPLEMENTS})),

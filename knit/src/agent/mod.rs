@@ -71,6 +71,7 @@ pub fn run(state_dir: &Path, dirs: Dirs, a: &AgentArgs) -> Result<i32> {
             store,
             dirs,
             namer: names::Namer(Some(tx)),
+            repair: std::sync::RwLock::new(()),
         },
         metrics: Metrics::new(),
     });

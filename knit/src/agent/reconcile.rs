@@ -55,6 +55,7 @@ pub fn count(ctx: &Ctx, m: &Metrics) {
 }
 
 fn run(ctx: &Ctx) -> Result<u64> {
+    let _alone = ctx.repair.write().unwrap_or_else(|p| p.into_inner());
     let h = Handle::new().context("opening a netlink socket")?;
     let mut repaired = 0;
     for net in ctx.store.list_networks().context("listing networks")? {
