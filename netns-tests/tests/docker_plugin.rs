@@ -549,3 +549,80 @@ fn dual_stack_network() -> Result<()> {
     ensure!(left.is_empty(), "left behind: {left:#?}");
     Ok(())
 }
+
+/// knit as the network driver with Docker's own IPAM (no --ipam-driver): Docker picks the
+/// pool and the addresses, knit wires them; and a knit sandbox joins a Docker-made network
+/// on knit's IPAM without clashing with Docker's containers.
+#[test]
+fn docker_ipam_and_cli_sandboxes_on_docker_networks() -> Result<()> {
+    let mut h = DockerHost::start("dki")?;
+    h.start_agent(&[])?;
+    let p = h.plugin.clone();
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--subnet",
+        "10.244.67.0/24",
+        "dipam",
+    ])?;
+    run_detached(&h, "x1", "dipam", &[], &["sleep", "600"])?;
+    run_detached(&h, "x2", "dipam", &[], &["sleep", "600"])?;
+    let x2 = ip_of(&h, "x2", "dipam")?;
+    ensure!(x2.starts_with("10.244.67."), "x2 got {x2}");
+    ensure!(pings(&h, "x1", &x2)?, "x1 cannot ping x2 on Docker's IPAM");
+
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        SUBNET,
+        "kn1",
+    ])?;
+    run_detached(&h, "y1", "kn1", &[], &["sleep", "600"])?;
+    let y1 = ip_of(&h, "y1", "kn1")?;
+    // A knit sandbox on the same network: a different address, and they talk.
+    let t = std::time::Instant::now();
+    while h
+        .knit_command()
+        .args(["network", "inspect", "kn1"])
+        .output()?
+        .status
+        .code()
+        != Some(0)
+    {
+        ensure!(t.elapsed().as_secs() < 10, "kn1 never got its name in knit");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = h.knit(&[
+        "run", "--net", "kn1", "--", "ping", "-c", "1", "-W", "2", &y1,
+    ])?;
+    ensure!(
+        out.contains("1 packets received") || out.contains("1 received"),
+        "{out}"
+    );
+    h.knit(&["run", "--name", "sb", "--net", "kn1", "--", "true"])?;
+    let k: Value = serde_json::from_str(&h.knit(&["network", "inspect", "kn1"])?)?;
+    let addrs: Vec<String> = k[0]["Containers"]
+        .as_object()
+        .context("Containers")?
+        .values()
+        .map(|c| c["IPv4Address"].as_str().unwrap_or("").to_string())
+        .collect();
+    ensure!(addrs.len() == 2, "knit inspect: {k:#}");
+    ensure!(
+        addrs[0] != addrs[1],
+        "the sandbox and y1 share an address: {addrs:?}"
+    );
+    h.knit(&["sandbox", "rm", "sb"])?;
+    h.docker(&["rm", "-f", "x1", "x2", "y1"])?;
+    h.docker(&["network", "rm", "dipam", "kn1"])?;
+    let left = kernel_leftovers(&h)?;
+    ensure!(left.is_empty(), "left behind: {left:#?}");
+    Ok(())
+}
