@@ -1,0 +1,575 @@
+//! knit's agent under a real Docker Engine 20.10 (one dockerd in a scratch namespace, through
+//! `netns_tests::docker`): `docker run --rm true` on a knit network against Docker's own bridge
+//! driver in the same daemon, the agent's RSS with 1,000 endpoints, and the latency of its
+//! plugin calls under 16 concurrent `docker run`.
+//!
+//! dockerd runs with `--bridge=none --iptables=false`: that only drops the default `docker0`
+//! network and Docker's iptables rules; a user-defined `-d bridge` network still gets its
+//! `br-<id>` bridge and veths (checked below by the container's address on it), so the bridge
+//! side pays no firewall work while knit's side programs its nft table: knit gives that away.
+//!
+//! Latency per plugin call is the agent's own `--metrics` histogram
+//! (`knit_agent_request_duration_seconds`, buckets 0.5 ms doubling), scraped before and after
+//! the concurrent runs: server side, from the request's first byte to the answer, without the
+//! socket round trip; quantiles are interpolated inside a bucket as Prometheus's
+//! `histogram_quantile` does, and the bucket's upper bound is printed beside them.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use netns_tests::docker::{DockerHost, IMAGE};
+use netns_tests::median_ms;
+use serde_json::{json, Value};
+
+use crate::{check_stop, Args, Verdict};
+
+const KNIT_SUBNET: &str = "10.244.65.0/24";
+const BRIDGE_SUBNET: &str = "10.244.66.0/24";
+/// The 1,000 endpoints' network, driven through the plugin API alone (a /22: 1,021 hosts).
+const SCALE_POOL: &str = "10.244.68.0/22";
+const SCALE_GATEWAY: &str = "10.244.68.1";
+const SCALE_ENDPOINTS: usize = 1000;
+/// Inside the scratch namespace only.
+const METRICS_ADDR: &str = "127.0.0.1:9464";
+const CONCURRENCY: usize = 16;
+const RUNS_PER_WORKER: usize = 3;
+/// The kernel tears a deleted netns down asynchronously; let it finish before the next run.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// Run the Docker benchmarks and add their targets; a failure is reported, not fatal.
+pub fn report(a: &Args, verdict: &mut Verdict) -> Result<()> {
+    println!("\nDocker Engine 20.10 with knit's agent as network + IPAM plugin:");
+    let t = Instant::now();
+    let ratio = match run(a) {
+        Ok(r) => r,
+        Err(e) => {
+            check_stop()?;
+            println!("  docker: FAILED: {e:#}");
+            f64::NAN
+        }
+    };
+    println!("  (docker part took {:.1} s)", t.elapsed().as_secs_f64());
+    verdict.target("docker run --rm true: knit net / bridge net", ratio, 1.0);
+    Ok(())
+}
+
+/// Everything in one dockerd; returns the knit/bridge ratio of `docker run` medians.
+fn run(a: &Args) -> Result<f64> {
+    let mut h = DockerHost::start("bd")?;
+    h.start_agent(&["--metrics", METRICS_ADDR])?;
+    let p = h.plugin.clone();
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        KNIT_SUBNET,
+        "kn",
+    ])?;
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        "bridge",
+        "--subnet",
+        BRIDGE_SUBNET,
+        "br",
+    ])?;
+    // Warm-up, and proof that each side really attaches: the container has an address in its
+    // network's subnet (so the bridge driver works with --bridge=none --iptables=false).
+    for (net, subnet) in [("kn", KNIT_SUBNET), ("br", BRIDGE_SUBNET)] {
+        let out = h.docker(&["run", "--rm", "--net", net, IMAGE, "ip", "-o", "-4", "addr"])?;
+        let prefix = subnet.rsplit_once(".0/").map_or(subnet, |(p, _)| p);
+        ensure!(
+            out.contains(&format!("inet {prefix}.")),
+            "a container on {net} has no address in {subnet}:\n{out}"
+        );
+        docker_run(&h, net)?;
+    }
+    let ratio = run_ab(&h, a.cycles)?;
+    scale_rss(&h)?;
+    concurrent_p99(&h)?;
+    h.docker(&["network", "rm", "kn", "br"])?;
+    let links = h.ns.stdout(&["ip", "-o", "link", "show"])?;
+    let left: Vec<&str> = links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(str::trim))
+        .filter(|n| *n != "lo")
+        .collect();
+    ensure!(left.is_empty(), "links left after network rm: {left:?}");
+    let nets = h.knit(&["network", "ls"])?;
+    ensure!(
+        nets.lines().count() == 1,
+        "knit's store still lists networks:\n{nets}"
+    );
+    Ok(ratio)
+}
+
+/// One `docker run --rm --net NET IMAGE true`, timed as the client process, then a settle.
+fn docker_run(h: &DockerHost, net: &str) -> Result<Duration> {
+    check_stop()?;
+    let t = Instant::now();
+    h.docker(&["run", "--rm", "--net", net, IMAGE, "true"])?;
+    let d = t.elapsed();
+    std::thread::sleep(SETTLE);
+    Ok(d)
+}
+
+/// Interleaved runs on both networks, order alternating; prints medians, returns knit/bridge.
+fn run_ab(h: &DockerHost, cycles: usize) -> Result<f64> {
+    let nets = ["br", "kn"];
+    let mut t: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..cycles {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            t[k].push(docker_run(h, nets[k])?);
+        }
+    }
+    let (br, kn) = (median_ms(&t[0]), median_ms(&t[1]));
+    let spread = |v: &[Duration]| {
+        let ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        let min = ms.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = ms.iter().copied().fold(0.0, f64::max);
+        format!("min {min:.1}, max {max:.1}")
+    };
+    println!(
+        "  docker run --rm --net N {IMAGE} true, median of {cycles} each (ms): bridge {br:.1} \
+         ({}), knit {kn:.1} ({}), knit/bridge {:.3}",
+        spread(&t[0]),
+        spread(&t[1]),
+        kn / br
+    );
+    Ok(kn / br)
+}
+
+/// Client-side durations of plugin calls by method (a connection per call, as `plugin_post`).
+type Timings = BTreeMap<&'static str, Vec<Duration>>;
+
+/// One plugin call that must succeed, timed into `t`; returns the answer.
+fn timed(t: &mut Timings, h: &DockerHost, method: &'static str, body: &Value) -> Result<Value> {
+    let start = Instant::now();
+    let v = call(h, method, body);
+    t.entry(method).or_default().push(start.elapsed());
+    v
+}
+
+/// One plugin call that must succeed; returns the answer.
+fn call(h: &DockerHost, method: &str, body: &Value) -> Result<Value> {
+    let (status, text) = h.plugin_post(method, body.to_string().as_bytes())?;
+    ensure!(status == 200, "{method}: HTTP {status}: {text}");
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("{method}: {text:?}"))?;
+    for key in ["Err", "Error"] {
+        if let Some(e) = v[key].as_str().filter(|e| !e.is_empty()) {
+            bail!("{method}: {e}");
+        }
+    }
+    Ok(v)
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
+/// A Docker-like 64-hex id whose first 11 characters differ per `n` (the agent names the
+/// endpoint's veth peer after them).
+fn hex_id(kind: u8, n: usize) -> String {
+    format!("be{kind:02x}{n:07x}{:053x}", 0x6b6e6974u64)
+}
+
+/// The agent's RSS idle and with 1,000 endpoints made through the plugin API in the order and
+/// shape Docker 20.10 uses, then everything removed the way Docker removes it.
+fn scale_rss(h: &DockerHost) -> Result<()> {
+    let pid = h.agent_pid().context("the agent is not running")?;
+    let idle = rss_kib(pid)?;
+    let pool = call(
+        h,
+        "IpamDriver.RequestPool",
+        &json!({"AddressSpace": "knit", "Pool": SCALE_POOL, "SubPool": "", "Options": {},
+                "V6": false}),
+    )?;
+    let pool_id = pool["PoolID"].as_str().context("RequestPool: no PoolID")?;
+    call(
+        h,
+        "IpamDriver.RequestAddress",
+        &json!({"PoolID": pool_id, "Address": SCALE_GATEWAY,
+                "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+    )?;
+    let nid = hex_id(0, 0);
+    let prefix_len = SCALE_POOL.rsplit('/').next().unwrap_or("22");
+    call(
+        h,
+        "NetworkDriver.CreateNetwork",
+        &json!({"NetworkID": nid,
+                "Options": {"com.docker.network.enable_ipv6": false,
+                            "com.docker.network.generic": {}},
+                "IPv4Data": [{"AddressSpace": "knit", "Pool": SCALE_POOL,
+                              "Gateway": format!("{SCALE_GATEWAY}/{prefix_len}"),
+                              "AuxAddresses": null}],
+                "IPv6Data": []}),
+    )?;
+    let t = Instant::now();
+    let mut eps = Vec::with_capacity(SCALE_ENDPOINTS);
+    let mut times = Timings::new();
+    let made = (|| -> Result<()> {
+        for i in 0..SCALE_ENDPOINTS {
+            check_stop()?;
+            let eid = hex_id(1, i);
+            let addr = timed(
+                &mut times,
+                h,
+                "IpamDriver.RequestAddress",
+                &json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+            )?;
+            let addr = addr["Address"]
+                .as_str()
+                .context("RequestAddress: no Address")?
+                .to_string();
+            eps.push((eid.clone(), addr.clone()));
+            timed(
+                &mut times,
+                h,
+                "NetworkDriver.CreateEndpoint",
+                &json!({"NetworkID": nid, "EndpointID": eid,
+                        "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""},
+                        "Options": {"com.docker.network.endpoint.exposedports": [],
+                                    "com.docker.network.portmap": []}}),
+            )?;
+            timed(
+                &mut times,
+                h,
+                "NetworkDriver.Join",
+                &json!({"NetworkID": nid, "EndpointID": eid,
+                        "SandboxKey": format!("/var/run/docker/netns/{}", &eid[..12]),
+                        "Options": {}}),
+            )?;
+        }
+        Ok(())
+    })();
+    let made_s = t.elapsed().as_secs_f64();
+    let full = rss_kib(pid);
+    let peers = |h: &DockerHost| -> Result<usize> {
+        let links = h.ns.handle()?.links()?;
+        Ok(links
+            .iter()
+            .filter(|l| l.name.starts_with("knbe01"))
+            .count())
+    };
+    let attached = peers(h);
+    // Removal runs whatever happened above: Docker's order on `rm`, then on `network rm`.
+    let t = Instant::now();
+    let mut errors = Vec::new();
+    for (eid, addr) in eps.iter().rev() {
+        let ids = json!({"NetworkID": nid, "EndpointID": eid});
+        for (m, b) in [
+            ("NetworkDriver.Leave", ids.clone()),
+            ("NetworkDriver.DeleteEndpoint", ids.clone()),
+            (
+                "IpamDriver.ReleaseAddress",
+                json!({"PoolID": pool_id, "Address": addr}),
+            ),
+        ] {
+            if let Err(e) = timed(&mut times, h, m, &b) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+    }
+    for (m, b) in [
+        (
+            "IpamDriver.ReleaseAddress",
+            json!({"PoolID": pool_id, "Address": SCALE_GATEWAY}),
+        ),
+        ("IpamDriver.ReleasePool", json!({"PoolID": pool_id})),
+        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": nid})),
+    ] {
+        if let Err(e) = call(h, m, &b) {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    let removed_s = t.elapsed().as_secs_f64();
+    made?;
+    let (full, attached) = (full?, attached?);
+    ensure!(
+        attached == SCALE_ENDPOINTS,
+        "{attached} endpoint links seen, {SCALE_ENDPOINTS} made"
+    );
+    ensure!(errors.is_empty(), "removal: {errors:#?}");
+    let left = peers(h)?;
+    ensure!(left == 0, "{left} endpoint links left after DeleteEndpoint");
+    let after = rss_kib(pid)?;
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "  agent RSS (VmRSS): idle {:.1} MiB, with {SCALE_ENDPOINTS} endpoints {:.1} MiB \
+         ({:.1} KiB per endpoint), after removing them {:.1} MiB; made in {made_s:.1} s \
+         (RequestAddress+CreateEndpoint+Join), removed in {removed_s:.1} s \
+         (Leave+DeleteEndpoint+ReleaseAddress)",
+        mib(idle),
+        mib(full),
+        full.saturating_sub(idle) as f64 / SCALE_ENDPOINTS as f64,
+        mib(after)
+    );
+    let per: Vec<String> = times
+        .iter()
+        .map(|(m, v)| format!("{m} {:.2}", median_ms(v)))
+        .collect();
+    println!(
+        "    client-side median per call (ms, one connection each): {}",
+        per.join(", ")
+    );
+    Ok(())
+}
+
+/// GET /metrics from the agent, inside the scratch namespace.
+fn scrape(h: &DockerHost) -> Result<String> {
+    let text = h.ns.ns().run_in(|| -> Result<String> {
+        let mut s = std::net::TcpStream::connect(METRICS_ADDR)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    ensure!(
+        text.starts_with("HTTP/1.1 200"),
+        "metrics: {}",
+        text.lines().next().unwrap_or("")
+    );
+    Ok(text)
+}
+
+/// Per method: cumulative (upper bound in s, count) of the request-latency histogram.
+type Hist = BTreeMap<String, Vec<(f64, f64)>>;
+
+fn parse_hist(text: &str) -> Hist {
+    let mut h = Hist::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("knit_agent_request_duration_seconds_bucket{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let (mut method, mut le) = (None, None);
+        for kv in labels.split(',') {
+            if let Some((k, v)) = kv.split_once('=') {
+                let v = v.trim_matches('"');
+                match k {
+                    "method" => method = Some(v.to_string()),
+                    "le" => le = v.parse::<f64>().ok(),
+                    _ => {}
+                }
+            }
+        }
+        let count = value.split_whitespace().next().and_then(|v| v.parse().ok());
+        if let (Some(m), Some(le), Some(c)) = (method, le, count) {
+            h.entry(m).or_default().push((le, c));
+        }
+    }
+    for b in h.values_mut() {
+        b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    }
+    h
+}
+
+/// `after - before`, bucket by bucket.
+fn diff(after: &Hist, before: &Hist) -> Hist {
+    after
+        .iter()
+        .map(|(m, b)| {
+            let old = before.get(m);
+            let d = b
+                .iter()
+                .map(|&(le, c)| {
+                    let was = old
+                        .and_then(|o| o.iter().find(|x| x.0 == le))
+                        .map_or(0.0, |x| x.1);
+                    (le, c - was)
+                })
+                .collect();
+            (m.clone(), d)
+        })
+        .filter(|(_, b): &(String, Vec<(f64, f64)>)| b.last().is_some_and(|x| x.1 > 0.0))
+        .collect()
+}
+
+/// The `q` quantile of cumulative buckets: (interpolated inside its bucket, its upper bound).
+fn quantile(b: &[(f64, f64)], q: f64) -> Option<(f64, f64)> {
+    let total = b.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lo, mut below) = (0.0, 0.0);
+    for &(le, c) in b {
+        if c >= rank {
+            if le.is_infinite() {
+                return Some((lo, le));
+            }
+            let frac = if c > below {
+                (rank - below) / (c - below)
+            } else {
+                1.0
+            };
+            return Some((lo + (le - lo) * frac, le));
+        }
+        (lo, below) = (le, c);
+    }
+    None
+}
+
+/// The histograms of all methods added up.
+fn total(h: &Hist) -> Vec<(f64, f64)> {
+    let mut sum: Vec<(f64, f64)> = Vec::new();
+    for b in h.values() {
+        for &(le, c) in b {
+            match sum.iter_mut().find(|x| x.0 == le) {
+                Some(x) => x.1 += c,
+                None => sum.push((le, c)),
+            }
+        }
+    }
+    sum.sort_by(|x, y| x.0.total_cmp(&y.0));
+    sum
+}
+
+/// 16 workers each run `docker run --rm` a few times at once on the knit network; the agent's
+/// histogram before and after gives the p99 of its calls.
+fn concurrent_p99(h: &DockerHost) -> Result<()> {
+    let before = parse_hist(&scrape(h)?);
+    let t = Instant::now();
+    let results: Vec<Result<Vec<Duration>>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..CONCURRENCY)
+            .map(|_| {
+                s.spawn(|| -> Result<Vec<Duration>> {
+                    let mut v = Vec::new();
+                    for _ in 0..RUNS_PER_WORKER {
+                        check_stop()?;
+                        let t = Instant::now();
+                        h.docker(&["run", "--rm", "--net", "kn", IMAGE, "true"])?;
+                        v.push(t.elapsed());
+                    }
+                    Ok(v)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))
+            })
+            .collect()
+    });
+    let wall = t.elapsed().as_secs_f64();
+    let mut runs = Vec::new();
+    for r in results {
+        runs.extend(r?);
+    }
+    let d = diff(&parse_hist(&scrape(h)?), &before);
+    let all = total(&d);
+    let calls = all.last().map_or(0.0, |x| x.1);
+    let (p99, p99_le) = quantile(&all, 0.99).context("no plugin calls were recorded")?;
+    let (p50, _) = quantile(&all, 0.5).context("no plugin calls were recorded")?;
+    println!(
+        "  {CONCURRENCY} concurrent docker run --rm on knit, {} runs in {wall:.1} s (client \
+         median {:.0} ms): {calls} plugin calls, agent-side latency p50 {:.2} ms, p99 {:.2} ms \
+         (bucket <= {:.1} ms)",
+        runs.len(),
+        median_ms(&runs),
+        p50 * 1e3,
+        p99 * 1e3,
+        p99_le * 1e3
+    );
+    for (m, b) in &d {
+        if let Some((q, le)) = quantile(b, 0.99) {
+            println!(
+                "    {m:<42} {:>5} calls  p99 {:>7.2} ms (bucket <= {:.1} ms)",
+                b.last().map_or(0.0, |x| x.1),
+                q * 1e3,
+                le * 1e3
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = "\
+# TYPE knit_agent_request_duration_seconds histogram
+knit_agent_request_duration_seconds_sum{method=\"NetworkDriver.Join\"} 0.5
+knit_agent_request_duration_seconds_bucket{le=\"0.001\",method=\"NetworkDriver.Join\"} 2
+knit_agent_request_duration_seconds_bucket{le=\"0.002\",method=\"NetworkDriver.Join\"} 8
+knit_agent_request_duration_seconds_bucket{le=\"+Inf\",method=\"NetworkDriver.Join\"} 10
+knit_agent_request_duration_seconds_bucket{method=\"IpamDriver.RequestAddress\",le=\"0.001\"} 10
+knit_agent_request_duration_seconds_bucket{method=\"IpamDriver.RequestAddress\",le=\"0.002\"} 10
+knit_agent_request_duration_seconds_bucket{method=\"IpamDriver.RequestAddress\",le=\"+Inf\"} 10
+";
+
+    #[test]
+    fn histogram_page_parses_in_either_label_order() {
+        let h = parse_hist(PAGE);
+        assert_eq!(h.len(), 2);
+        let join = &h["NetworkDriver.Join"];
+        assert_eq!(join[0], (0.001, 2.0));
+        assert_eq!(join[1], (0.002, 8.0));
+        assert!(join[2].0.is_infinite() && join[2].1 == 10.0);
+        assert_eq!(h["IpamDriver.RequestAddress"][0], (0.001, 10.0));
+    }
+
+    #[test]
+    fn diff_keeps_only_methods_called_in_between() {
+        let before = parse_hist(PAGE);
+        let after = parse_hist(&PAGE.replace("} 10\n", "} 12\n").replace("} 8\n", "} 9\n"));
+        let d = diff(&after, &before);
+        // Every count of 10 became 12: RequestAddress got 2 calls, all under 1 ms.
+        assert_eq!(d["IpamDriver.RequestAddress"][0], (0.001, 2.0));
+        let join = &d["NetworkDriver.Join"];
+        assert_eq!(join[0].1, 0.0);
+        assert_eq!(join[1].1, 1.0);
+        assert_eq!(join[2].1, 2.0);
+        assert!(diff(&before, &before).is_empty());
+    }
+
+    #[test]
+    fn quantile_interpolates_inside_its_bucket() {
+        let b = [(0.001, 2.0), (0.002, 8.0), (f64::INFINITY, 10.0)];
+        // rank 5 of 10: 3 of the 6 samples of (1 ms, 2 ms] -> 1.5 ms.
+        let (q, le) = quantile(&b, 0.5).unwrap();
+        assert!((q - 0.0015).abs() < 1e-12 && le == 0.002);
+        // rank 9.9 lands in +Inf: the last finite bound is all we know.
+        let (q, le) = quantile(&b, 0.99).unwrap();
+        assert!(q == 0.002 && le.is_infinite());
+        assert!(quantile(&[(0.001, 0.0)], 0.5).is_none());
+        assert!(quantile(&[], 0.5).is_none());
+    }
+
+    #[test]
+    fn total_adds_methods_bucket_by_bucket() {
+        let t = total(&parse_hist(PAGE));
+        assert_eq!(t[0], (0.001, 12.0));
+        assert_eq!(t[1], (0.002, 18.0));
+        assert_eq!(t[2].1, 20.0);
+    }
+
+    #[test]
+    fn endpoint_ids_differ_in_the_eleven_characters_veth_names_use() {
+        let (a, b) = (hex_id(1, 0), hex_id(1, 999));
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a[..11], b[..11]);
+        assert!(a.starts_with("be01"));
+    }
+}
