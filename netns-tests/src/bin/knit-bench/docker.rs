@@ -29,7 +29,6 @@ const KNIT_SUBNET: &str = "10.244.65.0/24";
 const BRIDGE_SUBNET: &str = "10.244.66.0/24";
 /// The 1,000 endpoints' network, driven through the plugin API alone (a /22: 1,021 hosts).
 const SCALE_POOL: &str = "10.244.68.0/22";
-const SCALE_GATEWAY: &str = "10.244.68.1";
 const SCALE_ENDPOINTS: usize = 1000;
 /// Inside the scratch namespace only.
 const METRICS_ADDR: &str = "127.0.0.1:9464";
@@ -188,7 +187,8 @@ fn hex_id(kind: u8, n: usize) -> String {
 }
 
 /// The agent's RSS idle and with 1,000 endpoints made through the plugin API in the order and
-/// shape Docker 20.10 uses, then everything removed the way Docker removes it.
+/// shape Docker 20.10 uses (bodies as the agent's debug log shows them for `docker network
+/// create` and `docker run`), then everything removed the way Docker removes it.
 fn scale_rss(h: &DockerHost) -> Result<()> {
     let pid = h.agent_pid().context("the agent is not running")?;
     let idle = rss_kib(pid)?;
@@ -199,14 +199,16 @@ fn scale_rss(h: &DockerHost) -> Result<()> {
                 "V6": false}),
     )?;
     let pool_id = pool["PoolID"].as_str().context("RequestPool: no PoolID")?;
-    call(
+    let gw = call(
         h,
         "IpamDriver.RequestAddress",
-        &json!({"PoolID": pool_id, "Address": SCALE_GATEWAY,
+        &json!({"PoolID": pool_id, "Address": "",
                 "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
     )?;
+    // The answer is `A.B.C.D/LEN`: CreateNetwork gets it so, ReleaseAddress without the length.
+    let gateway = gw["Address"].as_str().context("no gateway Address")?;
+    let bare = |a: &str| a.split('/').next().unwrap_or(a).to_string();
     let nid = hex_id(0, 0);
-    let prefix_len = SCALE_POOL.rsplit('/').next().unwrap_or("22");
     call(
         h,
         "NetworkDriver.CreateNetwork",
@@ -214,7 +216,7 @@ fn scale_rss(h: &DockerHost) -> Result<()> {
                 "Options": {"com.docker.network.enable_ipv6": false,
                             "com.docker.network.generic": {}},
                 "IPv4Data": [{"AddressSpace": "knit", "Pool": SCALE_POOL,
-                              "Gateway": format!("{SCALE_GATEWAY}/{prefix_len}"),
+                              "Gateway": gateway,
                               "AuxAddresses": null}],
                 "IPv6Data": []}),
     )?;
@@ -229,21 +231,22 @@ fn scale_rss(h: &DockerHost) -> Result<()> {
                 &mut times,
                 h,
                 "IpamDriver.RequestAddress",
-                &json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+                &json!({"PoolID": pool_id, "Address": "", "Options": null}),
             )?;
             let addr = addr["Address"]
                 .as_str()
                 .context("RequestAddress: no Address")?
                 .to_string();
-            eps.push((eid.clone(), addr.clone()));
+            eps.push((eid.clone(), bare(&addr)));
+            let no_ports = json!({"com.docker.network.endpoint.exposedports": [],
+                                  "com.docker.network.portmap": []});
             timed(
                 &mut times,
                 h,
                 "NetworkDriver.CreateEndpoint",
                 &json!({"NetworkID": nid, "EndpointID": eid,
                         "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""},
-                        "Options": {"com.docker.network.endpoint.exposedports": [],
-                                    "com.docker.network.portmap": []}}),
+                        "Options": no_ports}),
             )?;
             timed(
                 &mut times,
@@ -251,7 +254,13 @@ fn scale_rss(h: &DockerHost) -> Result<()> {
                 "NetworkDriver.Join",
                 &json!({"NetworkID": nid, "EndpointID": eid,
                         "SandboxKey": format!("/var/run/docker/netns/{}", &eid[..12]),
-                        "Options": {}}),
+                        "Options": no_ports}),
+            )?;
+            timed(
+                &mut times,
+                h,
+                "NetworkDriver.ProgramExternalConnectivity",
+                &json!({"NetworkID": nid, "EndpointID": eid, "Options": no_ports}),
             )?;
         }
         Ok(())
@@ -272,6 +281,7 @@ fn scale_rss(h: &DockerHost) -> Result<()> {
     for (eid, addr) in eps.iter().rev() {
         let ids = json!({"NetworkID": nid, "EndpointID": eid});
         for (m, b) in [
+            ("NetworkDriver.RevokeExternalConnectivity", ids.clone()),
             ("NetworkDriver.Leave", ids.clone()),
             ("NetworkDriver.DeleteEndpoint", ids.clone()),
             (
@@ -287,7 +297,7 @@ fn scale_rss(h: &DockerHost) -> Result<()> {
     for (m, b) in [
         (
             "IpamDriver.ReleaseAddress",
-            json!({"PoolID": pool_id, "Address": SCALE_GATEWAY}),
+            json!({"PoolID": pool_id, "Address": bare(gateway)}),
         ),
         ("IpamDriver.ReleasePool", json!({"PoolID": pool_id})),
         ("NetworkDriver.DeleteNetwork", json!({"NetworkID": nid})),
@@ -311,8 +321,8 @@ fn scale_rss(h: &DockerHost) -> Result<()> {
     println!(
         "  agent RSS (VmRSS): idle {:.1} MiB, with {SCALE_ENDPOINTS} endpoints {:.1} MiB \
          ({:.1} KiB per endpoint), after removing them {:.1} MiB; made in {made_s:.1} s \
-         (RequestAddress+CreateEndpoint+Join), removed in {removed_s:.1} s \
-         (Leave+DeleteEndpoint+ReleaseAddress)",
+         (RequestAddress, CreateEndpoint, Join, ProgramExternalConnectivity), removed in \
+         {removed_s:.1} s (RevokeExternalConnectivity, Leave, DeleteEndpoint, ReleaseAddress)",
         mib(idle),
         mib(full),
         full.saturating_sub(idle) as f64 / SCALE_ENDPOINTS as f64,
