@@ -261,8 +261,10 @@ fn compare(cycles: usize) -> Result<f64> {
     }
     knit.check_clean()?;
     let m: Vec<f64> = t.iter().map(|v| median_ms(v)).collect();
-    for ((label, _), ms) in sides.iter().zip(&m) {
-        println!("  {label:<24} {ms:>8.2} ms  (median of {cycles})");
+    for ((label, _), (ms, v)) in sides.iter().zip(m.iter().zip(&t)) {
+        let min = v.iter().min().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        let max = v.iter().max().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        println!("  {label:<24} {ms:>8.2} ms  (median of {cycles}; min {min:.1}, max {max:.1})");
     }
     println!(
         "  knit/netavark: {:.3} (bridge kept), {:.3} (alone)",
