@@ -23,6 +23,7 @@ use netns_tests::docker::{DockerHost, IMAGE};
 use netns_tests::median_ms;
 use serde_json::{json, Value};
 
+use crate::hist::{diff, parse_hist, quantile, total};
 use crate::{check_stop, Args, Verdict};
 
 const KNIT_SUBNET: &str = "10.244.65.0/24";
@@ -186,126 +187,162 @@ fn hex_id(kind: u8, n: usize) -> String {
     format!("be{kind:02x}{n:07x}{:053x}", 0x6b6e6974u64)
 }
 
-/// The agent's RSS idle and with 1,000 endpoints made through the plugin API in the order and
-/// shape Docker 20.10 uses (bodies as the agent's debug log shows them for `docker network
-/// create` and `docker run`), then everything removed the way Docker removes it.
-fn scale_rss(h: &DockerHost) -> Result<()> {
-    let pid = h.agent_pid().context("the agent is not running")?;
-    let idle = rss_kib(pid)?;
-    let pool = call(
-        h,
-        "IpamDriver.RequestPool",
-        &json!({"AddressSpace": "knit", "Pool": SCALE_POOL, "SubPool": "", "Options": {},
-                "V6": false}),
-    )?;
-    let pool_id = pool["PoolID"].as_str().context("RequestPool: no PoolID")?;
-    let gw = call(
-        h,
-        "IpamDriver.RequestAddress",
-        &json!({"PoolID": pool_id, "Address": "",
-                "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
-    )?;
-    // The answer is `A.B.C.D/LEN`: CreateNetwork gets it so, ReleaseAddress without the length.
-    let gateway = gw["Address"].as_str().context("no gateway Address")?;
-    let bare = |a: &str| a.split('/').next().unwrap_or(a).to_string();
-    let nid = hex_id(0, 0);
-    call(
-        h,
-        "NetworkDriver.CreateNetwork",
-        &json!({"NetworkID": nid,
-                "Options": {"com.docker.network.enable_ipv6": false,
-                            "com.docker.network.generic": {}},
-                "IPv4Data": [{"AddressSpace": "knit", "Pool": SCALE_POOL,
-                              "Gateway": gateway,
-                              "AuxAddresses": null}],
-                "IPv6Data": []}),
-    )?;
-    let t = Instant::now();
-    let mut eps = Vec::with_capacity(SCALE_ENDPOINTS);
-    let mut times = Timings::new();
-    let made = (|| -> Result<()> {
-        for i in 0..SCALE_ENDPOINTS {
-            check_stop()?;
-            let eid = hex_id(1, i);
-            let addr = timed(
-                &mut times,
-                h,
-                "IpamDriver.RequestAddress",
-                &json!({"PoolID": pool_id, "Address": "", "Options": null}),
-            )?;
-            let addr = addr["Address"]
-                .as_str()
-                .context("RequestAddress: no Address")?
-                .to_string();
-            eps.push((eid.clone(), bare(&addr)));
-            let no_ports = json!({"com.docker.network.endpoint.exposedports": [],
-                                  "com.docker.network.portmap": []});
-            timed(
-                &mut times,
-                h,
-                "NetworkDriver.CreateEndpoint",
-                &json!({"NetworkID": nid, "EndpointID": eid,
-                        "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""},
-                        "Options": no_ports}),
-            )?;
-            timed(
-                &mut times,
-                h,
-                "NetworkDriver.Join",
-                &json!({"NetworkID": nid, "EndpointID": eid,
-                        "SandboxKey": format!("/var/run/docker/netns/{}", &eid[..12]),
-                        "Options": no_ports}),
-            )?;
-            timed(
-                &mut times,
-                h,
-                "NetworkDriver.ProgramExternalConnectivity",
-                &json!({"NetworkID": nid, "EndpointID": eid, "Options": no_ports}),
-            )?;
-        }
-        Ok(())
-    })();
-    let made_s = t.elapsed().as_secs_f64();
-    let full = rss_kib(pid);
-    let peers = |h: &DockerHost| -> Result<usize> {
-        let links = h.ns.handle()?.links()?;
-        Ok(links
-            .iter()
-            .filter(|l| l.name.starts_with("knbe01"))
-            .count())
-    };
-    let attached = peers(h);
-    // Removal runs whatever happened above: Docker's order on `rm`, then on `network rm`.
-    let t = Instant::now();
-    let mut errors = Vec::new();
-    for (eid, addr) in eps.iter().rev() {
-        let ids = json!({"NetworkID": nid, "EndpointID": eid});
+/// A knit network made through the plugin API alone, in the order and shape Docker 20.10 uses
+/// (bodies as the agent's debug log shows them for `docker network create` and `docker run`).
+struct PluginNet {
+    id: String,
+    pool_id: String,
+    /// `A.B.C.D/LEN`, as RequestAddress answered and CreateNetwork gets it.
+    gateway: String,
+    /// Endpoint ids with their addresses (without the length, as ReleaseAddress gets them).
+    endpoints: Vec<(String, String)>,
+}
+
+fn bare(addr: &str) -> String {
+    addr.split('/').next().unwrap_or(addr).to_string()
+}
+
+impl PluginNet {
+    /// `docker network create -d knit --ipam-driver knit --subnet POOL`.
+    fn create(h: &DockerHost, pool: &str) -> Result<PluginNet> {
+        let p = call(
+            h,
+            "IpamDriver.RequestPool",
+            &json!({"AddressSpace": "knit", "Pool": pool, "SubPool": "", "Options": {},
+                    "V6": false}),
+        )?;
+        let pool_id = p["PoolID"].as_str().context("RequestPool: no PoolID")?;
+        let gw = call(
+            h,
+            "IpamDriver.RequestAddress",
+            &json!({"PoolID": pool_id, "Address": "",
+                    "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+        )?;
+        let gateway = gw["Address"].as_str().context("no gateway Address")?;
+        let id = hex_id(0, 0);
+        call(
+            h,
+            "NetworkDriver.CreateNetwork",
+            &json!({"NetworkID": id,
+                    "Options": {"com.docker.network.enable_ipv6": false,
+                                "com.docker.network.generic": {}},
+                    "IPv4Data": [{"AddressSpace": "knit", "Pool": pool, "Gateway": gateway,
+                                  "AuxAddresses": null}],
+                    "IPv6Data": []}),
+        )?;
+        Ok(PluginNet {
+            id,
+            pool_id: pool_id.to_string(),
+            gateway: gateway.to_string(),
+            endpoints: Vec::new(),
+        })
+    }
+
+    /// The calls of `docker run --net N` (EndpointOperInfo left out: it does nothing).
+    fn attach(&mut self, h: &DockerHost, eid: &str, t: &mut Timings) -> Result<()> {
+        let a = timed(
+            t,
+            h,
+            "IpamDriver.RequestAddress",
+            &json!({"PoolID": self.pool_id, "Address": "", "Options": null}),
+        )?;
+        let addr = a["Address"]
+            .as_str()
+            .context("RequestAddress: no Address")?;
+        self.endpoints.push((eid.to_string(), bare(addr)));
+        let no_ports = json!({"com.docker.network.endpoint.exposedports": [],
+                              "com.docker.network.portmap": []});
+        let ids = |extra: Value| {
+            let mut v = json!({"NetworkID": self.id, "EndpointID": eid});
+            if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+                o.extend(e);
+            }
+            v
+        };
+        let iface = json!({"Address": addr, "AddressIPv6": "", "MacAddress": ""});
+        let sandbox = format!("/var/run/docker/netns/{}", &eid[..12.min(eid.len())]);
         for (m, b) in [
-            ("NetworkDriver.RevokeExternalConnectivity", ids.clone()),
-            ("NetworkDriver.Leave", ids.clone()),
-            ("NetworkDriver.DeleteEndpoint", ids.clone()),
             (
-                "IpamDriver.ReleaseAddress",
-                json!({"PoolID": pool_id, "Address": addr}),
+                "NetworkDriver.CreateEndpoint",
+                ids(json!({"Interface": iface, "Options": no_ports})),
+            ),
+            (
+                "NetworkDriver.Join",
+                ids(json!({"SandboxKey": sandbox, "Options": no_ports})),
+            ),
+            (
+                "NetworkDriver.ProgramExternalConnectivity",
+                ids(json!({"Options": no_ports})),
             ),
         ] {
-            if let Err(e) = timed(&mut times, h, m, &b) {
+            timed(t, h, m, &b)?;
+        }
+        Ok(())
+    }
+
+    /// `docker rm` of every endpoint, newest first, then `docker network rm`; tolerant: returns
+    /// every error.
+    fn remove(&self, h: &DockerHost, t: &mut Timings) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (eid, addr) in self.endpoints.iter().rev() {
+            let ids = json!({"NetworkID": self.id, "EndpointID": eid});
+            for (m, b) in [
+                ("NetworkDriver.RevokeExternalConnectivity", ids.clone()),
+                ("NetworkDriver.Leave", ids.clone()),
+                ("NetworkDriver.DeleteEndpoint", ids.clone()),
+                (
+                    "IpamDriver.ReleaseAddress",
+                    json!({"PoolID": self.pool_id, "Address": addr}),
+                ),
+            ] {
+                if let Err(e) = timed(t, h, m, &b) {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
+        for (m, b) in [
+            (
+                "IpamDriver.ReleaseAddress",
+                json!({"PoolID": self.pool_id, "Address": bare(&self.gateway)}),
+            ),
+            ("IpamDriver.ReleasePool", json!({"PoolID": self.pool_id})),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": self.id})),
+        ] {
+            if let Err(e) = call(h, m, &b) {
                 errors.push(format!("{e:#}"));
             }
         }
+        errors
     }
-    for (m, b) in [
-        (
-            "IpamDriver.ReleaseAddress",
-            json!({"PoolID": pool_id, "Address": bare(gateway)}),
-        ),
-        ("IpamDriver.ReleasePool", json!({"PoolID": pool_id})),
-        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": nid})),
-    ] {
-        if let Err(e) = call(h, m, &b) {
-            errors.push(format!("{e:#}"));
-        }
-    }
+}
+
+/// Veth peers of the endpoints `scale_rss` made (named after their ids by the agent).
+fn scale_peers(h: &DockerHost) -> Result<usize> {
+    let links = h.ns.handle()?.links()?;
+    Ok(links
+        .iter()
+        .filter(|l| l.name.starts_with("knbe01"))
+        .count())
+}
+
+/// The agent's RSS idle, with 1,000 endpoints made through the plugin API, and after they are
+/// removed the way Docker removes them.
+fn scale_rss(h: &DockerHost) -> Result<()> {
+    let pid = h.agent_pid().context("the agent is not running")?;
+    let idle = rss_kib(pid)?;
+    let mut net = PluginNet::create(h, SCALE_POOL)?;
+    let mut times = Timings::new();
+    let t = Instant::now();
+    let made = (0..SCALE_ENDPOINTS).try_for_each(|i| {
+        check_stop()?;
+        net.attach(h, &hex_id(1, i), &mut times)
+    });
+    let made_s = t.elapsed().as_secs_f64();
+    let full = rss_kib(pid);
+    let attached = scale_peers(h);
+    // Removal runs whatever happened above.
+    let t = Instant::now();
+    let errors = net.remove(h, &mut times);
     let removed_s = t.elapsed().as_secs_f64();
     made?;
     let (full, attached) = (full?, attached?);
@@ -314,7 +351,7 @@ fn scale_rss(h: &DockerHost) -> Result<()> {
         "{attached} endpoint links seen, {SCALE_ENDPOINTS} made"
     );
     ensure!(errors.is_empty(), "removal: {errors:#?}");
-    let left = peers(h)?;
+    let left = scale_peers(h)?;
     ensure!(left == 0, "{left} endpoint links left after DeleteEndpoint");
     let after = rss_kib(pid)?;
     let mib = |k: u64| k as f64 / 1024.0;
@@ -355,101 +392,6 @@ fn scrape(h: &DockerHost) -> Result<String> {
         text.lines().next().unwrap_or("")
     );
     Ok(text)
-}
-
-/// Per method: cumulative (upper bound in s, count) of the request-latency histogram.
-type Hist = BTreeMap<String, Vec<(f64, f64)>>;
-
-fn parse_hist(text: &str) -> Hist {
-    let mut h = Hist::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("knit_agent_request_duration_seconds_bucket{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.split_once('}') else {
-            continue;
-        };
-        let (mut method, mut le) = (None, None);
-        for kv in labels.split(',') {
-            if let Some((k, v)) = kv.split_once('=') {
-                let v = v.trim_matches('"');
-                match k {
-                    "method" => method = Some(v.to_string()),
-                    "le" => le = v.parse::<f64>().ok(),
-                    _ => {}
-                }
-            }
-        }
-        let count = value.split_whitespace().next().and_then(|v| v.parse().ok());
-        if let (Some(m), Some(le), Some(c)) = (method, le, count) {
-            h.entry(m).or_default().push((le, c));
-        }
-    }
-    for b in h.values_mut() {
-        b.sort_by(|x, y| x.0.total_cmp(&y.0));
-    }
-    h
-}
-
-/// `after - before`, bucket by bucket.
-fn diff(after: &Hist, before: &Hist) -> Hist {
-    after
-        .iter()
-        .map(|(m, b)| {
-            let old = before.get(m);
-            let d = b
-                .iter()
-                .map(|&(le, c)| {
-                    let was = old
-                        .and_then(|o| o.iter().find(|x| x.0 == le))
-                        .map_or(0.0, |x| x.1);
-                    (le, c - was)
-                })
-                .collect();
-            (m.clone(), d)
-        })
-        .filter(|(_, b): &(String, Vec<(f64, f64)>)| b.last().is_some_and(|x| x.1 > 0.0))
-        .collect()
-}
-
-/// The `q` quantile of cumulative buckets: (interpolated inside its bucket, its upper bound).
-fn quantile(b: &[(f64, f64)], q: f64) -> Option<(f64, f64)> {
-    let total = b.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut lo, mut below) = (0.0, 0.0);
-    for &(le, c) in b {
-        if c >= rank {
-            if le.is_infinite() {
-                return Some((lo, le));
-            }
-            let frac = if c > below {
-                (rank - below) / (c - below)
-            } else {
-                1.0
-            };
-            return Some((lo + (le - lo) * frac, le));
-        }
-        (lo, below) = (le, c);
-    }
-    None
-}
-
-/// The histograms of all methods added up.
-fn total(h: &Hist) -> Vec<(f64, f64)> {
-    let mut sum: Vec<(f64, f64)> = Vec::new();
-    for b in h.values() {
-        for &(le, c) in b {
-            match sum.iter_mut().find(|x| x.0 == le) {
-                Some(x) => x.1 += c,
-                None => sum.push((le, c)),
-            }
-        }
-    }
-    sum.sort_by(|x, y| x.0.total_cmp(&y.0));
-    sum
 }
 
 /// 16 workers each run `docker run --rm` a few times at once on the knit network; the agent's
@@ -516,63 +458,6 @@ fn concurrent_p99(h: &DockerHost) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const PAGE: &str = "\
-# TYPE knit_agent_request_duration_seconds histogram
-knit_agent_request_duration_seconds_sum{method=\"NetworkDriver.Join\"} 0.5
-knit_agent_request_duration_seconds_bucket{le=\"0.001\",method=\"NetworkDriver.Join\"} 2
-knit_agent_request_duration_seconds_bucket{le=\"0.002\",method=\"NetworkDriver.Join\"} 8
-knit_agent_request_duration_seconds_bucket{le=\"+Inf\",method=\"NetworkDriver.Join\"} 10
-knit_agent_request_duration_seconds_bucket{method=\"IpamDriver.RequestAddress\",le=\"0.001\"} 10
-knit_agent_request_duration_seconds_bucket{method=\"IpamDriver.RequestAddress\",le=\"0.002\"} 10
-knit_agent_request_duration_seconds_bucket{method=\"IpamDriver.RequestAddress\",le=\"+Inf\"} 10
-";
-
-    #[test]
-    fn histogram_page_parses_in_either_label_order() {
-        let h = parse_hist(PAGE);
-        assert_eq!(h.len(), 2);
-        let join = &h["NetworkDriver.Join"];
-        assert_eq!(join[0], (0.001, 2.0));
-        assert_eq!(join[1], (0.002, 8.0));
-        assert!(join[2].0.is_infinite() && join[2].1 == 10.0);
-        assert_eq!(h["IpamDriver.RequestAddress"][0], (0.001, 10.0));
-    }
-
-    #[test]
-    fn diff_keeps_only_methods_called_in_between() {
-        let before = parse_hist(PAGE);
-        let after = parse_hist(&PAGE.replace("} 10\n", "} 12\n").replace("} 8\n", "} 9\n"));
-        let d = diff(&after, &before);
-        // Every count of 10 became 12: RequestAddress got 2 calls, all under 1 ms.
-        assert_eq!(d["IpamDriver.RequestAddress"][0], (0.001, 2.0));
-        let join = &d["NetworkDriver.Join"];
-        assert_eq!(join[0].1, 0.0);
-        assert_eq!(join[1].1, 1.0);
-        assert_eq!(join[2].1, 2.0);
-        assert!(diff(&before, &before).is_empty());
-    }
-
-    #[test]
-    fn quantile_interpolates_inside_its_bucket() {
-        let b = [(0.001, 2.0), (0.002, 8.0), (f64::INFINITY, 10.0)];
-        // rank 5 of 10: 3 of the 6 samples of (1 ms, 2 ms] -> 1.5 ms.
-        let (q, le) = quantile(&b, 0.5).unwrap();
-        assert!((q - 0.0015).abs() < 1e-12 && le == 0.002);
-        // rank 9.9 lands in +Inf: the last finite bound is all we know.
-        let (q, le) = quantile(&b, 0.99).unwrap();
-        assert!(q == 0.002 && le.is_infinite());
-        assert!(quantile(&[(0.001, 0.0)], 0.5).is_none());
-        assert!(quantile(&[], 0.5).is_none());
-    }
-
-    #[test]
-    fn total_adds_methods_bucket_by_bucket() {
-        let t = total(&parse_hist(PAGE));
-        assert_eq!(t[0], (0.001, 12.0));
-        assert_eq!(t[1], (0.002, 18.0));
-        assert_eq!(t[2].1, 20.0);
-    }
 
     #[test]
     fn endpoint_ids_differ_in_the_eleven_characters_veth_names_use() {

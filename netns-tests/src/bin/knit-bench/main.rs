@@ -22,6 +22,7 @@ use serde_json::json;
 
 mod docker;
 mod floors;
+mod hist;
 mod knit_run;
 use floors::{
     del_floor, fsync_floor, link_del_floor, DelFloor, BANDWIDTH_FLOOR, MACVLAN_FLOOR, VETH_FLOOR,
