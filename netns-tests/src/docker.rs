@@ -255,6 +255,11 @@ impl DockerHost {
         Ok(())
     }
 
+    /// The running agent's pid (it is our direct child: setns before exec, no wrapper).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
     pub fn agent_log(&self) -> String {
         let s = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
