@@ -9,6 +9,7 @@
 mod agent;
 mod attach;
 mod cli;
+mod dns_cmd;
 mod network;
 mod sandbox;
 mod table;
@@ -83,6 +84,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Netns(cmd) => netns(cmd)?,
         Command::Agent(a) => return agent::run(&cli.state_dir, dirs, a),
+        Command::Dns(a) => return dns_cmd::run(&cli.state_dir, a),
     }
     Ok(0)
 }

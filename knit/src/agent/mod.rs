@@ -85,7 +85,8 @@ pub fn run(state_dir: &Path, dirs: Dirs, a: &AgentArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn init_logs(format: LogFormat) {
+/// Logs to stderr as text or JSON, filtered by `KNIT_LOG` (default `info`).
+pub fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KNIT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
