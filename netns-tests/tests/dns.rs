@@ -114,6 +114,7 @@ fn containers_find_each_other_by_name_on_their_networks_only() -> Result<()> {
         h.command()
             .args([
                 "dns",
+                "--no-forward",
                 "--listen",
                 "10.244.70.1",
                 "--listen",
@@ -158,8 +159,19 @@ fn containers_find_each_other_by_name_on_their_networks_only() -> Result<()> {
     ensure!(answers(&d) == ["10.244.71.2"], "back's own db:\n{d}");
     // A name written after the start is served; a removed one is gone within a TTL (5 s).
     h.knit(&["run", "--name", "api", "--net", "front", "--", "true"])?;
-    let d = h.dig("front", &["@10.244.70.1", "api"])?;
-    ensure!(answers(&d).len() == 1, "api after start:\n{d}");
+    let t = Instant::now();
+    loop {
+        let d = h.dig("front", &["@10.244.70.1", "api"])?;
+        if answers(&d).len() == 1 {
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(3),
+            "api never served after start:\n{d}\n{}",
+            std::fs::read_to_string(h.dir.path().join("dns.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     h.knit(&["sandbox", "rm", "web"])?;
     std::thread::sleep(Duration::from_millis(200));
     let d = h.dig("front", &["@10.244.70.1", "web.front.knit.internal"])?;
