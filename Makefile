@@ -6,7 +6,7 @@ SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 # Every plugin is one multi-call binary (knit-cni) linked under the reference names it answers
 # to (`knit-cni --list`).
 
-.PHONY: all build deps test test-unit test-kernel test-netns lint bench demo install clean
+.PHONY: all build deps test test-unit test-kernel test-netns lint bench demo install clean fuzz
 
 all: build
 
@@ -38,6 +38,11 @@ test: deps lint test-unit test-kernel test-netns
 bench: deps build
 	scripts/require-root.sh
 	$(CARGO) run --release -p netns-tests --bin knit-bench
+
+# The DNS request path under random packets, for KNIT_FUZZ_SECS seconds (default 600);
+# `make test` runs one short round of the same properties.
+fuzz:
+	scripts/fuzz.sh
 
 demo: deps build
 	scripts/require-root.sh
