@@ -4,10 +4,10 @@
 # every round; stops at the first failure (proptest prints the minimal failing input).
 set -euo pipefail
 secs=${KNIT_FUZZ_SECS:-600}
-end=$((SECONDS + secs))
 rounds=0
 cargo build --release -p dns --tests >/dev/null
-while [ "$SECONDS" -lt "$end" ]; do
+end=$((SECONDS + secs))
+while [ "$rounds" -eq 0 ] || [ "$SECONDS" -lt "$end" ]; do
   KNIT_FUZZ_CASES=${KNIT_FUZZ_CASES:-3000} cargo test --release -q -p dns --test fuzz >/dev/null
   rounds=$((rounds + 1))
 done
