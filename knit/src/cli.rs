@@ -72,6 +72,17 @@ pub enum NetworkCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Attach a sandbox (`knit run --name`) to one more network: its next free interface
+    /// (eth1, eth2, ...).
+    Connect {
+        /// Ask for this address (reserved in the network's IPAM like any other).
+        #[arg(long)]
+        ip: Option<IpAddr>,
+        network: String,
+        sandbox: String,
+    },
+    /// Detach a sandbox from a network: its interface, address and firewall elements go.
+    Disconnect { network: String, sandbox: String },
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +247,8 @@ mod tests {
             &["network", "ls", "--help"],
             &["network", "inspect", "--help"],
             &["network", "rm", "--help"],
+            &["network", "connect", "--help"],
+            &["network", "disconnect", "--help"],
             &["run", "--help"],
             &["sandbox", "ls", "--help"],
             &["sandbox", "rm", "--help"],

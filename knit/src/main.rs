@@ -1,6 +1,6 @@
 //! `knit`: the operator's CLI. It needs no daemon (podman's model): it opens the store under
-//! `--state-dir` itself. Commands: `network create|ls|inspect|rm`, `run`, `sandbox ls|rm`,
-//! `netns add|del|list`, `version`; `knit --help` and `--help` on each.
+//! `--state-dir` itself. Commands: `network create|ls|inspect|rm|connect|disconnect`, `run`,
+//! `sandbox ls|rm`, `netns add|del|list`, `version`; `knit --help` and `--help` on each.
 //!
 //! Exit status: 0 on success, 1 when knit failed; `knit run` exits with CMD's status (128 +
 //! the signal if one ended it), 125 when knit itself failed, 126/127 when CMD could not be
@@ -9,6 +9,8 @@
 mod agent;
 mod attach;
 mod cli;
+mod connect;
+mod lease;
 mod network;
 mod sandbox;
 mod table;
@@ -63,6 +65,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     for n in network::rm(&st, names, &dirs.cni_data_dir)? {
                         println!("{n}");
                     }
+                }
+                NetworkCmd::Connect {
+                    network,
+                    sandbox,
+                    ip,
+                } => {
+                    connect::connect(&st, &dirs, network, sandbox, *ip)?;
+                }
+                NetworkCmd::Disconnect { network, sandbox } => {
+                    connect::disconnect(&st, &dirs, network, sandbox)?;
                 }
             }
         }

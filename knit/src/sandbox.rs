@@ -18,15 +18,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
-use libnet::endpoint::{self, Request};
 use libnet::netlink::Handle;
 use libnet::netns::{NetNs, NETNS_RUN_DIR};
 use libnet::nft::{Nft, StateDir};
 use serde_json::json;
-use store::{Endpoint, Network, Sandbox, Store};
+use store::{Network, Sandbox, Store};
 
-use crate::attach::with_endpoint;
 use crate::cli::{Format, RunArgs};
+use crate::connect::{attach_endpoint, detach_endpoint};
+use crate::lease::{Lease, State};
 use crate::network::port_string;
 use crate::table;
 
@@ -55,6 +55,7 @@ pub fn netns_name(sandbox_id: &str) -> String {
 struct Made {
     sandbox: Sandbox,
     ns: NetNs,
+    lease: Lease,
 }
 
 /// Where `knit run` puts CMD, from `--net`.
@@ -110,12 +111,20 @@ pub fn run(st: &dyn Store, dirs: &Dirs, a: &RunArgs) -> Result<i32> {
     } else {
         Some(st.network(&a.net)?)
     };
-    let made = create(st, dirs, net.as_ref(), a)?;
-    let code = exec_in(Some(&made.ns), &a.cmd);
-    if a.name.is_some() && code.is_ok() {
-        return code;
+    let mut made = create(st, dirs, net.as_ref(), a)?;
+    if a.name.is_some() {
+        // Kept: set up whole, and free to be connected or removed while CMD runs.
+        made.lease.set(State::Ready)?;
+        drop(made.lease);
+        return exec_in(Some(&made.ns), &a.cmd);
     }
+    // Without a name the lease is held (Creating) while CMD runs: a knit killed meanwhile
+    // leaves a sandbox that the repair pass removes.
+    let code = exec_in(Some(&made.ns), &a.cmd);
     let removed = remove(st, dirs, &made.sandbox);
+    if removed.is_ok() {
+        made.lease.remove();
+    }
     let code = code?;
     removed?;
     Ok(code)
@@ -139,27 +148,38 @@ fn create(st: &dyn Store, dirs: &Dirs, net: Option<&Network>, a: &RunArgs) -> Re
         .unwrap_or_else(|| format!("run-{}", &id[..12]));
     let mut sb = Sandbox::new(name, Path::new(NETNS_RUN_DIR).join(&ns_name));
     sb.id = id;
-    st.create_sandbox(&sb)
-        .with_context(|| format!("creating sandbox {:?}", sb.name))?;
+    // The lease comes first and goes last: from here on a kill -9 leaves a trace to repair.
+    let mut lease = Lease::wait(dirs, &sb.id)?;
+    lease.set(State::Creating)?;
+    if let Err(e) = st.create_sandbox(&sb) {
+        lease.remove();
+        return Err(e).with_context(|| format!("creating sandbox {:?}", sb.name));
+    }
     let ns = match NetNs::create_named(&ns_name) {
         Ok(ns) => ns,
         Err(e) => {
-            if let Err(u) = st.delete_sandbox(&sb.id) {
-                eprintln!(
+            match st.delete_sandbox(&sb.id) {
+                Ok(_) => lease.remove(),
+                Err(u) => eprintln!(
                     "knit: rolling back: could not remove sandbox {:?}: {u}",
                     sb.name
-                );
+                ),
             }
             return Err(e).with_context(|| format!("creating namespace {ns_name}"));
         }
     };
     match setup(st, dirs, net, a, &sb, &ns) {
-        Ok(()) => Ok(Made { sandbox: sb, ns }),
+        Ok(()) => Ok(Made {
+            sandbox: sb,
+            ns,
+            lease,
+        }),
         Err(e) => {
             drop(ns);
             if let Err(u) = remove(st, dirs, &sb) {
                 return Err(e.context(format!("rolling back, also: {u:#}")));
             }
+            lease.remove();
             Err(e)
         }
     }
@@ -180,45 +200,8 @@ fn setup(
     h.set_up(lo.index, true).context("setting lo up")?;
     let Some(net) = net else { return Ok(()) };
     let requested: Vec<IpAddr> = a.ip.into_iter().collect();
-    let req = Request {
-        network: &net.name,
-        container_id: &sb.id,
-        ifname: IFNAME,
-        netns: Some(ns),
-        mac: None,
-    };
-    with_endpoint(
-        net,
-        dirs,
-        requested,
-        &a.publish,
-        |source, driver, filters| {
-            let att = endpoint::attach(&req, source, driver, filters).with_context(|| {
-                format!("attaching sandbox {:?} to network {:?}", sb.name, net.name)
-            })?;
-            let mut ep = Endpoint::new(net.id.clone());
-            ep.sandbox_id = Some(sb.id.clone());
-            ep.name = sb.name.clone();
-            ep.ifname = IFNAME.into();
-            ep.ports = a.publish.clone();
-            ep.mac = att.wired.container.mac.clone();
-            for ip in &att.addressing.ips {
-                if ip.addr.addr().is_ipv4() {
-                    ep.ipv4 = Some(ip.addr);
-                } else {
-                    ep.ipv6 = Some(ip.addr);
-                }
-            }
-            if let Err(e) = st.put_endpoint(&ep) {
-                if let Err(u) = endpoint::detach(&req, source, driver, filters) {
-                    eprintln!("knit: rolling back: {u}");
-                }
-                return Err(e)
-                    .with_context(|| format!("recording the endpoint of sandbox {:?}", sb.name));
-            }
-            Ok(())
-        },
-    )
+    attach_endpoint(st, dirs, net, sb, ns, IFNAME, requested, &a.publish, true)?;
+    Ok(())
 }
 
 /// Remove a sandbox: detach each endpoint through the lifecycle and drop its record, delete
@@ -230,33 +213,8 @@ pub fn remove(st: &dyn Store, dirs: &Dirs, sb: &Sandbox) -> Result<()> {
         .with_context(|| format!("listing the endpoints of sandbox {:?}", sb.name))?;
     let ns = NetNs::open(&sb.netns).ok();
     for ep in eps {
-        let detached = st
-            .network(&ep.network_id)
-            .map_err(anyhow::Error::from)
-            .and_then(|net| {
-                let ifname = if ep.ifname.is_empty() {
-                    IFNAME
-                } else {
-                    &ep.ifname
-                };
-                let req = Request {
-                    network: &net.name,
-                    container_id: &sb.id,
-                    ifname,
-                    netns: ns.as_ref(),
-                    mac: None,
-                };
-                with_endpoint(&net, dirs, Vec::new(), &[], |source, driver, filters| {
-                    endpoint::detach(&req, source, driver, filters).map_err(anyhow::Error::from)
-                })
-            });
-        match detached {
-            Ok(()) => {
-                if let Err(e) = st.delete_endpoint(&ep.id) {
-                    errors.push(format!("endpoint {}: {e}", ep.id));
-                }
-            }
-            Err(e) => errors.push(format!("detaching endpoint {}: {e:#}", ep.id)),
+        if let Err(e) = detach_endpoint(st, dirs, sb, ns.as_ref(), &ep) {
+            errors.push(format!("{e:#}"));
         }
     }
     drop(ns);
@@ -377,7 +335,10 @@ pub fn rm(st: &dyn Store, dirs: &Dirs, names: &[String]) -> Result<Vec<String>> 
     let mut done = Vec::new();
     for n in names {
         let sb = st.sandbox(n)?;
+        let mut lease = Lease::wait_for(dirs, &sb.id)?;
+        lease.set(State::Removing)?;
         remove(st, dirs, &sb)?;
+        lease.remove();
         done.push(sb.name);
     }
     Ok(done)

@@ -592,3 +592,138 @@ fn check_published(k: &Knit, net: &str, gw: &str) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// The `sandbox ls --format json` entry of sandbox `name`.
+fn sandbox_json(k: &Knit, name: &str) -> Result<Value> {
+    let sbs: Value = serde_json::from_str(&k.ok(&["sandbox", "ls", "--format", "json"])?)?;
+    sbs.as_array()
+        .and_then(|a| a.iter().find(|s| s["Name"] == name))
+        .cloned()
+        .with_context(|| format!("sandbox {name} in {sbs}"))
+}
+
+/// `network connect|disconnect`: a sandbox on two networks reaches a sandbox on each; once
+/// disconnected it no longer reaches the second, and its interface, nft elements, reservation
+/// and record there are gone; `sandbox rm` removes every endpoint of a connected sandbox.
+#[test]
+fn knit_cli_connect_disconnect() -> Result<()> {
+    let k = Knit::new()?;
+    let pid = std::process::id();
+    let o = 100 + pid % 100;
+    let (na, nb) = (format!("kd{pid}a"), format!("kd{pid}b"));
+    let base = k.snapshot()?;
+    k.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        &format!("10.{o}.11.0/24"),
+        &na,
+    ])?;
+    k.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        &format!("10.{o}.12.0/24"),
+        &nb,
+    ])?;
+    k.ok(&["run", "--name", "a1", "--net", &na, "--", "true"])?;
+    k.ok(&["run", "--name", "b1", "--net", &nb, "--", "true"])?;
+    k.ok(&["run", "--name", "multi", "--net", &na, "--", "true"])?;
+    let (a1, b1) = (format!("10.{o}.11.2"), format!("10.{o}.12.2"));
+    let ping = |ip: &str| -> Result<i32> {
+        Ok(k.status(&[
+            "run",
+            "--net",
+            "container:multi",
+            "--",
+            "ping",
+            "-c1",
+            "-W1",
+            ip,
+        ])?
+        .0)
+    };
+    // Before: multi reaches a1 on its own network, not b1 on the other (isolation).
+    ensure!(ping(&a1)? == 0, "multi does not reach a1");
+    ensure!(ping(&b1)? == 1, "multi reaches b1 before connect");
+
+    k.ok(&[
+        "network",
+        "connect",
+        "--ip",
+        &format!("10.{o}.12.50"),
+        &nb,
+        "multi",
+    ])?;
+    let addr = k.ok(&[
+        "run",
+        "--net",
+        "container:multi",
+        "--",
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "eth1",
+    ])?;
+    ensure!(addr.contains(&format!("10.{o}.12.50/24")), "eth1: {addr}");
+    ensure!(ping(&a1)? == 0 && ping(&b1)? == 0, "multi on both networks");
+    let sb = sandbox_json(&k, "multi")?;
+    let nets: Vec<&str> = sb["Networks"]
+        .as_array()
+        .context("Networks")?
+        .iter()
+        .filter_map(|n| n["Network"].as_str())
+        .collect();
+    ensure!(nets.len() == 2 && nets.contains(&nb.as_str()), "{sb}");
+    let v: Value = serde_json::from_str(&k.ok(&["network", "inspect", &nb])?)?;
+    ensure!(
+        v[0]["Containers"].as_object().map(|c| c.len()) == Some(2),
+        "inspect {nb}: {v}"
+    );
+    // Connected twice to one network, or to a missing one: refused, nothing changed.
+    k.refuses(
+        &["network", "connect", &nb, "multi"],
+        1,
+        "already connected",
+    )?;
+    k.refuses(
+        &["network", "connect", "missing-net", "multi"],
+        1,
+        "not found",
+    )?;
+    k.refuses(&["network", "connect", &nb, "missing-sb"], 1, "not found")?;
+    k.refuses(&["network", "disconnect", &nb, "a1"], 1, "not connected")?;
+
+    let id = sb["Id"].as_str().context("Id")?.to_string();
+    k.ok(&["network", "disconnect", &nb, "multi"])?;
+    ensure!(ping(&a1)? == 0, "multi lost its first network");
+    ensure!(ping(&b1)? == 1, "multi still reaches b1 after disconnect");
+    let links = k.ok(&["run", "--net", "container:multi", "--", "ip", "-o", "link"])?;
+    ensure!(!links.contains("eth1"), "eth1 is left: {links}");
+    let nft = k.host.stdout(&["nft", "list", "ruleset"])?;
+    ensure!(
+        !nft.contains(&format!("{nb}/{id}")),
+        "nft elements left:\n{nft}"
+    );
+    ensure!(
+        !reservations(&k.data_dir())
+            .iter()
+            .any(|r| r.starts_with(&format!("{nb}/")) && !r.ends_with(&b1)),
+        "reservation left: {:?}",
+        reservations(&k.data_dir())
+    );
+    let sb = sandbox_json(&k, "multi")?;
+    ensure!(sb["Networks"].as_array().map(Vec::len) == Some(1), "{sb}");
+
+    // Connected again (the next free name is eth1 again), then removed whole.
+    k.ok(&["network", "connect", &nb, "multi"])?;
+    ensure!(ping(&b1)? == 0, "multi reconnected does not reach b1");
+    k.ok(&["sandbox", "rm", "multi", "a1", "b1"])?;
+    k.ok(&["network", "rm", &na, &nb])?;
+    ensure!(k.snapshot()? == base, "left behind:\n{}", k.snapshot()?);
+    let nft = k.host.stdout(&["nft", "list", "ruleset"])?;
+    ensure!(!nft.contains(&id), "nft elements left:\n{nft}");
+    Ok(())
+}
