@@ -12,6 +12,7 @@ mod cli;
 mod connect;
 mod lease;
 mod network;
+mod ports;
 mod sandbox;
 mod table;
 

@@ -22,7 +22,7 @@ use libnet::netlink::Handle;
 use libnet::netns::{NetNs, NETNS_RUN_DIR};
 use libnet::nft::{Nft, StateDir};
 use serde_json::json;
-use store::{Network, Sandbox, Store};
+use store::{Network, PortMap, Sandbox, Store};
 
 use crate::cli::{Format, RunArgs};
 use crate::connect::{attach_endpoint, detach_endpoint};
@@ -111,7 +111,8 @@ pub fn run(st: &dyn Store, dirs: &Dirs, a: &RunArgs) -> Result<i32> {
     } else {
         Some(st.network(&a.net)?)
     };
-    let mut made = create(st, dirs, net.as_ref(), a)?;
+    let publish = crate::ports::resolve(st, &a.publish)?;
+    let mut made = create(st, dirs, net.as_ref(), a, &publish)?;
     if a.name.is_some() {
         // Kept: set up whole, and free to be connected or removed while CMD runs.
         made.lease.set(State::Ready)?;
@@ -139,7 +140,13 @@ fn refuse_sandbox_flags(a: &RunArgs, why: &str) -> Result<()> {
 }
 
 /// The sandbox, its namespace and its endpoint; nothing is left when it fails.
-fn create(st: &dyn Store, dirs: &Dirs, net: Option<&Network>, a: &RunArgs) -> Result<Made> {
+fn create(
+    st: &dyn Store,
+    dirs: &Dirs,
+    net: Option<&Network>,
+    a: &RunArgs,
+    publish: &[PortMap],
+) -> Result<Made> {
     let id = store::new_id();
     let ns_name = netns_name(&id);
     let name = a
@@ -168,7 +175,7 @@ fn create(st: &dyn Store, dirs: &Dirs, net: Option<&Network>, a: &RunArgs) -> Re
             return Err(e).with_context(|| format!("creating namespace {ns_name}"));
         }
     };
-    match setup(st, dirs, net, a, &sb, &ns) {
+    match setup(st, dirs, net, a, publish, &sb, &ns) {
         Ok(()) => Ok(Made {
             sandbox: sb,
             ns,
@@ -190,6 +197,7 @@ fn setup(
     dirs: &Dirs,
     net: Option<&Network>,
     a: &RunArgs,
+    publish: &[PortMap],
     sb: &Sandbox,
     ns: &NetNs,
 ) -> Result<()> {
@@ -200,7 +208,7 @@ fn setup(
     h.set_up(lo.index, true).context("setting lo up")?;
     let Some(net) = net else { return Ok(()) };
     let requested: Vec<IpAddr> = a.ip.into_iter().collect();
-    attach_endpoint(st, dirs, net, sb, ns, IFNAME, requested, &a.publish, true)?;
+    attach_endpoint(st, dirs, net, sb, ns, IFNAME, requested, publish, true)?;
     Ok(())
 }
 
@@ -372,6 +380,10 @@ pub fn ls(st: &dyn Store, format: Format) -> Result<String> {
                 networks.join(",")
             },
             addrs.join(","),
+            eps.iter()
+                .flat_map(|e| e.ports.iter().map(port_string))
+                .collect::<Vec<_>>()
+                .join(","),
         ]);
         json_out.push(json!({
             "Id": sb.id, "Name": sb.name, "Netns": sb.netns, "Created": sb.created,
@@ -386,7 +398,14 @@ pub fn ls(st: &dyn Store, format: Format) -> Result<String> {
     Ok(match format {
         Format::Json => serde_json::to_string_pretty(&json_out).unwrap_or_default() + "\n",
         Format::Table => table::render(
-            &["SANDBOX ID", "NAME", "NETNS", "NETWORKS", "ADDRESSES"],
+            &[
+                "SANDBOX ID",
+                "NAME",
+                "NETNS",
+                "NETWORKS",
+                "ADDRESSES",
+                "PORTS",
+            ],
             rows,
         ),
     })

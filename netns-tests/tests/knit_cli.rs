@@ -113,7 +113,7 @@ impl Knit {
             .collect();
         Ok(format!(
             "{nets}{sbs}links {links:?}\nnetns {:?}\nipam {:?}\n",
-            knit_netns()?,
+            knit_netns(self)?,
             reservations(&self.data_dir())
         ))
     }
@@ -135,11 +135,32 @@ impl Drop for Knit {
     }
 }
 
-fn knit_netns() -> Result<Vec<String>> {
+/// The `knit-*` namespaces of this test's knit: those of its store's sandboxes and those its
+/// run dir holds a lease of (`RUN_DIR/sandboxes/<id>`, kept until the sandbox's namespace and
+/// record are gone), so that other knit runs on the machine at the same time do not count.
+fn knit_netns(k: &Knit) -> Result<Vec<String>> {
+    let mut ours: Vec<String> = std::fs::read_dir(k.dir.path().join("run/sandboxes"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            format!(
+                "knit-{}",
+                e.file_name().to_string_lossy().get(..12).unwrap_or("")
+            )
+        })
+        .collect();
+    let sbs: Value = serde_json::from_str(&k.ok(&["sandbox", "ls", "--format", "json"])?)?;
+    ours.extend(sbs.as_array().into_iter().flatten().filter_map(|s| {
+        s["Netns"]
+            .as_str()
+            .and_then(|p| p.rsplit('/').next())
+            .map(str::to_string)
+    }));
     let mut v: Vec<String> = std::fs::read_dir(libnet::netns::NETNS_RUN_DIR)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("knit-"))
+        .filter(|n| n.starts_with("knit-") && ours.contains(n))
         .collect();
     v.sort();
     Ok(v)
@@ -304,9 +325,9 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
     );
     let s1_ns = sbs[0]["Netns"].as_str().context("Netns")?.to_string();
     ensure!(
-        knit_netns()?.len() == 1 && Path::new(&s1_ns).exists(),
+        knit_netns(&k)?.len() == 1 && Path::new(&s1_ns).exists(),
         "{:?}",
-        knit_netns()?
+        knit_netns(&k)?
     );
 
     // --net host: CMD runs in knit's own (here the scratch host's) namespace, where the
@@ -374,6 +395,7 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
     k.refuses(&["network", "rm", &n1], 1, "endpoint")?;
 
     published_ports(&k, &n1, &format!("10.{o}.1.1"))?;
+    automatic_port(&k, &n1)?;
 
     // enable_icc=false: two sandboxes of that network do not reach each other (on n1, without
     // the option, they do: the ping of s1 above), while each still reaches the gateway.
@@ -725,5 +747,88 @@ fn knit_cli_connect_disconnect() -> Result<()> {
     ensure!(k.snapshot()? == base, "left behind:\n{}", k.snapshot()?);
     let nft = k.host.stdout(&["nft", "list", "ruleset"])?;
     ensure!(!nft.contains(&id), "nft elements left:\n{nft}");
+    Ok(())
+}
+
+/// `-p 80`: knit picks the host port from the ephemeral range, skipping ports the host listens
+/// on and ports other endpoints publish. The range is cut to 45000-45001 in the scratch host
+/// and 45000 has a listener, so the pick must be 45001, and a second `-p 80` finds none.
+fn automatic_port(k: &Knit, net: &str) -> Result<()> {
+    let range_key = "net.ipv4.ip_local_port_range";
+    let old_range = k.host.stdout(&["sysctl", "-n", range_key])?;
+    k.host
+        .run(&["sysctl", "-w", &format!("{range_key}=45000 45001")])?;
+    let listen = "import socket, time; s = socket.socket(); \
+                  s.bind(('0.0.0.0', 45000)); s.listen(); print('up', flush=True); time.sleep(60)";
+    let mut listener = k
+        .host
+        .command("python3")
+        .args(["-c", listen])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning a listener on 45000")?;
+    let mut up = String::new();
+    if let Some(out) = listener.stdout.as_mut() {
+        use std::io::Read;
+        let mut b = [0u8; 3];
+        out.read_exact(&mut b)?;
+        up = String::from_utf8_lossy(&b).into_owned();
+    }
+    let www = k.dir.path().join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("hi"), "hello from web\n")?;
+    let www = www.display().to_string();
+    let mut server = k
+        .command(&[
+            "run", "--name", "auto", "--net", net, "-p", "80", "--", "busybox", "httpd", "-f",
+            "-p", "80", "-h", &www,
+        ])
+        .spawn()
+        .context("spawning knit run httpd -p 80")?;
+    let checked = (|| -> Result<()> {
+        ensure!(
+            up.trim() == "up",
+            "the listener on 45000 did not start: {up:?}"
+        );
+        let t = std::time::Instant::now();
+        loop {
+            if let Ok(sb) = sandbox_json(k, "auto") {
+                let ports = &sb["Networks"][0]["Ports"];
+                ensure!(*ports == serde_json::json!(["45001->80/tcp"]), "{sb}");
+                if curl(k, "http://127.0.0.1:45001/hi")?.as_deref() == Some("hello from web\n") {
+                    break;
+                }
+            }
+            ensure!(t.elapsed().as_secs() < 5, "nothing answers on 45001");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let table = k.ok(&["sandbox", "ls"])?;
+        ensure!(table.contains("45001->80/tcp"), "sandbox ls:\n{table}");
+        let v: Value = serde_json::from_str(&k.ok(&["network", "inspect", net])?)?;
+        let auto = v[0]["Containers"]
+            .as_object()
+            .and_then(|c| c.values().find(|c| c["Name"] == "auto"))
+            .context("auto in inspect")?;
+        ensure!(
+            auto["Ports"] == serde_json::json!(["45001->80/tcp"]),
+            "{auto}"
+        );
+        k.refuses(
+            &["run", "--net", net, "-p", "80", "--", "true"],
+            125,
+            "no free host port",
+        )
+    })();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    server.wait()?;
+    listener.kill()?;
+    listener.wait()?;
+    k.host
+        .run(&["sysctl", "-w", &format!("{range_key}={}", old_range.trim())])?;
+    checked?;
+    ensure!(k.ok(&["sandbox", "rm", "auto"])?.trim() == "auto");
     Ok(())
 }
