@@ -38,7 +38,7 @@ pub enum Format {
 pub enum Command {
     /// Print knit's version and the CNI spec versions it speaks.
     Version,
-    /// Manage networks (Docker's model: bridge networks with their pools).
+    /// Manage networks (Docker's model: bridge and macvlan networks with their pools).
     #[command(subcommand)]
     Network(NetworkCmd),
     /// Run a command in a new sandbox (a named network namespace) attached to a network.
@@ -87,7 +87,8 @@ pub enum NetworkCmd {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The network driver; only `bridge` in this version.
+    /// The network driver: `bridge`, or `macvlan` (with `-o parent=LINK`, and `-o
+    /// macvlan_mode=bridge|private|vepa|passthru`, default bridge).
     #[arg(short, long, default_value = "bridge")]
     pub driver: String,
     /// The IPv4 (or, with --ipv6, IPv6) subnet; default: a free private /24 (172.17.0.0/24 up).

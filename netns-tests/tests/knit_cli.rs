@@ -373,7 +373,7 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
     )?;
     k.refuses(&["network", "create", "a/b"], 1, "invalid")?;
     k.refuses(
-        &["network", "create", "--driver", "macvlan", "m"],
+        &["network", "create", "--driver", "overlay", "m"],
         1,
         "not supported",
     )?;
@@ -830,5 +830,98 @@ fn automatic_port(k: &Knit, net: &str) -> Result<()> {
         .run(&["sysctl", "-w", &format!("{range_key}={}", old_range.trim())])?;
     checked?;
     ensure!(k.ok(&["sandbox", "rm", "auto"])?.trim() == "auto");
+    Ok(())
+}
+
+/// A macvlan network on a veth of the scratch host as its parent: two sandboxes on it ping
+/// each other through their macvlan links (mode bridge); bad parents and modes and `-p` are
+/// refused; removal leaves nothing.
+#[test]
+fn knit_cli_macvlan() -> Result<()> {
+    let k = Knit::new()?;
+    let pid = std::process::id();
+    let o = 100 + pid % 100;
+    let (parent, peer) = ("kmv0", "kmv0p");
+    k.host.run(&[
+        "ip", "link", "add", parent, "type", "veth", "peer", "name", peer,
+    ])?;
+    k.host.run(&["ip", "link", "set", parent, "up"])?;
+    k.host.run(&["ip", "link", "set", peer, "up"])?;
+    let base = k.snapshot()?;
+    let mv = format!("km{pid}");
+    let sub = format!("10.{o}.20.0/24");
+    let opt_parent = format!("parent={parent}");
+    k.refuses(
+        &["network", "create", "-d", "macvlan", "--subnet", &sub, &mv],
+        1,
+        "parent",
+    )?;
+    k.refuses(
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "-o",
+            "parent=nolink0",
+            &mv,
+        ],
+        1,
+        "does not exist",
+    )?;
+    k.refuses(
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "-o",
+            &opt_parent,
+            "-o",
+            "macvlan_mode=sideways",
+            &mv,
+        ],
+        1,
+        "macvlan_mode",
+    )?;
+    k.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "-o",
+        &opt_parent,
+        "--subnet",
+        &sub,
+        &mv,
+    ])?;
+    let v: Value = serde_json::from_str(&k.ok(&["network", "inspect", &mv])?)?;
+    ensure!(
+        v[0]["Driver"] == "macvlan" && v[0]["Options"]["parent"] == parent,
+        "{v}"
+    );
+    k.ok(&["run", "--name", "m1", "--net", &mv, "--", "true"])?;
+    let link = k.ok(&[
+        "run",
+        "--net",
+        "container:m1",
+        "--",
+        "ip",
+        "-d",
+        "link",
+        "show",
+        "eth0",
+    ])?;
+    ensure!(link.contains("macvlan mode bridge"), "m1's eth0: {link}");
+    let m1 = format!("10.{o}.20.2");
+    k.ok(&["run", "--net", &mv, "--", "ping", "-c1", "-W2", &m1])?;
+    k.refuses(
+        &["run", "--net", &mv, "-p", "8080:80", "--", "true"],
+        125,
+        "macvlan",
+    )?;
+    k.ok(&["sandbox", "rm", "m1"])?;
+    k.ok(&["network", "rm", &mv])?;
+    ensure!(k.snapshot()? == base, "left behind:\n{}", k.snapshot()?);
     Ok(())
 }
