@@ -175,6 +175,11 @@ pub enum SandboxCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Repair what a knit killed mid-way left: half-made or half-removed sandboxes, sandboxes
+    /// whose namespace is gone, endpoints whose link is gone, namespaces without a record,
+    /// bridges of networks half made or half removed. Every command that changes state runs
+    /// the quick part of this first.
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +265,7 @@ mod tests {
             &["run", "--help"],
             &["sandbox", "ls", "--help"],
             &["sandbox", "rm", "--help"],
+            &["sandbox", "prune", "--help"],
             &["netns", "add", "--help"],
         ] {
             let e = parse(args).unwrap_err();

@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -34,10 +34,12 @@ pub enum State {
 }
 
 impl State {
+    /// Every word has 8 bytes, so [`Lease::set`] overwrites the last one in one `pwrite`: a
+    /// kill cannot leave half a word or an empty file behind.
     fn word(self) -> &'static str {
         match self {
             State::Creating => "creating",
-            State::Ready => "ready",
+            State::Ready => "ready   ",
             State::Changing => "changing",
             State::Removing => "removing",
         }
@@ -45,7 +47,6 @@ impl State {
 
     /// An empty or unknown word (a file made by `wait` for a sandbox older than leases) is
     /// `Ready`: nothing says it is half made.
-    #[allow(dead_code)] // read by the repair pass
     fn parse(s: &str) -> State {
         match s.trim() {
             "creating" => State::Creating,
@@ -62,6 +63,11 @@ pub const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The directory of the leases.
 pub fn dir(dirs: &Dirs) -> PathBuf {
     dirs.run_dir.join("sandboxes")
+}
+
+/// The word in a lease file read without its lock (a hint: act only on the lease taken).
+pub fn peek(path: &Path) -> State {
+    State::parse(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
 /// A held lease; dropping it unlocks (the word stays).
@@ -142,20 +148,31 @@ impl Lease {
         }
     }
 
-    #[allow(dead_code)] // read by the repair pass
     pub fn state(&mut self) -> State {
+        State::parse(&self.text())
+    }
+
+    /// The file's content.
+    pub fn text(&mut self) -> String {
         let mut s = String::new();
         let _ = self.file.rewind();
         let _ = self.file.read_to_string(&mut s);
-        State::parse(&s)
+        s
     }
 
     /// Write the word (not synced: the run dir is a tmpfs, gone with the namespaces at boot).
     pub fn set(&mut self, state: State) -> Result<()> {
+        self.file
+            .write_all_at(state.word().as_bytes(), 0)
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// Replace the file's content with `text` (a note for whoever finds the lease free).
+    pub fn put(&mut self, text: &str) -> Result<()> {
         let write = |f: &mut File| -> std::io::Result<()> {
             f.set_len(0)?;
             f.rewind()?;
-            f.write_all(state.word().as_bytes())
+            f.write_all(text.as_bytes())
         };
         write(&mut self.file).with_context(|| format!("writing {}", self.path.display()))
     }

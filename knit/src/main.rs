@@ -13,6 +13,7 @@ mod connect;
 mod lease;
 mod network;
 mod ports;
+mod repair;
 mod sandbox;
 mod table;
 
@@ -58,12 +59,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Network(cmd) => {
             let st = open_store(&cli)?;
+            if !matches!(cmd, NetworkCmd::Ls | NetworkCmd::Inspect { .. }) {
+                repair::before_change(&st, &dirs);
+            }
             match cmd {
                 NetworkCmd::Create(a) => println!("{}", network::create(&st, a)?.id),
                 NetworkCmd::Ls => print!("{}", network::ls(&st, cli.format)?),
                 NetworkCmd::Inspect { names } => print!("{}", network::inspect(&st, names)?),
                 NetworkCmd::Rm { names } => {
-                    for n in network::rm(&st, names, &dirs.cni_data_dir)? {
+                    for n in network::rm(&st, names, &dirs)? {
                         println!("{n}");
                     }
                 }
@@ -88,8 +92,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
             match cmd {
                 SandboxCmd::Ls => print!("{}", sandbox::ls(&st, cli.format)?),
                 SandboxCmd::Rm { names } => {
+                    repair::before_change(&st, &dirs);
                     for n in sandbox::rm(&st, &dirs, names)? {
                         println!("{n}");
+                    }
+                }
+                SandboxCmd::Prune => {
+                    let r = repair::repair(&st, &dirs, true);
+                    for f in &r.fixed {
+                        println!("{f}");
+                    }
+                    if !r.errors.is_empty() {
+                        anyhow::bail!("could not repair: {}", r.errors.join("; "));
                     }
                 }
             }

@@ -393,8 +393,9 @@ pub fn inspect(st: &dyn Store, names: &[String]) -> Result<String> {
 }
 
 /// `knit network rm NAME...`: each in turn; the first failure stops (those before it are gone).
-/// A network Docker made is Docker's to remove.
-pub fn rm(st: &dyn Store, names: &[String], cni_data_dir: &std::path::Path) -> Result<Vec<String>> {
+/// A network Docker made is Docker's to remove. Each removal is journaled in the run dir, so
+/// a `knit` killed between the record and the bridge leaves the repair pass what to delete.
+pub fn rm(st: &dyn Store, names: &[String], dirs: &crate::sandbox::Dirs) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for n in names {
         let net = st.network(n)?;
@@ -405,7 +406,9 @@ pub fn rm(st: &dyn Store, names: &[String], cni_data_dir: &std::path::Path) -> R
                 &net.id[..12.min(net.id.len())]
             );
         }
-        remove(st, &net, cni_data_dir)?;
+        let journal = crate::repair::journal_network_rm(dirs, &net)?;
+        remove(st, &net, &dirs.cni_data_dir)?;
+        journal.remove();
         removed.push(net.name);
     }
     Ok(removed)

@@ -103,6 +103,7 @@ pub fn run(st: &dyn Store, dirs: &Dirs, a: &RunArgs) -> Result<i32> {
         }
         NetMode::None | NetMode::Network(_) => {}
     }
+    crate::repair::before_change(st, dirs);
     let net = if a.net == "none" {
         if a.ip.is_some() || !a.publish.is_empty() {
             bail!("--ip and -p need a network (--net none has only lo)");

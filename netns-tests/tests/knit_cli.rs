@@ -925,3 +925,158 @@ fn knit_cli_macvlan() -> Result<()> {
     ensure!(k.snapshot()? == base, "left behind:\n{}", k.snapshot()?);
     Ok(())
 }
+
+/// Crash safety: `knit run --name`, `sandbox rm`, `network create` and `network rm` killed with
+/// SIGKILL after a random 0-40 ms, then the same command again (which first repairs what the
+/// killed one left) and the cleanup a user would do: each round ends with the store and the
+/// kernel agreeing and nothing leaked (records, links, namespaces, reservations, IPAM
+/// directories, nft elements, leases, journals).
+#[test]
+fn knit_cli_survives_kill9() -> Result<()> {
+    let k = Knit::new()?;
+    let pid = std::process::id();
+    let o = 100 + pid % 100;
+    let n = format!("kk{pid}");
+    k.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        &format!("10.{o}.30.0/24"),
+        &n,
+    ])?;
+    // Warm the path (the nft table, the IPAM dir) so the base snapshot has them.
+    k.ok(&["run", "--net", &n, "--", "true"])?;
+    let base = k.snapshot()?;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos() as u64
+        ^ u64::from(pid);
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut killed = 0;
+    for round in 0..24u32 {
+        let delay = rnd() % 41;
+        let sb = format!("c{round}");
+        let net = format!("kx{pid}r{round}");
+        let sub = format!("10.{o}.{}.0/24", 40 + round);
+        let run: Vec<&str> = vec!["run", "--name", &sb, "--net", &n, "--", "true"];
+        let create: Vec<&str> = vec!["network", "create", "--subnet", &sub, &net];
+        // (setup, the command killed, the error its repeat may give, cleanup)
+        type Round<'a> = (
+            Option<&'a [&'a str]>,
+            &'a [&'a str],
+            &'a str,
+            Option<Vec<&'a str>>,
+        );
+        let (setup, args, again_ok, cleanup): Round<'_> = match round % 4 {
+            0 => (
+                None,
+                &run,
+                "already in use",
+                Some(vec!["sandbox", "rm", &sb]),
+            ),
+            1 => (Some(&run), &["sandbox", "rm", &sb], "not found", None),
+            2 => (
+                None,
+                &create,
+                "already in use",
+                Some(vec!["network", "rm", &net]),
+            ),
+            _ => (Some(&create), &["network", "rm", &net], "not found", None),
+        };
+        if let Some(s) = setup {
+            k.ok(s)?;
+        }
+        let mut child = k.command(args).spawn().context("spawning knit")?;
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let _ = child.kill();
+        let st = child.wait()?;
+        if std::os::unix::process::ExitStatusExt::signal(&st) == Some(9) {
+            killed += 1;
+        }
+        let (code, _, err) = k.status(args)?;
+        ensure!(
+            code == 0 || err.contains(again_ok),
+            "round {round} ({args:?} killed after {delay} ms): again exited {code}: {err}"
+        );
+        if let Some(c) = &cleanup {
+            k.ok(c)?;
+        }
+        let now = k.snapshot()?;
+        ensure!(
+            now == base,
+            "round {round} ({args:?} killed after {delay} ms) left:\n{now}\n--- base:\n{base}"
+        );
+        ensure!(
+            !k.data_dir().join(&net).exists(),
+            "round {round}: IPAM dir of {net} left"
+        );
+        let nft = k.host.stdout(&["nft", "list", "ruleset"])?;
+        ensure!(
+            !nft.contains(&format!("{n}/")) && !nft.contains(&format!("10.{o}.30.")),
+            "round {round}: nft elements left:\n{nft}"
+        );
+        for d in ["sandboxes", "networks"] {
+            let left: Vec<_> = std::fs::read_dir(k.dir.path().join("run").join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            ensure!(left.is_empty(), "round {round}: run/{d} has {left:?}");
+        }
+    }
+    ensure!(
+        killed >= 4,
+        "only {killed} of 24 commands were killed mid-way"
+    );
+    eprintln!("kill -9 rounds: {killed} of 24 killed before they finished");
+
+    // `sandbox prune`: a sandbox whose namespace was deleted behind knit's back is removed
+    // (its reservation released), and an endpoint whose link was deleted is detached.
+    let n2 = format!("kk{pid}b");
+    k.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        &format!("10.{o}.31.0/24"),
+        &n2,
+    ])?;
+    let base = k.snapshot()?;
+    k.ok(&["run", "--name", "gone", "--net", &n, "--", "true"])?;
+    k.ok(&["run", "--name", "cut", "--net", &n, "--", "true"])?;
+    k.ok(&["network", "connect", &n2, "cut"])?;
+    let gone = sandbox_json(&k, "gone")?;
+    let ns = gone["Netns"].as_str().context("Netns")?;
+    let ns = ns.rsplit('/').next().context("netns name")?;
+    k.host.run(&["ip", "netns", "del", ns])?;
+    k.ok(&[
+        "run",
+        "--net",
+        "container:cut",
+        "--",
+        "ip",
+        "link",
+        "del",
+        "eth1",
+    ])?;
+    let fixed = k.ok(&["sandbox", "prune"])?;
+    ensure!(
+        fixed.contains("removed sandbox \"gone\"") && fixed.contains("detached eth1"),
+        "prune: {fixed}"
+    );
+    let cut = sandbox_json(&k, "cut")?;
+    ensure!(cut["Networks"].as_array().map(Vec::len) == Some(1), "{cut}");
+    ensure!(
+        k.ok(&["sandbox", "prune"])?.is_empty(),
+        "a second prune found more"
+    );
+    k.ok(&["sandbox", "rm", "cut"])?;
+    ensure!(k.snapshot()? == base, "left behind:\n{}", k.snapshot()?);
+    k.ok(&["network", "rm", &n, &n2])?;
+    Ok(())
+}
