@@ -372,6 +372,51 @@ fn knit_cli_networks_and_sandboxes() -> Result<()> {
         "overlaps",
     )?;
     k.refuses(&["network", "create", "a/b"], 1, "invalid")?;
+    k.refuses(&["network", "create", "a..b"], 1, "invalid")?;
+    k.refuses(&["network", "create", ".."], 1, "invalid")?;
+    k.refuses(&["network", "create", "x/../y"], 1, "invalid")?;
+    for bad in ["../x", "a/b", "a..b"] {
+        k.refuses(
+            &["run", "--name", bad, "--net", &n1, "--", "true"],
+            125,
+            "invalid",
+        )?;
+    }
+    // Overlapping subnets: with another network's (exactly, wider, narrower) or within one
+    // network; and a bridge name another network uses.
+    for sub in [sub1.as_str(), "10.0.0.0/8"] {
+        k.refuses(
+            &["network", "create", "--subnet", sub, "other"],
+            1,
+            "overlaps",
+        )?;
+    }
+    k.refuses(
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.250.0.0/24",
+            "--subnet",
+            "10.250.0.128/25",
+            "other",
+        ],
+        1,
+        "overlap",
+    )?;
+    let br_opt = format!("com.docker.network.bridge.name={bridge1}");
+    k.refuses(
+        &["network", "create", "-o", &br_opt, "other"],
+        1,
+        "already used",
+    )?;
+    k.refuses(&["network", "rm", "missing-net"], 1, "not found")?;
+    k.refuses(&["sandbox", "rm", "missing-sb"], 1, "not found")?;
+    k.refuses(
+        &["network", "connect", "--ip", "10.99.0.5", &n2, "s1"],
+        1,
+        "10.99.0.5",
+    )?;
     k.refuses(
         &["network", "create", "--driver", "overlay", "m"],
         1,
