@@ -1,14 +1,16 @@
 //! `knit run` and `knit sandbox ls|rm`: a sandbox is a named network namespace
-//! (`/run/netns/knit-<12 hex of its id>`, visible to `ip netns`) with `lo` up and at most one
-//! endpoint, attached through libnet's endpoint lifecycle with the bridge driver and the
-//! addresses of the host-local IPAM files that knit's CNI `bridge` + `host-local` use for a
-//! network of the same name (one address space for both).
+//! (`/run/netns/knit-<12 hex of its id>`, visible to `ip netns`) with `lo` up and its endpoints
+//! (eth0 from `run`, more from `network connect`), attached through libnet's endpoint lifecycle
+//! with the network's driver and the addresses of the host-local IPAM files that knit's CNI
+//! `bridge` + `host-local` use for a network of the same name (one address space for both).
 //!
-//! Order of `run`: sandbox record (a duplicate name fails before anything exists) → namespace →
-//! `lo` up → attach (its own rollback) → endpoint record → CMD. Any failure removes what this
-//! run made, newest first: the endpoint (detach through the lifecycle), the namespace, the
-//! records. Without `--name` the same removal follows CMD's exit. The lifecycle's address
-//! source and filters for a sandbox are put together in [`crate::attach`].
+//! Order of `run`: lease (`creating`, [`crate::lease`]) → sandbox record (a duplicate name
+//! fails before anything exists) → namespace → `lo` up → endpoint record (intent) → attach (its
+//! own rollback) → endpoint record whole ([`crate::connect`]) → lease `ready` (with `--name`)
+//! → CMD. Any failure removes what this run made, newest first: the endpoints (detach through
+//! the lifecycle), the namespace, the records, the lease. Without `--name` the same removal
+//! follows CMD's exit, and the lease is held until then. The lifecycle's address source and
+//! filters for a sandbox are put together in [`crate::attach`].
 
 use std::io;
 use std::net::IpAddr;
