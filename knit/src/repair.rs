@@ -170,14 +170,18 @@ fn endpoints(st: &dyn Store, dirs: &Dirs, sb: &Sandbox, r: &mut Repaired) -> Res
         .collect();
     for ep in &eps {
         let half = ep.labels.contains_key(ATTACHING);
-        if !half && links.contains(&ep.ifname) {
+        let ifname = if ep.ifname.is_empty() {
+            sandbox::IFNAME
+        } else {
+            &ep.ifname
+        };
+        if !half && links.contains(ifname) {
             continue;
         }
         match detach_endpoint(st, dirs, sb, Some(&ns), ep) {
             Ok(()) => {
                 r.fixed.push(format!(
-                    "detached {} of sandbox {:?} ({})",
-                    ep.ifname,
+                    "detached {ifname} of sandbox {:?} ({})",
                     sb.name,
                     if half {
                         "half attached"
@@ -245,7 +249,12 @@ fn networks(st: &dyn Store, dirs: &Dirs, r: &mut Repaired) -> Result<()> {
         .map(|l| l.name)
         .collect();
     for net in ours {
-        if !links.contains(&bridge_name(net)) {
+        // Not one being removed (its journal exists) or removed since the listing.
+        let removing = journal_dir(dirs).join(&net.id).exists();
+        if !links.contains(&bridge_name(net))
+            && !removing
+            && st.network(&net.id).is_ok_and(|n| n.id == net.id)
+        {
             match ensure_network_bridge(&h, net) {
                 Ok(()) => r.fixed.push(format!(
                     "made bridge {} of network {:?}",

@@ -1121,6 +1121,34 @@ fn knit_cli_survives_kill9() -> Result<()> {
         "a second prune found more"
     );
     k.ok(&["sandbox", "rm", "cut"])?;
+    // What a kill between two steps leaves, made by hand: a network's bridge missing (create
+    // killed after the record) is made again; a lease of this run dir without a sandbox record
+    // (run killed before the record) takes its knit-* namespace with it.
+    let v: Value = serde_json::from_str(&k.ok(&["network", "inspect", &n2])?)?;
+    let bridge2 = format!("knit-{}", &v[0]["Id"].as_str().context("Id")?[..10]);
+    k.host.run(&["ip", "link", "del", &bridge2])?;
+    let lost_id = format!("{:064x}", u128::from(pid) << 64 | 0xdead);
+    let lost_ns = format!("knit-{}", &lost_id[..12]);
+    let leases = k.dir.path().join("run/sandboxes");
+    std::fs::write(leases.join(&lost_id), "creating")?;
+    k.host.run(&["ip", "netns", "add", &lost_ns])?;
+    let fixed = k.ok(&["sandbox", "prune"])?;
+    ensure!(
+        fixed.contains(&format!("made bridge {bridge2}"))
+            && fixed.contains(&format!("deleted namespace {lost_ns}")),
+        "prune: {fixed}"
+    );
+    ensure!(
+        !Path::new(libnet::netns::NETNS_RUN_DIR)
+            .join(&lost_ns)
+            .exists()
+            && !leases.join(&lost_id).exists(),
+        "{lost_ns} or its lease is left"
+    );
+    k.host
+        .handle()?
+        .link_by_name(&bridge2)
+        .context("the bridge made again")?;
     ensure!(k.snapshot()? == base, "left behind:\n{}", k.snapshot()?);
     k.ok(&["network", "rm", &n, &n2])?;
     Ok(())
