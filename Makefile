@@ -2,6 +2,7 @@
 CARGO ?= cargo
 PREFIX ?= /usr/local
 CNI_BIN_DIR ?= /opt/cni/bin
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 # Every plugin is one multi-call binary (knit-cni) linked under the reference names it answers
 # to (`knit-cni --list`).
 
@@ -47,6 +48,9 @@ install: build
 	install -m 0755 target/release/knit $(DESTDIR)$(PREFIX)/bin/knit
 	install -m 0755 target/release/knit-cni $(DESTDIR)$(CNI_BIN_DIR)/knit-cni
 	for p in $$(target/release/knit-cni --list); do ln -f $(DESTDIR)$(CNI_BIN_DIR)/knit-cni $(DESTDIR)$(CNI_BIN_DIR)/$$p; done
+	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' contrib/systemd/knit-agent.service.in > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/knit-agent.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/knit-agent.service
 
 clean:
 	$(CARGO) clean

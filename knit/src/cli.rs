@@ -49,6 +49,8 @@ pub enum Command {
     /// Run the host's agent: Docker's remote network + IPAM plugin (`docker network create -d
     /// knit --ipam-driver knit`), knit's local API socket, metrics, and the repair pass.
     Agent(AgentArgs),
+    /// Serve knit's service-discovery DNS (endpoint names, per network) from the store.
+    Dns(DnsArgs),
     /// Raw named network namespaces (for demos and tests).
     #[command(subcommand)]
     Netns(NetnsCmd),
@@ -153,9 +155,29 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics on this address (path /metrics).
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// The Docker Engine API socket, asked for the names of networks Docker creates (Docker
+    /// tells a plugin only their ids).
+    #[arg(long, env = "DOCKER_HOST", default_value = "unix:///run/docker.sock")]
+    pub docker_host: String,
     /// Seconds between repair passes (store → kernel).
     #[arg(long, default_value_t = 30)]
     pub reconcile_interval: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// Listen on ADDR[:PORT] (port 53 by default), UDP and TCP; repeatable.
+    #[arg(long, required = true, value_parser = crate::dns_cmd::parse_listen)]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Fully qualified names are NAME.NETWORK.DOMAIN.
+    #[arg(long, default_value = dns::DEFAULT_DOMAIN)]
+    pub domain: String,
+    /// TTL of knit's answers, in seconds.
+    #[arg(long, default_value_t = dns::DEFAULT_TTL)]
+    pub ttl: u32,
+    /// Log lines as text or JSON (stderr; filter with KNIT_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,6 +1,6 @@
 //! `knit`: the operator's CLI. It needs no daemon (podman's model): it opens the store under
 //! `--state-dir` itself. Commands: `network create|ls|inspect|rm|connect|disconnect`, `run`,
-//! `sandbox ls|rm`, `netns add|del|list`, `version`; `knit --help` and `--help` on each.
+//! `sandbox ls|rm|prune`, `netns add|del|list`, `version`; `knit --help` and `--help` on each.
 //!
 //! Exit status: 0 on success, 1 when knit failed; `knit run` exits with CMD's status (128 +
 //! the signal if one ended it), 125 when knit itself failed, 126/127 when CMD could not be
@@ -10,6 +10,7 @@ mod agent;
 mod attach;
 mod cli;
 mod connect;
+mod dns_cmd;
 mod lease;
 mod network;
 mod ports;
@@ -110,6 +111,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Netns(cmd) => netns(cmd)?,
         Command::Agent(a) => return agent::run(&cli.state_dir, dirs, a),
+        Command::Dns(a) => return dns_cmd::run(&cli.state_dir, a),
     }
     Ok(0)
 }

@@ -431,7 +431,7 @@ pub fn ipam_dir_name(net: &Network) -> &str {
     net.options.get(IPAM_DIR).map_or(&net.name, |d| d.as_str())
 }
 
-/// Remove one network without endpoints: the record, then the bridge knit made for it, then
+/// Remove one network without endpoints: the bridge knit made for it, then the record, then
 /// its IPAM directories if nothing is reserved there.
 pub fn remove(st: &dyn Store, net: &Network, cni_data_dir: &std::path::Path) -> Result<()> {
     let eps = st
@@ -470,24 +470,39 @@ pub fn remove(st: &dyn Store, net: &Network, cni_data_dir: &std::path::Path) -> 
             );
         }
     }
-    st.delete_network(&net.id)
-        .with_context(|| format!("removing network {:?}", net.name))?;
+    // The bridge first, then the record: a crash in between leaves the record, so the same
+    // command (or Docker's retry of DeleteNetwork) finds it and finishes; the other order
+    // would leave a bridge nothing knows about.
     if let Some(br) = link {
         match h.del_link(br.index) {
             Ok(()) => {}
             Err(e) if e.errno() == Some(libc::ENODEV) => {}
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "network {:?} removed, but not its bridge {bridge}",
-                        net.name
-                    )
-                })
+                return Err(e)
+                    .with_context(|| format!("removing bridge {bridge} of network {:?}", net.name))
             }
         }
     }
+    st.delete_network(&net.id)
+        .with_context(|| format!("removing network {:?}", net.name))?;
     remove_ipam_dirs(cni_data_dir, ipam_dir_name(net));
+    if ipam_dir_name(net) != net.name {
+        remove_pool_alias(cni_data_dir, net);
+    }
     Ok(())
+}
+
+/// The name under which a Docker network's pool directory is shared with CNI networks (a
+/// symlink made by the agent), and the CNI index kept under that name.
+fn remove_pool_alias(data_dir: &std::path::Path, net: &Network) {
+    let link = data_dir.join(&net.name);
+    let ours = std::fs::read_link(&link).is_ok_and(|t| t.as_os_str() == ipam_dir_name(net));
+    if ours {
+        let _ = std::fs::remove_file(&link);
+        let index = data_dir.join(libnet::ipam::file_store::INDEX_DIR);
+        let _ = std::fs::remove_dir_all(index.join(&net.name));
+        let _ = std::fs::remove_dir(&index);
+    }
 }
 
 /// The host-local IPAM directories of a removed network, if nothing is reserved there any more

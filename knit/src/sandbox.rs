@@ -17,7 +17,6 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 use libnet::netlink::Handle;
@@ -294,33 +293,78 @@ fn exec_in(ns: Option<&NetNs>, cmd: &[String]) -> Result<i32> {
     let mut child = c
         .spawn()
         .map_err(|e| anyhow!(RunError::Spawn(prog.clone(), e)))?;
-    let pid = child.id() as libc::pid_t;
-    let done = AtomicBool::new(false);
-    let status = std::thread::scope(|s| {
-        s.spawn(|| forward_signals(&set, pid, &done));
-        let st = child.wait();
-        done.store(true, Ordering::Relaxed);
-        st
-    })
-    .with_context(|| format!("waiting for {prog:?}"))?;
+    let status =
+        wait_forwarding(&mut child, &set).with_context(|| format!("waiting for {prog:?}"))?;
     Ok(status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1))
 }
 
-/// Pass SIGTERM and SIGHUP (blocked, so waited for here) on to `pid` until `done`.
-fn forward_signals(set: &libc::sigset_t, pid: libc::pid_t, done: &AtomicBool) {
-    let tick = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 100_000_000,
-    };
-    while !done.load(Ordering::Relaxed) {
-        // SAFETY: set is a valid sigset_t; no siginfo wanted.
-        let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &tick) };
-        if (sig == libc::SIGTERM || sig == libc::SIGHUP) && !done.load(Ordering::Relaxed) {
-            // SAFETY: kill(2) on the child we spawned and have not reaped yet.
-            unsafe { libc::kill(pid, sig) };
+/// Wait for `child`, passing SIGTERM and SIGHUP (blocked in `set`, so read here) on to it:
+/// one `poll` over a pidfd of the child and a signalfd of `set`, so the exit is seen the
+/// moment it happens (no timer, no thread).
+fn wait_forwarding(
+    child: &mut std::process::Child,
+    set: &libc::sigset_t,
+) -> io::Result<std::process::ExitStatus> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: pidfd_open(2) on our own unreaped child; the fd is owned below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // SAFETY: set is a valid sigset_t; a new signalfd.
+    let sfd = unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC) };
+    if sfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let sfd = unsafe { OwnedFd::from_raw_fd(sfd) };
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfd entries.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            // SAFETY: a zeroed plain C struct, filled by read(2) from the signalfd.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: info is a writable buffer of `size` bytes.
+            let n = unsafe {
+                libc::read(
+                    sfd.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
+            let sig = info.ssi_signo as libc::c_int;
+            if n == size as isize && (sig == libc::SIGTERM || sig == libc::SIGHUP) {
+                // SAFETY: kill(2) on the child we spawned and have not reaped yet.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            return child.wait();
         }
     }
 }

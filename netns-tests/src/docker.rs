@@ -32,6 +32,9 @@ pub struct DockerHost {
     agent: Option<Child>,
     pub plugin: String,
     pub knit: PathBuf,
+    /// knit's `--cni-data-dir` (default: the test dir's `cni`; the podman test shares
+    /// `/var/lib/cni/networks` with podman's host-local).
+    pub cni_data_dir: PathBuf,
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -53,9 +56,11 @@ impl DockerHost {
             knit.display()
         );
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = TempDir::new(tag)?;
         let mut h = DockerHost {
             ns: TestNs::new(tag)?,
-            dir: TempDir::new(tag)?,
+            cni_data_dir: dir.path().join("cni"),
+            dir,
             daemon: None,
             agent: None,
             plugin: format!("knt{}x{n}", std::process::id()),
@@ -178,7 +183,7 @@ impl DockerHost {
             .arg("--run-dir")
             .arg(d.join("run"))
             .arg("--cni-data-dir")
-            .arg(d.join("cni"));
+            .arg(&self.cni_data_dir);
         c
     }
 
@@ -203,6 +208,8 @@ impl DockerHost {
         let child = self
             .knit_command()
             .args(["agent", "--plugin-name", &self.plugin])
+            .arg("--docker-host")
+            .arg(format!("unix://{}", self.sock().display()))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -246,6 +253,11 @@ impl DockerHost {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// The running agent's pid (it is our direct child: setns before exec, no wrapper).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
     }
 
     pub fn agent_log(&self) -> String {

@@ -125,6 +125,31 @@ fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
     let inspect: Value = serde_json::from_str(&h.docker(&["network", "inspect", "kn1"])?)?;
     let containers = inspect[0]["Containers"].as_object().context("Containers")?;
     ensure!(containers.len() == 2, "docker network inspect: {inspect:#}");
+    // knit's inspect shows the same containers, keyed by Docker's container id, with names.
+    let t = std::time::Instant::now();
+    loop {
+        let k: Value = serde_json::from_str(&h.knit(&["network", "inspect", "kn1"])?)?;
+        let mut names: Vec<String> = k[0]["Containers"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .map(|c| c["Name"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        let keys_match = k[0]["Containers"]
+            .as_object()
+            .is_some_and(|m| m.keys().all(|id| containers.contains_key(id)));
+        if names == ["c1", "c2"] && keys_match {
+            break;
+        }
+        ensure!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "knit network inspect: {k:#}\nDocker: {inspect:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // -p from outside, from the host and on 127.0.0.1, with no proxy process.
     run_detached(
@@ -227,7 +252,7 @@ fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
 #[test]
 fn the_plugin_refuses_bad_input_with_clear_errors() -> Result<()> {
     let mut h = DockerHost::start("dkb")?;
-    h.start_agent(&[])?;
+    h.start_agent(&["--log-format", "json", "--metrics", "127.0.0.1:9464"])?;
     let err = |status: u16, body: &str, want: &str| -> Result<()> {
         ensure!(status >= 400, "status {status} for a bad request ({body})");
         let v: Value = serde_json::from_str(body).with_context(|| format!("body {body:?}"))?;
@@ -287,9 +312,317 @@ fn the_plugin_refuses_bad_input_with_clear_errors() -> Result<()> {
     ensure!(e.contains("already running"), "second agent said: {e}");
     // The good network still works and goes away cleanly.
     h.docker(&["network", "rm", "ok1"])?;
+    // Metrics count calls by method and outcome; every log line is a JSON object; the local
+    // API socket in --run-dir answers.
+    let m =
+        h.ns.stdout(&["curl", "-sf", "http://127.0.0.1:9464/metrics"])?;
+    for want in [
+        "knit_agent_requests_total{method=\"NetworkDriver.CreateNetwork\",outcome=\"ok\"} 1",
+        "knit_agent_requests_total{method=\"NetworkDriver.CreateEndpoint\",outcome=\"error\"} 1",
+        "knit_agent_requests_total{method=\"unknown\",outcome=\"error\"} 1",
+        "knit_agent_request_duration_seconds_bucket",
+        "knit_agent_networks 0",
+    ] {
+        ensure!(m.contains(want), "metrics lack {want:?}:\n{m}");
+    }
+    let log = std::fs::read_to_string(h.dir.path().join("agent.log"))?;
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    ensure!(lines.len() > 3, "the agent logged almost nothing: {log}");
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).with_context(|| format!("log line {l:?}"))?;
+        ensure!(
+            v["level"].is_string() && v["fields"].is_object(),
+            "log line {l}"
+        );
+    }
+    let api = h.dir.path().join("run/agent.sock");
+    let st = h.ns.stdout(&[
+        "curl",
+        "-sf",
+        "--unix-socket",
+        &api.display().to_string(),
+        "http://knit/v1/status",
+    ])?;
+    let v: Value = serde_json::from_str(&st)?;
+    ensure!(v["networks"] == 0 && v["endpoints"] == 0, "status: {st}");
     ensure!(
         h.knit(&["network", "ls"])?.lines().count() == 1,
         "store not empty"
     );
+    Ok(())
+}
+
+/// A firewall reload that dropped knit's nftables table heals on the periodic repair pass and
+/// on restart; a missing bridge is made again.
+#[test]
+fn the_agent_repairs_what_the_host_lost() -> Result<()> {
+    let mut h = DockerHost::start("dkr")?;
+    h.start_agent(&["--reconcile-interval", "1"])?;
+    let p = h.plugin.clone();
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        SUBNET,
+        "kn1",
+    ])?;
+    run_detached(
+        &h,
+        "web",
+        "kn1",
+        &["-p", "18082:8080"],
+        &[
+            "sh",
+            "-c",
+            "while true; do echo hello | nc -l -p 8080; done",
+        ],
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ensure!(
+        reads_hello(&h.ns, "127.0.0.1", 18082)?,
+        "-p before the loss"
+    );
+    fn wait_for(h: &DockerHost, what: &str) -> Result<()> {
+        let t = std::time::Instant::now();
+        while !reads_hello(&h.ns, "127.0.0.1", 18082)? {
+            ensure!(
+                t.elapsed() < std::time::Duration::from_secs(15),
+                "{what}: -p never came back\n{}",
+                h.agent_log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Ok(())
+    }
+    // The periodic pass.
+    h.ns.run(&["nft", "delete", "table", "inet", "knit"])?;
+    ensure!(
+        !reads_hello(&h.ns, "127.0.0.1", 18082)?,
+        "-p still answers without knit's table"
+    );
+    wait_for(&h, "periodic repair")?;
+    // A restart (the agent was down when the table went).
+    h.stop_agent(libc::SIGKILL)?;
+    h.ns.run(&["nft", "delete", "table", "inet", "knit"])?;
+    h.start_agent(&[])?;
+    wait_for(&h, "repair at start")?;
+    h.docker(&["rm", "-f", "web"])?;
+    h.docker(&["network", "rm", "kn1"])?;
+    let left = kernel_leftovers(&h)?;
+    ensure!(left.is_empty(), "left behind: {left:#?}");
+    Ok(())
+}
+
+/// kill -9 of the agent at random moments while Docker creates and removes containers; after
+/// a restart and the removal of everything, the store and the kernel agree and nothing leaked.
+#[test]
+fn the_agent_survives_kill_9_at_any_point() -> Result<()> {
+    let mut h = DockerHost::start("dkk")?;
+    h.start_agent(&[])?;
+    let p = h.plugin.clone();
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        SUBNET,
+        "kn1",
+    ])?;
+    run_detached(&h, "anchor", "kn1", &[], &["sleep", "600"])?;
+    let anchor = ip_of(&h, "anchor", "kn1")?;
+    let mut seed: u64 = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..12 {
+        let name = format!("k{round}");
+        let sock = h.sock();
+        let (n2, img) = (name.clone(), IMAGE.to_string());
+        let removing = round % 3 == 2;
+        let target = if removing {
+            format!("k{}", round - 1)
+        } else {
+            name.clone()
+        };
+        let worker = std::thread::spawn(move || {
+            let args: Vec<String> = if removing {
+                vec!["rm".into(), "-f".into(), target]
+            } else {
+                [
+                    "run", "-d", "--name", &n2, "--net", "kn1", &img, "sleep", "600",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+            };
+            std::process::Command::new(netns_tests::docker::DOCKER)
+                .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+                .args(&args)
+                .output()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(rnd(400)));
+        h.stop_agent(libc::SIGKILL)?;
+        h.start_agent(&[])?;
+        let _ = worker.join();
+    }
+    // Whatever Docker made of it: every container is removed, then one more runs and talks.
+    let ids = h.docker(&["ps", "-aq", "--filter", "name=k"])?;
+    for id in ids.split_whitespace() {
+        h.docker(&["rm", "-f", id])?;
+    }
+    run_detached(&h, "after", "kn1", &[], &["sleep", "600"])?;
+    ensure!(
+        pings(&h, "after", &anchor)?,
+        "a new container cannot reach the anchor"
+    );
+    h.docker(&["rm", "-f", "after", "anchor"])?;
+    // Endpoints Docker lost while the agent was down are found by the repair pass.
+    h.stop_agent(libc::SIGTERM)?;
+    h.start_agent(&[])?;
+    let o = h.docker_raw(&["network", "rm", "kn1"])?;
+    ensure!(
+        o.status.success(),
+        "network rm: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        h.agent_log()
+    );
+    let left = kernel_leftovers(&h)?;
+    ensure!(
+        left.is_empty(),
+        "left behind: {left:#?}\nagent log:\n{}",
+        h.agent_log()
+    );
+    Ok(())
+}
+
+/// Dual stack through Docker: both pools from knit's IPAM, both addresses on the container,
+/// both families reach the other container.
+#[test]
+fn dual_stack_network() -> Result<()> {
+    let mut h = DockerHost::start("dk6")?;
+    h.start_agent(&[])?;
+    let p = h.plugin.clone();
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--ipv6",
+        "--subnet",
+        "10.244.66.0/24",
+        "--subnet",
+        "fd00:6b6e:66::/64",
+        "kn6",
+    ])?;
+    run_detached(&h, "six-a", "kn6", &[], &["sleep", "600"])?;
+    run_detached(&h, "six-b", "kn6", &[], &["sleep", "600"])?;
+    let f6 = "{{(index .NetworkSettings.Networks \"kn6\").GlobalIPv6Address}}";
+    let b6 = h.docker(&["inspect", "-f", f6, "six-b"])?;
+    ensure!(
+        b6.starts_with("fd00:6b6e:66::"),
+        "b has no IPv6 address from knit: {b6:?}"
+    );
+    let b4 = ip_of(&h, "six-b", "kn6")?;
+    ensure!(pings(&h, "six-a", &b4)?, "a cannot ping b over IPv4");
+    let ok6 = h
+        .docker_raw(&["exec", "six-a", "ping", "-6", "-c", "1", "-W", "2", &b6])?
+        .status
+        .success();
+    ensure!(ok6, "a cannot ping b over IPv6 ({b6})");
+    let k: Value = serde_json::from_str(&h.knit(&["network", "inspect", "kn6"])?)?;
+    ensure!(k[0]["EnableIPv6"] == true, "knit inspect: {k:#}");
+    h.docker(&["rm", "-f", "six-a", "six-b"])?;
+    h.docker(&["network", "rm", "kn6"])?;
+    let left = kernel_leftovers(&h)?;
+    ensure!(left.is_empty(), "left behind: {left:#?}");
+    Ok(())
+}
+
+/// knit as the network driver with Docker's own IPAM (no --ipam-driver): Docker picks the
+/// pool and the addresses, knit wires them; and a knit sandbox joins a Docker-made network
+/// on knit's IPAM without clashing with Docker's containers.
+#[test]
+fn docker_ipam_and_cli_sandboxes_on_docker_networks() -> Result<()> {
+    let mut h = DockerHost::start("dki")?;
+    h.start_agent(&[])?;
+    let p = h.plugin.clone();
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--subnet",
+        "10.244.67.0/24",
+        "dipam",
+    ])?;
+    run_detached(&h, "x1", "dipam", &[], &["sleep", "600"])?;
+    run_detached(&h, "x2", "dipam", &[], &["sleep", "600"])?;
+    let x2 = ip_of(&h, "x2", "dipam")?;
+    ensure!(x2.starts_with("10.244.67."), "x2 got {x2}");
+    ensure!(pings(&h, "x1", &x2)?, "x1 cannot ping x2 on Docker's IPAM");
+
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        SUBNET,
+        "kn1",
+    ])?;
+    run_detached(&h, "y1", "kn1", &[], &["sleep", "600"])?;
+    let y1 = ip_of(&h, "y1", "kn1")?;
+    // A knit sandbox on the same network: a different address, and they talk.
+    let t = std::time::Instant::now();
+    while h
+        .knit_command()
+        .args(["network", "inspect", "kn1"])
+        .output()?
+        .status
+        .code()
+        != Some(0)
+    {
+        ensure!(t.elapsed().as_secs() < 10, "kn1 never got its name in knit");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = h.knit(&[
+        "run", "--net", "kn1", "--", "ping", "-c", "1", "-W", "2", &y1,
+    ])?;
+    ensure!(
+        out.contains("1 packets received") || out.contains("1 received"),
+        "{out}"
+    );
+    h.knit(&["run", "--name", "sb", "--net", "kn1", "--", "true"])?;
+    let k: Value = serde_json::from_str(&h.knit(&["network", "inspect", "kn1"])?)?;
+    let addrs: Vec<String> = k[0]["Containers"]
+        .as_object()
+        .context("Containers")?
+        .values()
+        .map(|c| c["IPv4Address"].as_str().unwrap_or("").to_string())
+        .collect();
+    ensure!(addrs.len() == 2, "knit inspect: {k:#}");
+    ensure!(
+        addrs[0] != addrs[1],
+        "the sandbox and y1 share an address: {addrs:?}"
+    );
+    h.knit(&["sandbox", "rm", "sb"])?;
+    h.docker(&["rm", "-f", "x1", "x2", "y1"])?;
+    h.docker(&["network", "rm", "dipam", "kn1"])?;
+    let left = kernel_leftovers(&h)?;
+    ensure!(left.is_empty(), "left behind: {left:#?}");
     Ok(())
 }

@@ -9,6 +9,8 @@
 //! ```
 #![cfg(feature = "root-tests")]
 
+// A module shared by several test crates: each uses only part of it.
+#[allow(dead_code)]
 #[path = "common/podman.rs"]
 mod podman_env;
 

@@ -141,6 +141,33 @@ impl Store for MemStore {
         self.lock().network(name_or_id)
     }
 
+    fn rename_network(
+        &self,
+        id: &str,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Network, Error> {
+        self.write(|st| {
+            let mut net = st
+                .networks
+                .get(id)
+                .cloned()
+                .ok_or_else(|| Error::NetworkNotFound {
+                    name_or_id: id.to_string(),
+                })?;
+            if net.name != name && st.networks.values().any(|n| n.name == name) {
+                return Err(Error::NetworkExists {
+                    name: name.to_string(),
+                });
+            }
+            net.name = name.to_string();
+            net.labels = labels.clone();
+            validate_network(&net)?;
+            st.networks.insert(net.id.clone(), net.clone());
+            Ok(net)
+        })
+    }
+
     fn list_networks(&self) -> Result<Vec<Network>, Error> {
         let mut nets: Vec<Network> = self.lock().networks.values().cloned().collect();
         nets.sort_by(|a, b| a.name.cmp(&b.name));

@@ -59,6 +59,15 @@ pub trait Store: Send + Sync {
     fn list_networks(&self) -> Result<Vec<Network>, Error>;
     /// Removes a network that has no endpoints ([`Error::NetworkInUse`] otherwise).
     fn delete_network(&self, name_or_id: &str) -> Result<Network, Error>;
+    /// Gives the network with this full id a new name and labels (Docker tells the agent a
+    /// network's name only after creating it). The name is validated and must be free
+    /// ([`Error::NetworkExists`]). Returns the updated network.
+    fn rename_network(
+        &self,
+        id: &str,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Network, Error>;
 
     /// Creates or replaces (by id) an endpoint after [`validate::validate_endpoint`] against its
     /// network, which must exist ([`Error::NetworkNotFound`]). Within one network the name (when

@@ -431,6 +431,38 @@ impl Store for SqliteStore {
         self.read("list networks", |tx| tx.networks())
     }
 
+    fn rename_network(
+        &self,
+        id: &str,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Network, Error> {
+        self.write("rename network", |tx| {
+            let mut net: Network = tx.lookup(Named::Networks, id)?;
+            if net.id != id {
+                return Err(Error::NetworkNotFound {
+                    name_or_id: id.to_string(),
+                });
+            }
+            if net.name != name && tx.exists("SELECT 1 FROM networks WHERE name = ?1", name)? {
+                return Err(Error::NetworkExists {
+                    name: name.to_string(),
+                });
+            }
+            net.name = name.to_string();
+            net.labels = labels.clone();
+            validate_network(&net)?;
+            let body = to_json("networks", &net.id, &net)?;
+            tx.tx
+                .execute(
+                    "UPDATE networks SET name = ?2, body = ?3 WHERE id = ?1",
+                    params![net.id, net.name, body],
+                )
+                .map_err(self.sql("rename network"))?;
+            Ok(net)
+        })
+    }
+
     fn delete_network(&self, name_or_id: &str) -> Result<Network, Error> {
         self.write("delete network", |tx| {
             let net: Network = tx.lookup(Named::Networks, name_or_id)?;

@@ -52,7 +52,28 @@ on_both!(
     endpoint_refusals_write_nothing,
     sandboxes,
     revision_moves_once_per_write_and_never_on_reads,
+    rename_gives_a_free_valid_name_and_labels,
 );
+
+fn rename_gives_a_free_valid_name_and_labels(st: &dyn Store) {
+    let a = bridge("docker-0123456789ab", "10.70.0.0/24");
+    let b = bridge("taken", "10.71.0.0/24");
+    st.create_network(&a).unwrap();
+    st.create_network(&b).unwrap();
+    let labels: std::collections::BTreeMap<String, String> =
+        [("team".to_string(), "web".to_string())].into();
+    let before = snapshot(st);
+    for bad in ["taken", "a/b", ".."] {
+        assert!(st.rename_network(&a.id, bad, &labels).is_err(), "{bad}");
+    }
+    assert!(st.rename_network("nope", "x", &labels).is_err());
+    assert_eq!(snapshot(st), before, "a refused rename changed something");
+    let r = st.rename_network(&a.id, "kn1", &labels).unwrap();
+    assert_eq!((r.name.as_str(), &r.labels), ("kn1", &labels));
+    assert_eq!(st.network("kn1").unwrap().id, a.id);
+    assert!(st.network("docker-0123456789ab").is_err());
+    assert_eq!(st.revision().unwrap(), before.0 + 1);
+}
 
 /// Everything the store holds, to prove a refused write changed nothing.
 fn snapshot(st: &dyn Store) -> (u64, Vec<Network>, Vec<Sandbox>, Vec<Endpoint>) {

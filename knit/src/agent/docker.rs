@@ -8,6 +8,8 @@
 //! 11 hex digits of the endpoint id) stays in the agent's namespace, down, for Docker to move
 //! into the container, rename and configure (Join names it and the gateway). DeleteEndpoint
 //! detaches by the derived names, so it needs nothing but the ids, then drops the record.
+//! A Docker endpoint's nftables elements are keyed by the network's id, not its name: the name
+//! changes once, when Docker's is learnt ([`super::names`]).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -55,8 +57,12 @@ impl From<anyhow::Error> for ApiError {
 
 /// What every call needs.
 pub struct Ctx {
-    pub store: Box<dyn Store>,
+    pub store: std::sync::Arc<dyn Store>,
     pub dirs: Dirs,
+    pub namer: super::names::Namer,
+    /// Calls hold it shared, the repair pass exclusively: a repair must never see a call's
+    /// half-made work (a record whose veth is being made) as a crash's leftovers.
+    pub repair: std::sync::RwLock<()>,
 }
 
 /// The methods knit answers, for `Plugin.Activate`'s caller and the unknown-method error.
@@ -109,6 +115,7 @@ pub fn known(method: &str) -> bool {
 
 /// One call: `method` is the path without its `/` (`NetworkDriver.CreateNetwork`).
 pub fn call(ctx: &Ctx, method: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let _calls = ctx.repair.read().unwrap_or_else(|p| p.into_inner());
     let ok = |()| json!({});
     match method {
         "Plugin.Activate" => Ok(json!({"Implements": IMPLEMENTS})),
@@ -286,6 +293,7 @@ fn create_network(ctx: &Ctx, r: CreateNetwork) -> Result<(), ApiError> {
     }
     let net = network::materialize(&*ctx.store, net)?;
     info!(network = %net.id, bridge = %bridge_name(&net), "network created");
+    ctx.namer.queue(super::names::Job::Network(net.id.clone()));
     Ok(())
 }
 
@@ -396,7 +404,7 @@ fn create_endpoint(ctx: &Ctx, r: CreateEndpoint) -> Result<Value, ApiError> {
 fn attach(ctx: &Ctx, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> Result<()> {
     let host = NetNs::current().context("opening the agent's network namespace")?;
     let req = Request {
-        network: &net.name,
+        network: &net.id,
         container_id: &ep.id,
         ifname: &ep.ifname,
         netns: Some(&host),
@@ -414,7 +422,7 @@ fn attach(ctx: &Ctx, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> Result<()> {
 pub fn detach(ctx: &Ctx, net: &Network, endpoint_id: &str) -> Result<()> {
     let ifname = peer_name(endpoint_id);
     let req = Request {
-        network: &net.name,
+        network: &net.id,
         container_id: endpoint_id,
         ifname: &ifname,
         netns: None,
@@ -464,12 +472,14 @@ fn join(ctx: &Ctx, r: EndpointRef) -> Result<Value, ApiError> {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty());
-    if ep.sandbox_id != sandbox {
+    if ep.sandbox_id.is_none() {
         ep.sandbox_id = sandbox;
         ctx.store
             .put_endpoint(&ep)
             .with_context(|| format!("recording the sandbox of endpoint {}", ep.id))?;
     }
+    ctx.namer
+        .queue(super::names::Job::Endpoints(net.id.clone()));
     let gw = |a: Option<IpNet>| {
         a.and_then(|a| {
             net.ipam
@@ -575,7 +585,7 @@ fn program(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
 /// The endpoint's port mappings in knit's nftables table (replacing what it had).
 pub fn publish(ctx: &Ctx, net: &Network, ep: &Endpoint, maps: &[PortMap]) -> Result<()> {
     let req = Request {
-        network: &net.name,
+        network: &net.id,
         container_id: &ep.id,
         ifname: &ep.ifname,
         netns: None,

@@ -8,6 +8,7 @@
 
 pub mod docker;
 mod metrics;
+mod names;
 pub mod pools;
 mod reconcile;
 pub mod wire;
@@ -56,10 +57,21 @@ pub fn run(state_dir: &Path, dirs: Dirs, a: &AgentArgs) -> Result<i32> {
         .with_context(|| format!("opening the store in {}", state_dir.display()))?;
     std::fs::create_dir_all(&dirs.run_dir)
         .with_context(|| format!("creating run dir {}", dirs.run_dir.display()))?;
+    let store: Arc<dyn store::Store> = Arc::new(store);
+    let docker_sock = names::socket_of(&a.docker_host)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let st = store.clone();
+    let data_dir = dirs.cni_data_dir.clone();
+    std::thread::Builder::new()
+        .name("docker-names".into())
+        .spawn(move || names::run(st, docker_sock, data_dir, rx))
+        .context("starting the naming thread")?;
     let shared = Arc::new(Shared {
         ctx: Ctx {
-            store: Box::new(store),
+            store,
             dirs,
+            namer: names::Namer(Some(tx)),
+            repair: std::sync::RwLock::new(()),
         },
         metrics: Metrics::new(),
     });
@@ -73,7 +85,8 @@ pub fn run(state_dir: &Path, dirs: Dirs, a: &AgentArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn init_logs(format: LogFormat) {
+/// Logs to stderr as text or JSON, filtered by `KNIT_LOG` (default `info`).
+pub fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KNIT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()

@@ -55,6 +55,7 @@ pub fn count(ctx: &Ctx, m: &Metrics) {
 }
 
 fn run(ctx: &Ctx) -> Result<u64> {
+    let _alone = ctx.repair.write().unwrap_or_else(|p| p.into_inner());
     let h = Handle::new().context("opening a netlink socket")?;
     let mut repaired = 0;
     for net in ctx.store.list_networks().context("listing networks")? {
@@ -71,6 +72,9 @@ fn run(ctx: &Ctx) -> Result<u64> {
         }
         if !is_dockers(&net) {
             continue;
+        }
+        if net.name == super::names::stand_in(&net.id) {
+            ctx.namer.queue(super::names::Job::Network(net.id.clone()));
         }
         for ep in eps {
             match repair_endpoint(ctx, &h, &net, &ep) {
@@ -114,7 +118,7 @@ fn repair_endpoint(ctx: &Ctx, h: &Handle, net: &Network, ep: &Endpoint) -> Resul
         return Ok(1);
     }
     let req = Request {
-        network: &net.name,
+        network: &net.id,
         container_id: &ep.id,
         ifname: &ep.ifname,
         netns: None,

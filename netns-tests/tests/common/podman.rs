@@ -199,6 +199,11 @@ impl Podman {
     /// global: /run/netns/netns-* sandboxes, /var/lib/cni/{networks,results}, runc's /run/runc
     /// and the image blob-info cache in /var/lib/containers; cleanup removes each of them.
     pub fn new(netns: &Netns, cni_bin: &Path) -> Result<Self> {
+        Podman::new_at(&netns.path(), cni_bin)
+    }
+
+    /// As [`Podman::new`], in the namespace at `netns_path` (one another harness made).
+    pub fn new_at(netns_path: &str, cni_bin: &Path) -> Result<Self> {
         sweep_stale();
         let dir = std::env::temp_dir().join(unique("podman"));
         if dir.exists() {
@@ -210,7 +215,7 @@ impl Podman {
         fs::create_dir_all(dir.join("net"))?;
         let pm = Podman {
             dir,
-            netns_path: netns.path(),
+            netns_path: netns_path.to_string(),
             networks: Vec::new(),
             host_local_nets: Vec::new(),
             sandboxes: Vec::new(),
@@ -281,6 +286,30 @@ impl Podman {
         self.run(&["network", "create", "--subnet", subnet, name])?;
         let path = self.dir.join("net").join(format!("{name}.conflist"));
         fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+    }
+
+    /// A network on a bridge someone else made (knit's Docker network), written as a user
+    /// would: a conflist in podman's network dir (podman 4.3 has no `--interface-name`), the
+    /// chain podman itself writes: bridge + host-local, portmap, firewall, tuning.
+    pub fn network_on_bridge(&mut self, name: &str, subnet: &str, bridge: &str) -> Result<()> {
+        self.networks.push(name.to_string());
+        self.host_local_nets.push(name.to_string());
+        let conflist = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": name,
+            "plugins": [
+                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
+                 "hairpinMode": true,
+                 "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}],
+                          "ranges": [[{"subnet": subnet}]]}},
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+                {"type": "firewall", "backend": ""},
+                {"type": "tuning"}
+            ]
+        });
+        let path = self.dir.join("net").join(format!("{name}.conflist"));
+        fs::write(&path, serde_json::to_string_pretty(&conflist)?)
+            .with_context(|| format!("write {}", path.display()))
     }
 
     /// `podman network rm NAME` (then no longer removed at cleanup).

@@ -1,9 +1,12 @@
 //! knit-bench: knit's CNI plugins against the reference, side by side in one run, as whole
 //! processes through the harness's chain runner, each side in its own namespaces.
 //!
-//! `knit-bench [--cycles N] [--scale N] [--scale-ref] [--no-scale] [--ref DIR] [--knit DIR]`
+//! `knit-bench [--cycles N] [--scale N] [--scale-ref] [--no-scale] [--ref DIR] [--knit DIR]
+//! [--cases LIST]`
 //! Prints ADD, DEL and whole-cycle medians per side with knit/reference ratios, the kernel's own
-//! `ip link del` floor, a 1,000-container scale run, peak RSS, and a verdict per target.
+//! `ip link del` floor, a 1,000-container scale run, peak RSS, `docker run` on knit's agent
+//! against Docker's bridge (`docker`), `knit run` against netavark (`knit-run`), and a verdict
+//! per target.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +20,10 @@ use netns_tests::scenario::Side;
 use netns_tests::topology::TestNs;
 use serde_json::json;
 
+mod docker;
 mod floors;
+mod hist;
+mod knit_run;
 use floors::{
     del_floor, fsync_floor, link_del_floor, DelFloor, BANDWIDTH_FLOOR, MACVLAN_FLOOR, VETH_FLOOR,
 };
@@ -43,15 +49,23 @@ struct Args {
     scale_ref: bool,
     ref_dir: PathBuf,
     knit_dir: PathBuf,
-    /// `--cases a,b`: measure only these (bridge, podman, ptp, macvlan, bandwidth).
+    /// `--cases a,b`: measure only these (bridge, podman, ptp, macvlan, bandwidth, docker,
+    /// knit-run).
     only: Option<Vec<String>>,
 }
+
+/// The cases that run the CNI plugins; the kernel floors and the scale run go with them.
+const CNI_CASES: [&str; 5] = ["bridge", "podman", "ptp", "macvlan", "bandwidth"];
 
 impl Args {
     fn wants(&self, case: &str) -> bool {
         self.only
             .as_ref()
             .is_none_or(|o| o.iter().any(|c| c == case))
+    }
+
+    fn wants_cni(&self) -> bool {
+        CNI_CASES.iter().any(|c| self.wants(c))
     }
 }
 
@@ -76,7 +90,7 @@ fn parse_args() -> Result<Args> {
             "--knit" => a.knit_dir = val()?.into(),
             "--cases" => a.only = Some(val()?.split(',').map(str::to_string).collect()),
             "-h" | "--help" => {
-                println!("knit-bench [--cycles N] [--scale N|--no-scale] [--scale-ref] [--ref DIR] [--knit DIR] [--cases bridge,podman,ptp,macvlan,bandwidth]");
+                println!("knit-bench [--cycles N] [--scale N|--no-scale] [--scale-ref] [--ref DIR] [--knit DIR] [--cases bridge,podman,ptp,macvlan,bandwidth,docker,knit-run]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -432,10 +446,12 @@ fn run(a: &Args) -> Result<()> {
         a.cycles
     );
     let mut verdict = Verdict { lines: Vec::new() };
-    println!(
-        "\n{:<24} {:<6} {:>9} {:>9} {:>9}",
-        "case", "side", "ADD", "DEL", "cycle"
-    );
+    if a.wants_cni() {
+        println!(
+            "\n{:<24} {:<6} {:>9} {:>9} {:>9}",
+            "case", "side", "ADD", "DEL", "cycle"
+        );
+    }
     let case = |n: &str| cases::by_name(n).expect("a case of the table");
     let pick = |key: &str, label: &str, c: Case| -> Result<Option<[Samples; 2]>> {
         if a.wants(key) {
@@ -449,6 +465,16 @@ fn run(a: &Args) -> Result<()> {
     let ptp = pick("ptp", "ptp+host-local", case("ptp"))?;
     let macvlan = pick("macvlan", "macvlan+host-local", case("macvlan"))?;
     let bandwidth = pick("bandwidth", "bridge+bandwidth", case("bandwidth"))?;
+    if a.wants("knit-run") {
+        knit_run::report(a, &mut verdict)?;
+    }
+    if a.wants("docker") {
+        docker::report(a, &mut verdict)?;
+    }
+    if !a.wants_cni() {
+        verdict.print();
+        return Ok(());
+    }
     println!("\nkernel and disk floors (medians of {} each):", a.cycles);
     let nl_del = link_del_floor(a.cycles)?;
     let fsync = fsync_floor(a.cycles)?;

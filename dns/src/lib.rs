@@ -1,0 +1,18 @@
+//! knit's service-discovery DNS: the names of endpoints, scoped per network by the requester's
+//! address, answered from plain data built from the store ([`records`]) by a handler on
+//! hickory-server ([`server`]). Run standalone as `knit dns`.
+
+pub mod records;
+pub mod server;
+
+pub use records::{Outcome, Records, DEFAULT_DOMAIN, DEFAULT_TTL};
+
+/// The records of everything in `st` now.
+pub fn load(st: &dyn store::Store, domain: &str, ttl: u32) -> Result<Records, store::Error> {
+    let mut all = Vec::new();
+    for n in st.list_networks()? {
+        let eps = st.network_endpoints(&n.id)?;
+        all.push((n, eps));
+    }
+    Ok(Records::build(domain, ttl, &all))
+}
