@@ -406,9 +406,12 @@ pub fn rm(st: &dyn Store, names: &[String], dirs: &crate::sandbox::Dirs) -> Resu
                 &net.id[..12.min(net.id.len())]
             );
         }
+        // Journaled: a kill from here on leaves the repair pass a removal to finish. A removal
+        // that fails (endpoints, a foreign port on the bridge) reports it and is not retried.
         let journal = crate::repair::journal_network_rm(dirs, &net)?;
-        remove(st, &net, &dirs.cni_data_dir)?;
+        let result = remove(st, &net, &dirs.cni_data_dir);
         journal.remove();
+        result?;
         removed.push(net.name);
     }
     Ok(removed)

@@ -16,9 +16,9 @@
 //!   namespace this run dir's and not another knit's;
 //! - a bridge network of knit's whose bridge is missing (`network create` died between the
 //!   record and the bridge): the bridge is made;
-//! - a network removal's journal ([`NetworkRm`]) free while its network record is gone
-//!   (`network rm` died between the record and the bridge): the bridge and the IPAM
-//!   directories go.
+//! - a network removal's journal ([`NetworkRm`]) free (`network rm` died): the removal is
+//!   finished, from the record if it is still there (the bridge may be gone already), else
+//!   the bridge, if left, and the IPAM directories.
 //!
 //! A lease held by a live process (a `knit run` whose command still runs, a concurrent
 //! command) is skipped: the kernel drops the lock only when its holder is gone.
@@ -226,6 +226,25 @@ pub fn journal_network_rm(dirs: &Dirs, net: &Network) -> Result<Lease> {
 }
 
 fn networks(st: &dyn Store, dirs: &Dirs, r: &mut Repaired) -> Result<()> {
+    let journals: Vec<PathBuf> = std::fs::read_dir(journal_dir(dirs))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let mut h: Option<Handle> = None;
+    for path in journals {
+        let Some(mut l) = Lease::take(&path, false)? else {
+            continue;
+        };
+        let id = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Ok(j) = serde_json::from_str::<NetworkRm>(&l.text()) else {
+            l.remove();
+            continue;
+        };
+        finish_network_rm(st, dirs, handle(&mut h)?, &id, &j, r);
+        l.remove();
+    }
     let nets = st.list_networks().context("listing networks")?;
     let ours: Vec<&Network> = nets
         .iter()
@@ -235,13 +254,10 @@ fn networks(st: &dyn Store, dirs: &Dirs, r: &mut Repaired) -> Result<()> {
                 && n.options.get(BRIDGE_CREATED).is_some_and(|v| v == "true")
         })
         .collect();
-    let journals: Vec<PathBuf> = std::fs::read_dir(journal_dir(dirs))
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    if ours.is_empty() && journals.is_empty() {
+    if ours.is_empty() {
         return Ok(());
     }
-    let h = Handle::new().context("opening a netlink socket")?;
+    let h = handle(&mut h)?;
     let links: HashSet<String> = h
         .links()
         .context("listing links")?
@@ -255,7 +271,7 @@ fn networks(st: &dyn Store, dirs: &Dirs, r: &mut Repaired) -> Result<()> {
             && !removing
             && st.network(&net.id).is_ok_and(|n| n.id == net.id)
         {
-            match ensure_network_bridge(&h, net) {
+            match ensure_network_bridge(h, net) {
                 Ok(()) => r.fixed.push(format!(
                     "made bridge {} of network {:?}",
                     bridge_name(net),
@@ -265,44 +281,56 @@ fn networks(st: &dyn Store, dirs: &Dirs, r: &mut Repaired) -> Result<()> {
             }
         }
     }
-    for path in journals {
-        let Some(mut l) = Lease::take(&path, false)? else {
-            continue;
-        };
-        let id = path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if nets.iter().any(|n| n.id == id) {
-            l.remove();
-            continue;
+    Ok(())
+}
+
+/// The host's netlink socket, opened on first use.
+fn handle(h: &mut Option<Handle>) -> Result<&Handle> {
+    if h.is_none() {
+        *h = Some(Handle::new().context("opening a netlink socket")?);
+    }
+    h.as_ref().context("opening a netlink socket")
+}
+
+/// Finish a `network rm` that was killed: the same removal when the record is still there
+/// (its bridge may be gone already), else what the removal does after the record (the bridge,
+/// should it still be there, and the IPAM directories).
+fn finish_network_rm(
+    st: &dyn Store,
+    dirs: &Dirs,
+    h: &Handle,
+    id: &str,
+    j: &NetworkRm,
+    r: &mut Repaired,
+) {
+    if let Some(net) = st.network(id).ok().filter(|n| n.id == id) {
+        match crate::network::remove(st, &net, &dirs.cni_data_dir) {
+            Ok(()) => r
+                .fixed
+                .push(format!("finished removing network {:?}", net.name)),
+            Err(e) => r.errors.push(format!("{e:#}")),
         }
-        let Ok(j) = serde_json::from_str::<NetworkRm>(&l.text()) else {
-            l.remove();
-            continue;
-        };
-        if let Some(br) = j.bridge.as_deref().filter(|b| links.contains(*b)) {
-            match h.find_link(br) {
-                Ok(Some(link)) if link.kind.as_deref() == Some("bridge") => {
-                    match h.del_link(link.index) {
-                        Ok(()) => r
-                            .fixed
-                            .push(format!("deleted bridge {br} of a removed network")),
-                        Err(e) => {
-                            r.errors.push(format!("deleting bridge {br}: {e}"));
-                            continue;
-                        }
+        return;
+    }
+    if let Some(br) = j.bridge.as_deref() {
+        match h.find_link(br) {
+            Ok(Some(link)) if link.kind.as_deref() == Some("bridge") => {
+                match h.del_link(link.index) {
+                    Ok(()) => r
+                        .fixed
+                        .push(format!("deleted bridge {br} of a removed network")),
+                    Err(e) => {
+                        r.errors.push(format!("deleting bridge {br}: {e}"));
+                        return;
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    r.errors.push(format!("looking up {br}: {e}"));
-                    continue;
-                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                r.errors.push(format!("looking up {br}: {e}"));
+                return;
             }
         }
-        crate::network::remove_ipam_dirs(&dirs.cni_data_dir, &j.ipam_dir);
-        l.remove();
     }
-    Ok(())
+    crate::network::remove_ipam_dirs(&dirs.cni_data_dir, &j.ipam_dir);
 }
