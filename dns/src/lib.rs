@@ -2,6 +2,7 @@
 //! address, answered from plain data built from the store ([`records`]) by a handler on
 //! hickory-server ([`server`]). Run standalone as `knit dns`.
 
+pub mod forward;
 pub mod records;
 pub mod server;
 

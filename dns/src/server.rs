@@ -12,6 +12,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tracing::{debug, warn};
 
+use crate::forward::Forwarder;
 use crate::records::{Outcome, Records};
 
 /// The records in force, swapped whole.
@@ -35,6 +36,7 @@ impl Shared {
 /// knit's request handler.
 pub struct Handler {
     pub records: Shared,
+    pub forward: Arc<Forwarder>,
 }
 
 fn failed(request: &Request, code: ResponseCode) -> ResponseInfo {
@@ -94,7 +96,31 @@ impl RequestHandler for Handler {
                 }
                 response.send_response(builder.build_no_records(meta)).await
             }
-            // No upstream in this version: a name that is not knit's gets no answer of ours.
+            Outcome::Forward if !self.forward.is_empty() => {
+                let got = self
+                    .forward
+                    .resolve(qname, info.query.query_type(), request.as_slice())
+                    .await;
+                match got {
+                    Some(c) => {
+                        meta.recursion_available = true;
+                        meta.response_code = c.code;
+                        let msg = builder.build(
+                            meta,
+                            c.answers.iter(),
+                            c.authorities.iter(),
+                            std::iter::empty(),
+                            std::iter::empty(),
+                        );
+                        response.send_response(msg).await
+                    }
+                    None => {
+                        let msg = builder.error_msg(&request.metadata, ResponseCode::ServFail);
+                        response.send_response(msg).await
+                    }
+                }
+            }
+            // A requester outside knit's networks, or no upstream: no answer of ours.
             Outcome::Refused | Outcome::Forward => {
                 let msg = builder.error_msg(&request.metadata, ResponseCode::Refused);
                 response.send_response(msg).await
@@ -107,9 +133,15 @@ impl RequestHandler for Handler {
     }
 }
 
-/// Serve `records` on UDP and TCP at every address of `listen` until the process ends.
-pub async fn serve(records: Shared, listen: &[SocketAddr]) -> std::io::Result<()> {
-    let mut server = Server::new(Handler { records });
+/// Serve `records` on UDP and TCP at every address of `listen` until the process ends,
+/// forwarding names that are not knit's to `upstreams` (none: refused).
+pub async fn serve(
+    records: Shared,
+    listen: &[SocketAddr],
+    upstreams: Vec<SocketAddr>,
+) -> std::io::Result<()> {
+    let forward = Arc::new(Forwarder::new(upstreams));
+    let mut server = Server::new(Handler { records, forward });
     for addr in listen {
         let udp = tokio::net::UdpSocket::bind(addr).await?;
         server.register_socket(udp);

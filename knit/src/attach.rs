@@ -101,9 +101,17 @@ impl HostLocal {
     }
 }
 
+/// A reservation is written whole under its final name (or not at all), and matters only while
+/// its sandbox lives, which no power loss outlives (DESIGN.md, "durability of single-host IPAM
+/// reservations"): the CLI and the agent do not wait for the disk flush.
+pub(crate) fn without_flush(fs: &mut FileStore) {
+    fs.defer_sync();
+}
+
 impl AddressSource for HostLocal {
     fn allocate(&mut self, req: &Request<'_>) -> Result<Addressing, BoxError> {
         let mut fs = self.store()?;
+        without_flush(&mut fs);
         let got = ipam::allocate(
             &mut fs,
             &self.cfg,

@@ -175,6 +175,13 @@ pub struct DnsArgs {
     /// TTL of knit's answers, in seconds.
     #[arg(long, default_value_t = dns::DEFAULT_TTL)]
     pub ttl: u32,
+    /// Forward names that are not knit's to this resolver (IP or IP:PORT; repeatable).
+    /// Default: the nameservers of /etc/resolv.conf.
+    #[arg(long, value_parser = crate::dns_cmd::parse_listen, conflicts_with = "no_forward")]
+    pub upstream: Vec<std::net::SocketAddr>,
+    /// Answer knit's names only; refuse the rest.
+    #[arg(long)]
+    pub no_forward: bool,
     /// Log lines as text or JSON (stderr; filter with KNIT_LOG).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

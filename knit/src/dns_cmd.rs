@@ -66,8 +66,16 @@ pub fn run(state_dir: &Path, a: &DnsArgs) -> Result<i32> {
                 }
             }
         });
-        info!(listen = ?a.listen, domain = %a.domain, "knit dns serving");
-        let server = dns::server::serve(records, &a.listen);
+        let upstreams = if a.no_forward {
+            Vec::new()
+        } else if a.upstream.is_empty() {
+            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            dns::forward::resolv_conf_servers(&text)
+        } else {
+            a.upstream.clone()
+        };
+        info!(listen = ?a.listen, domain = %a.domain, ?upstreams, "knit dns serving");
+        let server = dns::server::serve(records, &a.listen, upstreams);
         tokio::select! {
             r = server => r.context("serving DNS"),
             _ = tokio::signal::ctrl_c() => Ok(()),

@@ -114,6 +114,7 @@ fn containers_find_each_other_by_name_on_their_networks_only() -> Result<()> {
         h.command()
             .args([
                 "dns",
+                "--no-forward",
                 "--listen",
                 "10.244.70.1",
                 "--listen",
@@ -158,11 +159,121 @@ fn containers_find_each_other_by_name_on_their_networks_only() -> Result<()> {
     ensure!(answers(&d) == ["10.244.71.2"], "back's own db:\n{d}");
     // A name written after the start is served; a removed one is gone within a TTL (5 s).
     h.knit(&["run", "--name", "api", "--net", "front", "--", "true"])?;
-    let d = h.dig("front", &["@10.244.70.1", "api"])?;
-    ensure!(answers(&d).len() == 1, "api after start:\n{d}");
+    let t = Instant::now();
+    loop {
+        let d = h.dig("front", &["@10.244.70.1", "api"])?;
+        if answers(&d).len() == 1 {
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(3),
+            "api never served after start:\n{d}\n{}",
+            std::fs::read_to_string(h.dir.path().join("dns.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     h.knit(&["sandbox", "rm", "web"])?;
-    std::thread::sleep(Duration::from_millis(200));
-    let d = h.dig("front", &["@10.244.70.1", "web.front.knit.internal"])?;
-    ensure!(status(&d) == "NXDOMAIN", "web after removal:\n{d}");
+    let t = Instant::now();
+    loop {
+        let d = h.dig("front", &["@10.244.70.1", "web.front.knit.internal"])?;
+        if status(&d) == "NXDOMAIN" {
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(5),
+            "web after removal:\n{d}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A name that is not knit's goes to the upstream (an unbound this test starts in its own
+/// namespace, answering one local zone and refusing everything else: no traffic leaves the
+/// test's namespaces), and the second time the cache answers with the upstream gone. A
+/// requester on no knit network is refused, not forwarded.
+#[test]
+fn other_names_are_forwarded_upstream_and_cached() -> Result<()> {
+    use netns_tests::cases::{OUTSIDE_HOST_IP, OUTSIDE_IP};
+    let mut h = Host::new()?;
+    let up = TestNs::new("dnsup")?;
+    netns_tests::scenario::join_outside(&h.ns, &up)?;
+    let conf = h.dir.path().join("unbound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  interface: {OUTSIDE_IP}\n  port: 53\n  access-control: 0.0.0.0/0 allow\n  \
+             do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{d}\"\n  \
+             pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  num-threads: 1\n  do-ip6: no\n  \
+             local-zone: \".\" refuse\n  local-zone: \"example.test.\" static\n  \
+             local-data: \"www.example.test. 300 IN A 192.0.2.10\"\n\
+             remote-control:\n  control-enable: no\n",
+            d = h.dir.path().display()
+        ),
+    )?;
+    let mut unbound = up
+        .command("unbound")
+        .args(["-d", "-c"])
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting unbound (apt unbound)")?;
+    h.knit(&["network", "create", "--subnet", "10.244.72.0/24", "front"])?;
+    h.knit(&["run", "--name", "web", "--net", "front", "--", "true"])?;
+    let log = std::fs::File::create(h.dir.path().join("dns.log"))?;
+    h.dns = Some(
+        h.command()
+            .args(["dns", "--listen", "10.244.72.1", "--upstream", OUTSIDE_IP])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?,
+    );
+    let t = Instant::now();
+    let first = loop {
+        let d = h.dig("front", &["@10.244.72.1", "www.example.test"])?;
+        if answers(&d) == ["192.0.2.10"] {
+            break d;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = unbound.kill();
+            anyhow::bail!("never forwarded:\n{d}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    ensure!(
+        first.contains(" ra"),
+        "a forwarded answer says recursion is available:\n{first}"
+    );
+    let d = h.dig("front", &["@10.244.72.1", "nope.example.test"])?;
+    ensure!(
+        status(&d) == "NXDOMAIN",
+        "upstream's NXDOMAIN passed on:\n{d}"
+    );
+    // knit's own names still come from knit.
+    let d = h.dig("front", &["@10.244.72.1", "web"])?;
+    ensure!(answers(&d) == ["10.244.72.2"], "{d}");
+    // The upstream goes away: the cache answers.
+    unbound.kill()?;
+    unbound.wait()?;
+    let d = h.dig("front", &["@10.244.72.1", "www.example.test"])?;
+    ensure!(answers(&d) == ["192.0.2.10"], "not from the cache:\n{d}");
+    // No open resolver: a requester on no knit network (the outside namespace) is refused.
+    up.run(&[
+        "ip",
+        "route",
+        "add",
+        "10.244.72.0/24",
+        "via",
+        OUTSIDE_HOST_IP,
+    ])?;
+    let o = up
+        .command("dig")
+        .args(["+time=2", "+tries=1", "@10.244.72.1", "www.example.test"])
+        .output()?;
+    let d = String::from_utf8_lossy(&o.stdout);
+    ensure!(status(&d) == "REFUSED", "an outsider got an answer:\n{d}");
     Ok(())
 }

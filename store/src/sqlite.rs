@@ -8,9 +8,13 @@
 //!   upgrade fails with `SQLITE_BUSY` at once, whatever the busy timeout).
 //! - **A busy timeout** ([`BUSY_TIMEOUT`]): a writer waits for another's commit instead of
 //!   failing; only a lock held longer than that surfaces, as `ErrorKind::Busy`.
-//! - **`synchronous=FULL`**: a commit reaches the disk before the call returns. WAL alone
-//!   already survives `kill -9` at any point (a transaction is in the log whole or not at all);
-//!   FULL also keeps networks across a power loss, for about 0.3 ms to a few ms per write here.
+//! - **Durability by kind of record.** WAL alone survives `kill -9` at any point (a
+//!   transaction is in the log whole or not at all). Writes of networks are also
+//!   `synchronous=FULL`: the commit reaches the disk before the call returns, so networks
+//!   survive a power loss (about 0.3 ms to a few ms per write here). Endpoints and sandboxes
+//!   are `synchronous=NORMAL` (no flush per commit; the log is flushed at checkpoints and by the
+//!   next network write): like the IPAM reservations (DESIGN.md), they matter only while their
+//!   containers live, and no container outlives a power loss.
 //! - Records are stored whole as JSON (`body`), with the columns the store searches or keeps
 //!   unique beside them. `PRAGMA user_version` is the schema version, migrated on open.
 //! - The revision is a row of `meta` bumped in every write transaction.
@@ -148,7 +152,23 @@ impl SqliteStore {
         op: &'static str,
         f: impl FnOnce(&Tx<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        self.write_as(op, Durable::UntilPowerLoss, f)
+    }
+
+    /// [`Self::write`] with the durability a record of this kind needs.
+    fn write_as<T>(
+        &self,
+        op: &'static str,
+        durable: Durable,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let mut conn = self.lock();
+        let mode = match durable {
+            Durable::Always => "FULL",
+            Durable::UntilPowerLoss => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", mode)
+            .map_err(self.sql(op))?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql(op))?;
@@ -175,6 +195,15 @@ impl SqliteStore {
         f(&Tx { tx: &tx, st: self })
         // Dropping a read-only transaction rolls it back: nothing to commit.
     }
+}
+
+/// How long a committed write must last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durable {
+    /// Across a power loss (networks): flushed before the commit returns.
+    Always,
+    /// Across a crash of any process, not a power loss (endpoints, sandboxes).
+    UntilPowerLoss,
 }
 
 fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
@@ -402,7 +431,7 @@ impl Store for SqliteStore {
     fn create_network(&self, net: &Network) -> Result<(), Error> {
         validate_network(net)?;
         let body = to_json("networks", &net.id, net)?;
-        self.write("create network", |tx| {
+        self.write_as("create network", Durable::Always, |tx| {
             if tx.exists("SELECT 1 FROM networks WHERE id = ?1", &net.id)? {
                 return Err(Error::NetworkIdExists { id: net.id.clone() });
             }
@@ -437,7 +466,7 @@ impl Store for SqliteStore {
         name: &str,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> Result<Network, Error> {
-        self.write("rename network", |tx| {
+        self.write_as("rename network", Durable::Always, |tx| {
             let mut net: Network = tx.lookup(Named::Networks, id)?;
             if net.id != id {
                 return Err(Error::NetworkNotFound {
@@ -464,7 +493,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_network(&self, name_or_id: &str) -> Result<Network, Error> {
-        self.write("delete network", |tx| {
+        self.write_as("delete network", Durable::Always, |tx| {
             let net: Network = tx.lookup(Named::Networks, name_or_id)?;
             let endpoints = tx.count_endpoints("network_id", &net.id)?;
             if endpoints > 0 {

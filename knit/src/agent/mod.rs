@@ -88,7 +88,8 @@ pub fn run(state_dir: &Path, dirs: Dirs, a: &AgentArgs) -> Result<i32> {
 /// Logs to stderr as text or JSON, filtered by `KNIT_LOG` (default `info`).
 pub fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("KNIT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("KNIT_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

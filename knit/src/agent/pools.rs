@@ -210,6 +210,7 @@ pub fn request_address(
     let net = pool.as_network();
     let cfg = ipam_config(&net, data_dir)?;
     let mut fs = FileStore::open(data_dir, &pool.dir_name())?;
+    crate::attach::without_flush(&mut fs);
     let owner = format!("docker-{}", &store::new_id()[..16]);
     let ifname = if gateway { "gateway" } else { "eth0" };
     let got = ipam::allocate(
