@@ -9,11 +9,13 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use libnet::driver::bridge::{Bridge, BridgeNet};
+use libnet::driver::macvlan::{SubKind, SubLink, SubNet};
 use libnet::driver::Wired;
 use libnet::driver::{IpConf, RouteConf};
 use libnet::endpoint::filters::Masq;
 use libnet::endpoint::{boxed, AddressSource, Addressing, BoxError, Filter, Request};
 use libnet::ipam::{self, FileStore, IpamConfig};
+use libnet::netlink::link::MacvlanMode;
 use libnet::netlink::Handle;
 use libnet::nft::{route_localnet_key, IngressPolicy, Nft, PortMapping, Proto as NftProto};
 use libnet::sysctl;
@@ -279,6 +281,71 @@ pub(crate) fn with_endpoint<T>(
         f(&mut source, driver, filters)
     })
 }
+
+/// Run `f` with the lifecycle's pieces for a sandbox on `net`, whatever its driver: a bridge
+/// network's are [`with_endpoint`]'s; a macvlan network's are the sub-link driver on its
+/// parent, without filters (its traffic never crosses the host's forward chain, and it has no
+/// published ports), over the same host-local reservations.
+pub(crate) fn with_net_endpoint<T>(
+    net: &Network,
+    dirs: &Dirs,
+    requested: Vec<IpAddr>,
+    ports: &[PortMap],
+    f: impl FnOnce(&mut HostLocal, &dyn libnet::driver::Driver, &[&dyn Filter]) -> Result<T>,
+) -> Result<T> {
+    if net.driver != Driver::Macvlan {
+        return with_endpoint(net, dirs, requested, ports, |source, driver, filters| {
+            f(source, driver, filters)
+        });
+    }
+    if !ports.is_empty() {
+        bail!(
+            "network {:?} is a macvlan network: -p needs a bridge network",
+            net.name
+        );
+    }
+    let mut source = HostLocal {
+        cfg: ipam_config(net, &dirs.cni_data_dir)?,
+        network: ipam_dir_name(net).to_string(),
+        requested,
+        default_route: !net.internal,
+    };
+    let h = Handle::new().context("opening a netlink socket")?;
+    let driver = SubLink::new(&h, macvlan_net(net)?);
+    f(&mut source, &driver, &[])
+}
+
+/// The sub-link settings of a macvlan network: `-o parent=LINK` (Docker's option), `-o
+/// macvlan_mode=bridge|private|vepa|passthru` (default bridge), the MTU option.
+pub fn macvlan_net(net: &Network) -> Result<SubNet> {
+    let parent = net
+        .options
+        .get(MACVLAN_PARENT)
+        .filter(|p| !p.is_empty())
+        .with_context(|| {
+            format!(
+                "macvlan network {:?} has no -o {MACVLAN_PARENT}=LINK",
+                net.name
+            )
+        })?;
+    let mode = net.options.get(MACVLAN_MODE).map_or("", |m| m.as_str());
+    let mode = MacvlanMode::parse(mode).with_context(|| {
+        format!(
+            "macvlan network {:?}: {MACVLAN_MODE} {mode:?} is not bridge, private, vepa or passthru",
+            net.name
+        )
+    })?;
+    Ok(SubNet {
+        kind: SubKind::Macvlan(mode),
+        master: Some(parent.clone()),
+        master_in_container: false,
+        mtu: net.mtu(),
+    })
+}
+
+/// Docker's macvlan options: the host link the sandboxes' links hang off, and their mode.
+pub const MACVLAN_PARENT: &str = "parent";
+pub const MACVLAN_MODE: &str = "macvlan_mode";
 
 /// Run `f` with the bridge driver and the filters for an endpoint on `net`: isolation from
 /// other networks; ipMasq unless internal or turned off; the published `ports`, always present

@@ -38,7 +38,7 @@ pub enum Format {
 pub enum Command {
     /// Print knit's version and the CNI spec versions it speaks.
     Version,
-    /// Manage networks (Docker's model: bridge networks with their pools).
+    /// Manage networks (Docker's model: bridge and macvlan networks with their pools).
     #[command(subcommand)]
     Network(NetworkCmd),
     /// Run a command in a new sandbox (a named network namespace) attached to a network.
@@ -74,11 +74,23 @@ pub enum NetworkCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Attach a sandbox (`knit run --name`) to one more network: its next free interface
+    /// (eth1, eth2, ...).
+    Connect {
+        /// Ask for this address (reserved in the network's IPAM like any other).
+        #[arg(long)]
+        ip: Option<IpAddr>,
+        network: String,
+        sandbox: String,
+    },
+    /// Detach a sandbox from a network: its interface, address and firewall elements go.
+    Disconnect { network: String, sandbox: String },
 }
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The network driver; only `bridge` in this version.
+    /// The network driver: `bridge`, or `macvlan` (with `-o parent=LINK`, and `-o
+    /// macvlan_mode=bridge|private|vepa|passthru`, default bridge).
     #[arg(short, long, default_value = "bridge")]
     pub driver: String,
     /// The IPv4 (or, with --ipv6, IPv6) subnet; default: a free private /24 (172.17.0.0/24 up).
@@ -118,8 +130,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub ip: Option<IpAddr>,
     /// Publish a port of a bridge network's sandbox on the host:
-    /// `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]` (repeatable; DNAT in knit's nftables
-    /// table, reachable from outside, from the host and on 127.0.0.1).
+    /// `[[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp]` (repeatable; DNAT in knit's nftables
+    /// table, reachable from outside, from the host and on 127.0.0.1). Without HOST_PORT knit
+    /// picks a free one of the host's ephemeral range (`knit sandbox ls` shows it).
     #[arg(short = 'p', long = "publish", value_parser = parse_port_map)]
     pub publish: Vec<PortMap>,
     /// The command and its arguments.
@@ -191,6 +204,11 @@ pub enum SandboxCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Repair what a knit killed mid-way left: half-made or half-removed sandboxes, sandboxes
+    /// whose namespace is gone, endpoints whose link is gone, namespaces without a record,
+    /// bridges of networks half made or half removed. Every command that changes state runs
+    /// the quick part of this first.
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,17 +229,19 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]`, ports 1-65535 (an IPv6 HOST_IP in brackets).
+/// `[[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp]`, ports 1-65535 (an IPv6 HOST_IP in
+/// brackets). No HOST_PORT (`80`, `:80`, `127.0.0.1::80`, as Docker) is host port 0: knit picks
+/// a free one ([`crate::ports`]).
 pub fn parse_port_map(s: &str) -> Result<PortMap, String> {
     let bad =
-        |why: &str| format!("{why} in {s:?} (want [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp])");
+        |why: &str| format!("{why} in {s:?} (want [[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp])");
     let (spec, proto) = match s.rsplit_once('/') {
         Some((spec, "tcp")) => (spec, Proto::Tcp),
         Some((spec, "udp")) => (spec, Proto::Udp),
         Some(_) => return Err(bad("unknown protocol")),
         None => (s, Proto::Tcp),
     };
-    let (rest, container) = spec.rsplit_once(':').ok_or_else(|| bad("no ':'"))?;
+    let (rest, container) = spec.rsplit_once(':').unwrap_or(("", spec));
     let (ip, host) = match rest.rsplit_once(':') {
         Some((ip, host)) => {
             let ip = ip
@@ -234,10 +254,14 @@ pub fn parse_port_map(s: &str) -> Result<PortMap, String> {
         None => (None, rest),
     };
     let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0);
+    let host_port = match host {
+        "" => 0,
+        h => port(h).ok_or_else(|| bad("bad host port"))?,
+    };
     Ok(PortMap {
         proto,
         host_ip: ip,
-        host_port: port(host).ok_or_else(|| bad("bad host port"))?,
+        host_port,
         container_port: port(container).ok_or_else(|| bad("bad container port"))?,
     })
 }
@@ -265,9 +289,12 @@ mod tests {
             &["network", "ls", "--help"],
             &["network", "inspect", "--help"],
             &["network", "rm", "--help"],
+            &["network", "connect", "--help"],
+            &["network", "disconnect", "--help"],
             &["run", "--help"],
             &["sandbox", "ls", "--help"],
             &["sandbox", "rm", "--help"],
+            &["sandbox", "prune", "--help"],
             &["netns", "add", "--help"],
         ] {
             let e = parse(args).unwrap_err();
@@ -385,15 +412,32 @@ mod tests {
         let v6 = parse_port_map("[::1]:8080:80/tcp").unwrap();
         assert_eq!(v6.host_ip, Some("::1".parse().unwrap()));
         for bad in [
-            "80",
             "0:80",
             "8080:0",
             "8080:80/icmp",
             "x:8080:80",
             "70000:80",
-            ":80",
+            "0",
+            "",
+            "80:",
+            "x::80",
         ] {
             assert!(parse_port_map(bad).is_err(), "{bad}");
+        }
+        // No host port: knit picks one (Docker's `-p 80`).
+        for (auto, ip, proto) in [
+            ("80", None, Proto::Tcp),
+            (":80", None, Proto::Tcp),
+            ("80/udp", None, Proto::Udp),
+            ("127.0.0.1::80", Some("127.0.0.1"), Proto::Tcp),
+        ] {
+            let p = parse_port_map(auto).unwrap();
+            assert_eq!(
+                (p.host_port, p.container_port, p.proto),
+                (0, 80, proto),
+                "{auto}"
+            );
+            assert_eq!(p.host_ip, ip.map(|i| i.parse().unwrap()), "{auto}");
         }
     }
 

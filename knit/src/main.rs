@@ -1,6 +1,6 @@
 //! `knit`: the operator's CLI. It needs no daemon (podman's model): it opens the store under
-//! `--state-dir` itself. Commands: `network create|ls|inspect|rm`, `run`, `sandbox ls|rm`,
-//! `netns add|del|list`, `version`; `knit --help` and `--help` on each.
+//! `--state-dir` itself. Commands: `network create|ls|inspect|rm|connect|disconnect`, `run`,
+//! `sandbox ls|rm|prune`, `netns add|del|list`, `version`; `knit --help` and `--help` on each.
 //!
 //! Exit status: 0 on success, 1 when knit failed; `knit run` exits with CMD's status (128 +
 //! the signal if one ended it), 125 when knit itself failed, 126/127 when CMD could not be
@@ -9,8 +9,12 @@
 mod agent;
 mod attach;
 mod cli;
+mod connect;
 mod dns_cmd;
+mod lease;
 mod network;
+mod ports;
+mod repair;
 mod sandbox;
 mod table;
 
@@ -56,14 +60,27 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Network(cmd) => {
             let st = open_store(&cli)?;
+            if !matches!(cmd, NetworkCmd::Ls | NetworkCmd::Inspect { .. }) {
+                repair::before_change(&st, &dirs);
+            }
             match cmd {
                 NetworkCmd::Create(a) => println!("{}", network::create(&st, a)?.id),
                 NetworkCmd::Ls => print!("{}", network::ls(&st, cli.format)?),
                 NetworkCmd::Inspect { names } => print!("{}", network::inspect(&st, names)?),
                 NetworkCmd::Rm { names } => {
-                    for n in network::rm(&st, names, &dirs.cni_data_dir)? {
+                    for n in network::rm(&st, names, &dirs)? {
                         println!("{n}");
                     }
+                }
+                NetworkCmd::Connect {
+                    network,
+                    sandbox,
+                    ip,
+                } => {
+                    connect::connect(&st, &dirs, network, sandbox, *ip)?;
+                }
+                NetworkCmd::Disconnect { network, sandbox } => {
+                    connect::disconnect(&st, &dirs, network, sandbox)?;
                 }
             }
         }
@@ -76,8 +93,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
             match cmd {
                 SandboxCmd::Ls => print!("{}", sandbox::ls(&st, cli.format)?),
                 SandboxCmd::Rm { names } => {
+                    repair::before_change(&st, &dirs);
                     for n in sandbox::rm(&st, &dirs, names)? {
                         println!("{n}");
+                    }
+                }
+                SandboxCmd::Prune => {
+                    let r = repair::repair(&st, &dirs, true);
+                    for f in &r.fixed {
+                        println!("{f}");
+                    }
+                    if !r.errors.is_empty() {
+                        anyhow::bail!("could not repair: {}", r.errors.join("; "));
                     }
                 }
             }

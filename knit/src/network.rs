@@ -1,5 +1,5 @@
 //! `knit network create|ls|inspect|rm`: the store's networks, and the bridge link a bridge
-//! network owns.
+//! network owns (a macvlan network owns no link: its parent is the host's).
 //!
 //! The pure parts (the automatic subnet, the network record built from the flags, the bridge
 //! name, `inspect`'s JSON) are separate functions, tested without a kernel.
@@ -77,9 +77,9 @@ pub fn masquerades(net: &Network) -> bool {
 /// `pools` is empty). Checks what the store cannot: the driver, and which flags go together.
 pub fn build_network(a: &CreateArgs) -> Result<Network> {
     let driver = Driver::from(a.driver.clone());
-    if driver != Driver::Bridge {
+    if driver != Driver::Bridge && driver != Driver::Macvlan {
         bail!(
-            "network driver {:?} is not supported by knit yet (only \"bridge\")",
+            "network driver {:?} is not supported by knit yet (only \"bridge\" and \"macvlan\")",
             a.driver
         );
     }
@@ -126,6 +126,9 @@ pub fn build_network(a: &CreateArgs) -> Result<Network> {
     }
     net.labels = a.label.iter().cloned().collect();
     store::validate::validate_network(&net).with_context(|| format!("network {:?}", a.name))?;
+    if net.driver == Driver::Macvlan {
+        crate::attach::macvlan_net(&net)?;
+    }
     Ok(net)
 }
 
@@ -198,7 +201,36 @@ pub fn inspect_json(
 /// changes nothing), then the bridge; if the bridge cannot be made the record goes again.
 pub fn create(st: &dyn Store, a: &CreateArgs) -> Result<Network> {
     let net = build_network(a)?;
+    if net.driver == Driver::Macvlan {
+        return create_macvlan(st, net);
+    }
     materialize(st, net)
+}
+
+/// A macvlan network is only a record: its parent must exist in the host, and each sandbox's
+/// link is made on it by the attach ([`crate::attach::with_net_endpoint`]).
+fn create_macvlan(st: &dyn Store, mut net: Network) -> Result<Network> {
+    let sub = crate::attach::macvlan_net(&net)?;
+    let parent = sub.master.unwrap_or_default();
+    let h = Handle::new().context("opening a netlink socket")?;
+    if h.find_link(&parent)
+        .with_context(|| format!("looking up link {parent}"))?
+        .is_none()
+    {
+        bail!(
+            "macvlan network {:?}: parent link {parent:?} does not exist",
+            net.name
+        );
+    }
+    if net.ipam.is_empty() {
+        let existing = st.list_networks().context("listing networks")?;
+        let routed = routed_subnets(&h)?;
+        insert_auto(st, &mut net, existing, &routed)?;
+    } else {
+        st.create_network(&net)
+            .with_context(|| format!("creating network {:?}", net.name))?;
+    }
+    Ok(net)
 }
 
 /// Store a built network (an automatic subnet when it has no pool) and make its bridge: the
@@ -361,8 +393,9 @@ pub fn inspect(st: &dyn Store, names: &[String]) -> Result<String> {
 }
 
 /// `knit network rm NAME...`: each in turn; the first failure stops (those before it are gone).
-/// A network Docker made is Docker's to remove.
-pub fn rm(st: &dyn Store, names: &[String], cni_data_dir: &std::path::Path) -> Result<Vec<String>> {
+/// A network Docker made is Docker's to remove. Each removal is journaled in the run dir, so
+/// a `knit` killed between the record and the bridge leaves the repair pass what to delete.
+pub fn rm(st: &dyn Store, names: &[String], dirs: &crate::sandbox::Dirs) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for n in names {
         let net = st.network(n)?;
@@ -373,7 +406,12 @@ pub fn rm(st: &dyn Store, names: &[String], cni_data_dir: &std::path::Path) -> R
                 &net.id[..12.min(net.id.len())]
             );
         }
-        remove(st, &net, cni_data_dir)?;
+        // Journaled: a kill from here on leaves the repair pass a removal to finish. A removal
+        // that fails (endpoints, a foreign port on the bridge) reports it and is not retried.
+        let journal = crate::repair::journal_network_rm(dirs, &net)?;
+        let result = remove(st, &net, &dirs.cni_data_dir);
+        journal.remove();
+        result?;
         removed.push(net.name);
     }
     Ok(removed)
@@ -564,7 +602,20 @@ mod tests {
         assert!(!masquerades(&n));
 
         let err = |args: &[&str]| format!("{:#}", build_network(&create_args(args)).unwrap_err());
-        assert!(err(&["--driver", "macvlan", "n"]).contains("not supported"));
+        assert!(err(&["--driver", "overlay", "n"]).contains("not supported"));
+        assert!(err(&["--driver", "macvlan", "n"]).contains("parent"));
+        assert!(err(&[
+            "--driver",
+            "macvlan",
+            "-o",
+            "parent=v0",
+            "-o",
+            "macvlan_mode=x",
+            "n"
+        ])
+        .contains("macvlan_mode"));
+        let m = build_network(&create_args(&["-d", "macvlan", "-o", "parent=v0", "n"])).unwrap();
+        assert_eq!(m.driver, Driver::Macvlan);
         assert!(err(&["--gateway", "10.0.0.1", "n"]).contains("--subnet"));
         assert!(err(&["--ipv6", "n"]).contains("IPv6"));
         assert!(err(&["a/b"]).contains("invalid"));

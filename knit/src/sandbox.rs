@@ -1,14 +1,16 @@
 //! `knit run` and `knit sandbox ls|rm`: a sandbox is a named network namespace
-//! (`/run/netns/knit-<12 hex of its id>`, visible to `ip netns`) with `lo` up and at most one
-//! endpoint, attached through libnet's endpoint lifecycle with the bridge driver and the
-//! addresses of the host-local IPAM files that knit's CNI `bridge` + `host-local` use for a
-//! network of the same name (one address space for both).
+//! (`/run/netns/knit-<12 hex of its id>`, visible to `ip netns`) with `lo` up and its endpoints
+//! (eth0 from `run`, more from `network connect`), attached through libnet's endpoint lifecycle
+//! with the network's driver and the addresses of the host-local IPAM files that knit's CNI
+//! `bridge` + `host-local` use for a network of the same name (one address space for both).
 //!
-//! Order of `run`: sandbox record (a duplicate name fails before anything exists) → namespace →
-//! `lo` up → attach (its own rollback) → endpoint record → CMD. Any failure removes what this
-//! run made, newest first: the endpoint (detach through the lifecycle), the namespace, the
-//! records. Without `--name` the same removal follows CMD's exit. The lifecycle's address
-//! source and filters for a sandbox are put together in [`crate::attach`].
+//! Order of `run`: lease (`creating`, [`crate::lease`]) → sandbox record (a duplicate name
+//! fails before anything exists) → namespace → `lo` up → endpoint record (intent) → attach (its
+//! own rollback) → endpoint record whole ([`crate::connect`]) → lease `ready` (with `--name`)
+//! → CMD. Any failure removes what this run made, newest first: the endpoints (detach through
+//! the lifecycle), the namespace, the records, the lease. Without `--name` the same removal
+//! follows CMD's exit, and the lease is held until then. The lifecycle's address source and
+//! filters for a sandbox are put together in [`crate::attach`].
 
 use std::io;
 use std::net::IpAddr;
@@ -17,15 +19,15 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use libnet::endpoint::{self, Request};
 use libnet::netlink::Handle;
 use libnet::netns::{NetNs, NETNS_RUN_DIR};
 use libnet::nft::{Nft, StateDir};
 use serde_json::json;
-use store::{Endpoint, Network, Sandbox, Store};
+use store::{Network, PortMap, Sandbox, Store};
 
-use crate::attach::with_endpoint;
 use crate::cli::{Format, RunArgs};
+use crate::connect::{attach_endpoint, detach_endpoint};
+use crate::lease::{Lease, State};
 use crate::network::port_string;
 use crate::table;
 
@@ -54,6 +56,7 @@ pub fn netns_name(sandbox_id: &str) -> String {
 struct Made {
     sandbox: Sandbox,
     ns: NetNs,
+    lease: Lease,
 }
 
 /// Where `knit run` puts CMD, from `--net`.
@@ -101,6 +104,7 @@ pub fn run(st: &dyn Store, dirs: &Dirs, a: &RunArgs) -> Result<i32> {
         }
         NetMode::None | NetMode::Network(_) => {}
     }
+    crate::repair::before_change(st, dirs);
     let net = if a.net == "none" {
         if a.ip.is_some() || !a.publish.is_empty() {
             bail!("--ip and -p need a network (--net none has only lo)");
@@ -109,12 +113,21 @@ pub fn run(st: &dyn Store, dirs: &Dirs, a: &RunArgs) -> Result<i32> {
     } else {
         Some(st.network(&a.net)?)
     };
-    let made = create(st, dirs, net.as_ref(), a)?;
-    let code = exec_in(Some(&made.ns), &a.cmd);
-    if a.name.is_some() && code.is_ok() {
-        return code;
+    let publish = crate::ports::resolve(st, &a.publish)?;
+    let mut made = create(st, dirs, net.as_ref(), a, &publish)?;
+    if a.name.is_some() {
+        // Kept: set up whole, and free to be connected or removed while CMD runs.
+        made.lease.set(State::Ready)?;
+        drop(made.lease);
+        return exec_in(Some(&made.ns), &a.cmd);
     }
+    // Without a name the lease is held (Creating) while CMD runs: a knit killed meanwhile
+    // leaves a sandbox that the repair pass removes.
+    let code = exec_in(Some(&made.ns), &a.cmd);
     let removed = remove(st, dirs, &made.sandbox);
+    if removed.is_ok() {
+        made.lease.remove();
+    }
     let code = code?;
     removed?;
     Ok(code)
@@ -129,7 +142,13 @@ fn refuse_sandbox_flags(a: &RunArgs, why: &str) -> Result<()> {
 }
 
 /// The sandbox, its namespace and its endpoint; nothing is left when it fails.
-fn create(st: &dyn Store, dirs: &Dirs, net: Option<&Network>, a: &RunArgs) -> Result<Made> {
+fn create(
+    st: &dyn Store,
+    dirs: &Dirs,
+    net: Option<&Network>,
+    a: &RunArgs,
+    publish: &[PortMap],
+) -> Result<Made> {
     let id = store::new_id();
     let ns_name = netns_name(&id);
     let name = a
@@ -138,27 +157,38 @@ fn create(st: &dyn Store, dirs: &Dirs, net: Option<&Network>, a: &RunArgs) -> Re
         .unwrap_or_else(|| format!("run-{}", &id[..12]));
     let mut sb = Sandbox::new(name, Path::new(NETNS_RUN_DIR).join(&ns_name));
     sb.id = id;
-    st.create_sandbox(&sb)
-        .with_context(|| format!("creating sandbox {:?}", sb.name))?;
+    // The lease comes first and goes last: from here on a kill -9 leaves a trace to repair.
+    let mut lease = Lease::wait(dirs, &sb.id)?;
+    lease.set(State::Creating)?;
+    if let Err(e) = st.create_sandbox(&sb) {
+        lease.remove();
+        return Err(e).with_context(|| format!("creating sandbox {:?}", sb.name));
+    }
     let ns = match NetNs::create_named(&ns_name) {
         Ok(ns) => ns,
         Err(e) => {
-            if let Err(u) = st.delete_sandbox(&sb.id) {
-                eprintln!(
+            match st.delete_sandbox(&sb.id) {
+                Ok(_) => lease.remove(),
+                Err(u) => eprintln!(
                     "knit: rolling back: could not remove sandbox {:?}: {u}",
                     sb.name
-                );
+                ),
             }
             return Err(e).with_context(|| format!("creating namespace {ns_name}"));
         }
     };
-    match setup(st, dirs, net, a, &sb, &ns) {
-        Ok(()) => Ok(Made { sandbox: sb, ns }),
+    match setup(st, dirs, net, a, publish, &sb, &ns) {
+        Ok(()) => Ok(Made {
+            sandbox: sb,
+            ns,
+            lease,
+        }),
         Err(e) => {
             drop(ns);
             if let Err(u) = remove(st, dirs, &sb) {
                 return Err(e.context(format!("rolling back, also: {u:#}")));
             }
+            lease.remove();
             Err(e)
         }
     }
@@ -169,6 +199,7 @@ fn setup(
     dirs: &Dirs,
     net: Option<&Network>,
     a: &RunArgs,
+    publish: &[PortMap],
     sb: &Sandbox,
     ns: &NetNs,
 ) -> Result<()> {
@@ -179,45 +210,8 @@ fn setup(
     h.set_up(lo.index, true).context("setting lo up")?;
     let Some(net) = net else { return Ok(()) };
     let requested: Vec<IpAddr> = a.ip.into_iter().collect();
-    let req = Request {
-        network: &net.name,
-        container_id: &sb.id,
-        ifname: IFNAME,
-        netns: Some(ns),
-        mac: None,
-    };
-    with_endpoint(
-        net,
-        dirs,
-        requested,
-        &a.publish,
-        |source, driver, filters| {
-            let att = endpoint::attach(&req, source, driver, filters).with_context(|| {
-                format!("attaching sandbox {:?} to network {:?}", sb.name, net.name)
-            })?;
-            let mut ep = Endpoint::new(net.id.clone());
-            ep.sandbox_id = Some(sb.id.clone());
-            ep.name = sb.name.clone();
-            ep.ifname = IFNAME.into();
-            ep.ports = a.publish.clone();
-            ep.mac = att.wired.container.mac.clone();
-            for ip in &att.addressing.ips {
-                if ip.addr.addr().is_ipv4() {
-                    ep.ipv4 = Some(ip.addr);
-                } else {
-                    ep.ipv6 = Some(ip.addr);
-                }
-            }
-            if let Err(e) = st.put_endpoint(&ep) {
-                if let Err(u) = endpoint::detach(&req, source, driver, filters) {
-                    eprintln!("knit: rolling back: {u}");
-                }
-                return Err(e)
-                    .with_context(|| format!("recording the endpoint of sandbox {:?}", sb.name));
-            }
-            Ok(())
-        },
-    )
+    attach_endpoint(st, dirs, net, sb, ns, IFNAME, requested, publish, true)?;
+    Ok(())
 }
 
 /// Remove a sandbox: detach each endpoint through the lifecycle and drop its record, delete
@@ -229,33 +223,8 @@ pub fn remove(st: &dyn Store, dirs: &Dirs, sb: &Sandbox) -> Result<()> {
         .with_context(|| format!("listing the endpoints of sandbox {:?}", sb.name))?;
     let ns = NetNs::open(&sb.netns).ok();
     for ep in eps {
-        let detached = st
-            .network(&ep.network_id)
-            .map_err(anyhow::Error::from)
-            .and_then(|net| {
-                let ifname = if ep.ifname.is_empty() {
-                    IFNAME
-                } else {
-                    &ep.ifname
-                };
-                let req = Request {
-                    network: &net.name,
-                    container_id: &sb.id,
-                    ifname,
-                    netns: ns.as_ref(),
-                    mac: None,
-                };
-                with_endpoint(&net, dirs, Vec::new(), &[], |source, driver, filters| {
-                    endpoint::detach(&req, source, driver, filters).map_err(anyhow::Error::from)
-                })
-            });
-        match detached {
-            Ok(()) => {
-                if let Err(e) = st.delete_endpoint(&ep.id) {
-                    errors.push(format!("endpoint {}: {e}", ep.id));
-                }
-            }
-            Err(e) => errors.push(format!("detaching endpoint {}: {e:#}", ep.id)),
+        if let Err(e) = detach_endpoint(st, dirs, sb, ns.as_ref(), &ep) {
+            errors.push(format!("{e:#}"));
         }
     }
     drop(ns);
@@ -421,7 +390,10 @@ pub fn rm(st: &dyn Store, dirs: &Dirs, names: &[String]) -> Result<Vec<String>> 
     let mut done = Vec::new();
     for n in names {
         let sb = st.sandbox(n)?;
+        let mut lease = Lease::wait_for(dirs, &sb.id)?;
+        lease.set(State::Removing)?;
         remove(st, dirs, &sb)?;
+        lease.remove();
         done.push(sb.name);
     }
     Ok(done)
@@ -455,6 +427,10 @@ pub fn ls(st: &dyn Store, format: Format) -> Result<String> {
                 networks.join(",")
             },
             addrs.join(","),
+            eps.iter()
+                .flat_map(|e| e.ports.iter().map(port_string))
+                .collect::<Vec<_>>()
+                .join(","),
         ]);
         json_out.push(json!({
             "Id": sb.id, "Name": sb.name, "Netns": sb.netns, "Created": sb.created,
@@ -469,7 +445,14 @@ pub fn ls(st: &dyn Store, format: Format) -> Result<String> {
     Ok(match format {
         Format::Json => serde_json::to_string_pretty(&json_out).unwrap_or_default() + "\n",
         Format::Table => table::render(
-            &["SANDBOX ID", "NAME", "NETNS", "NETWORKS", "ADDRESSES"],
+            &[
+                "SANDBOX ID",
+                "NAME",
+                "NETNS",
+                "NETWORKS",
+                "ADDRESSES",
+                "PORTS",
+            ],
             rows,
         ),
     })
