@@ -45,6 +45,28 @@ fn pings(h: &DockerHost, from: &str, to: &str) -> Result<bool> {
     )
 }
 
+/// `from` reaches `to`, allowing a just-started container a few seconds to answer.
+fn reaches(h: &DockerHost, from: &str, to: &str) -> Result<bool> {
+    for _ in 0..5 {
+        if pings(h, from, to)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A server answering `hello` on ADDR:PORT, seen from `ns` within ten seconds.
+fn serves_hello(ns: &TestNs, addr: &str, port: u16) -> Result<bool> {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(10) {
+        if reads_hello(ns, addr, port)? {
+            return Ok(true);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(false)
+}
+
 /// A TCP connection to ADDR:PORT from namespace `ns` reads `hello`.
 fn reads_hello(ns: &TestNs, addr: &str, port: u16) -> Result<bool> {
     let script = format!("exec 3<>/dev/tcp/{addr}/{port} && timeout 3 cat <&3");
@@ -114,8 +136,8 @@ fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
     run_detached(&h, "c2", "kn1", &[], &["sleep", "600"])?;
     let (ip1, ip2) = (ip_of(&h, "c1", "kn1")?, ip_of(&h, "c2", "kn1")?);
     ensure!(ip1 != ip2, "both containers got {ip1}");
-    ensure!(pings(&h, "c1", &ip2)?, "c1 cannot ping c2 ({ip2})");
-    ensure!(pings(&h, "c2", GATEWAY)?, "c2 cannot ping the gateway");
+    ensure!(reaches(&h, "c1", &ip2)?, "c1 cannot ping c2 ({ip2})");
+    ensure!(reaches(&h, "c2", GATEWAY)?, "c2 cannot ping the gateway");
     // Docker added no second interface (docker_gwbridge): the gateway came from Join.
     let links = h.docker(&["exec", "c1", "ip", "-o", "link"])?;
     ensure!(
@@ -165,11 +187,11 @@ fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
     )?;
     std::thread::sleep(std::time::Duration::from_millis(300));
     ensure!(
-        reads_hello(&outside, OUTSIDE_HOST_IP, 18081)?,
+        serves_hello(&outside, OUTSIDE_HOST_IP, 18081)?,
         "-p from outside ({OUTSIDE_IP})"
     );
-    ensure!(reads_hello(&h.ns, GATEWAY, 18081)?, "-p from the host");
-    ensure!(reads_hello(&h.ns, "127.0.0.1", 18081)?, "-p on 127.0.0.1");
+    ensure!(serves_hello(&h.ns, GATEWAY, 18081)?, "-p from the host");
+    ensure!(serves_hello(&h.ns, "127.0.0.1", 18081)?, "-p on 127.0.0.1");
     let ps = h.ns.stdout(&["ps", "-eo", "comm"]).unwrap_or_default();
     ensure!(!ps.contains("docker-proxy"), "a docker-proxy runs");
 
@@ -180,11 +202,11 @@ fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
         run_detached(&h, name, "kn1", &[], &["sleep", "600"])?;
         let ip = ip_of(&h, name, "kn1")?;
         ensure!(
-            pings(&h, name, &ip1)?,
+            reaches(&h, name, &ip1)?,
             "{name} ({ip}) cannot ping c1 after agent restart"
         );
         ensure!(
-            pings(&h, "c1", &ip)?,
+            reaches(&h, "c1", &ip)?,
             "c1 cannot ping {name} after agent restart"
         );
     }
@@ -204,7 +226,10 @@ fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
     run_detached(&h, "d1", "kn2", &[], &["sleep", "600"])?;
     run_detached(&h, "d2", "kn2", &[], &["sleep", "600"])?;
     let d2 = ip_of(&h, "d2", "kn2")?;
-    ensure!(pings(&h, "d1", &d2)?, "positive control: d1 cannot ping d2");
+    ensure!(
+        reaches(&h, "d1", &d2)?,
+        "positive control: d1 cannot ping d2"
+    );
     ensure!(!pings(&h, "d1", &ip1)?, "kn2's d1 reaches kn1's c1");
     ensure!(!pings(&h, "c1", &d2)?, "kn1's c1 reaches kn2's d2");
 
@@ -383,7 +408,7 @@ fn the_agent_repairs_what_the_host_lost() -> Result<()> {
     )?;
     std::thread::sleep(std::time::Duration::from_millis(300));
     ensure!(
-        reads_hello(&h.ns, "127.0.0.1", 18082)?,
+        serves_hello(&h.ns, "127.0.0.1", 18082)?,
         "-p before the loss"
     );
     fn wait_for(h: &DockerHost, what: &str) -> Result<()> {
@@ -482,7 +507,7 @@ fn the_agent_survives_kill_9_at_any_point() -> Result<()> {
     }
     run_detached(&h, "after", "kn1", &[], &["sleep", "600"])?;
     ensure!(
-        pings(&h, "after", &anchor)?,
+        reaches(&h, "after", &anchor)?,
         "a new container cannot reach the anchor"
     );
     h.docker(&["rm", "-f", "after", "anchor"])?;
@@ -535,7 +560,7 @@ fn dual_stack_network() -> Result<()> {
         "b has no IPv6 address from knit: {b6:?}"
     );
     let b4 = ip_of(&h, "six-b", "kn6")?;
-    ensure!(pings(&h, "six-a", &b4)?, "a cannot ping b over IPv4");
+    ensure!(reaches(&h, "six-a", &b4)?, "a cannot ping b over IPv4");
     let ok6 = h
         .docker_raw(&["exec", "six-a", "ping", "-6", "-c", "1", "-W", "2", &b6])?
         .status
@@ -571,7 +596,10 @@ fn docker_ipam_and_cli_sandboxes_on_docker_networks() -> Result<()> {
     run_detached(&h, "x2", "dipam", &[], &["sleep", "600"])?;
     let x2 = ip_of(&h, "x2", "dipam")?;
     ensure!(x2.starts_with("10.244.67."), "x2 got {x2}");
-    ensure!(pings(&h, "x1", &x2)?, "x1 cannot ping x2 on Docker's IPAM");
+    ensure!(
+        reaches(&h, "x1", &x2)?,
+        "x1 cannot ping x2 on Docker's IPAM"
+    );
 
     h.docker(&[
         "network",
