@@ -46,6 +46,9 @@ pub enum Command {
     /// Manage sandboxes made by `knit run --name`.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
+    /// Register endpoints that knit did not attach (an orchestrator's, a VM's): names for DNS.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
     /// Run the host's agent: Docker's remote network + IPAM plugin (`docker network create -d
     /// knit --ipam-driver knit`), knit's local API socket, metrics, and the repair pass.
     Agent(AgentArgs),
@@ -135,9 +138,48 @@ pub struct RunArgs {
     /// picks a free one of the host's ephemeral range (`knit sandbox ls` shows it).
     #[arg(short = 'p', long = "publish", value_parser = parse_port_map)]
     pub publish: Vec<PortMap>,
+    /// Another DNS name of the sandbox on its networks (repeatable).
+    #[arg(long)]
+    pub alias: Vec<String>,
+    /// A label of the sandbox and its endpoints, KEY=VALUE (repeatable; services select by
+    /// labels).
+    #[arg(long, value_parser = parse_key_value)]
+    pub label: Vec<(String, String)>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCmd {
+    /// Register NAME at IP on a network (its address is reserved in the network's IPAM).
+    Add {
+        #[arg(long = "network", alias = "net")]
+        network: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        ip: IpAddr,
+        /// Another name for the same address (repeatable).
+        #[arg(long)]
+        alias: Vec<String>,
+        /// KEY=VALUE (repeatable).
+        #[arg(long, value_parser = parse_key_value)]
+        label: Vec<(String, String)>,
+    },
+    /// Remove a registered endpoint (only one made by `endpoint add`).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(long = "network", alias = "net")]
+        network: String,
+        name: String,
+    },
+    /// List the endpoints of every network, or of one.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long = "network", alias = "net")]
+        network: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -55,6 +55,8 @@ pub(crate) fn attach_endpoint(
     let mut ep = Endpoint::new(net.id.clone());
     ep.sandbox_id = Some(sb.id.clone());
     ep.name = sb.name.clone();
+    ep.aliases = sb.aliases.clone();
+    ep.labels = sb.labels.clone();
     ep.ifname = ifname.into();
     ep.ports = ports.to_vec();
     ep.labels.insert(ATTACHING.into(), "true".into());

@@ -11,6 +11,7 @@ mod attach;
 mod cli;
 mod connect;
 mod dns_cmd;
+mod endpoint_cmd;
 mod lease;
 mod network;
 mod ports;
@@ -23,7 +24,7 @@ use clap::Parser;
 use libnet::netns::{NetNs, NETNS_RUN_DIR};
 use store::SqliteStore;
 
-use cli::{Cli, Command, NetnsCmd, NetworkCmd, SandboxCmd};
+use cli::{Cli, Command, EndpointCmd, NetnsCmd, NetworkCmd, SandboxCmd};
 use sandbox::{Dirs, RunError};
 
 fn main() {
@@ -112,6 +113,34 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Netns(cmd) => netns(cmd)?,
         Command::Agent(a) => return agent::run(&cli.state_dir, dirs, a),
         Command::Dns(a) => return dns_cmd::run(&cli.state_dir, a),
+        Command::Endpoint(cmd) => {
+            let st = open_store(&cli)?;
+            match cmd {
+                EndpointCmd::Add {
+                    network,
+                    name,
+                    ip,
+                    alias,
+                    label,
+                } => {
+                    let a = endpoint_cmd::AddArgs {
+                        network,
+                        name,
+                        ip: *ip,
+                        aliases: alias,
+                        labels: label,
+                    };
+                    println!("{}", endpoint_cmd::add(&st, &dirs, &a)?.id);
+                }
+                EndpointCmd::Rm { network, name } => {
+                    endpoint_cmd::rm(&st, &dirs, network, name)?;
+                    println!("{name}");
+                }
+                EndpointCmd::Ls { network } => {
+                    print!("{}", endpoint_cmd::ls(&st, network.as_deref())?)
+                }
+            }
+        }
     }
     Ok(0)
 }

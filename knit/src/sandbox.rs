@@ -135,8 +135,15 @@ pub fn run(st: &dyn Store, dirs: &Dirs, a: &RunArgs) -> Result<i32> {
 
 /// `--name`, `--ip` and `-p` belong to a new sandbox; host and container: make none.
 fn refuse_sandbox_flags(a: &RunArgs, why: &str) -> Result<()> {
-    if a.name.is_some() || a.ip.is_some() || !a.publish.is_empty() {
-        bail!("{why}: --name, --ip and -p need a new sandbox (--net NETWORK|none)");
+    if a.name.is_some()
+        || a.ip.is_some()
+        || !a.publish.is_empty()
+        || !a.alias.is_empty()
+        || !a.label.is_empty()
+    {
+        bail!(
+            "{why}: --name, --ip, -p, --alias and --label need a new sandbox (--net NETWORK|none)"
+        );
     }
     Ok(())
 }
@@ -157,6 +164,8 @@ fn create(
         .unwrap_or_else(|| format!("run-{}", &id[..12]));
     let mut sb = Sandbox::new(name, Path::new(NETNS_RUN_DIR).join(&ns_name));
     sb.id = id;
+    sb.aliases = a.alias.clone();
+    sb.labels = a.label.iter().cloned().collect();
     // The lease comes first and goes last: from here on a kill -9 leaves a trace to repair.
     let mut lease = Lease::wait(dirs, &sb.id)?;
     lease.set(State::Creating)?;

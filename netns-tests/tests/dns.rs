@@ -107,8 +107,24 @@ fn containers_find_each_other_by_name_on_their_networks_only() -> Result<()> {
     let mut h = Host::new()?;
     h.knit(&["network", "create", "--subnet", "10.244.70.0/24", "front"])?;
     h.knit(&["network", "create", "--subnet", "10.244.71.0/24", "back"])?;
-    h.knit(&["run", "--name", "web", "--net", "front", "--", "true"])?;
+    h.knit(&[
+        "run", "--name", "web", "--alias", "www", "--label", "app=web", "--net", "front", "--",
+        "true",
+    ])?;
     h.knit(&["run", "--name", "db", "--net", "back", "--", "true"])?;
+    // An endpoint knit did not attach, registered by hand.
+    h.knit(&[
+        "endpoint",
+        "add",
+        "--network",
+        "front",
+        "--name",
+        "vm1",
+        "--ip",
+        "10.244.70.200",
+        "--alias",
+        "legacy",
+    ])?;
     let log = std::fs::File::create(h.dir.path().join("dns.log"))?;
     h.dns = Some(
         h.command()
@@ -141,6 +157,42 @@ fn containers_find_each_other_by_name_on_their_networks_only() -> Result<()> {
     }
     let d = h.dig("front", &["@10.244.70.1", "web.front.knit.internal"])?;
     ensure!(answers(&d) == ["10.244.70.2"], "FQDN:\n{d}");
+    let d = h.dig("front", &["@10.244.70.1", "www"])?;
+    ensure!(answers(&d) == ["10.244.70.2"], "alias:\n{d}");
+    for name in ["vm1", "legacy.front.knit.internal"] {
+        let d = h.dig("front", &["@10.244.70.1", name])?;
+        ensure!(answers(&d) == ["10.244.70.200"], "registered {name}:\n{d}");
+    }
+    // The registered address is reserved: knit gives it to no sandbox.
+    let reserved = h
+        .command()
+        .args([
+            "run",
+            "--net",
+            "front",
+            "--ip",
+            "10.244.70.200",
+            "--",
+            "true",
+        ])
+        .output()?;
+    ensure!(
+        !reserved.status.success(),
+        "a sandbox got the registered address"
+    );
+    h.knit(&["endpoint", "rm", "--network", "front", "vm1"])?;
+    let t = Instant::now();
+    loop {
+        let d = h.dig("front", &["@10.244.70.1", "vm1.front.knit.internal"])?;
+        if status(&d) == "NXDOMAIN" {
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(5),
+            "vm1 after endpoint rm:\n{d}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let d = h.dig("front", &["@10.244.70.1", "+tcp", "web"])?;
     ensure!(answers(&d) == ["10.244.70.2"], "TCP:\n{d}");
     let d = h.dig("front", &["@10.244.70.1", "-x", "10.244.70.2"])?;

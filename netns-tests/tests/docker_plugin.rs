@@ -635,6 +635,14 @@ fn docker_ipam_and_cli_sandboxes_on_docker_networks() -> Result<()> {
         "{out}"
     );
     h.knit(&["run", "--name", "sb", "--net", "kn1", "--", "true"])?;
+    // The agent's repair pass leaves the CLI's sandbox on a Docker network alone.
+    h.stop_agent(libc::SIGTERM)?;
+    h.start_agent(&[])?;
+    let sbls = h.knit(&["sandbox", "ls"])?;
+    ensure!(
+        sbls.contains("10.244.60."),
+        "the sandbox lost its endpoint:\n{sbls}"
+    );
     let k: Value = serde_json::from_str(&h.knit(&["network", "inspect", "kn1"])?)?;
     let addrs: Vec<String> = k[0]["Containers"]
         .as_object()

@@ -277,6 +277,9 @@ pub struct Sandbox {
     pub netns: PathBuf,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Extra DNS names of the sandbox's endpoints (`knit run --alias`), besides its name.
+    #[serde(default)]
+    pub aliases: Vec<String>,
     /// RFC 3339 in UTC with nanoseconds.
     pub created: String,
 }
@@ -289,6 +292,7 @@ impl Sandbox {
             name: name.into(),
             netns: netns.into(),
             labels: BTreeMap::new(),
+            aliases: Vec::new(),
             created: now_rfc3339(),
         }
     }

@@ -384,6 +384,7 @@ fn create_endpoint(ctx: &Ctx, r: CreateEndpoint) -> Result<Value, ApiError> {
     };
     ep.mac = mac_string(mac);
     ep.ports = port_maps(&r.options)?;
+    ep.labels.insert(DOCKER_OWNED.into(), "true".into());
     // The record first: after a crash the repair pass finds it and finishes or undoes.
     ctx.store
         .put_endpoint(&ep)

@@ -4,6 +4,7 @@
 //! knit's nftables table, heals without Docker's help.
 //!
 //! - every bridge network has its bridge, with its gateways once it has endpoints;
+//! - (Docker's endpoints only, labelled `io.knit.docker`; the CLI repairs its own)
 //! - a Docker endpoint whose veth exists has its filters' elements and its published ports (each
 //!   `ensure` re-adds what is missing and is a no-op otherwise);
 //! - a Docker endpoint whose veth does not exist is a CreateEndpoint that a crash interrupted
@@ -76,7 +77,9 @@ fn run(ctx: &Ctx) -> Result<u64> {
         if net.name == super::names::stand_in(&net.id) {
             ctx.namer.queue(super::names::Job::Network(net.id.clone()));
         }
-        for ep in eps {
+        // Only Docker's endpoints: a knit sandbox or a registered endpoint on the same network
+        // is the CLI's to repair.
+        for ep in eps.into_iter().filter(is_dockers_endpoint) {
             match repair_endpoint(ctx, &h, &net, &ep) {
                 Ok(n) => repaired += n,
                 Err(e) => warn!(endpoint = %ep.id, error = %format!("{e:#}"), "repair failed"),
@@ -84,6 +87,12 @@ fn run(ctx: &Ctx) -> Result<u64> {
         }
     }
     Ok(repaired)
+}
+
+fn is_dockers_endpoint(ep: &Endpoint) -> bool {
+    ep.labels
+        .get(crate::network::DOCKER_OWNED)
+        .is_some_and(|v| v == "true")
 }
 
 /// The pools' gateways on the bridge (with the pool's prefix). Returns how many were missing.
