@@ -289,7 +289,7 @@ pub fn ensure_network_bridge(h: &Handle, net: &Network) -> Result<()> {
 
 /// The IPv4 destinations of the host's main routing table, but the default route: an automatic
 /// subnet must not shadow them (Docker's `docker0` on 172.17.0.0/16, a LAN on 192.168.1.0/24).
-fn routed_subnets(h: &Handle) -> Result<Vec<IpNet>> {
+pub fn routed_subnets(h: &Handle) -> Result<Vec<IpNet>> {
     Ok(h.routes(false)
         .context("listing the host's routes")?
         .into_iter()

@@ -47,14 +47,7 @@ impl DockerHost {
             Path::new(DOCKER).exists() && Path::new("/usr/sbin/dockerd").exists(),
             "Docker Engine is missing: `make deps` installs docker.io"
         );
-        let knit = std::env::var_os("KNIT_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| crate::workspace_root().join("target/release/knit"));
-        ensure!(
-            knit.exists(),
-            "{} is missing: run `make build`",
-            knit.display()
-        );
+        let knit = crate::knit_bin()?;
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = TempDir::new(tag)?;
         let mut h = DockerHost {

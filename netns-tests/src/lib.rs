@@ -42,6 +42,20 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
+/// The `knit` binary under test: `$KNIT_BIN`, else `target/release/knit` (`make build`); an
+/// error naming the fix when it is missing.
+pub fn knit_bin() -> anyhow::Result<PathBuf> {
+    let bin = std::env::var_os("KNIT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/knit"));
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: run `make build` first",
+        bin.display()
+    );
+    Ok(bin)
+}
+
 /// Fail (never skip) when not root: the harness needs CAP_SYS_ADMIN and CAP_NET_ADMIN.
 pub fn require_root() {
     assert!(

@@ -22,14 +22,7 @@ struct Host {
 impl Host {
     fn new() -> Result<Host> {
         netns_tests::require_root();
-        let bin = std::env::var_os("KNIT_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| netns_tests::workspace_root().join("target/release/knit"));
-        ensure!(
-            bin.exists(),
-            "{} is missing: run `make build`",
-            bin.display()
-        );
+        let bin = netns_tests::knit_bin()?;
         Ok(Host {
             ns: TestNs::new("dns")?,
             dir: TempDir::new("dns")?,

@@ -27,14 +27,7 @@ struct Knit {
 impl Knit {
     fn new() -> Result<Knit> {
         netns_tests::require_root();
-        let bin = std::env::var_os("KNIT_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| netns_tests::workspace_root().join("target/release/knit"));
-        ensure!(
-            bin.exists(),
-            "{} is missing: run `make build` first",
-            bin.display()
-        );
+        let bin = netns_tests::knit_bin()?;
         Ok(Knit {
             host: TestNs::new("cli")?,
             dir: TempDir::new("cli")?,

@@ -193,7 +193,8 @@ fn request_pool(ctx: &Ctx, r: RequestPool) -> Result<Value, ApiError> {
     }
     let want = opt_net("Pool", &r.pool)?;
     let sub = opt_net("SubPool", &r.sub_pool)?;
-    let routed = routed()?;
+    let h = libnet::netlink::Handle::new().context("opening a netlink socket")?;
+    let routed = network::routed_subnets(&h)?;
     let pool = pools::request_pool(
         &*ctx.store,
         &ctx.dirs.cni_data_dir,
@@ -205,16 +206,6 @@ fn request_pool(ctx: &Ctx, r: RequestPool) -> Result<Value, ApiError> {
     .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
     info!(pool = %pool.id(), "pool requested");
     Ok(json!({"PoolID": pool.id(), "Pool": pool.subnet.to_string(), "Data": {}}))
-}
-
-fn routed() -> Result<Vec<IpNet>> {
-    let h = libnet::netlink::Handle::new().context("opening a netlink socket")?;
-    Ok(h.routes(false)
-        .context("listing the host's routes")?
-        .into_iter()
-        .filter(|r| r.table == libnet::netlink::route::RT_TABLE_MAIN && r.dst.prefix_len() > 0)
-        .map(|r| r.dst)
-        .collect())
 }
 
 fn request_address(ctx: &Ctx, r: PoolRef) -> Result<Value, ApiError> {

@@ -57,14 +57,7 @@ struct KnitSide {
 
 impl KnitSide {
     fn new() -> Result<KnitSide> {
-        let bin = std::env::var_os("KNIT_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| netns_tests::workspace_root().join("target/release/knit"));
-        ensure!(
-            bin.exists(),
-            "{} is missing: run `make build`",
-            bin.display()
-        );
+        let bin = netns_tests::knit_bin()?;
         let s = KnitSide {
             host: TestNs::new("kr")?,
             dir: TempDir::new("kr")?,
