@@ -337,8 +337,10 @@ impl Bed {
         })
     }
 
-    /// One dnsperf run against `s`: (answers per second, answers per server CPU-second).
-    fn dnsperf(&self, s: &Server, queries: &Path) -> Result<(f64, f64)> {
+    /// One dnsperf run against `s`: answers per second, answers per server CPU-second, and the
+    /// server's CPU use (CPU-seconds per second: near 1, the server was the limit; well below,
+    /// dnsperf was).
+    fn dnsperf(&self, s: &Server, queries: &Path) -> Result<(f64, f64, f64)> {
         let cpu0 = s.cpu_secs()?;
         let o = self
             .ns
@@ -381,7 +383,7 @@ impl Bed {
         if lost > 0.0 {
             println!("  ({}: {lost} queries lost in one run)", s.label);
         }
-        Ok((noerror / elapsed, noerror / cpu.max(0.01)))
+        Ok((noerror / elapsed, noerror / cpu.max(0.01), cpu / elapsed))
     }
 }
 
@@ -509,27 +511,30 @@ fn run() -> Result<Figures> {
     }
     let mut qps: [Vec<f64>; 3] = Default::default();
     let mut per_cpu: [Vec<f64>; 3] = Default::default();
+    let mut busy: [Vec<f64>; 3] = Default::default();
     for round in 0..ROUNDS {
         for j in 0..3 {
             check_stop()?;
             let k = if round % 2 == 0 { j } else { 2 - j };
-            let (a, c) = bed.dnsperf(&servers[k], &queries)?;
+            let (a, c, b) = bed.dnsperf(&servers[k], &queries)?;
             qps[k].push(a);
             per_cpu[k].push(c);
+            busy[k].push(b);
         }
     }
     println!(
-        "  {:<10} {:>12} {:>14} {:>16} {:>18}",
-        "server", "answers/s", "(k, min..max)", "answers/CPU-s", "(k, min..max)"
+        "  {:<10} {:>12} {:>14} {:>16} {:>18} {:>8}",
+        "server", "answers/s", "(k, min..max)", "answers/CPU-s", "(k, min..max)", "CPU"
     );
     for (k, s) in servers.iter().enumerate() {
         println!(
-            "  {:<10} {:>12.0} {:>14} {:>16.0} {:>18}",
+            "  {:<10} {:>12.0} {:>14} {:>16.0} {:>18} {:>7.0}%",
             s.label,
             median(&qps[k]),
             spread(&qps[k]),
             median(&per_cpu[k]),
-            spread(&per_cpu[k])
+            spread(&per_cpu[k]),
+            median(&busy[k]) * 100.0
         );
     }
     let mut f = Figures {
