@@ -166,7 +166,10 @@ impl Drop for Server {
                 {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+                if Path::new(&format!("/proc/{}", self.pid)).exists() {
+                    // SAFETY: as above; it ignored SIGTERM for 2 s.
+                    unsafe { libc::kill(self.pid, libc::SIGKILL) };
+                }
             }
         }
     }
