@@ -5,8 +5,8 @@
 //! [--cases LIST]`
 //! Prints ADD, DEL and whole-cycle medians per side with knit/reference ratios, the kernel's own
 //! `ip link del` floor, a 1,000-container scale run, peak RSS, `docker run` on knit's agent
-//! against Docker's bridge (`docker`), `knit run` against netavark (`knit-run`), and a verdict
-//! per target.
+//! against Docker's bridge (`docker`), `knit run` against netavark (`knit-run`), knit's DNS
+//! against unbound and aardvark-dns (`dns`), and a verdict per target.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +20,7 @@ use netns_tests::scenario::Side;
 use netns_tests::topology::TestNs;
 use serde_json::json;
 
+mod dns;
 mod docker;
 mod floors;
 mod hist;
@@ -50,7 +51,7 @@ struct Args {
     ref_dir: PathBuf,
     knit_dir: PathBuf,
     /// `--cases a,b`: measure only these (bridge, podman, ptp, macvlan, bandwidth, docker,
-    /// knit-run).
+    /// knit-run, dns).
     only: Option<Vec<String>>,
 }
 
@@ -90,7 +91,7 @@ fn parse_args() -> Result<Args> {
             "--knit" => a.knit_dir = val()?.into(),
             "--cases" => a.only = Some(val()?.split(',').map(str::to_string).collect()),
             "-h" | "--help" => {
-                println!("knit-bench [--cycles N] [--scale N|--no-scale] [--scale-ref] [--ref DIR] [--knit DIR] [--cases bridge,podman,ptp,macvlan,bandwidth,docker,knit-run]");
+                println!("knit-bench [--cycles N] [--scale N|--no-scale] [--scale-ref] [--ref DIR] [--knit DIR] [--cases bridge,podman,ptp,macvlan,bandwidth,docker,knit-run,dns]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -470,6 +471,9 @@ fn run(a: &Args) -> Result<()> {
     }
     if a.wants("docker") {
         docker::report(a, &mut verdict)?;
+    }
+    if a.wants("dns") {
+        dns::report(&mut verdict)?;
     }
     if !a.wants_cni() {
         verdict.print();
