@@ -47,6 +47,7 @@ fuzz:
 demo: deps build
 	scripts/require-root.sh
 	scripts/demo.sh
+	scripts/demo-cli.sh
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_BIN_DIR)
