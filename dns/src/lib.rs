@@ -3,6 +3,7 @@
 //! hickory-server ([`server`]). Run standalone as `knit dns`.
 
 pub mod forward;
+pub mod live;
 pub mod records;
 pub mod server;
 

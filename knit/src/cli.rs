@@ -201,6 +201,16 @@ pub struct AgentArgs {
     /// tells a plugin only their ids).
     #[arg(long, env = "DOCKER_HOST", default_value = "unix:///run/docker.sock")]
     pub docker_host: String,
+    /// Serve knit's DNS (names of endpoints, per network) on port 53 of every network's
+    /// gateway address; containers point at it (`docker run --dns GATEWAY`).
+    #[arg(long)]
+    pub dns: bool,
+    /// With --dns: forward names that are not knit's here (default: /etc/resolv.conf's).
+    #[arg(long, value_parser = crate::dns_cmd::parse_listen)]
+    pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// With --dns: answer knit's names only.
+    #[arg(long, conflicts_with = "dns_upstream")]
+    pub dns_no_forward: bool,
     /// Seconds between repair passes (store → kernel).
     #[arg(long, default_value_t = 30)]
     pub reconcile_interval: u64,

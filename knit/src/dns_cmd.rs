@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use store::Store;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::cli::DnsArgs;
 
@@ -29,43 +29,22 @@ pub fn run(state_dir: &Path, a: &DnsArgs) -> Result<i32> {
         store::SqliteStore::open(state_dir)
             .with_context(|| format!("opening the store in {}", state_dir.display()))?,
     );
-    let load = {
-        let st = st.clone();
-        let (domain, ttl) = (a.domain.clone(), a.ttl);
-        move || dns::load(&*st, &domain, ttl)
-    };
-    let records = dns::server::Shared::new(load().context("reading the store")?);
+    let records =
+        dns::server::Shared::new(dns::load(&*st, &a.domain, a.ttl).context("reading the store")?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let shared = records.clone();
-        let st2 = st.clone();
-        tokio::spawn(async move {
-            let mut seen = st2.revision().unwrap_or(0);
-            loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let st3 = st2.clone();
-                let now = match tokio::task::spawn_blocking(move || st3.revision()).await {
-                    Ok(Ok(r)) => r,
-                    _ => continue,
-                };
-                if now == seen {
-                    continue;
-                }
-                let l = load.clone();
-                match tokio::task::spawn_blocking(l).await {
-                    Ok(Ok(r)) => {
-                        shared.set(r);
-                        seen = now;
-                    }
-                    Ok(Err(e)) => warn!(error = %e, "reloading the records"),
-                    Err(e) => warn!(error = %e, "reloading the records"),
-                }
-            }
-        });
+        tokio::spawn(dns::live::watch(
+            st.clone(),
+            records.clone(),
+            a.domain.clone(),
+            a.ttl,
+            Duration::from_millis(50),
+            || {},
+        ));
         let upstreams = if a.no_forward {
             Vec::new()
         } else if a.upstream.is_empty() {

@@ -662,3 +662,84 @@ fn docker_ipam_and_cli_sandboxes_on_docker_networks() -> Result<()> {
     ensure!(left.is_empty(), "left behind: {left:#?}");
     Ok(())
 }
+
+/// `knit agent --dns`: knit's DNS on each network's gateway answers Docker containers' names
+/// (learnt from the Engine API), fully qualified as only knit knows them; a network created
+/// later gets its own listener without disturbing the first.
+#[test]
+fn agent_dns_answers_docker_container_names() -> Result<()> {
+    let mut h = DockerHost::start("dkd")?;
+    h.start_agent(&["--dns", "--dns-no-forward"])?;
+    let p = h.plugin.clone();
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        SUBNET,
+        "kn1",
+    ])?;
+    run_detached(&h, "alpha", "kn1", &[], &["sleep", "600"])?;
+    run_detached(&h, "beta", "kn1", &[], &["sleep", "600"])?;
+    let alpha = ip_of(&h, "alpha", "kn1")?;
+    let lookup = |h: &DockerHost, from: &str, name: &str, server: &str| -> Result<String> {
+        let o = h.docker_raw(&["exec", from, "nslookup", name, server])?;
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let t = std::time::Instant::now();
+    loop {
+        let out = lookup(&h, "beta", "alpha.kn1.knit.internal", GATEWAY)?;
+        if out.contains(&format!("Address: {alpha}")) {
+            break;
+        }
+        ensure!(
+            t.elapsed() < std::time::Duration::from_secs(15),
+            "knit's DNS never answered alpha:\n{out}\n{}",
+            h.agent_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // A second network: its own listener; the first one keeps answering.
+    h.docker(&[
+        "network",
+        "create",
+        "-d",
+        &p,
+        "--ipam-driver",
+        &p,
+        "--subnet",
+        SUBNET2,
+        "kn2",
+    ])?;
+    run_detached(&h, "gamma", "kn2", &[], &["sleep", "600"])?;
+    let gamma = ip_of(&h, "gamma", "kn2")?;
+    let t = std::time::Instant::now();
+    loop {
+        let out = lookup(&h, "gamma", "gamma", "10.244.61.1")?;
+        if out.contains(&format!("Address: {gamma}")) {
+            break;
+        }
+        ensure!(
+            t.elapsed() < std::time::Duration::from_secs(15),
+            "no answer on kn2's gateway:\n{out}\n{}",
+            h.agent_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = lookup(&h, "beta", "alpha", GATEWAY)?;
+    ensure!(
+        out.contains(&format!("Address: {alpha}")),
+        "kn1's listener after kn2 came:\n{out}"
+    );
+    // gamma is on kn2 only: kn1's containers cannot resolve it through knit.
+    let out = lookup(&h, "beta", "gamma.kn2.knit.internal", GATEWAY)?;
+    ensure!(!out.contains(&gamma), "kn1 resolved kn2's gamma:\n{out}");
+    h.docker(&["rm", "-f", "alpha", "beta", "gamma"])?;
+    h.docker(&["network", "rm", "kn1", "kn2"])?;
+    let left = kernel_leftovers(&h)?;
+    ensure!(left.is_empty(), "left behind: {left:#?}");
+    Ok(())
+}

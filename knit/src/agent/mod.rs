@@ -187,6 +187,9 @@ async fn serve(shared: Arc<Shared>, a: &AgentArgs) -> Result<()> {
                 .into_future(),
         );
     }
+    if a.dns {
+        start_dns(shared.clone(), a).await?;
+    }
     let s = shared.clone();
     let every = Duration::from_secs(a.reconcile_interval.max(1));
     let periodic = tokio::spawn(async move {
@@ -310,4 +313,63 @@ async fn metrics_page(s: Arc<Shared>) -> Response {
         s.metrics.render(),
     )
         .into_response()
+}
+
+/// knit's DNS inside the agent: records rebuilt as the store changes, and one listener per
+/// network gateway (port 53), added and dropped one at a time as networks come and go (a
+/// gateway not yet on the host is tried again).
+async fn start_dns(shared: Arc<Shared>, a: &AgentArgs) -> Result<()> {
+    let st = shared.ctx.store.clone();
+    let s2 = st.clone();
+    let records =
+        tokio::task::spawn_blocking(move || dns::load(&*s2, dns::DEFAULT_DOMAIN, dns::DEFAULT_TTL))
+            .await
+            .context("loading DNS records")?
+            .context("loading DNS records")?;
+    let records = dns::server::Shared::new(records);
+    let upstreams = if a.dns_no_forward {
+        Vec::new()
+    } else if a.dns_upstream.is_empty() {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        dns::forward::resolv_conf_servers(&text)
+    } else {
+        a.dns_upstream.clone()
+    };
+    let mut listeners = dns::live::Listeners::new(records.clone(), upstreams);
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let c2 = changed.clone();
+    tokio::spawn(dns::live::watch(
+        st.clone(),
+        records,
+        dns::DEFAULT_DOMAIN.to_string(),
+        dns::DEFAULT_TTL,
+        Duration::from_millis(50),
+        move || c2.notify_one(),
+    ));
+    tokio::spawn(async move {
+        loop {
+            let s = st.clone();
+            let want = tokio::task::spawn_blocking(move || gateways(&*s))
+                .await
+                .unwrap_or_default();
+            listeners.set(&want).await;
+            // A change in the store, or a retry for gateways not on the host yet.
+            let _ = tokio::time::timeout(Duration::from_secs(2), changed.notified()).await;
+        }
+    });
+    Ok(())
+}
+
+/// Port 53 of every gateway of every network.
+fn gateways(st: &dyn store::Store) -> Vec<std::net::SocketAddr> {
+    let mut v: Vec<std::net::SocketAddr> = st
+        .list_networks()
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|n| n.ipam.iter().filter_map(|p| p.gateway))
+        .map(|g| std::net::SocketAddr::new(g, 53))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
