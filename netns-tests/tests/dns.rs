@@ -65,8 +65,13 @@ impl Drop for Host {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = self.knit(&["sandbox", "rm", "web", "db", "api"]);
-        let _ = self.knit(&["network", "rm", "front", "back"]);
+        // One at a time: `sandbox rm` stops at the first name that is already gone.
+        for sb in ["web", "db", "api"] {
+            let _ = self.knit(&["sandbox", "rm", sb]);
+        }
+        for net in ["front", "back"] {
+            let _ = self.knit(&["network", "rm", net]);
+        }
     }
 }
 
