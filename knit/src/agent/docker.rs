@@ -226,6 +226,8 @@ fn request_address(ctx: &Ctx, r: PoolRef) -> Result<Value, ApiError> {
 /// The network record of Docker's CreateNetwork. Pure.
 pub fn network_of(r: &CreateNetwork) -> Result<Network, ApiError> {
     let id = need("CreateNetwork", "NetworkID", &r.network_id)?;
+    store::validate::validate_id("network", id)
+        .map_err(|e| ApiError::bad_request(format!("CreateNetwork: {e}")))?;
     // Docker never sends the name; its short id (as `docker network ls` prints it) stands in.
     let mut net = Network::new(
         format!("docker-{}", &id[..12.min(id.len())]),
@@ -622,4 +624,70 @@ fn revoke(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
             .with_context(|| format!("recording the ports of endpoint {}", ep.id))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_ids_and_options_from_docker() {
+        let bad = CreateNetwork {
+            network_id: "ééééééééééééé".into(),
+            ..Default::default()
+        };
+        assert_eq!(network_of(&bad).unwrap_err().status, 400);
+        let mut generic = serde_json::Map::new();
+        generic.insert("com.docker.network.bridge.name".into(), json!("kbr0"));
+        let mut options = std::collections::BTreeMap::new();
+        options.insert(GENERIC.to_string(), Value::Object(generic));
+        options.insert(INTERNAL.to_string(), json!(true));
+        let r = CreateNetwork {
+            network_id: "0123456789abcdef".repeat(4),
+            options,
+            ipv4_data: Some(vec![IpamData {
+                address_space: LOCAL_SPACE.into(),
+                pool: "10.9.0.0/24".into(),
+                gateway: "10.9.0.1/24".into(),
+            }]),
+            ipv6_data: None,
+        };
+        let n = network_of(&r).unwrap();
+        assert_eq!(n.name, "docker-0123456789ab");
+        assert!(n.internal);
+        assert_eq!(n.ipam[0].gateway, Some("10.9.0.1".parse().unwrap()));
+        assert_eq!(
+            n.options.get(crate::network::IPAM_DIR).map(String::as_str),
+            Some("knit-pool-10.9.0.0-24")
+        );
+        assert_eq!(bridge_name(&n), "kbr0");
+    }
+
+    #[test]
+    fn port_bindings_from_docker() {
+        let mut o = std::collections::BTreeMap::new();
+        o.insert(
+            PORTMAP.to_string(),
+            json!([{"Proto": 6, "IP": "", "Port": 80, "HostIP": "127.0.0.1", "HostPort": 8080, "HostPortEnd": 8080}]),
+        );
+        let m = port_maps(&o).unwrap();
+        assert_eq!(
+            (m[0].host_port, m[0].container_port, m[0].proto),
+            (8080, 80, Proto::Tcp)
+        );
+        assert_eq!(m[0].host_ip, Some("127.0.0.1".parse().unwrap()));
+        o.insert(
+            PORTMAP.to_string(),
+            json!([{"Proto": 6, "Port": 80, "HostPort": 0}]),
+        );
+        assert!(port_maps(&o)
+            .unwrap_err()
+            .message
+            .contains("needs a host port"));
+        o.insert(
+            PORTMAP.to_string(),
+            json!([{"Proto": 1, "Port": 80, "HostPort": 9}]),
+        );
+        assert_eq!(port_maps(&o).unwrap_err().status, 400);
+    }
 }

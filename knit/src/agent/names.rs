@@ -24,7 +24,7 @@ use store::Store;
 
 /// The name a Docker network has until Docker's own is known.
 pub fn stand_in(id: &str) -> String {
-    format!("docker-{}", &id[..12.min(id.len())])
+    format!("docker-{}", id.get(..12).unwrap_or(id))
 }
 
 /// The Docker socket of a `DOCKER_HOST`-style address (`unix:///run/docker.sock`).
