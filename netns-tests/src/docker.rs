@@ -167,6 +167,17 @@ impl DockerHost {
         Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
     }
 
+    /// `docker network create -d PLUGIN --ipam-driver PLUGIN --subnet SUBNET EXTRA... NAME`: a
+    /// network on knit's driver and IPAM; returns Docker's network id.
+    pub fn knit_network(&self, name: &str, subnet: &str, extra: &[&str]) -> Result<String> {
+        let p = self.plugin.as_str();
+        let mut args = vec!["network", "create", "-d", p, "--ipam-driver", p];
+        args.extend(["--subnet", subnet]);
+        args.extend(extra);
+        args.push(name);
+        self.docker(&args)
+    }
+
     /// The knit command with this host's dirs, run inside its namespace.
     pub fn knit_command(&self) -> Command {
         let d = self.dir.path();

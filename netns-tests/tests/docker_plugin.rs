@@ -45,6 +45,29 @@ fn pings(h: &DockerHost, from: &str, to: &str) -> Result<bool> {
     )
 }
 
+/// knit's store has the network under Docker's name (the agent asks the Engine API for it
+/// after CreateNetwork), within ten seconds.
+fn knows_name(h: &DockerHost, name: &str) -> Result<()> {
+    let t = std::time::Instant::now();
+    while h
+        .knit_command()
+        .args(["network", "inspect", name])
+        .output()?
+        .status
+        .code()
+        != Some(0)
+    {
+        ensure!(
+            t.elapsed().as_secs() < 10,
+            "knit never learnt Docker's name {name}:\n{}\n{}",
+            h.knit(&["network", "ls"])?,
+            h.agent_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// `from` reaches `to`, allowing a just-started container a few seconds to answer.
 fn reaches(h: &DockerHost, from: &str, to: &str) -> Result<bool> {
     for _ in 0..5 {
@@ -111,25 +134,16 @@ fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
     let outside = TestNs::new("dko")?;
     join_outside(&h.ns, &outside)?;
     h.start_agent(&[])?;
-    let p = h.plugin.clone();
 
     // A network through Docker shows in knit's own listing.
-    let id = h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--subnet",
-        SUBNET,
-        "kn1",
-    ])?;
+    let id = h.knit_network("kn1", SUBNET, &[])?;
     let ls = h.knit(&["network", "ls"])?;
     ensure!(
         ls.contains(&id[..12]) && ls.contains(SUBNET),
         "knit network ls:\n{ls}"
     );
+    // Under Docker's name once the agent asked Docker for it.
+    knows_name(&h, "kn1")?;
 
     // Two containers talk to each other and to the gateway.
     run_detached(&h, "c1", "kn1", &[], &["sleep", "600"])?;
@@ -212,17 +226,7 @@ fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
     }
 
     // Isolation: a second knit network cannot reach the first (positive control: its own).
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--subnet",
-        SUBNET2,
-        "kn2",
-    ])?;
+    h.knit_network("kn2", SUBNET2, &[])?;
     run_detached(&h, "d1", "kn2", &[], &["sleep", "600"])?;
     run_detached(&h, "d2", "kn2", &[], &["sleep", "600"])?;
     let d2 = ip_of(&h, "d2", "kn2")?;
@@ -234,18 +238,7 @@ fn docker_engine_uses_knit_as_network_and_ipam_plugin() -> Result<()> {
     ensure!(!pings(&h, "c1", &d2)?, "kn1's c1 reaches kn2's d2");
 
     // Internal: no route out.
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--internal",
-        "--subnet",
-        "10.244.62.0/24",
-        "kn3",
-    ])?;
+    h.knit_network("kn3", "10.244.62.0/24", &["--internal"])?;
     run_detached(&h, "i1", "kn3", &[], &["sleep", "600"])?;
     let routes = h.docker(&["exec", "i1", "ip", "route"])?;
     ensure!(
@@ -302,17 +295,7 @@ fn the_plugin_refuses_bad_input_with_clear_errors() -> Result<()> {
     err(s, &b, "not known to knit")?;
     // Overlapping pools through Docker: a clear error, nothing made.
     let p = h.plugin.clone();
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--subnet",
-        SUBNET,
-        "ok1",
-    ])?;
+    h.knit_network("ok1", SUBNET, &[])?;
     let o = h.docker_raw(&[
         "network",
         "create",
@@ -383,18 +366,7 @@ fn the_plugin_refuses_bad_input_with_clear_errors() -> Result<()> {
 fn the_agent_repairs_what_the_host_lost() -> Result<()> {
     let mut h = DockerHost::start("dkr")?;
     h.start_agent(&["--reconcile-interval", "1"])?;
-    let p = h.plugin.clone();
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--subnet",
-        SUBNET,
-        "kn1",
-    ])?;
+    h.knit_network("kn1", SUBNET, &[])?;
     run_detached(
         &h,
         "web",
@@ -448,18 +420,7 @@ fn the_agent_repairs_what_the_host_lost() -> Result<()> {
 fn the_agent_survives_kill_9_at_any_point() -> Result<()> {
     let mut h = DockerHost::start("dkk")?;
     h.start_agent(&[])?;
-    let p = h.plugin.clone();
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--subnet",
-        SUBNET,
-        "kn1",
-    ])?;
+    h.knit_network("kn1", SUBNET, &[])?;
     run_detached(&h, "anchor", "kn1", &[], &["sleep", "600"])?;
     let anchor = ip_of(&h, "anchor", "kn1")?;
     let mut seed: u64 = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
@@ -536,21 +497,11 @@ fn the_agent_survives_kill_9_at_any_point() -> Result<()> {
 fn dual_stack_network() -> Result<()> {
     let mut h = DockerHost::start("dk6")?;
     h.start_agent(&[])?;
-    let p = h.plugin.clone();
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--ipv6",
-        "--subnet",
-        "10.244.66.0/24",
-        "--subnet",
-        "fd00:6b6e:66::/64",
+    h.knit_network(
         "kn6",
-    ])?;
+        "10.244.66.0/24",
+        &["--ipv6", "--subnet", "fd00:6b6e:66::/64"],
+    )?;
     run_detached(&h, "six-a", "kn6", &[], &["sleep", "600"])?;
     run_detached(&h, "six-b", "kn6", &[], &["sleep", "600"])?;
     let f6 = "{{(index .NetworkSettings.Networks \"kn6\").GlobalIPv6Address}}";
@@ -601,32 +552,11 @@ fn docker_ipam_and_cli_sandboxes_on_docker_networks() -> Result<()> {
         "x1 cannot ping x2 on Docker's IPAM"
     );
 
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--subnet",
-        SUBNET,
-        "kn1",
-    ])?;
+    h.knit_network("kn1", SUBNET, &[])?;
     run_detached(&h, "y1", "kn1", &[], &["sleep", "600"])?;
     let y1 = ip_of(&h, "y1", "kn1")?;
     // A knit sandbox on the same network: a different address, and they talk.
-    let t = std::time::Instant::now();
-    while h
-        .knit_command()
-        .args(["network", "inspect", "kn1"])
-        .output()?
-        .status
-        .code()
-        != Some(0)
-    {
-        ensure!(t.elapsed().as_secs() < 10, "kn1 never got its name in knit");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    knows_name(&h, "kn1")?;
     let out = h.knit(&[
         "run", "--net", "kn1", "--", "ping", "-c", "1", "-W", "2", &y1,
     ])?;
@@ -670,18 +600,7 @@ fn docker_ipam_and_cli_sandboxes_on_docker_networks() -> Result<()> {
 fn agent_dns_answers_docker_container_names() -> Result<()> {
     let mut h = DockerHost::start("dkd")?;
     h.start_agent(&["--dns", "--dns-no-forward"])?;
-    let p = h.plugin.clone();
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--subnet",
-        SUBNET,
-        "kn1",
-    ])?;
+    h.knit_network("kn1", SUBNET, &[])?;
     run_detached(&h, "alpha", "kn1", &[], &["sleep", "600"])?;
     run_detached(&h, "beta", "kn1", &[], &["sleep", "600"])?;
     let alpha = ip_of(&h, "alpha", "kn1")?;
@@ -703,17 +622,7 @@ fn agent_dns_answers_docker_container_names() -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     // A second network: its own listener; the first one keeps answering.
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--subnet",
-        SUBNET2,
-        "kn2",
-    ])?;
+    h.knit_network("kn2", SUBNET2, &[])?;
     run_detached(&h, "gamma", "kn2", &[], &["sleep", "600"])?;
     let gamma = ip_of(&h, "gamma", "kn2")?;
     let t = std::time::Instant::now();

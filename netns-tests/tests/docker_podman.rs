@@ -23,23 +23,10 @@ fn docker_and_podman_containers_share_a_knit_network() -> Result<()> {
     let mut h = DockerHost::start("dp")?;
     h.cni_data_dir = "/var/lib/cni/networks".into();
     h.start_agent(&[])?;
-    let p = h.plugin.clone();
     let name = format!("shared{}", std::process::id());
     let bridge = format!("ks{}", std::process::id());
     let opt = format!("com.docker.network.bridge.name={bridge}");
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--subnet",
-        SUBNET,
-        "-o",
-        &opt,
-        &name,
-    ])?;
+    h.knit_network(&name, SUBNET, &["-o", &opt])?;
     // The agent learns the name and makes the alias.
     let alias = std::path::Path::new("/var/lib/cni/networks").join(&name);
     let t = std::time::Instant::now();

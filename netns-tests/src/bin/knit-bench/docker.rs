@@ -59,18 +59,7 @@ pub fn report(a: &Args, verdict: &mut Verdict) -> Result<()> {
 fn run(a: &Args) -> Result<f64> {
     let mut h = DockerHost::start("bd")?;
     h.start_agent(&["--metrics", METRICS_ADDR])?;
-    let p = h.plugin.clone();
-    h.docker(&[
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--subnet",
-        KNIT_SUBNET,
-        "kn",
-    ])?;
+    h.knit_network("kn", KNIT_SUBNET, &[])?;
     h.docker(&[
         "network",
         "create",
