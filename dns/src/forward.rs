@@ -74,6 +74,18 @@ pub fn resolv_conf_servers(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// The upstreams to forward to: none with `no_forward`, else those `given`, else the
+/// nameservers of the host's `/etc/resolv.conf`.
+pub fn upstreams(no_forward: bool, given: &[SocketAddr]) -> Vec<SocketAddr> {
+    if no_forward {
+        Vec::new()
+    } else if given.is_empty() {
+        resolv_conf_servers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+    } else {
+        given.to_vec()
+    }
+}
+
 impl Forwarder {
     pub fn new(upstreams: Vec<SocketAddr>) -> Forwarder {
         Forwarder {

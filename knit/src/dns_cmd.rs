@@ -45,14 +45,7 @@ pub fn run(state_dir: &Path, a: &DnsArgs) -> Result<i32> {
             Duration::from_millis(50),
             || {},
         ));
-        let upstreams = if a.no_forward {
-            Vec::new()
-        } else if a.upstream.is_empty() {
-            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-            dns::forward::resolv_conf_servers(&text)
-        } else {
-            a.upstream.clone()
-        };
+        let upstreams = dns::forward::upstreams(a.no_forward, &a.upstream);
         info!(listen = ?a.listen, domain = %a.domain, ?upstreams, "knit dns serving");
         let server = dns::server::serve(records, &a.listen, upstreams);
         tokio::select! {

@@ -398,11 +398,9 @@ fn create_endpoint(ctx: &Ctx, r: CreateEndpoint) -> Result<Value, ApiError> {
 fn attach(ctx: &Ctx, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> Result<()> {
     let host = NetNs::current().context("opening the agent's network namespace")?;
     let req = Request {
-        network: &net.id,
-        container_id: &ep.id,
-        ifname: &ep.ifname,
         netns: Some(&host),
         mac: Some(mac),
+        ..request_of(net, ep)
     };
     let mut source = Fixed(addressing_of(net, ep));
     with_wiring(net, &ctx.dirs, true, &[], |driver, filters| {
@@ -410,6 +408,18 @@ fn attach(ctx: &Ctx, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> Result<()> {
             .with_context(|| format!("attaching endpoint {} to network {}", ep.id, net.name))?;
         Ok(())
     })
+}
+
+/// A Docker endpoint's identity in the lifecycle: keyed by the network's id (its name changes
+/// once, when Docker's is learnt), the endpoint's id and its veth peer's name.
+pub fn request_of<'a>(net: &'a Network, ep: &'a Endpoint) -> Request<'a> {
+    Request {
+        network: &net.id,
+        container_id: &ep.id,
+        ifname: &ep.ifname,
+        netns: None,
+        mac: None,
+    }
 }
 
 /// Detach a Docker endpoint by its ids alone (tolerant: gone is success).
@@ -578,13 +588,7 @@ fn program(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
 
 /// The endpoint's port mappings in knit's nftables table (replacing what it had).
 pub fn publish(ctx: &Ctx, net: &Network, ep: &Endpoint, maps: &[PortMap]) -> Result<()> {
-    let req = Request {
-        network: &net.id,
-        container_id: &ep.id,
-        ifname: &ep.ifname,
-        netns: None,
-        mac: None,
-    };
+    let req = request_of(net, ep);
     let ports = Ports {
         nft: &ctx.dirs.nft(),
         bridge: bridge_name(net),

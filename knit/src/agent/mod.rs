@@ -286,12 +286,8 @@ async fn plugin_call(s: Arc<Shared>, req: Request<Body>) -> Response {
 
 async fn status(s: Arc<Shared>) -> Response {
     let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
-        let nets = s.ctx.store.list_networks()?;
-        let mut endpoints = 0;
-        for n in &nets {
-            endpoints += s.ctx.store.network_endpoints(&n.id)?.len();
-        }
-        Ok(json!({"networks": nets.len(), "endpoints": endpoints, "pid": std::process::id()}))
+        let (networks, endpoints) = reconcile::counts(&*s.ctx.store)?;
+        Ok(json!({"networks": networks, "endpoints": endpoints, "pid": std::process::id()}))
     })
     .await;
     match r {
@@ -327,14 +323,7 @@ async fn start_dns(shared: Arc<Shared>, a: &AgentArgs) -> Result<()> {
             .context("loading DNS records")?
             .context("loading DNS records")?;
     let records = dns::server::Shared::new(records);
-    let upstreams = if a.dns_no_forward {
-        Vec::new()
-    } else if a.dns_upstream.is_empty() {
-        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        dns::forward::resolv_conf_servers(&text)
-    } else {
-        a.dns_upstream.clone()
-    };
+    let upstreams = dns::forward::upstreams(a.dns_no_forward, &a.dns_upstream);
     let mut listeners = dns::live::Listeners::new(records.clone(), upstreams);
     let changed = Arc::new(tokio::sync::Notify::new());
     let c2 = changed.clone();

@@ -16,7 +16,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use libnet::driver::{host_veth_name, LinkRef, Wired};
-use libnet::endpoint::Request;
 use libnet::netlink::Handle;
 use store::{Driver, Endpoint, Network};
 use tracing::{info, warn};
@@ -44,15 +43,20 @@ pub fn pass(ctx: &Ctx, m: &Metrics) {
 
 /// The gauges of networks and endpoints.
 pub fn count(ctx: &Ctx, m: &Metrics) {
-    if let Ok(nets) = ctx.store.list_networks() {
-        m.networks.set(nets.len() as i64);
-        let eps: usize = nets
-            .iter()
-            .filter_map(|n| ctx.store.network_endpoints(&n.id).ok())
-            .map(|e| e.len())
-            .sum();
-        m.endpoints.set(eps as i64);
+    if let Ok((networks, endpoints)) = counts(&*ctx.store) {
+        m.networks.set(networks as i64);
+        m.endpoints.set(endpoints as i64);
     }
+}
+
+/// How many networks, and endpoints on them, the store holds.
+pub fn counts(st: &dyn store::Store) -> Result<(usize, usize), store::Error> {
+    let nets = st.list_networks()?;
+    let mut endpoints = 0;
+    for n in &nets {
+        endpoints += st.network_endpoints(&n.id)?.len();
+    }
+    Ok((nets.len(), endpoints))
 }
 
 fn run(ctx: &Ctx) -> Result<u64> {
@@ -126,13 +130,7 @@ fn repair_endpoint(ctx: &Ctx, h: &Handle, net: &Network, ep: &Endpoint) -> Resul
         info!(endpoint = %ep.id, "removed an endpoint whose links are gone");
         return Ok(1);
     }
-    let req = Request {
-        network: &net.id,
-        container_id: &ep.id,
-        ifname: &ep.ifname,
-        netns: None,
-        mac: None,
-    };
+    let req = docker::request_of(net, ep);
     let addrs = addressing_of(net, ep);
     let wired = Wired {
         bridge: None,
