@@ -83,6 +83,31 @@ pub enum ValidationError {
     AddressFamily { addr: IpNet, expected: u8 },
     #[error("port mapping to container port 0 is invalid")]
     ContainerPortZero,
+    #[error(
+        "service name {name:?} is invalid: it must be a DNS label (1 to 63 of a-z, 0-9, '-', \
+         starting and ending with a letter or digit)"
+    )]
+    ServiceName { name: String },
+    #[error("service {service:?} has no ports: give at least one (--port 80/tcp)")]
+    ServiceNoPorts { service: String },
+    #[error("service {service:?} lists port {port}/{proto} twice")]
+    ServicePortTwice {
+        service: String,
+        port: u16,
+        proto: crate::model::Proto,
+    },
+    #[error("service {service:?}: port 0 is invalid")]
+    ServicePortZero { service: String },
+    #[error("service {service:?}: port name {name:?} is invalid: 1 to 15 of a-z, 0-9, '-'")]
+    ServicePortName { service: String, name: String },
+    #[error("virtual address {vip} is not inside any subnet of network {network:?}")]
+    VipOutsidePools { vip: IpAddr, network: String },
+    #[error("virtual address {vip} is {what} of subnet {subnet}")]
+    VipReserved {
+        vip: IpAddr,
+        what: &'static str,
+        subnet: IpNet,
+    },
 }
 
 /// Every failure of a [`crate::Store`].
@@ -126,6 +151,20 @@ pub enum Error {
         endpoint: String,
         network: String,
     },
+    #[error("address {addr} is the virtual address of service {service:?} on network {network:?}")]
+    AddressIsVip {
+        addr: IpAddr,
+        service: String,
+        network: String,
+    },
+    #[error("service {name_or_id:?} not found")]
+    ServiceNotFound { name_or_id: String },
+    #[error("service name {name:?} is already in use")]
+    ServiceExists { name: String },
+    #[error("service id {id} is already in use")]
+    ServiceIdExists { id: String },
+    #[error("network {network:?} has {services} service(s): remove them first")]
+    NetworkHasServices { network: String, services: usize },
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error("creating the state dir {path}: {source}")]
@@ -164,7 +203,8 @@ impl Error {
         match self {
             Error::NetworkNotFound { .. }
             | Error::EndpointNotFound { .. }
-            | Error::SandboxNotFound { .. } => ErrorKind::NotFound,
+            | Error::SandboxNotFound { .. }
+            | Error::ServiceNotFound { .. } => ErrorKind::NotFound,
             Error::Ambiguous { .. } | Error::Invalid(_) => ErrorKind::Invalid,
             Error::NetworkExists { .. }
             | Error::NetworkIdExists { .. }
@@ -172,8 +212,13 @@ impl Error {
             | Error::SandboxExists { .. }
             | Error::SandboxIdExists { .. }
             | Error::EndpointNameExists { .. }
-            | Error::AddressInUse { .. } => ErrorKind::Exists,
-            Error::NetworkInUse { .. } | Error::SandboxInUse { .. } => ErrorKind::Busy,
+            | Error::AddressInUse { .. }
+            | Error::AddressIsVip { .. }
+            | Error::ServiceExists { .. }
+            | Error::ServiceIdExists { .. } => ErrorKind::Exists,
+            Error::NetworkInUse { .. }
+            | Error::SandboxInUse { .. }
+            | Error::NetworkHasServices { .. } => ErrorKind::Busy,
             Error::Sqlite { source, .. } => sqlite_kind(source),
             Error::StateDir { .. }
             | Error::SchemaTooNew { .. }

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::Error;
-use crate::model::{Endpoint, Network, Sandbox};
+use crate::model::{Endpoint, Network, Sandbox, Service};
 use crate::validate::{
     find_overlap, host_addr, validate_endpoint, validate_id, validate_network, validate_sandbox,
+    validate_service,
 };
 use crate::Store;
 
@@ -18,6 +19,7 @@ struct State {
     networks: BTreeMap<String, Network>,
     endpoints: BTreeMap<String, Endpoint>,
     sandboxes: BTreeMap<String, Sandbox>,
+    services: BTreeMap<String, Service>,
     revision: u64,
 }
 
@@ -99,6 +101,26 @@ impl State {
             .ok_or_else(|| Error::SandboxNotFound {
                 name_or_id: name_or_id.to_string(),
             })
+    }
+
+    fn service(&self, name_or_id: &str) -> Result<Service, Error> {
+        let items = self
+            .services
+            .values()
+            .map(|s| (s.id.as_str(), s.name.as_str(), s));
+        resolve("service", items, name_or_id)?
+            .cloned()
+            .ok_or_else(|| Error::ServiceNotFound {
+                name_or_id: name_or_id.to_string(),
+            })
+    }
+
+    /// The name of the service of `network_id` whose virtual address is `addr`.
+    fn vip_holder(&self, network_id: &str, addr: std::net::IpAddr) -> Option<String> {
+        self.services
+            .values()
+            .find(|s| s.network_id == network_id && s.vip == addr)
+            .map(|s| s.name.clone())
     }
 
     fn endpoints_where(&self, pred: impl Fn(&Endpoint) -> bool) -> Vec<Endpoint> {
@@ -188,6 +210,17 @@ impl Store for MemStore {
                     endpoints,
                 });
             }
+            let services = st
+                .services
+                .values()
+                .filter(|s| s.network_id == net.id)
+                .count();
+            if services > 0 {
+                return Err(Error::NetworkHasServices {
+                    network: net.name,
+                    services,
+                });
+            }
             st.networks.remove(&net.id);
             Ok(net)
         })
@@ -223,6 +256,13 @@ impl Store for MemStore {
                     return Err(Error::AddressInUse {
                         addr,
                         endpoint: holder.id.clone(),
+                        network: net.name.clone(),
+                    });
+                }
+                if let Some(service) = st.vip_holder(&ep.network_id, addr) {
+                    return Err(Error::AddressIsVip {
+                        addr,
+                        service,
                         network: net.name.clone(),
                     });
                 }
@@ -300,6 +340,77 @@ impl Store for MemStore {
             }
             st.sandboxes.remove(&sb.id);
             Ok(sb)
+        })
+    }
+
+    fn create_service(&self, svc: &Service) -> Result<(), Error> {
+        self.write(|st| {
+            let Some(net) = st.networks.get(&svc.network_id) else {
+                return Err(Error::NetworkNotFound {
+                    name_or_id: svc.network_id.clone(),
+                });
+            };
+            validate_service(svc, net)?;
+            if st.services.contains_key(&svc.id) {
+                return Err(Error::ServiceIdExists { id: svc.id.clone() });
+            }
+            if st.services.values().any(|s| s.name == svc.name) {
+                return Err(Error::ServiceExists {
+                    name: svc.name.clone(),
+                });
+            }
+            if let Some(service) = st.vip_holder(&net.id, svc.vip) {
+                return Err(Error::AddressIsVip {
+                    addr: svc.vip,
+                    service,
+                    network: net.name.clone(),
+                });
+            }
+            let addr_of =
+                |e: &Endpoint| host_addr(if svc.vip.is_ipv4() { &e.ipv4 } else { &e.ipv6 });
+            if let Some(holder) = st
+                .endpoints
+                .values()
+                .find(|e| e.network_id == net.id && addr_of(e) == Some(svc.vip))
+            {
+                return Err(Error::AddressInUse {
+                    addr: svc.vip,
+                    endpoint: holder.id.clone(),
+                    network: net.name.clone(),
+                });
+            }
+            st.services.insert(svc.id.clone(), svc.clone());
+            Ok(())
+        })
+    }
+
+    fn service(&self, name_or_id: &str) -> Result<Service, Error> {
+        self.lock().service(name_or_id)
+    }
+
+    fn list_services(&self) -> Result<Vec<Service>, Error> {
+        let mut all: Vec<Service> = self.lock().services.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    fn network_services(&self, network_id: &str) -> Result<Vec<Service>, Error> {
+        let mut all: Vec<Service> = self
+            .lock()
+            .services
+            .values()
+            .filter(|s| s.network_id == network_id)
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    fn delete_service(&self, name_or_id: &str) -> Result<Service, Error> {
+        self.write(|st| {
+            let svc = st.service(name_or_id)?;
+            st.services.remove(&svc.id);
+            Ok(svc)
         })
     }
 

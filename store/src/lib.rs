@@ -34,7 +34,8 @@ pub mod validate;
 
 pub use error::{Error, ErrorKind, ValidationError};
 pub use model::{
-    new_id, now_rfc3339, options, Driver, Endpoint, Network, Pool, PortMap, Proto, Sandbox,
+    iana_service_name, new_id, now_rfc3339, options, Driver, Endpoint, Network, Pool, PortMap,
+    Proto, Sandbox, Service, ServicePort,
 };
 pub use sqlite::{SqliteStore, BUSY_TIMEOUT, DB_FILE};
 
@@ -57,7 +58,8 @@ pub trait Store: Send + Sync {
     fn network(&self, name_or_id: &str) -> Result<Network, Error>;
     /// Every network, ordered by name.
     fn list_networks(&self) -> Result<Vec<Network>, Error>;
-    /// Removes a network that has no endpoints ([`Error::NetworkInUse`] otherwise).
+    /// Removes a network that has no endpoints ([`Error::NetworkInUse`] otherwise) and no
+    /// services ([`Error::NetworkHasServices`]).
     fn delete_network(&self, name_or_id: &str) -> Result<Network, Error>;
     /// Gives the network with this full id a new name and labels (Docker tells the agent a
     /// network's name only after creating it). The name is validated and must be free
@@ -92,6 +94,20 @@ pub trait Store: Send + Sync {
     fn list_sandboxes(&self) -> Result<Vec<Sandbox>, Error>;
     /// Removes a sandbox no endpoint is joined to ([`Error::SandboxInUse`] otherwise).
     fn delete_sandbox(&self, name_or_id: &str) -> Result<Sandbox, Error>;
+
+    /// Stores a new service after [`validate::validate_service`] against its network (by full
+    /// id, which must exist). Refuses a name or id in use ([`Error::ServiceExists`],
+    /// [`Error::ServiceIdExists`]) and a virtual address held by an endpoint
+    /// ([`Error::AddressInUse`]) or another service ([`Error::AddressIsVip`]) of that network.
+    fn create_service(&self, svc: &Service) -> Result<(), Error>;
+    /// The service with this full id, name, or unique id prefix.
+    fn service(&self, name_or_id: &str) -> Result<Service, Error>;
+    /// Every service, ordered by name.
+    fn list_services(&self) -> Result<Vec<Service>, Error>;
+    /// The services of a network (by full id), ordered by name.
+    fn network_services(&self, network_id: &str) -> Result<Vec<Service>, Error>;
+    /// Removes a service.
+    fn delete_service(&self, name_or_id: &str) -> Result<Service, Error>;
 
     /// A counter that every committed write increases by one, seen by every process using the
     /// same store. A watcher polls it and re-reads when it moved.

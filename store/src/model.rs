@@ -266,6 +266,18 @@ impl fmt::Display for Proto {
     }
 }
 
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Proto, String> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            "sctp" => Ok(Proto::Sctp),
+            _ => Err(format!("unknown protocol {s:?}: tcp, udp or sctp")),
+        }
+    }
+}
+
 /// A named network namespace that endpoints join (`knit run`'s container).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sandbox {
@@ -402,4 +414,171 @@ mod tests {
         n.options.insert(options::DRIVER_MTU.into(), "1400".into());
         assert_eq!(n.mtu(), Some(1400));
     }
+}
+
+/// A service: a stable virtual address and DNS name in front of the endpoints of one network
+/// whose labels match its selector (Kubernetes' Service, knit's `knit service create`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// 64 hex chars ([`new_id`]); looked up by full id, name or unique prefix.
+    pub id: String,
+    /// Unique among services; a DNS label (`[a-z0-9-]`, at most 63), since it is the service's
+    /// name in DNS (`NAME`, `NAME.NETWORK.DOMAIN`).
+    pub name: String,
+    /// The full id of an existing network.
+    pub network_id: String,
+    /// The virtual address: inside one of the network's subnets, held by no endpoint.
+    pub vip: IpAddr,
+    /// The labels an endpoint must carry (every pair) to be a backend. Empty selects nothing.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePort>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339 in UTC with nanoseconds.
+    pub created: String,
+}
+
+impl Service {
+    /// A service with a fresh random id, created now, no ports or selector yet.
+    pub fn new(name: impl Into<String>, network_id: impl Into<String>, vip: IpAddr) -> Service {
+        Service {
+            id: new_id(),
+            name: name.into(),
+            network_id: network_id.into(),
+            vip,
+            selector: BTreeMap::new(),
+            ports: Vec::new(),
+            labels: BTreeMap::new(),
+            created: now_rfc3339(),
+        }
+    }
+
+    /// Whether `ep` is one of this service's backends: on its network, carrying every label of
+    /// the selector (a service without selector has no backends).
+    pub fn selects(&self, ep: &Endpoint) -> bool {
+        ep.network_id == self.network_id
+            && !self.selector.is_empty()
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| ep.labels.get(k) == Some(v))
+    }
+}
+
+/// One port of a service: connections to `VIP:port/proto` go to a backend's `target_port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePort {
+    pub port: u16,
+    pub target_port: u16,
+    pub proto: Proto,
+    /// The port's service name, the SRV record's `_NAME._PROTO` (`http` for 80/tcp): given, or
+    /// the IANA name of the port ([`iana_service_name`]); `None` when neither exists (no SRV).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl ServicePort {
+    /// Parses `[NAME=]PORT[:TARGET][/PROTO]` (`80/tcp`, `http=8080:80`, `53/udp`); the protocol
+    /// defaults to tcp, the target to the port, the name to the IANA name of `PORT/PROTO`.
+    pub fn parse(s: &str) -> Result<ServicePort, String> {
+        let bad = |why: &str| format!("port {s:?}: {why} (expected [NAME=]PORT[:TARGET][/PROTO])");
+        let (name, rest) = match s.split_once('=') {
+            Some((n, r)) => (Some(n.to_string()), r),
+            None => (None, s),
+        };
+        let (ports, proto) = match rest.split_once('/') {
+            Some((p, pr)) => (p, pr.parse::<Proto>().map_err(|e| bad(&e))?),
+            None => (rest, Proto::Tcp),
+        };
+        let num = |p: &str| match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(bad("a port is 1 to 65535")),
+            Ok(n) => Ok(n),
+        };
+        let (port, target_port) = match ports.split_once(':') {
+            Some((p, t)) => (num(p)?, num(t)?),
+            None => (num(ports)?, num(ports)?),
+        };
+        let name = name.or_else(|| iana_service_name(port, proto).map(str::to_string));
+        Ok(ServicePort {
+            port,
+            target_port,
+            proto,
+            name,
+        })
+    }
+}
+
+impl fmt::Display for ServicePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(n) = &self.name {
+            write!(f, "{n}=")?;
+        }
+        write!(f, "{}", self.port)?;
+        if self.target_port != self.port {
+            write!(f, ":{}", self.target_port)?;
+        }
+        write!(f, "/{}", self.proto)
+    }
+}
+
+/// The IANA service name of a well-known port (a subset of the registry, as `/etc/services`
+/// names them), used for SRV records: 80/tcp is `http`, 53/udp is `domain`.
+pub fn iana_service_name(port: u16, proto: Proto) -> Option<&'static str> {
+    const BOTH: &[(u16, &str)] = &[
+        (53, "domain"),
+        (88, "kerberos"),
+        (123, "ntp"),
+        (161, "snmp"),
+        (389, "ldap"),
+        (443, "https"),
+        (500, "isakmp"),
+        (514, "syslog"),
+        (1812, "radius"),
+        (3478, "stun"),
+        (5060, "sip"),
+        (5353, "mdns"),
+    ];
+    const TCP: &[(u16, &str)] = &[
+        (21, "ftp"),
+        (22, "ssh"),
+        (23, "telnet"),
+        (25, "smtp"),
+        (80, "http"),
+        (110, "pop3"),
+        (143, "imap"),
+        (179, "bgp"),
+        (465, "submissions"),
+        (587, "submission"),
+        (636, "ldaps"),
+        (873, "rsync"),
+        (993, "imaps"),
+        (995, "pop3s"),
+        (1883, "mqtt"),
+        (2379, "etcd-client"),
+        (2380, "etcd-server"),
+        (3306, "mysql"),
+        (5432, "postgresql"),
+        (5672, "amqp"),
+        (6379, "redis"),
+        (8080, "http-alt"),
+        (9090, "websm"),
+        (11211, "memcache"),
+        (27017, "mongodb"),
+    ];
+    const UDP: &[(u16, &str)] = &[
+        (67, "bootps"),
+        (68, "bootpc"),
+        (69, "tftp"),
+        (4789, "vxlan"),
+    ];
+    let own = match proto {
+        Proto::Tcp => TCP,
+        Proto::Udp => UDP,
+        Proto::Sctp => &[],
+    };
+    BOTH.iter()
+        .chain(own)
+        .find(|(p, _)| *p == port)
+        .map(|(_, n)| *n)
 }

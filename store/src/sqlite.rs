@@ -29,9 +29,10 @@ use rusqlite::{
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::model::{Endpoint, Network, Sandbox};
+use crate::model::{Endpoint, Network, Sandbox, Service};
 use crate::validate::{
     find_overlap, host_addr, validate_endpoint, validate_id, validate_network, validate_sandbox,
+    validate_service,
 };
 use crate::Store;
 
@@ -40,7 +41,7 @@ pub const DB_FILE: &str = "knit.db";
 /// How long a write waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The schema this code writes; `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -69,6 +70,18 @@ CREATE INDEX endpoints_by_sandbox ON endpoints(sandbox_id);
 CREATE UNIQUE INDEX endpoints_name ON endpoints(network_id, name) WHERE name <> '';
 CREATE UNIQUE INDEX endpoints_ipv4 ON endpoints(network_id, ipv4) WHERE ipv4 IS NOT NULL;
 CREATE UNIQUE INDEX endpoints_ipv6 ON endpoints(network_id, ipv6) WHERE ipv6 IS NOT NULL;
+";
+
+/// Version 2: services (a virtual address unique in its network).
+const SCHEMA_V2: &str = "
+CREATE TABLE services (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    network_id TEXT NOT NULL REFERENCES networks(id),
+    vip        TEXT NOT NULL,
+    body       TEXT NOT NULL
+);
+CREATE UNIQUE INDEX services_vip ON services(network_id, vip);
 ";
 
 /// The SQLite [`Store`]. One connection per value, serialised by a mutex; open one per process
@@ -258,7 +271,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     if found < 1 {
         tx.execute_batch(SCHEMA_V1).map_err(sql("create schema"))?;
     }
-    // Later versions: `if found < 2 { ... }`, each step in this same transaction.
+    if found < 2 {
+        tx.execute_batch(SCHEMA_V2).map_err(sql("migrate to 2"))?;
+    }
+    // Later versions: `if found < 3 { ... }`, each step in this same transaction.
     if found < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql("user_version"))?;
@@ -277,6 +293,7 @@ struct Tx<'a> {
 enum Named {
     Networks,
     Sandboxes,
+    Services,
 }
 
 impl Named {
@@ -284,12 +301,14 @@ impl Named {
         match self {
             Named::Networks => "networks",
             Named::Sandboxes => "sandboxes",
+            Named::Services => "services",
         }
     }
     fn what(self) -> &'static str {
         match self {
             Named::Networks => "network",
             Named::Sandboxes => "sandbox",
+            Named::Services => "service",
         }
     }
     fn not_found(self, name_or_id: &str) -> Error {
@@ -297,6 +316,7 @@ impl Named {
         match self {
             Named::Networks => Error::NetworkNotFound { name_or_id },
             Named::Sandboxes => Error::SandboxNotFound { name_or_id },
+            Named::Services => Error::ServiceNotFound { name_or_id },
         }
     }
 }
@@ -403,6 +423,30 @@ impl Tx<'_> {
             .map_err(self.st.sql("insert"))
     }
 
+    fn count_services(&self, network_id: &str) -> Result<usize, Error> {
+        let n: i64 = self
+            .tx
+            .query_row(
+                "SELECT COUNT(*) FROM services WHERE network_id = ?1",
+                [network_id],
+                |r| r.get(0),
+            )
+            .map_err(self.st.sql("count services"))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// The name of the service of this network whose virtual address is `vip`.
+    fn service_holding(&self, network_id: &str, vip: &str) -> Result<Option<String>, Error> {
+        self.tx
+            .query_row(
+                "SELECT name FROM services WHERE network_id = ?1 AND vip = ?2",
+                params![network_id, vip],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.st.sql("query"))
+    }
+
     /// The endpoint other than `ep` on the same network that already has this column's value.
     fn endpoint_holding(
         &self,
@@ -502,6 +546,13 @@ impl Store for SqliteStore {
                     endpoints,
                 });
             }
+            let services = tx.count_services(&net.id)?;
+            if services > 0 {
+                return Err(Error::NetworkHasServices {
+                    network: net.name,
+                    services,
+                });
+            }
             tx.tx
                 .execute("DELETE FROM networks WHERE id = ?1", [&net.id])
                 .map_err(self.sql("delete network"))?;
@@ -541,6 +592,13 @@ impl Store for SqliteStore {
                     return Err(Error::AddressInUse {
                         addr: addr.addr(),
                         endpoint: holder,
+                        network: net.name,
+                    });
+                }
+                if let Some(service) = tx.service_holding(&ep.network_id, value)? {
+                    return Err(Error::AddressIsVip {
+                        addr: addr.addr(),
+                        service,
                         network: net.name,
                     });
                 }
@@ -636,6 +694,94 @@ impl Store for SqliteStore {
                 .execute("DELETE FROM sandboxes WHERE id = ?1", [&sb.id])
                 .map_err(self.sql("delete sandbox"))?;
             Ok(sb)
+        })
+    }
+
+    fn create_service(&self, svc: &Service) -> Result<(), Error> {
+        let body = to_json("services", &svc.id, svc)?;
+        let vip = svc.vip.to_string();
+        self.write_as("create service", Durable::Always, |tx| {
+            let net: Network = tx.lookup(Named::Networks, &svc.network_id)?;
+            if net.id != svc.network_id {
+                return Err(Error::NetworkNotFound {
+                    name_or_id: svc.network_id.clone(),
+                });
+            }
+            validate_service(svc, &net)?;
+            if tx.exists("SELECT 1 FROM services WHERE id = ?1", &svc.id)? {
+                return Err(Error::ServiceIdExists { id: svc.id.clone() });
+            }
+            if tx.exists("SELECT 1 FROM services WHERE name = ?1", &svc.name)? {
+                return Err(Error::ServiceExists {
+                    name: svc.name.clone(),
+                });
+            }
+            if let Some(service) = tx.service_holding(&net.id, &vip)? {
+                return Err(Error::AddressIsVip {
+                    addr: svc.vip,
+                    service,
+                    network: net.name,
+                });
+            }
+            let col = if svc.vip.is_ipv4() { "ipv4" } else { "ipv6" };
+            let holder: Option<String> = tx
+                .tx
+                .query_row(
+                    &format!("SELECT id FROM endpoints WHERE network_id = ?1 AND {col} = ?2"),
+                    params![net.id, vip],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(self.sql("query"))?;
+            if let Some(endpoint) = holder {
+                return Err(Error::AddressInUse {
+                    addr: svc.vip,
+                    endpoint,
+                    network: net.name,
+                });
+            }
+            tx.tx
+                .execute(
+                    "INSERT INTO services (id, name, network_id, vip, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![svc.id, svc.name, svc.network_id, vip, body],
+                )
+                .map(|_| ())
+                .map_err(self.sql("create service"))
+        })
+    }
+
+    fn service(&self, name_or_id: &str) -> Result<Service, Error> {
+        self.read("get service", |tx| tx.lookup(Named::Services, name_or_id))
+    }
+
+    fn list_services(&self) -> Result<Vec<Service>, Error> {
+        self.read("list services", |tx| {
+            tx.records(
+                "services",
+                "SELECT id, body FROM services ORDER BY name",
+                [],
+            )
+        })
+    }
+
+    fn network_services(&self, network_id: &str) -> Result<Vec<Service>, Error> {
+        self.read("network services", |tx| {
+            tx.records(
+                "services",
+                "SELECT id, body FROM services WHERE network_id = ?1 ORDER BY name",
+                [network_id],
+            )
+        })
+    }
+
+    fn delete_service(&self, name_or_id: &str) -> Result<Service, Error> {
+        self.write_as("delete service", Durable::Always, |tx| {
+            let svc: Service = tx.lookup(Named::Services, name_or_id)?;
+            tx.tx
+                .execute("DELETE FROM services WHERE id = ?1", [&svc.id])
+                .map_err(self.sql("delete service"))?;
+            Ok(svc)
         })
     }
 

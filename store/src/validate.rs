@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 
 use crate::error::ValidationError;
-use crate::model::{options, parse_bool, Endpoint, Network, Pool, Sandbox};
+use crate::model::{options, parse_bool, Endpoint, Network, Pool, Sandbox, Service};
 
 /// Longest network or sandbox name. Docker sets none; ours keeps names usable in paths and
 /// table output.
@@ -229,6 +229,82 @@ pub fn validate_endpoint(ep: &Endpoint, net: &Network) -> Result<(), ValidationE
 pub fn validate_sandbox(sb: &Sandbox) -> Result<(), ValidationError> {
     validate_id("sandbox", &sb.id)?;
     validate_name("sandbox", &sb.name)
+}
+
+/// A DNS label as RFC 1123 allows it in a host name, lower case: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`,
+/// at most `max` characters.
+fn dns_label(name: &str, max: usize) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= max
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A service on its own and against its network: a DNS-label name, at least one port, no port
+/// twice, port names fit for SRV (`_NAME._PROTO`, RFC 6335: at most 15 characters), and a
+/// virtual address inside one of the network's subnets that is not its network address,
+/// broadcast address or gateway.
+pub fn validate_service(svc: &Service, net: &Network) -> Result<(), ValidationError> {
+    validate_id("service", &svc.id)?;
+    if !dns_label(&svc.name, 63) {
+        return Err(ValidationError::ServiceName {
+            name: svc.name.clone(),
+        });
+    }
+    let service = || svc.name.clone();
+    if svc.ports.is_empty() {
+        return Err(ValidationError::ServiceNoPorts { service: service() });
+    }
+    for (i, p) in svc.ports.iter().enumerate() {
+        if p.port == 0 || p.target_port == 0 {
+            return Err(ValidationError::ServicePortZero { service: service() });
+        }
+        if svc.ports[..i]
+            .iter()
+            .any(|q| q.port == p.port && q.proto == p.proto)
+        {
+            return Err(ValidationError::ServicePortTwice {
+                service: service(),
+                port: p.port,
+                proto: p.proto,
+            });
+        }
+        if let Some(name) = &p.name {
+            if !dns_label(name, 15) {
+                return Err(ValidationError::ServicePortName {
+                    service: service(),
+                    name: name.clone(),
+                });
+            }
+        }
+    }
+    let Some(pool) = net.ipam.iter().find(|p| p.subnet.contains(&svc.vip)) else {
+        return Err(ValidationError::VipOutsidePools {
+            vip: svc.vip,
+            network: net.name.clone(),
+        });
+    };
+    let subnet = pool.subnet;
+    let what = if svc.vip == subnet.network() && subnet.prefix_len() < subnet.max_prefix_len() - 1 {
+        Some("the network address")
+    } else if svc.vip == subnet.broadcast() && subnet.addr().is_ipv4() && subnet.prefix_len() < 31 {
+        Some("the broadcast address")
+    } else if pool.gateway == Some(svc.vip) {
+        Some("the gateway")
+    } else {
+        None
+    };
+    match what {
+        Some(what) => Err(ValidationError::VipReserved {
+            vip: svc.vip,
+            what,
+            subnet,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The address part of an endpoint's address, the key that must be unique within a network.

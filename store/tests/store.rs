@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use store::fake::MemStore;
 use store::{
-    options, Driver, Endpoint, Error, ErrorKind, Network, Pool, PortMap, Proto, Sandbox,
-    SqliteStore, Store, ValidationError,
+    options, Driver, Endpoint, Error, ErrorKind, Network, Pool, PortMap, Proto, Sandbox, Service,
+    ServicePort, SqliteStore, Store, ValidationError,
 };
 
 fn net(s: &str) -> IpNet {
@@ -53,6 +53,7 @@ on_both!(
     sandboxes,
     revision_moves_once_per_write_and_never_on_reads,
     rename_gives_a_free_valid_name_and_labels,
+    services_round_trip_and_hold_their_address,
 );
 
 fn rename_gives_a_free_valid_name_and_labels(st: &dyn Store) {
@@ -499,10 +500,166 @@ fn a_newer_schema_and_a_damaged_record_are_reported_not_guessed() {
             e,
             Error::SchemaTooNew {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
         "{e}"
     );
+}
+
+fn service(n: &Network, name: &str, vip: &str) -> Service {
+    let mut s = Service::new(name, n.id.clone(), vip.parse().unwrap());
+    s.selector.insert("app".into(), "web".into());
+    s.ports.push(ServicePort::parse("80/tcp").unwrap());
+    s
+}
+
+fn services_round_trip_and_hold_their_address(st: &dyn Store) {
+    let mut n = bridge("n", "10.9.0.0/24");
+    n.ipam[0].gateway = Some("10.9.0.1".parse().unwrap());
+    st.create_network(&n).unwrap();
+    let e = endpoint(&n, "a", "10.9.0.2/24");
+    st.put_endpoint(&e).unwrap();
+    let mut web = service(&n, "web", "10.9.0.250");
+    web.ports.push(ServicePort::parse("dns=53/udp").unwrap());
+    web.labels.insert("tier".into(), "front".into());
+    st.create_service(&web).unwrap();
+    assert_eq!(st.service("web").unwrap(), web);
+    assert_eq!(st.service(&web.id[..10]).unwrap(), web);
+    assert_eq!(st.list_services().unwrap(), vec![web.clone()]);
+    assert_eq!(st.network_services(&n.id).unwrap(), vec![web.clone()]);
+    assert_eq!(web.ports[0].name.as_deref(), Some("http"));
+
+    let before = snapshot(st);
+    let rev = st.revision().unwrap();
+    let refused = |svc: Service| {
+        let e = st.create_service(&svc).unwrap_err();
+        assert_eq!(st.revision().unwrap(), rev, "{e}");
+        e
+    };
+    let e = refused(service(&n, "web", "10.9.0.251"));
+    assert!(
+        matches!(&e, Error::ServiceExists { name } if name == "web"),
+        "{e}"
+    );
+    let e = refused(service(&n, "other", "10.9.0.250"));
+    assert!(
+        matches!(&e, Error::AddressIsVip { service, .. } if service == "web"),
+        "{e}"
+    );
+    assert_eq!(e.kind(), ErrorKind::Exists);
+    let e = refused(service(&n, "other", "10.9.0.2"));
+    assert!(
+        matches!(&e, Error::AddressInUse { endpoint, .. } if *endpoint == e_id(st, "a")),
+        "{e}"
+    );
+    for (name, vip, want) in [
+        ("Bad_Name", "10.9.0.3", "DNS label"),
+        ("out", "10.10.0.3", "not inside"),
+        ("gw", "10.9.0.1", "gateway"),
+        ("bcast", "10.9.0.255", "broadcast"),
+        ("netaddr", "10.9.0.0", "network address"),
+    ] {
+        let e = refused(service(&n, name, vip));
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        assert!(e.to_string().contains(want), "{name}: {e}");
+    }
+    let mut twice = service(&n, "twice", "10.9.0.3");
+    twice.ports.push(ServicePort::parse("80:8080/tcp").unwrap());
+    assert!(matches!(
+        refused(twice),
+        Error::Invalid(ValidationError::ServicePortTwice { port: 80, .. })
+    ));
+    let mut none = service(&n, "none", "10.9.0.3");
+    none.ports.clear();
+    assert!(matches!(
+        refused(none),
+        Error::Invalid(ValidationError::ServiceNoPorts { .. })
+    ));
+    let mut missing = service(&n, "missing", "10.9.0.3");
+    missing.network_id = "f".repeat(64);
+    assert_eq!(refused(missing).kind(), ErrorKind::NotFound);
+
+    // An endpoint may not take the virtual address, and the network stays busy.
+    let taker = endpoint(&n, "b", "10.9.0.250/24");
+    let e = st.put_endpoint(&taker).unwrap_err();
+    assert!(matches!(&e, Error::AddressIsVip { .. }), "{e}");
+    st.delete_endpoint(&e_id(st, "a")).unwrap();
+    let e = st.delete_network("n").unwrap_err();
+    assert!(
+        matches!(&e, Error::NetworkHasServices { services: 1, .. }),
+        "{e}"
+    );
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    assert_eq!(snapshot(st).1, before.1);
+
+    assert_eq!(st.delete_service("web").unwrap(), web);
+    assert_eq!(st.service("web").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        st.delete_service("web").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    st.delete_network("n").unwrap();
+}
+
+fn e_id(st: &dyn Store, name: &str) -> String {
+    st.list_networks()
+        .unwrap()
+        .iter()
+        .flat_map(|n| st.network_endpoints(&n.id).unwrap())
+        .find(|e| e.name == name)
+        .map(|e| e.id)
+        .unwrap()
+}
+
+#[test]
+fn a_version_1_store_gains_services_and_keeps_its_records() {
+    let (dir, st) = open();
+    let n = bridge("n", "10.5.0.0/24");
+    st.create_network(&n).unwrap();
+    let path = st.path().to_path_buf();
+    drop(st);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch("DROP TABLE services; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(raw);
+    let st = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(st.network("n").unwrap(), n);
+    st.create_service(&service(&n, "web", "10.5.0.9")).unwrap();
+    assert_eq!(st.service("web").unwrap().vip.to_string(), "10.5.0.9");
+}
+
+#[test]
+fn service_ports_parse_with_names_targets_and_protocols() {
+    let p = ServicePort::parse("80/tcp").unwrap();
+    assert_eq!((p.port, p.target_port, p.proto), (80, 80, Proto::Tcp));
+    assert_eq!(p.name.as_deref(), Some("http"));
+    assert_eq!(p.to_string(), "http=80/tcp");
+    let p = ServicePort::parse("53/udp").unwrap();
+    assert_eq!(p.name.as_deref(), Some("domain"));
+    let p = ServicePort::parse("metrics=9100:9101").unwrap();
+    assert_eq!((p.port, p.target_port, p.proto), (9100, 9101, Proto::Tcp));
+    assert_eq!(p.name.as_deref(), Some("metrics"));
+    assert_eq!(ServicePort::parse("12345/udp").unwrap().name, None);
+    for bad in ["", "0", "80/icmp", "70000", "80:0", "x=", "a:b"] {
+        assert!(ServicePort::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn a_selector_picks_endpoints_carrying_every_label_on_its_network() {
+    let n = bridge("n", "10.4.0.0/24");
+    let svc = service(&n, "web", "10.4.0.9");
+    let mut e = endpoint(&n, "a", "10.4.0.2/24");
+    assert!(!svc.selects(&e));
+    e.labels.insert("app".into(), "web".into());
+    e.labels.insert("other".into(), "x".into());
+    assert!(svc.selects(&e));
+    e.network_id = "0".repeat(64);
+    assert!(!svc.selects(&e));
+    let mut empty = svc.clone();
+    empty.selector.clear();
+    e.network_id = n.id.clone();
+    assert!(!empty.selects(&e));
 }
