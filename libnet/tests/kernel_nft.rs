@@ -340,6 +340,7 @@ fn concurrent_adds_make_one_skeleton() {
             let l = l.trim();
             !l.is_empty()
                 && !l.starts_with("type ")
+                && !l.starts_with("typeof ")
                 && !l.starts_with("flags ")
                 && !l.starts_with("comment ")
                 && !l.ends_with('{')
@@ -532,4 +533,75 @@ fn del_with_a_record_cut_short_sweeps_by_comment() {
         dir_has(&dir, "cut-short").is_empty(),
         "the broken record is gone"
     );
+}
+
+/// A service VIP on the host balances new connections over its backends (each reply names the
+/// backend by the masqueraded peer address it saw), follows a backend's removal at once, and
+/// is gone after del.
+#[test]
+fn service_vip_balances_and_follows_backends() {
+    use libnet::nft::ServicePort;
+    let h = TestNs::new("h");
+    let x = TestNs::new("x");
+    let c1 = TestNs::new("c1");
+    let c2 = TestNs::new("c2");
+    veth(&h, "kn-x", "10.244.8.1/24", &x, "eth0", "10.244.8.2/24");
+    veth(&h, "kn-c1", "10.244.9.1/24", &c1, "eth0", "10.244.9.2/24");
+    veth(&h, "kn-c2", "10.244.10.1/24", &c2, "eth0", "10.244.10.2/24");
+    c1.sh("ip route add default via 10.244.9.1");
+    c2.sh("ip route add default via 10.244.10.1");
+    // The VIP is an address of the host on the client's link, so the client's ARP is answered.
+    h.sh("sysctl -qw net.ipv4.ip_forward=1 && ip addr add 10.244.8.100/32 dev kn-x");
+    echo_peer_server(&c1, "10.244.9.2:8080");
+    echo_peer_server(&c2, "10.244.10.2:8080");
+    let dir = TmpDir::new();
+    let nft = nft(&dir);
+    let a = Attachment::new("knt-net", "svc-web", "svc");
+    let vip = ip("10.244.8.100");
+    let ports = [ServicePort {
+        protocol: libnet::nft::Proto::Tcp,
+        port: 80,
+        target: 8080,
+    }];
+    let both = [ip("10.244.9.2"), ip("10.244.10.2")];
+    h.ns.run_in(|| nft.ensure_service(&a, vip, &ports, &both))
+        .unwrap()
+        .unwrap();
+    h.ns.run_in(|| nft.check_service(&a, vip, &ports, &both))
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.knit_elems("inet", "svc4").len(), 2);
+    let tally = |n: usize| {
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..n {
+            let who = connect_from(&x, "10.244.8.100:80").unwrap();
+            *seen.entry(who).or_default() += 1;
+        }
+        seen
+    };
+    let seen = tally(200);
+    assert_eq!(seen.len(), 2, "both backends answer: {seen:?}");
+    assert!(seen.values().all(|&n| n >= 50), "spread: {seen:?}");
+    // The host itself reaches the VIP through the output chain.
+    assert!(connect_from(&h, "10.244.8.100:80").is_ok());
+
+    // One backend gone: every new connection goes to the other.
+    h.ns.run_in(|| nft.ensure_service(&a, vip, &ports, &both[..1]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.knit_elems("inet", "svc4").len(), 1);
+    let seen = tally(40);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["10.244.9.1"], "{seen:?}");
+
+    h.ns.run_in(|| nft.del_service(&a)).unwrap().unwrap();
+    assert!(h.knit_elems("inet", "svc4").is_empty());
+    assert!(h.knit_elems("inet", "svc_vips4").is_empty());
+    assert!(connect_from(&x, "10.244.8.100:80").is_err());
+    assert!(h
+        .ns
+        .run_in(|| nft.state().read(&a, Feature::Service))
+        .unwrap()
+        .unwrap()
+        .is_none());
+    h.ns.run_in(|| nft.del_service(&a)).unwrap().unwrap();
 }

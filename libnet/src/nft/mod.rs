@@ -99,7 +99,10 @@ use ipnet::IpNet;
 pub use apply::{LibNft, NftApply, NftCli};
 pub use error::NftError;
 pub use lookup::Found;
-pub use plan::{Elem, ElemOp, IngressPolicy, PortMapping, Proto, RawPortMapping, Table};
+pub use plan::{
+    Elem, ElemOp, IngressPolicy, PortMapping, Proto, RawPortMapping, ServicePort, Table,
+    SERVICE_SLOTS,
+};
 pub use state::{Attachment, Feature, Record, StateDir, DEFAULT_STATE_DIR};
 pub use wire::WireElem;
 
@@ -235,6 +238,33 @@ impl<A: NftApply> Nft<A> {
         mac: [u8; 6],
     ) -> Result<(), NftError> {
         self.check(att, &plan::plan_spoofchk(port, mac)?)
+    }
+
+    /// A service's elements ([`plan::plan_service`]) as `att` owns them: only what changed
+    /// since the recorded state is added or deleted, in one transaction.
+    pub fn ensure_service(
+        &self,
+        att: &Attachment,
+        vip: IpAddr,
+        ports: &[plan::ServicePort],
+        backends: &[IpAddr],
+    ) -> Result<(), NftError> {
+        let elems = plan::plan_service(vip, ports, backends)?;
+        self.ensure(att, Feature::Service, elems)
+    }
+
+    pub fn del_service(&self, att: &Attachment) -> Result<(), NftError> {
+        self.del(att, Feature::Service)
+    }
+
+    pub fn check_service(
+        &self,
+        att: &Attachment,
+        vip: IpAddr,
+        ports: &[plan::ServicePort],
+        backends: &[IpAddr],
+    ) -> Result<(), NftError> {
+        self.check(att, &plan::plan_service(vip, ports, backends)?)
     }
 
     fn ensure(&self, att: &Attachment, feature: Feature, elems: Vec<Elem>) -> Result<(), NftError> {

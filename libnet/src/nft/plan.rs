@@ -314,6 +314,60 @@ pub fn plan_spoofchk(port: &str, mac: [u8; 6]) -> Result<Vec<Elem>, NftError> {
     ])
 }
 
+/// One port of a service: `VIP:port/protocol` goes to `backend:target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePort {
+    pub protocol: Proto,
+    pub port: u16,
+    pub target: u16,
+}
+
+/// The number of `numgen` slots a service's backends share (`numgen random mod SLOTS`).
+pub const SERVICE_SLOTS: u32 = 65536;
+
+/// A service: its virtual address in `svc_vips{4,6}` (clients are masqueraded, so replies come
+/// back through the host even from a backend on the client's own bridge), and per port one
+/// `svc{4,6}` element per backend of the VIP's family, each owning an equal run of the
+/// [`SERVICE_SLOTS`] slots a new connection draws from at random. A backend coming or going
+/// changes only this service's elements: the cost grows with its backends, never with the
+/// number of services.
+pub fn plan_service(
+    vip: IpAddr,
+    ports: &[ServicePort],
+    backends: &[IpAddr],
+) -> Result<Vec<Elem>, NftError> {
+    let f = fam(&vip);
+    let mut out = vec![Elem::new(&format!("svc_vips{f}"), vip.to_string(), None)];
+    let mine: Vec<&IpAddr> = backends
+        .iter()
+        .filter(|b| b.is_ipv4() == vip.is_ipv4())
+        .collect();
+    let n = mine.len() as u64;
+    let mut seen = BTreeSet::new();
+    for p in ports {
+        if p.port == 0 || p.target == 0 {
+            return Err(NftError::invalid("service port", "port 0"));
+        }
+        if !seen.insert((p.protocol, p.port)) {
+            return Err(NftError::invalid(
+                "service port",
+                format!("{}/{} twice", p.port, p.protocol.as_str()),
+            ));
+        }
+        for (i, b) in mine.iter().enumerate() {
+            let i = i as u64;
+            let lo = i * u64::from(SERVICE_SLOTS) / n;
+            let hi = (i + 1) * u64::from(SERVICE_SLOTS) / n - 1;
+            out.push(Elem::new(
+                &format!("svc{f}"),
+                format!("{vip} . {} . {} . {lo}-{hi}", p.protocol.as_str(), p.port),
+                Some(format!("{b} . {}", p.target)),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 fn validate_ifname(name: &str) -> Result<(), NftError> {
     let ok = !name.is_empty()
         && name.len() < 16

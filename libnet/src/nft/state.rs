@@ -83,6 +83,9 @@ pub enum Feature {
     Portmap,
     Firewall,
     Spoofchk,
+    /// A service's virtual address and its backends (the attachment is network / service id /
+    /// `svc`).
+    Service,
 }
 
 impl Feature {
@@ -92,6 +95,7 @@ impl Feature {
             Feature::Portmap => "portmap",
             Feature::Firewall => "firewall",
             Feature::Spoofchk => "spoofchk",
+            Feature::Service => "service",
         }
     }
 }

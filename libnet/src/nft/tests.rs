@@ -104,6 +104,55 @@ fn golden_spoofchk() {
 }
 
 #[test]
+fn golden_service() {
+    let ports = [
+        ServicePort {
+            protocol: Proto::Tcp,
+            port: 80,
+            target: 8080,
+        },
+        ServicePort {
+            protocol: Proto::Udp,
+            port: 53,
+            target: 53,
+        },
+    ];
+    let three = [
+        ip("10.244.1.5"),
+        ip("fd00:6b6e:1::5"),
+        ip("10.244.1.6"),
+        ip("10.244.1.7"),
+    ];
+    let elems = plan_service(ip("10.244.1.250"), &ports, &three).unwrap();
+    let mut s = render_ops(&ops_add(&elems), &att().comment());
+    // One backend gone: the other two now split the slots; the v6 service sees only its own.
+    let two = plan_service(ip("10.244.1.250"), &ports, &three[..3]).unwrap();
+    s.push_str("# one backend less\n");
+    s.push_str(&render_ops(&ops_replace(&elems, &two), "c"));
+    let v6 = plan_service(ip("fd00:6b6e:1::fa"), &ports[..1], &three).unwrap();
+    s.push_str("# v6\n");
+    s.push_str(&render_ops(&ops_add(&v6), "c"));
+    golden("service.nft", &s);
+    // The slots of every port cover 0..65535 exactly once, for any number of backends.
+    for n in 1..=17usize {
+        let backends: Vec<IpAddr> = (0..n).map(|i| ip(&format!("10.0.0.{}", i + 2))).collect();
+        let elems = plan_service(ip("10.0.0.1"), &ports[..1], &backends).unwrap();
+        let mut next = 0u64;
+        for e in elems.iter().filter(|e| e.set == "svc4") {
+            let range = e.key.rsplit(" . ").next().unwrap();
+            let (lo, hi) = range.split_once('-').unwrap();
+            assert_eq!(lo.parse::<u64>().unwrap(), next, "{n}: {}", e.key);
+            next = hi.parse::<u64>().unwrap() + 1;
+            WireElem::encode(e).unwrap();
+        }
+        assert_eq!(next, u64::from(SERVICE_SLOTS), "{n}");
+    }
+    assert!(plan_service(ip("10.0.0.1"), &[ports[0], ports[0]], &three).is_err());
+    let none = plan_service(ip("10.0.0.1"), &ports, &[]).unwrap();
+    assert_eq!(none.len(), 1, "only the VIP: {none:?}");
+}
+
+#[test]
 fn replace_deletes_only_stale() {
     let ips = [ip("10.244.1.5")];
     let old = plan_portmap(&[pm(8080, 80, "tcp", ""), pm(8081, 81, "tcp", "")], &ips).unwrap();

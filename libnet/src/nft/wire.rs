@@ -51,6 +51,8 @@ enum Field {
     Ifname,
     /// A MAC address `aa:bb:cc:dd:ee:ff`.
     Ether,
+    /// A range `LO-HI` of a 32-bit number in network order (a service's `numgen` slots).
+    Slot,
 }
 
 /// (key fields, data fields) of each of our sets; see `golden/skeleton.nft`.
@@ -65,6 +67,8 @@ fn schema(set: &str) -> Option<(&'static [Field], &'static [Field])> {
         "iso4" | "iso6" => (&[Ifname, Addr], &[]),
         "spoof_ports" => (&[Ifname], &[]),
         "spoof_ok" => (&[Ifname, Ether], &[]),
+        "svc4" | "svc6" => (&[Addr, Proto, Port, Slot], &[Addr, Port]),
+        "svc_vips4" | "svc_vips6" => (&[Addr], &[]),
         _ => return None,
     })
 }
@@ -133,6 +137,15 @@ fn encode_fields(e: &Elem, s: &str, fields: &[Field]) -> Result<(Vec<u8>, Vec<u8
                 start.extend_from_slice(&mac);
                 end.extend_from_slice(&mac);
             }
+            Field::Slot => {
+                let range = p.split_once('-').and_then(|(lo, hi)| {
+                    let (lo, hi) = (lo.parse::<u32>().ok()?, hi.parse::<u32>().ok()?);
+                    (lo <= hi).then_some((lo, hi))
+                });
+                let (lo, hi) = range.ok_or_else(|| bad(e, "bad slot range"))?;
+                start.extend_from_slice(&lo.to_be_bytes());
+                end.extend_from_slice(&hi.to_be_bytes());
+            }
         }
         pad(&mut start);
         pad(&mut end);
@@ -151,7 +164,10 @@ impl WireElem {
     pub fn encode(e: &Elem) -> Result<WireElem, NftError> {
         let (kf, df) = schema(&e.set).ok_or_else(|| bad(e, "not one of our sets"))?;
         let (key, end) = encode_fields(e, &e.key, kf)?;
-        let key_end = kf.contains(&Field::Net).then_some(end);
+        let key_end = kf
+            .iter()
+            .any(|f| matches!(f, Field::Net | Field::Slot))
+            .then_some(end);
         let data = match (&e.value, df.is_empty()) {
             (Some(v), false) => Some(encode_fields(e, v, df)?.0),
             (None, true) => None,
