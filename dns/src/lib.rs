@@ -12,9 +12,12 @@ pub use records::{Outcome, Records, DEFAULT_DOMAIN, DEFAULT_TTL};
 /// The records of everything in `st` now.
 pub fn load(st: &dyn store::Store, domain: &str, ttl: u32) -> Result<Records, store::Error> {
     let mut all = Vec::new();
-    for n in st.list_networks()? {
+    let networks = st.list_networks()?;
+    for n in &networks {
         let eps = st.network_endpoints(&n.id)?;
-        all.push((n, eps));
+        all.push((n.clone(), eps));
     }
-    Ok(Records::build(domain, ttl, &all))
+    let mut r = Records::build(domain, ttl, &all);
+    r.add_services(&networks, &st.list_services()?);
+    Ok(r)
 }

@@ -7,11 +7,15 @@
 //! a PTR to its fully qualified name. NXDOMAIN (no such name) and NODATA (the name exists, not
 //! with that type) are told apart. A requester outside every knit network is refused: knit is
 //! not an open resolver.
+//!
+//! Services ([`Records::add_services`]) are names like endpoints' (their virtual address, with
+//! a PTR back), plus one SRV record per named port: `_http._tcp.NAME.NETWORK.DOMAIN` (and the
+//! bare `_http._tcp.NAME`) → `0 100 PORT NAME.NETWORK.DOMAIN`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use hickory_proto::rr::rdata::{A, AAAA, PTR};
+use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use ipnet::IpNet;
 
@@ -30,6 +34,8 @@ struct NetNames {
     names: HashMap<String, Vec<IpAddr>>,
     /// Address → the fully qualified name of the endpoint holding it.
     ptr: HashMap<IpAddr, Name>,
+    /// (`_service`, `_proto`, service name), lowercase → the ports and the target's FQDN.
+    srv: HashMap<(String, String, String), Vec<(u16, Name)>>,
 }
 
 /// Everything the DNS answers from, built whole on every change of the store and swapped in.
@@ -110,6 +116,65 @@ impl Records {
         Records { domain, ttl, nets }
     }
 
+    /// Adds services: each one's name resolves to its virtual address on its network, the
+    /// address has a PTR to `NAME.NETWORK.DOMAIN`, and each named port an SRV record.
+    pub fn add_services(&mut self, networks: &[store::Network], services: &[store::Service]) {
+        for svc in services {
+            let Some(net) = networks.iter().find(|n| n.id == svc.network_id) else {
+                continue;
+            };
+            let (Some(nl), Some(sl)) = (label(&net.name), label(&svc.name)) else {
+                continue;
+            };
+            let Some(n) = self.nets.iter_mut().find(|n| n.name == nl) else {
+                continue;
+            };
+            n.names.entry(sl.clone()).or_default().push(svc.vip);
+            let Ok(fq) =
+                Name::from_ascii(format!("{sl}.{nl}")).and_then(|r| r.append_domain(&self.domain))
+            else {
+                continue;
+            };
+            n.ptr.entry(svc.vip).or_insert_with(|| fq.clone());
+            for p in &svc.ports {
+                let Some(pn) = p.name.as_deref().and_then(label) else {
+                    continue;
+                };
+                let key = (format!("_{pn}"), format!("_{}", p.proto), sl.clone());
+                n.srv.entry(key).or_default().push((p.port, fq.clone()));
+            }
+        }
+    }
+
+    /// The SRV records of `_svc._proto.NAME` on the requester's networks, if it is one.
+    fn srv(&self, mine: &[&NetNames], q: &Name, labels: &[String], qtype: RecordType) -> Outcome {
+        let key = (labels[0].clone(), labels[1].clone(), labels[2].clone());
+        let found: Vec<&(u16, Name)> = mine
+            .iter()
+            .filter(|n| labels.len() == 3 || n.name == labels[3])
+            .filter_map(|n| n.srv.get(&key))
+            .flatten()
+            .collect();
+        if found.is_empty() {
+            return Outcome::NxDomain;
+        }
+        if !matches!(qtype, RecordType::SRV | RecordType::ANY) {
+            return Outcome::NoData;
+        }
+        Outcome::Answer(
+            found
+                .into_iter()
+                .map(|(port, target)| {
+                    Record::from_rdata(
+                        q.clone(),
+                        self.ttl,
+                        RData::SRV(SRV::new(0, 100, *port, target.clone())),
+                    )
+                })
+                .collect(),
+        )
+    }
+
     /// The networks `src` is on.
     fn nets_of(&self, src: IpAddr) -> Vec<&NetNames> {
         self.nets
@@ -184,8 +249,16 @@ impl Records {
                     .flatten()
                     .copied()
                     .collect(),
+                // _SERVICE._PROTO.NAME.NETWORK.DOMAIN
+                4 => return self.srv(&mine, &q, &labels, qtype),
                 _ => return Outcome::NxDomain,
             }
+        } else if labels.len() == 3 && labels[0].starts_with('_') && labels[1].starts_with('_') {
+            // A bare `_SERVICE._PROTO.NAME`: knit's when NAME is a service of the asker's.
+            return match self.srv(&mine, &q, &labels, qtype) {
+                Outcome::NxDomain => Outcome::Forward,
+                o => o,
+            };
         } else if labels.len() == 1 {
             // A bare name, as Docker's embedded DNS answers it.
             let found: Vec<IpAddr> = mine
@@ -316,6 +389,72 @@ mod tests {
         );
         assert_eq!(
             q(&r, "10.1.0.9", "example.org", RecordType::A),
+            Outcome::Forward
+        );
+    }
+
+    #[test]
+    fn services_have_a_name_a_ptr_and_srv_per_named_port() {
+        let (front, eps) = net("front", "10.1.0.0/24", &[("web", "10.1.0.2/24", &[])]);
+        let (back, beps) = net("back", "10.2.0.0/24", &[]);
+        let mut r = Records::build(
+            DEFAULT_DOMAIN,
+            DEFAULT_TTL,
+            &[(front.clone(), eps), (back.clone(), beps)],
+        );
+        let mut svc = store::Service::new("api", front.id.clone(), "10.1.0.250".parse().unwrap());
+        svc.ports = vec![
+            store::ServicePort::parse("80/tcp").unwrap(),
+            store::ServicePort::parse("8443/tcp").unwrap(),
+            store::ServicePort::parse("dns=53/udp").unwrap(),
+        ];
+        r.add_services(&[front, back], &[svc]);
+        assert_eq!(
+            ips(&q(&r, "10.1.0.9", "api", RecordType::A)),
+            ["10.1.0.250"]
+        );
+        assert_eq!(
+            ips(&q(
+                &r,
+                "10.1.0.9",
+                "API.front.knit.internal.",
+                RecordType::A
+            )),
+            ["10.1.0.250"]
+        );
+        assert_eq!(
+            ips(&q(
+                &r,
+                "10.1.0.9",
+                "250.0.1.10.in-addr.arpa.",
+                RecordType::PTR
+            )),
+            ["api.front.knit.internal."]
+        );
+        let srv = "_http._tcp.api.front.knit.internal.";
+        assert_eq!(
+            ips(&q(&r, "10.1.0.9", srv, RecordType::SRV)),
+            ["0 100 80 api.front.knit.internal."]
+        );
+        assert_eq!(
+            ips(&q(&r, "10.1.0.9", "_dns._udp.api", RecordType::SRV)),
+            ["0 100 53 api.front.knit.internal."]
+        );
+        assert_eq!(q(&r, "10.1.0.9", srv, RecordType::A), Outcome::NoData);
+        // No IANA name for 8443: no SRV; the wrong protocol; another network's asker.
+        assert_eq!(
+            q(
+                &r,
+                "10.1.0.9",
+                "_http._udp.api.front.knit.internal.",
+                RecordType::SRV
+            ),
+            Outcome::NxDomain
+        );
+        assert_eq!(q(&r, "10.2.0.9", srv, RecordType::SRV), Outcome::NxDomain);
+        assert_eq!(q(&r, "10.2.0.9", "api", RecordType::A), Outcome::Forward);
+        assert_eq!(
+            q(&r, "10.1.0.9", "_http._tcp.example", RecordType::SRV),
             Outcome::Forward
         );
     }

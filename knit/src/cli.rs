@@ -49,6 +49,10 @@ pub enum Command {
     /// Register endpoints that knit did not attach (an orchestrator's, a VM's): names for DNS.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Services: a stable virtual IP and DNS name balancing over the endpoints a selector
+    /// picks (by their labels: `knit run --label app=web`).
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// Run the host's agent: Docker's remote network + IPAM plugin (`docker network create -d
     /// knit --ipam-driver knit`), knit's local API socket, metrics, and the repair pass.
     Agent(AgentArgs),
@@ -182,6 +186,48 @@ pub enum EndpointCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Create service NAME on a network: a virtual IP (from the top of the subnet, outside
+    /// its ip-range, or --vip), a DNS name, and balancing over the selected endpoints.
+    Create {
+        name: String,
+        #[arg(long = "network", alias = "net")]
+        network: String,
+        /// KEY=VALUE[,KEY=VALUE...]: the labels a backend must carry (repeatable).
+        #[arg(long, value_parser = parse_key_value_list)]
+        selector: Vec<Vec<(String, String)>>,
+        /// [NAME=]PORT[:TARGET][/PROTO] (repeatable): `80/tcp`, `http=8080:80`, `53/udp`. The
+        /// name (default: the port's IANA service name) makes the SRV record
+        /// `_NAME._PROTO.SERVICE.NETWORK.DOMAIN`.
+        #[arg(long, required = true, value_parser = store::ServicePort::parse)]
+        port: Vec<store::ServicePort>,
+        /// The virtual IP: any free address of the network's subnets.
+        #[arg(long)]
+        vip: Option<IpAddr>,
+        /// KEY=VALUE (repeatable).
+        #[arg(long, value_parser = parse_key_value)]
+        label: Vec<(String, String)>,
+    },
+    /// List services (of every network, or of one), with their number of backends.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long = "network", alias = "net")]
+        network: Option<String>,
+    },
+    /// Show services as JSON, with their current backends.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove services: their rules, their virtual IP and their record.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// The Docker plugin's name: its socket is PLUGIN_DIR/NAME.sock and Docker knows it as
@@ -274,6 +320,11 @@ pub enum NetnsCmd {
 }
 
 /// `KEY=VALUE`, the key not empty (the value may be).
+/// `KEY=VALUE[,KEY=VALUE...]` (a selector, as `kubectl -l`).
+pub fn parse_key_value_list(s: &str) -> Result<Vec<(String, String)>, String> {
+    s.split(',').map(parse_key_value).collect()
+}
+
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),

@@ -105,6 +105,7 @@ pub(crate) fn attach_endpoint(
         }
         return Err(e);
     }
+    crate::service::sync_after_change(st, dirs, &net.id);
     Ok(ep)
 }
 
@@ -136,6 +137,7 @@ pub(crate) fn detach_endpoint(
     .with_context(|| format!("detaching endpoint {} ({ifname})", ep.id))?;
     st.delete_endpoint(&ep.id)
         .with_context(|| format!("removing the record of endpoint {}", ep.id))?;
+    crate::service::sync_after_change(st, dirs, &ep.network_id);
     Ok(())
 }
 

@@ -70,6 +70,7 @@ pub fn add(st: &dyn Store, dirs: &Dirs, a: &AddArgs<'_>) -> Result<Endpoint> {
         }
         return Err(e).with_context(|| format!("recording endpoint {:?}", a.name));
     }
+    crate::service::sync_after_change(st, dirs, &net.id);
     Ok(ep)
 }
 
@@ -96,6 +97,7 @@ pub fn rm(st: &dyn Store, dirs: &Dirs, network: &str, name: &str) -> Result<()> 
     l.release_owner(&ep.id, IFNAME)
         .with_context(|| format!("releasing the address of {name:?}"))?;
     l.unlock()?;
+    crate::service::sync_after_change(st, dirs, &net.id);
     Ok(())
 }
 

@@ -17,6 +17,7 @@ mod network;
 mod ports;
 mod repair;
 mod sandbox;
+mod service;
 mod table;
 
 use anyhow::{Context, Result};
@@ -24,7 +25,7 @@ use clap::Parser;
 use libnet::netns::{NetNs, NETNS_RUN_DIR};
 use store::SqliteStore;
 
-use cli::{Cli, Command, EndpointCmd, NetnsCmd, NetworkCmd, SandboxCmd};
+use cli::{Cli, Command, EndpointCmd, NetnsCmd, NetworkCmd, SandboxCmd, ServiceCmd};
 use sandbox::{Dirs, RunError};
 
 fn main() {
@@ -106,6 +107,41 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     }
                     if !r.errors.is_empty() {
                         anyhow::bail!("could not repair: {}", r.errors.join("; "));
+                    }
+                }
+            }
+        }
+        Command::Service(cmd) => {
+            let st = open_store(&cli)?;
+            match cmd {
+                ServiceCmd::Create {
+                    name,
+                    network,
+                    selector,
+                    port,
+                    vip,
+                    label,
+                } => {
+                    repair::before_change(&st, &dirs);
+                    let selector: Vec<(String, String)> = selector.concat();
+                    let a = service::CreateArgs {
+                        name,
+                        network,
+                        selector: &selector,
+                        ports: port,
+                        vip: *vip,
+                        labels: label,
+                    };
+                    let svc = service::create(&st, &dirs, &a)?;
+                    println!("{}", svc.vip);
+                }
+                ServiceCmd::Ls { network } => {
+                    print!("{}", service::ls(&st, network.as_deref(), cli.format)?)
+                }
+                ServiceCmd::Inspect { names } => print!("{}", service::inspect(&st, names)?),
+                ServiceCmd::Rm { names } => {
+                    for n in service::rm(&st, &dirs, names)? {
+                        println!("{n}");
                     }
                 }
             }

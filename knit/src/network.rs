@@ -447,6 +447,18 @@ pub fn remove(st: &dyn Store, net: &Network, cni_data_dir: &std::path::Path) -> 
             eps.len()
         );
     }
+    let services = st
+        .network_services(&net.id)
+        .with_context(|| format!("listing the services of network {:?}", net.name))?;
+    if !services.is_empty() {
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "network {:?} has {} service(s) ({}): remove them first (knit service rm)",
+            net.name,
+            services.len(),
+            names.join(", ")
+        );
+    }
     let bridge = bridge_name(net);
     let owned = net.options.get(BRIDGE_CREATED).is_some_and(|v| v == "true");
     let h = Handle::new().context("opening a netlink socket")?;

@@ -348,7 +348,11 @@ impl LockedStore for FileLocked<'_> {
         ip: IpAddr,
         range_set: usize,
     ) -> Result<bool, IpamError> {
-        self.store.reserve(id, ifname, ip, range_set)
+        self.store.reserve(id, ifname, ip, Some(range_set))
+    }
+
+    fn reserve_fixed(&mut self, id: &str, ifname: &str, ip: IpAddr) -> Result<bool, IpamError> {
+        self.store.reserve(id, ifname, ip, None)
     }
 
     fn last_reserved(&mut self, range_set: usize) -> Result<Option<IpAddr>, IpamError> {
@@ -409,12 +413,13 @@ impl FileStore {
         self.flock(libc::LOCK_UN, "unlock")
     }
 
+    /// Reserve, and remember `ip` as the last of `range_set` if given.
     fn reserve(
         &mut self,
         id: &str,
         ifname: &str,
         ip: IpAddr,
-        range_set: usize,
+        range_set: Option<usize>,
     ) -> Result<bool, IpamError> {
         let path = self.reservation_path(ip);
         if fs::symlink_metadata(&path).is_ok() {
@@ -430,10 +435,12 @@ impl FileStore {
         if !self.create_exclusive(&path, owner_line(id, ifname).as_bytes())? {
             return Ok(false);
         }
-        let last = self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"));
-        // In place like the reference, and not synced: it is a hint (unparsable or stale
-        // content only changes where the round robin resumes).
-        write_in_place(&last, ip.to_string().as_bytes())?;
+        if let Some(range_set) = range_set {
+            let last = self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"));
+            // In place like the reference, and not synced: it is a hint (unparsable or stale
+            // content only changes where the round robin resumes).
+            write_in_place(&last, ip.to_string().as_bytes())?;
+        }
         Ok(true)
     }
 

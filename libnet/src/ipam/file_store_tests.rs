@@ -570,3 +570,20 @@ fn deferred_sync_hands_the_new_reservations_to_the_caller() {
     pending.sync().unwrap();
     assert_eq!(st.take_unsynced().len(), 0, "taken once");
 }
+
+#[test]
+fn a_fixed_reservation_leaves_the_round_robin_where_it_was() {
+    let t = TempDir::new("fixed");
+    let mut a = FileStore::open(&t.0, "n").unwrap();
+    let mut g = a.lock().unwrap();
+    assert!(g.reserve("c1", "eth0", ip("10.244.0.5"), 0).unwrap());
+    assert!(g.reserve_fixed("svc", "vip", ip("10.244.0.254")).unwrap());
+    assert!(!g.reserve_fixed("svc2", "vip", ip("10.244.0.254")).unwrap());
+    assert!(!g.reserve_fixed("svc2", "vip", ip("10.244.0.5")).unwrap());
+    assert_eq!(g.last_reserved(0).unwrap(), Some(ip("10.244.0.5")));
+    assert_eq!(
+        g.held_by("svc", "vip", Lookup::Thorough).unwrap(),
+        vec![ip("10.244.0.254")]
+    );
+    g.unlock().unwrap();
+}

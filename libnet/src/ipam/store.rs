@@ -67,6 +67,10 @@ pub trait LockedStore {
         ip: IpAddr,
         range_set: usize,
     ) -> Result<bool, IpamError>;
+    /// Reserve `ip` for (id, ifname) without moving any range set's round robin: an address
+    /// chosen by hand, such as a service's virtual address, must not make the next allocation
+    /// resume after it (and hand out at once an address just freed). `Ok(false)` when taken.
+    fn reserve_fixed(&mut self, id: &str, ifname: &str, ip: IpAddr) -> Result<bool, IpamError>;
     /// The last address reserved in `range_set`, if known (unreadable counts as unknown).
     fn last_reserved(&mut self, range_set: usize) -> Result<Option<IpAddr>, IpamError>;
     fn held_by(&mut self, id: &str, ifname: &str, how: Lookup) -> Result<Vec<IpAddr>, IpamError>;
@@ -139,6 +143,14 @@ pub(crate) mod fake {
             }
             s.ips.insert(ip, (id.trim().to_string(), ifn.to_string()));
             s.last.insert(set, ip);
+            Ok(true)
+        }
+        fn reserve_fixed(&mut self, id: &str, ifn: &str, ip: IpAddr) -> Result<bool, IpamError> {
+            let s = &mut *self.0;
+            if s.ips.contains_key(&ip) {
+                return Ok(false);
+            }
+            s.ips.insert(ip, (id.trim().to_string(), ifn.to_string()));
             Ok(true)
         }
         fn last_reserved(&mut self, set: usize) -> Result<Option<IpAddr>, IpamError> {
