@@ -24,8 +24,9 @@ for tool in nsenter ip curl dig; do
 done
 
 DIR=$(mktemp -d "/tmp/$ID.XXXX")
-mkdir -p "$DIR/www"
+mkdir -p "$DIR/www" "$DIR/www2"
 echo "hello from a knit sandbox" >"$DIR/www/index.html"
+echo "hello from web2" >"$DIR/www2/index.html"
 # knit runs in the demo host through nsenter (not `ip netns exec`, whose private mount
 # namespace would hide the sandboxes' namespace mounts from the rest of the machine).
 in_host() { nsenter --net="/run/netns/$HOST_NS" "$@"; }
@@ -47,7 +48,8 @@ cleanup() {
   say "Teardown"
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   if [ -e "/run/netns/$HOST_NS" ]; then
-    quiet_knit sandbox rm web db >/dev/null 2>&1
+    quiet_knit service rm webs >/dev/null 2>&1
+    for sb in web web2 db; do quiet_knit sandbox rm "$sb" >/dev/null 2>&1; done
     quiet_knit network rm front back >/dev/null 2>&1
   fi
   local left
@@ -111,6 +113,26 @@ say "The published port, from the host and on 127.0.0.1"
 for _ in $(seq 50); do in_host curl -s -m1 -o /dev/null http://127.0.0.1:8080/ && break; sleep 0.1; done
 run in_host curl -sS -m3 http://127.0.0.1:8080/
 run in_host curl -sS -m3 http://10.244.78.1:8080/
+
+say "A service: one virtual IP and name in front of every sandbox labelled app=web"
+nsenter --net="/run/netns/$HOST_NS" "$KNIT" --state-dir "$DIR/state" --run-dir "$DIR/run" \
+  --cni-data-dir "$DIR/cni" run --name web2 --label app=web --net front -- \
+  busybox httpd -f -p 80 -h "$DIR/www2" &
+PIDS+=($!)
+for _ in $(seq 50); do quiet_knit sandbox ls | grep -q '^web2' && break; sleep 0.1; done
+knit service create webs --network front --selector app=web --port 80/tcp
+knit service ls
+sleep 0.3
+knit run --net front -- dig +short @10.244.78.1 webs
+knit run --net front -- dig +short @10.244.78.1 SRV _http._tcp.webs.front.knit.internal
+VIP=$(quiet_knit run --net front -- dig +short @10.244.78.1 webs)
+[ -n "$VIP" ] || die "the service name did not resolve"
+echo "    10 requests to http://webs/ ($VIP) from a sandbox on front:"
+quiet_knit run --net front -- sh -c "for i in 1 2 3 4 5 6 7 8 9 10; do curl -s -m2 http://$VIP/; done" |
+  sort | uniq -c | sed 's/^/      /'
+BACKENDS=$(quiet_knit run --net front -- sh -c "for i in \$(seq 30); do curl -s -m2 http://$VIP/; done" | sort -u | wc -l)
+[ "$BACKENDS" = 2 ] || die "the service reached $BACKENDS backend(s), not 2"
+knit service rm webs
 
 say "docker network inspect's shape"
 knit network inspect front
