@@ -28,6 +28,13 @@ pub trait Netlink {
     fn set_up(&self, index: u32, up: bool) -> Result<()>;
     /// `ip link set #INDEX master #MASTER` (0 = nomaster)
     fn set_master(&self, index: u32, master: u32) -> Result<()>;
+    /// `ip link set #INDEX mtu MTU`
+    fn set_mtu(&self, index: u32, mtu: u32) -> Result<()>;
+    /// `ip link set #INDEX address MAC`
+    fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()>;
+    /// `sysctl net.ipv4.conf.#INDEX.KEY=VALUE` over netlink (`IPV4_DEVCONF_*` ids, e.g.
+    /// [`IPV4_DEVCONF_PROXY_ARP`](super::link::IPV4_DEVCONF_PROXY_ARP))
+    fn set_ipv4_devconf(&self, index: u32, id: u16, value: u32) -> Result<()>;
     /// `ip link add NAME [mtu M] [address MAC] type bridge`
     fn add_bridge(&self, name: &str, mtu: Option<u32>, mac: Option<[u8; 6]>) -> Result<()>;
     /// `ip link add NAME type vxlan id VNI local IP dstport PORT nolearning dev #DEV`
@@ -91,6 +98,15 @@ impl Netlink for Handle {
     }
     fn set_master(&self, index: u32, master: u32) -> Result<()> {
         Handle::set_master(self, index, master)
+    }
+    fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        Handle::set_mtu(self, index, mtu)
+    }
+    fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        Handle::set_mac(self, index, mac)
+    }
+    fn set_ipv4_devconf(&self, index: u32, id: u16, value: u32) -> Result<()> {
+        Handle::set_ipv4_devconf(self, index, id, value)
     }
     fn add_bridge(&self, name: &str, mtu: Option<u32>, mac: Option<[u8; 6]>) -> Result<()> {
         Handle::add_bridge(self, name, mtu, mac)

@@ -240,3 +240,49 @@ fn sync_fdb_converges_and_leaves_entries_it_does_not_own() {
         vec![want[0].clone()]
     );
 }
+
+#[test]
+fn mtu_mac_and_ipv4_settings_change_the_link_and_go_with_it() {
+    use crate::netlink::link::IPV4_DEVCONF_PROXY_ARP;
+    let f = FakeNetlink::new();
+    f.add_bridge("br0", Some(1500), None).unwrap();
+    let br = f.find_link("br0").unwrap().unwrap().index;
+    f.set_mtu(br, 1450).unwrap();
+    f.set_mac(br, [6, 1, 2, 3, 4, 5]).unwrap();
+    f.set_ipv4_devconf(br, IPV4_DEVCONF_PROXY_ARP, 1).unwrap();
+    f.set_ipv4_devconf(br, IPV4_DEVCONF_PROXY_ARP, 0).unwrap();
+    let l = f.find_link_index(br).unwrap().unwrap();
+    assert_eq!((l.mtu, l.mac.as_slice()), (1450, &[6u8, 1, 2, 3, 4, 5][..]));
+    assert_eq!(f.model().ipv4_devconf(br, IPV4_DEVCONF_PROXY_ARP), Some(0));
+    assert_eq!(f.set_mtu(99, 1400).unwrap_err().errno(), Some(libc::ENODEV));
+    assert_eq!(
+        f.set_ipv4_devconf(99, IPV4_DEVCONF_PROXY_ARP, 1)
+            .unwrap_err()
+            .errno(),
+        Some(libc::ENODEV)
+    );
+    f.del_link(br).unwrap();
+    assert_eq!(f.model().ipv4_devconf, vec![]);
+}
+
+#[test]
+fn del_fdb_of_a_master_entry_keeps_the_devices_own_remote() {
+    let f = FakeNetlink::new();
+    f.add_bridge("br0", None, None).unwrap();
+    f.add_vxlan(&nl("vx0"), &vx()).unwrap();
+    let br = f.find_link("br0").unwrap().unwrap().index;
+    let v = f.find_link("vx0").unwrap().unwrap().index;
+    f.set_master(v, br).unwrap();
+    let mac = [2, 0, 0, 0, 0, 7];
+    let remote = FdbEntry::vxlan_remote(v, mac, ip("10.0.0.2"));
+    let port = FdbEntry {
+        dst: None,
+        is_self: false,
+        state: crate::netlink::fdb::FDB_STATIC,
+        ..remote.clone()
+    };
+    f.append_fdb(&remote).unwrap();
+    f.append_fdb(&port).unwrap();
+    f.del_fdb(&port).unwrap();
+    assert_eq!(f.model().fdb, vec![remote]);
+}
