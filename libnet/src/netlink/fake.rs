@@ -243,8 +243,10 @@ fn has_link(m: &Model, op: &'static str, index: u32) -> Result<()> {
         .ok_or_else(|| no_link(op, index))
 }
 
+/// The same MAC in the same table (a device's own `self` table, or its bridge's `master`
+/// table: two tables in the kernel).
 fn same_fdb_mac(a: &FdbEntry, b: &FdbEntry) -> bool {
-    (a.index, a.mac, a.vlan) == (b.index, b.mac, b.vlan)
+    (a.index, a.is_self, a.mac, a.vlan) == (b.index, b.is_self, b.mac, b.vlan)
 }
 
 /// The kernel tells routes apart by table, destination, metric (and, within those, gateway

@@ -266,7 +266,7 @@ fn mtu_mac_and_ipv4_settings_change_the_link_and_go_with_it() {
 }
 
 #[test]
-fn del_fdb_of_a_master_entry_keeps_the_devices_own_remote() {
+fn self_and_master_entries_of_one_mac_are_two_tables() {
     let f = FakeNetlink::new();
     f.add_bridge("br0", None, None).unwrap();
     f.add_vxlan(&nl("vx0"), &vx()).unwrap();
@@ -283,6 +283,7 @@ fn del_fdb_of_a_master_entry_keeps_the_devices_own_remote() {
     };
     f.append_fdb(&remote).unwrap();
     f.append_fdb(&port).unwrap();
+    assert_eq!(f.model().fdb, vec![remote.clone(), port.clone()]);
     f.del_fdb(&port).unwrap();
     assert_eq!(f.model().fdb, vec![remote]);
 }
