@@ -1,0 +1,59 @@
+//! The overlay data plane the agent programs on each host: per network a Linux bridge with an
+//! anycast gateway, a vxlan device as its port, and the static FDB, neighbour and route
+//! entries that make remote endpoints reachable. No flood-and-learn between hosts: the
+//! controller's view is the only source, and knit is never in the packet path.
+//!
+//! ## What it programs, in which order
+//! 1. [`ensure_network`]: bridge `knov<vni hex>` (MTU 1450, MAC [`gateway_mac`]`(vni)`, the
+//!    subnets' gateways: the same IP and MAC on every host, so a container's ARP for its
+//!    gateway gets the same answer wherever it runs); in vxlan mode `knvx<vni>` (`local
+//!    UNDERLAY dstport 4789 nolearning`, MTU 1450) enslaved with `learning off
+//!    neigh_suppress on`; in routed mode `proxy_arp` on the bridge instead.
+//! 2. [`plan`]: observe the entries on those links, diff them against the desired state
+//!    ([`desired::NetworkDesired`]), apply: FDB remotes (one per remote MAC, one all-zeros
+//!    flood entry per remote VTEP), the bridge's static entries of remote MACs, permanent
+//!    neighbours on the bridge, routes to other hosts' blocks (routed mode). An address that
+//!    changes hands has its neighbour entry *replaced*, and a MAC that moves host its FDB
+//!    entry replaced, never deleted first: no window without a path.
+//!
+//! ## Why `neigh_suppress` and not the vxlan device's `proxy`
+//! With `proxy` the vxlan device answers ARP from its own neighbour table but still needs
+//! the request flooded to it by the bridge; the bridge, learning off, also floods unicast to
+//! remote MACs out of every local port. With `neigh_suppress` on the vxlan port, permanent
+//! neighbours on the bridge and a static bridge entry per remote MAC, the bridge answers ARP
+//! and ND itself before anything reaches the tunnel, and forwards unicast to exactly the
+//! vxlan port (the kernel tests count the ARP frames that cross the underlay: none).
+//!
+//! ## How the state grows
+//! Per network on a host: 2 links; per remote host one flood entry (or one route per block);
+//! per remote endpoint address one FDB remote, one bridge entry and one neighbour. A sync is
+//! three dumps of that plus the changes: its cost follows the network's size, and the work
+//! of a delta follows the delta.
+//!
+//! ## Use from the agent
+//! Hold one [`libnet::netlink::Handle`] on the host namespace; on start-up, on every delta
+//! (after applying it to its copy of the [`HostDesired`]), periodically and after a lost
+//! stream call [`sync_host`]; report [`HostSynced::applied`] as metrics and its `errors` as
+//! logs (a failing network does not stop the others). [`remove_network`] when a network is
+//! deleted. Endpoints attached locally should take [`endpoint_mac`]`(ip)` as their MAC, so an
+//! address handed to a new container keeps its MAC and peers' ARP caches stay right. The
+//! containers' veths go on the bridge with MTU [`MTU`].
+
+pub mod apply;
+pub mod desired;
+pub mod error;
+pub mod links;
+pub mod names;
+pub mod plan;
+
+pub use apply::{apply_plan, sync_host, sync_network, Applied, HostSynced, Synced};
+pub use desired::{
+    HostDesired, Mac, Mode, NetworkDesired, RemoteEndpoint, RemoteHost, Subnet, FORMAT,
+};
+pub use error::{DesiredError, OverlayError};
+pub use links::{ensure_network, remove_network, remove_stale_networks, NetworkLinks, Removed};
+pub use names::{bridge_name, endpoint_mac, gateway_mac, vxlan_name, MTU, RTPROT_KNIT_OVERLAY};
+pub use plan::{observe, plan_network, Observed, Plan};
+
+#[cfg(test)]
+mod tests;
