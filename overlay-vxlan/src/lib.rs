@@ -37,7 +37,9 @@
 //! logs (a failing network does not stop the others). [`remove_network`] when a network is
 //! deleted. Endpoints attached locally should take [`endpoint_mac`]`(ip)` as their MAC, so an
 //! address handed to a new container keeps its MAC and peers' ARP caches stay right. The
-//! containers' veths go on the bridge with MTU [`MTU`].
+//! containers' veths go on the bridge with MTU [`MTU`]. Routed mode needs the host to forward
+//! IPv4 (`net.ipv4.ip_forward=1`, also what makes the bridge's `proxy_arp` answer): the agent
+//! sets it; this crate touches no host-wide setting.
 
 pub mod apply;
 pub mod desired;

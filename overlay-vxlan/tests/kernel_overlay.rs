@@ -573,6 +573,12 @@ fn routed_mode_pings_across_hosts_without_vxlan() {
         "{routes}"
     );
     assert!(!sh(h0, "ip link show").contains("knvx"));
+    // The host answers its containers' ARP for addresses it routes to other hosts.
+    let proxy = sh(
+        h0,
+        &format!("sysctl -n net.ipv4.conf.{}.proxy_arp", bridge_name(vni)),
+    );
+    assert_eq!(proxy.trim(), "1");
 
     // Host 2 leaves the network: its block's route goes everywhere, nothing else does.
     lab.ctrs.retain(|c| c.host != 2);
