@@ -559,7 +559,9 @@ impl Netlink for FakeNetlink {
                 // As in the kernel: the same entry again changes nothing, and neither does a
                 // second remote for a unicast MAC; a flood entry gains one more remote.
                 let there = if e.is_flood() {
-                    m.fdb.iter().any(|x| x.key() == e.key())
+                    m.fdb
+                        .iter()
+                        .any(|x| x.key() == e.key() && x.is_self == e.is_self)
                 } else {
                     m.fdb.iter().any(|x| same_fdb_mac(x, e))
                 };
