@@ -3,9 +3,9 @@
 use libnet::netlink::Netlink;
 
 use crate::desired::{HostDesired, NetworkDesired};
-use crate::error::{InNetwork, OverlayError};
+use crate::error::{DesiredError, InNetwork, OverlayError};
 use crate::links::{ensure_network, remove_stale_networks, NetworkLinks, Removed};
-use crate::plan::{observe, plan_network, wanted, Plan};
+use crate::plan::{observe, plan_delta, plan_network, wanted, Plan};
 
 /// What an apply did, for the agent's metrics and logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -127,6 +127,29 @@ pub fn sync_network(nl: &impl Netlink, net: &NetworkDesired) -> Result<Synced, O
         neighs: w.neighs.len(),
         routes: w.routes.len(),
     })
+}
+
+/// Apply the change from `old` to `new` (one network, same VNI, mode, underlay IP and
+/// subnets, as [`ensure_network`] left `links`) without reading the kernel's tables: see
+/// [`plan_delta`]. Anything else about the two states (a different VNI, mode, underlay or
+/// subnets) is refused as invalid; `sync_network` handles those.
+pub fn apply_delta(
+    nl: &impl Netlink,
+    links: &NetworkLinks,
+    old: &NetworkDesired,
+    new: &NetworkDesired,
+) -> Result<Applied, OverlayError> {
+    new.validate()?;
+    let same = (old.vni, old.mode, old.underlay_ip, &old.subnets)
+        == (new.vni, new.mode, new.underlay_ip, &new.subnets);
+    if !same {
+        return Err(DesiredError {
+            network: new.id.clone(),
+            detail: "a delta changes VNI, mode, underlay or subnets: sync the network".into(),
+        }
+        .into());
+    }
+    apply_plan(nl, &new.id, &plan_delta(old, new, links))
 }
 
 /// A whole host's reconcile.

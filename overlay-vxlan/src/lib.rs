@@ -31,10 +31,13 @@
 //! of a delta follows the delta.
 //!
 //! ## Use from the agent
-//! Hold one [`libnet::netlink::Handle`] on the host namespace; on start-up, on every delta
-//! (after applying it to its copy of the [`HostDesired`]), periodically and after a lost
-//! stream call [`sync_host`]; report [`HostSynced::applied`] as metrics and its `errors` as
-//! logs (a failing network does not stop the others). [`remove_network`] when a network is
+//! Hold one [`libnet::netlink::Handle`] on the host namespace; on start-up, periodically and
+//! after a lost stream call [`sync_host`] (observe everything, fix everything, remove what is
+//! no longer listed); on each delta of a network call [`apply_delta`] with the network's
+//! previous and new state (no kernel dump: the work follows the delta), falling back to
+//! [`sync_network`] when it fails or when the VNI, mode, underlay or subnets change. Report
+//! the [`Applied`] counts as metrics and the errors as logs (in `sync_host` a failing network
+//! does not stop the others). [`remove_network`] when a network is
 //! deleted. Endpoints attached locally should take [`endpoint_mac`]`(ip)` as their MAC, so an
 //! address handed to a new container keeps its MAC and peers' ARP caches stay right. The
 //! containers' veths go on the bridge with MTU [`MTU`]. Routed mode needs the host to forward
@@ -48,14 +51,14 @@ pub mod links;
 pub mod names;
 pub mod plan;
 
-pub use apply::{apply_plan, sync_host, sync_network, Applied, HostSynced, Synced};
+pub use apply::{apply_delta, apply_plan, sync_host, sync_network, Applied, HostSynced, Synced};
 pub use desired::{
     HostDesired, Mac, Mode, NetworkDesired, RemoteEndpoint, RemoteHost, Subnet, FORMAT,
 };
 pub use error::{DesiredError, OverlayError};
 pub use links::{ensure_network, remove_network, remove_stale_networks, NetworkLinks, Removed};
 pub use names::{bridge_name, endpoint_mac, gateway_mac, vxlan_name, MTU, RTPROT_KNIT_OVERLAY};
-pub use plan::{observe, plan_network, Observed, Plan};
+pub use plan::{observe, plan_delta, plan_network, Observed, Plan};
 
 #[cfg(test)]
 mod tests;

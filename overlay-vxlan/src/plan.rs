@@ -18,6 +18,8 @@
 //! other links) is not ours and is left alone. The state is proportional to the network's
 //! remote endpoints plus its hosts; one sync costs three dumps of it.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use libnet::netlink::fdb::FDB_STATIC;
 use libnet::netlink::ops::{plan_fdb, FdbPlan};
 use libnet::netlink::route::RouteScope;
@@ -153,7 +155,7 @@ fn is_our_port_entry(e: &FdbEntry) -> bool {
     !e.is_self && e.dst.is_none() && e.state == FDB_STATIC
 }
 
-/// Diff what `net` wants against what was observed (pure).
+/// Diff what `net` wants against what was observed (pure; O(n log n) in the entries).
 pub fn plan_network(net: &NetworkDesired, links: &NetworkLinks, seen: &Observed) -> Plan {
     let w = wanted(net, links);
     let mut p = Plan {
@@ -161,48 +163,83 @@ pub fn plan_network(net: &NetworkDesired, links: &NetworkLinks, seen: &Observed)
         ..Plan::default()
     };
 
-    let ports: Vec<&FdbEntry> = seen.fdb.iter().filter(|e| is_our_port_entry(e)).collect();
+    let have: BTreeSet<_> = seen
+        .fdb
+        .iter()
+        .filter(|e| is_our_port_entry(e))
+        .map(FdbEntry::key)
+        .collect();
+    let want: BTreeSet<_> = w.ports.iter().map(FdbEntry::key).collect();
     p.port_add = w
         .ports
         .iter()
-        .filter(|e| !ports.iter().any(|c| c.key() == e.key()))
+        .filter(|e| !have.contains(&e.key()))
         .cloned()
         .collect();
-    p.port_del = ports
-        .into_iter()
-        .filter(|c| !w.ports.iter().any(|e| e.key() == c.key()))
+    p.port_del = seen
+        .fdb
+        .iter()
+        .filter(|c| is_our_port_entry(c) && !want.contains(&c.key()))
         .cloned()
         .collect();
 
-    let neighs: Vec<&Neigh> = seen.neighs.iter().filter(|n| n.is_permanent()).collect();
+    let have: BTreeMap<_, _> = seen
+        .neighs
+        .iter()
+        .filter(|n| n.is_permanent())
+        .map(|n| (n.ip, n.mac))
+        .collect();
+    let want: BTreeSet<_> = w.neighs.iter().map(|n| n.ip).collect();
     p.neigh_replace = w
         .neighs
         .iter()
-        .filter(|n| !neighs.iter().any(|c| c.ip == n.ip && c.mac == n.mac))
+        .filter(|n| have.get(&n.ip) != Some(&n.mac))
         .cloned()
         .collect();
-    p.neigh_del = neighs
-        .into_iter()
-        .filter(|c| !w.neighs.iter().any(|n| n.ip == c.ip))
+    p.neigh_del = seen
+        .neighs
+        .iter()
+        .filter(|c| c.is_permanent() && !want.contains(&c.ip))
         .cloned()
         .collect();
 
     // Only this network's routes: those inside its subnets.
-    let routes: Vec<&Route> = seen
+    let ours = |r: &&Route| r.protocol == RTPROT_KNIT_OVERLAY && net.covers(&r.dst);
+    let have: BTreeSet<_> = seen
         .routes
         .iter()
-        .filter(|r| r.protocol == RTPROT_KNIT_OVERLAY && net.covers(&r.dst))
+        .filter(ours)
+        .map(|r| (r.dst, r.gw))
         .collect();
+    let want: BTreeSet<_> = w.routes.iter().map(|r| r.dst).collect();
     p.route_replace = w
         .routes
         .iter()
-        .filter(|r| !routes.iter().any(|c| c.dst == r.dst && c.gw == r.gw))
+        .filter(|r| !have.contains(&(r.dst, r.gw)))
         .cloned()
         .collect();
-    p.route_del = routes
-        .into_iter()
-        .filter(|c| !w.routes.iter().any(|r| r.dst == c.dst))
+    p.route_del = seen
+        .routes
+        .iter()
+        .filter(|c| ours(c) && !want.contains(&c.dst))
         .cloned()
         .collect();
     p
+}
+
+/// The plan from `old` to `new` without reading the kernel: [`plan_network`] against a kernel
+/// holding exactly what `old` wants (pure). For the agent's deltas, so their cost follows the
+/// delta and not the network's size; the periodic [`sync_network`](crate::sync_network)
+/// catches whatever drifted meanwhile. Only for the same VNI, mode, underlay IP and subnets:
+/// a change of those goes through `sync_network`.
+pub fn plan_delta(old: &NetworkDesired, new: &NetworkDesired, links: &NetworkLinks) -> Plan {
+    let w = wanted(old, links);
+    let mut fdb = w.remotes;
+    fdb.extend(w.ports);
+    let seen = Observed {
+        fdb,
+        neighs: w.neighs,
+        routes: w.routes,
+    };
+    plan_network(new, links, &seen)
 }

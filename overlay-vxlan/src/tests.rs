@@ -679,3 +679,44 @@ fn the_payload_is_plain_json_with_defaults_and_ignores_unknown_fields() {
     let err = serde_json::from_str::<Mac>(r#""0a:58:0a""#).unwrap_err();
     assert!(err.to_string().contains("not a MAC"), "{err}");
 }
+
+#[test]
+fn a_delta_is_planned_from_the_previous_state_and_converges_like_a_sync() {
+    let (f, _) = host();
+    let old = blue();
+    let s = sync_network(&f, &old).unwrap();
+    let mut new = old.clone();
+    new.endpoints[0].host = ip(C); // MAC1 moves
+    new.endpoints[1] = ep("10.244.2.7", MAC3, B); // the address changes hands
+    new.endpoints
+        .push(ep("10.244.3.3", [0x0a, 0x58, 10, 244, 3, 3], C));
+    let seen = observe(&f, &old, &s.links).unwrap();
+    assert_eq!(
+        plan_delta(&old, &new, &s.links),
+        plan_network(&new, &s.links, &seen)
+    );
+    let done = apply_delta(&f, &s.links, &old, &new).unwrap();
+    assert_eq!(
+        done,
+        Applied {
+            fdb_added: 2,
+            fdb_moved: 1,
+            fdb_removed: 1,
+            port_added: 2,
+            port_removed: 1,
+            neigh_replaced: 2,
+            ..Applied::default()
+        }
+    );
+    assert_eq!(sync_network(&f, &new).unwrap().applied, Applied::default());
+
+    // A delta that is not one: refused, nothing changed.
+    let before = f.calls().len();
+    let other = NetworkDesired {
+        mode: Mode::Routed,
+        ..new.clone()
+    };
+    let err = apply_delta(&f, &s.links, &new, &other).unwrap_err();
+    assert_eq!(err.kind(), Kind::Invalid);
+    assert_eq!(f.calls().len(), before);
+}

@@ -102,7 +102,8 @@ struct Host {
 
 struct Ctr {
     ns: ScratchNs,
-    ip: IpAddr,
+    /// The first address is the container's `ip()`.
+    ips: Vec<IpAddr>,
     mac: [u8; 6],
     host: usize,
     vni: u32,
@@ -114,7 +115,7 @@ struct Ctr {
 struct Net {
     id: &'static str,
     vni: u32,
-    cidr: IpNet,
+    cidrs: Vec<IpNet>,
     mode: Mode,
     /// Hosts that have it, each with its IPAM block (routed mode).
     members: Vec<(usize, IpNet)>,
@@ -126,6 +127,12 @@ struct Lab {
     _underlay: ScratchNs,
     nets: Vec<Net>,
     veths: u32,
+}
+
+impl Ctr {
+    fn ip(&self) -> IpAddr {
+        self.ips[0]
+    }
 }
 
 impl Lab {
@@ -173,24 +180,30 @@ impl Lab {
 
     /// What host `me` should have of `net`: every container of it on the other hosts.
     fn desired(&self, net: &Net, me: usize) -> NetworkDesired {
-        let cidr = net.cidr;
         NetworkDesired {
             id: net.id.into(),
             vni: net.vni,
-            subnets: vec![Subnet {
-                cidr,
-                gateway: cidr.hosts().next(),
-            }],
+            subnets: net
+                .cidrs
+                .iter()
+                .map(|c| Subnet {
+                    cidr: *c,
+                    // The first address after the network's (IPv6 has no broadcast to skip).
+                    gateway: c.hosts().find(|a| *a != c.network()),
+                })
+                .collect(),
             mode: net.mode,
             underlay_ip: self.hosts[me].underlay,
             endpoints: self
                 .ctrs
                 .iter()
                 .filter(|c| c.vni == net.vni && c.host != me)
-                .map(|c| RemoteEndpoint {
-                    ip: c.ip,
-                    mac: Mac(c.mac),
-                    host: self.hosts[c.host].underlay,
+                .flat_map(|c| {
+                    c.ips.iter().map(|ip| RemoteEndpoint {
+                        ip: *ip,
+                        mac: Mac(c.mac),
+                        host: self.hosts[c.host].underlay,
+                    })
                 })
                 .collect(),
             hosts: net
@@ -227,7 +240,11 @@ impl Lab {
 
     /// A container on `host` in network `vni` with `addr` (e.g. "10.241.0.5/24") and `mac`.
     fn add_ctr(&mut self, host: usize, vni: u32, addr: &str, mac: [u8; 6]) -> usize {
-        let net: IpNet = addr.parse().unwrap();
+        self.add_ctr_with(host, vni, &[addr], mac)
+    }
+
+    /// A container with several addresses (each one an endpoint entry of the same MAC).
+    fn add_ctr_with(&mut self, host: usize, vni: u32, addrs: &[&str], mac: [u8; 6]) -> usize {
         let ns = scratch("c");
         self.veths += 1;
         let veth = format!("kv{}", self.veths);
@@ -245,11 +262,15 @@ impl Lab {
         h.set_up(l.index, true).unwrap();
         let ch = Handle::new_in(&ns).unwrap();
         let eth0 = ch.link_by_name("eth0").unwrap();
-        ch.add_addr(eth0.index, net, false).unwrap();
+        let nets: Vec<IpNet> = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        for n in &nets {
+            // nodad: an IPv6 address is usable at once.
+            ch.add_addr(eth0.index, *n, n.addr().is_ipv6()).unwrap();
+        }
         ch.set_up(eth0.index, true).unwrap();
         self.ctrs.push(Ctr {
             ns,
-            ip: net.addr(),
+            ips: nets.iter().map(|n| n.addr()).collect(),
             mac,
             host,
             vni,
@@ -273,11 +294,15 @@ impl Lab {
         let mut failed = Vec::new();
         for a in &of {
             for b in &of {
-                if a.ip != b.ip && !ping(&a.ns, b.ip) {
-                    failed.push(format!(
-                        "{} (host {}) -> {} (host {})",
-                        a.ip, a.host, b.ip, b.host
-                    ));
+                for dst in b.ips.iter().filter(|_| a.ip() != b.ip()) {
+                    if !ping(&a.ns, *dst) {
+                        failed.push(format!(
+                            "{} (host {}) -> {dst} (host {})",
+                            a.ip(),
+                            a.host,
+                            b.host
+                        ));
+                    }
                 }
             }
         }
@@ -289,7 +314,7 @@ fn vxlan_net(id: &'static str, vni: u32, cidr: &str, hosts: &[usize]) -> Net {
     Net {
         id,
         vni,
-        cidr: cidr.parse().unwrap(),
+        cidrs: vec![cidr.parse().unwrap()],
         mode: Mode::Vxlan,
         members: hosts.iter().map(|h| (*h, cidr.parse().unwrap())).collect(),
     }
@@ -432,14 +457,14 @@ fn vxlan_overlay_pings_across_hosts_and_follows_removals_and_address_handovers()
     let gone = lab
         .ctrs
         .iter()
-        .position(|c| c.ip == ip("10.241.0.12"))
+        .position(|c| c.ip() == ip("10.241.0.12"))
         .unwrap();
     let old = lab.remove_ctr(gone);
     lab.sync();
-    assert!(!ping(&lab.ctrs[0].ns, old.ip));
+    assert!(!ping(&lab.ctrs[0].ns, old.ip()));
     for h in [0, 1] {
         assert_eq!(
-            entries(&lab, h, vni, old.ip, old.mac),
+            entries(&lab, h, vni, old.ip(), old.mac),
             (None, false),
             "host {h}"
         );
@@ -468,7 +493,7 @@ fn vxlan_overlay_pings_across_hosts_and_follows_removals_and_address_handovers()
     let i = lab
         .ctrs
         .iter()
-        .position(|c| c.ip == ip("10.241.0.12"))
+        .position(|c| c.ip() == ip("10.241.0.12"))
         .unwrap();
     drop(lab.remove_ctr(i));
     let fresh_mac = [0x02, 0x6b, 0x6e, 0x77, 0, 0x12];
@@ -542,7 +567,7 @@ fn routed_mode_pings_across_hosts_without_vxlan() {
     lab.nets.push(Net {
         id: "routed",
         vni,
-        cidr: "10.243.0.0/16".parse().unwrap(),
+        cidrs: vec!["10.243.0.0/16".parse().unwrap()],
         mode: Mode::Routed,
         members: (0..3)
             .map(|h| (h, format!("10.243.{}.0/24", h + 1).parse().unwrap()))
@@ -588,4 +613,130 @@ fn routed_mode_pings_across_hosts_without_vxlan() {
     assert!(!routes.contains("10.243.3.0/24"), "{routes}");
     assert!(routes.contains("10.243.2.0/24"), "{routes}");
     lab.assert_all_pairs_ping(vni);
+}
+
+#[test]
+fn dual_stack_vxlan_pings_over_ipv4_and_ipv6_across_hosts() {
+    let mut lab = Lab::new(3);
+    let vni = 0x77_0301;
+    let mut net = vxlan_net("dual", vni, "10.241.3.0/24", &[0, 1, 2]);
+    net.cidrs.push("fd00:6b6e:77::/64".parse().unwrap());
+    lab.nets.push(net);
+    lab.sync();
+    for h in 0..3 {
+        let v4 = format!("10.241.3.{}", h + 10);
+        let v6 = format!("fd00:6b6e:77::{}/64", h + 10);
+        lab.add_ctr_with(h, vni, &[&format!("{v4}/24"), &v6], endpoint_mac(ip(&v4)));
+    }
+    let applied = lab.sync();
+    // Per remote container: one MAC (one remote, one bridge entry), two neighbours.
+    assert_eq!(
+        (
+            applied[0].fdb_added,
+            applied[0].port_added,
+            applied[0].neigh_replaced
+        ),
+        (2, 2, 4),
+        "{:?}",
+        applied[0]
+    );
+    lab.assert_all_pairs_ping(vni);
+    let gw = sh(
+        &lab.hosts[1].ns,
+        &format!("ip -br addr show dev {}", bridge_name(vni)),
+    );
+    assert!(
+        gw.contains("fd00:6b6e:77::1/64") && gw.contains("10.241.3.1/24"),
+        "{gw}"
+    );
+    let n = sh(
+        &lab.hosts[1].ns,
+        &format!("ip -6 neigh show dev {}", bridge_name(vni)),
+    );
+    assert!(
+        n.contains("fd00:6b6e:77::10 lladdr 0a:58:0a:f1:03:0a PERMANENT"),
+        "{n}"
+    );
+}
+
+#[test]
+fn a_thousand_remote_endpoints_sync_in_milliseconds() {
+    use std::time::Instant;
+    let lab = Lab::new(1);
+    let me = &lab.hosts[0];
+    let mut net = NetworkDesired {
+        id: "big".into(),
+        vni: 0x77_0401,
+        subnets: vec![Subnet {
+            cidr: "10.240.0.0/16".parse().unwrap(),
+            gateway: Some(ip("10.240.0.1")),
+        }],
+        mode: Mode::Vxlan,
+        underlay_ip: me.underlay,
+        endpoints: Vec::new(),
+        hosts: (0..20)
+            .map(|h| RemoteHost {
+                underlay_ip: ip(&format!("10.76.1.{}", h + 1)),
+                blocks: vec![],
+            })
+            .collect(),
+    };
+    for i in 0..1000u32 {
+        let a = ip(&format!("10.240.{}.{}", 1 + i / 200, 10 + i % 200));
+        net.endpoints.push(RemoteEndpoint {
+            ip: a,
+            mac: Mac(endpoint_mac(a)),
+            host: ip(&format!("10.76.1.{}", 1 + i % 20)),
+        });
+    }
+    let t = Instant::now();
+    let first = sync_network(&me.h, &net).unwrap();
+    let full = t.elapsed();
+    assert_eq!(
+        (first.applied.fdb_added, first.applied.neigh_replaced),
+        (1020, 1000)
+    );
+    let t = Instant::now();
+    let idle = sync_network(&me.h, &net).unwrap();
+    let converged = t.elapsed();
+    assert_eq!(idle.applied, Applied::default());
+    // One endpoint more: the work of a delta, plus the three dumps of the whole network.
+    let a = ip("10.240.9.9");
+    net.endpoints.push(RemoteEndpoint {
+        ip: a,
+        mac: Mac(endpoint_mac(a)),
+        host: ip("10.76.1.1"),
+    });
+    let t = Instant::now();
+    let one = sync_network(&me.h, &net).unwrap();
+    let delta = t.elapsed();
+    assert_eq!(one.applied.changes(), 3);
+    // The same as a delta: no dump.
+    let old = net.clone();
+    let b = ip("10.240.9.10");
+    net.endpoints.push(RemoteEndpoint {
+        ip: b,
+        mac: Mac(endpoint_mac(b)),
+        host: ip("10.76.1.2"),
+    });
+    let t = Instant::now();
+    let plan = plan_delta(&old, &net, &one.links);
+    let planning = t.elapsed();
+    assert_eq!(plan.neigh_replace.len(), 1);
+    let t = Instant::now();
+    let d = apply_delta(&me.h, &one.links, &old, &net).unwrap();
+    let by_delta = t.elapsed();
+    assert_eq!(d.changes(), 3);
+    assert_eq!(
+        sync_network(&me.h, &net).unwrap().applied,
+        Applied::default()
+    );
+    eprintln!(
+        "1,000 remote endpoints on 20 hosts: first sync {full:?}, converged sync \
+         {converged:?}, one endpoint more by sync {delta:?}, by apply_delta {by_delta:?} (planning \
+         {planning:?})"
+    );
+    assert!(converged.as_millis() < 200, "{converged:?}");
+    assert!(delta.as_millis() < 200, "{delta:?}");
+    assert!(by_delta.as_millis() < 50, "{by_delta:?}");
 }
