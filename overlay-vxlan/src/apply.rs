@@ -167,11 +167,12 @@ pub struct HostSynced {
 
 /// Bring the host to `host`: [`sync_network`] for each network (one failing, or invalid,
 /// does not stop the others), then [`remove_stale_networks`] for VNIs no longer listed. A
-/// message giving one VNI to two networks changes nothing at all. For start-up, each delta,
-/// the periodic pass, and after a lost stream.
+/// message of an unknown format or giving one VNI to two networks changes nothing at all.
+/// For start-up, the periodic pass, and after a lost stream — always with a *complete*
+/// state (the controller's full resync): a network missing from `host` is deleted.
 pub fn sync_host(nl: &impl Netlink, host: &HostDesired) -> HostSynced {
     let mut out = HostSynced::default();
-    if let Err(e) = host.check_vnis() {
+    if let Err(e) = host.check_host() {
         out.errors.push(e.into());
         return out;
     }

@@ -174,9 +174,14 @@ impl NetworkDesired {
         let same_family = |a: &IpAddr| a.is_ipv4() == self.underlay_ip.is_ipv4();
         let mut by_ip: BTreeMap<IpAddr, Mac> = BTreeMap::new();
         let mut by_mac: BTreeMap<Mac, IpAddr> = BTreeMap::new();
+        let mut by_block: BTreeMap<IpNet, IpAddr> = BTreeMap::new();
+        let gateways: Vec<IpAddr> = self.subnets.iter().filter_map(|s| s.gateway).collect();
         for e in self.remote_endpoints() {
             if !self.covers(&IpNet::from(e.ip)) {
                 return Err(bad(format!("endpoint {} outside the subnets", e.ip)));
+            }
+            if gateways.contains(&e.ip) {
+                return Err(bad(format!("endpoint {} is the gateway", e.ip)));
             }
             if e.mac.0 == [0; 6] || e.mac.0[0] & 1 == 1 {
                 return Err(bad(format!(
@@ -210,22 +215,37 @@ impl NetworkDesired {
                     h.underlay_ip
                 )));
             }
+            for b in &h.blocks {
+                if by_block
+                    .insert(*b, h.underlay_ip)
+                    .is_some_and(|o| o != h.underlay_ip)
+                {
+                    return Err(bad(format!("block {b} on two hosts")));
+                }
+            }
         }
         Ok(())
     }
 }
 
 impl HostDesired {
-    /// Every network valid, and no VNI twice.
+    /// Every network valid, a format this crate reads, and no VNI twice.
     pub fn validate(&self) -> Result<(), DesiredError> {
         self.networks
             .iter()
             .try_for_each(NetworkDesired::validate)?;
-        self.check_vnis()
+        self.check_host()
     }
 
-    /// No VNI given to two networks.
-    pub fn check_vnis(&self) -> Result<(), DesiredError> {
+    /// What concerns the whole message: a format this crate reads ([`FORMAT`] or older; a
+    /// newer one may mean what this agent cannot do) and no VNI given to two networks.
+    pub fn check_host(&self) -> Result<(), DesiredError> {
+        if !(1..=FORMAT).contains(&self.format) {
+            return Err(DesiredError {
+                network: "(all)".into(),
+                detail: format!("format {} is not one of 1..={FORMAT}", self.format),
+            });
+        }
         let mut seen = BTreeMap::new();
         for n in &self.networks {
             if let Some(other) = seen.insert(n.vni, &n.id) {

@@ -107,6 +107,14 @@ fn bad_desired_states_are_refused_before_any_change() {
         ("no subnet", Box::new(|n| n.subnets.clear())),
         ("empty network id", Box::new(|n| n.id.clear())),
         (
+            "endpoint 10.244.0.1 is the gateway",
+            Box::new(|n| n.endpoints[0].ip = ip("10.244.0.1")),
+        ),
+        (
+            "block 10.244.1.0/24 on two hosts",
+            Box::new(|n| n.hosts[1].blocks.push("10.244.1.0/24".parse().unwrap())),
+        ),
+        (
             "gateway 10.9.0.1 outside",
             Box::new(|n| n.subnets[0].gateway = Some(ip("10.9.0.1"))),
         ),

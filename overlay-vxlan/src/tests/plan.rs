@@ -307,6 +307,20 @@ fn sync_host_syncs_every_network_and_removes_those_no_longer_listed() {
     assert!(f.find_link("knov01").unwrap().is_some());
     assert!(f.find_link("knov1001").unwrap().is_some());
 
+    // A format from the future: nothing is touched at all.
+    let before = f.calls().len();
+    let future = HostDesired {
+        format: FORMAT + 1,
+        ..desired.clone()
+    };
+    let s = sync_host(&f, &future);
+    assert!(
+        s.errors[0].to_string().contains("format 2"),
+        "{:?}",
+        s.errors
+    );
+    assert_eq!(f.calls().len(), before);
+
     // One VNI for two networks: nothing is touched at all.
     desired.networks.push(NetworkDesired {
         id: "dup".into(),
