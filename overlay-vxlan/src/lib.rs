@@ -17,12 +17,15 @@
 //!    entry replaced, never deleted first: no window without a path.
 //!
 //! ## Why `neigh_suppress` and not the vxlan device's `proxy`
-//! With `proxy` the vxlan device answers ARP from its own neighbour table but still needs
-//! the request flooded to it by the bridge; the bridge, learning off, also floods unicast to
-//! remote MACs out of every local port. With `neigh_suppress` on the vxlan port, permanent
-//! neighbours on the bridge and a static bridge entry per remote MAC, the bridge answers ARP
-//! and ND itself before anything reaches the tunnel, and forwards unicast to exactly the
-//! vxlan port (the kernel tests count the ARP frames that cross the underlay: none).
+//! With `proxy` the vxlan device answers ARP from its own neighbour table, but only after the
+//! bridge has flooded the request to it (and to every local port). With `neigh_suppress` on
+//! the vxlan port, permanent neighbours on the bridge and a static bridge entry per remote
+//! MAC (which also keeps the bridge, learning off on that port, from flooding unicast to
+//! remote MACs out of every local port), the bridge answers ARP and ND itself and nothing
+//! reaches the tunnel. Measured by the kernel test: ARP frames the bridge forwards to the
+//! vxlan port while containers resolve known remotes, counted by nft: none (and a positive
+//! control, an address nobody has, is counted). The host's own neighbour lookups use the same
+//! permanent entries.
 //!
 //! ## How the state grows
 //! Per network on a host: 2 links; per remote host one flood entry (or one route per block);
@@ -37,8 +40,8 @@
 //! previous and new state (no kernel dump: the work follows the delta), falling back to
 //! [`sync_network`] when it fails or when the VNI, mode, underlay or subnets change. Report
 //! the [`Applied`] counts as metrics and the errors as logs (in `sync_host` a failing network
-//! does not stop the others). [`remove_network`] when a network is
-//! deleted. Endpoints attached locally should take [`endpoint_mac`]`(ip)` as their MAC, so an
+//! does not stop the others). Call [`remove_network`] when a network is deleted. Endpoints
+//! attached locally should take [`endpoint_mac`]`(ip)` as their MAC, so an
 //! address handed to a new container keeps its MAC and peers' ARP caches stay right. The
 //! containers' veths go on the bridge with MTU [`MTU`]. Routed mode needs the host to forward
 //! IPv4 (`net.ipv4.ip_forward=1`, also what makes the bridge's `proxy_arp` answer): the agent
