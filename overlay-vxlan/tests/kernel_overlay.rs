@@ -244,7 +244,7 @@ fn routed_mode_pings_across_hosts_without_vxlan() {
         cidrs: vec!["10.243.0.0/16".parse().unwrap()],
         mode: Mode::Routed,
         members: (0..3)
-            .map(|h| (h, format!("10.243.{}.0/24", h + 1).parse().unwrap()))
+            .map(|h| (h, vec![format!("10.243.{}.0/24", h + 1).parse().unwrap()]))
             .collect(),
     });
     for h in &lab.hosts {

@@ -117,8 +117,8 @@ pub struct Net {
     pub vni: u32,
     pub cidrs: Vec<IpNet>,
     pub mode: Mode,
-    /// Hosts that have it, each with its IPAM block (routed mode).
-    pub members: Vec<(usize, IpNet)>,
+    /// Hosts that have it, each with its IPAM blocks (routed mode routes them).
+    pub members: Vec<(usize, Vec<IpNet>)>,
 }
 
 pub struct Lab {
@@ -210,9 +210,9 @@ impl Lab {
                 .members
                 .iter()
                 .filter(|(h, _)| *h != me)
-                .map(|(h, block)| RemoteHost {
+                .map(|(h, blocks)| RemoteHost {
                     underlay_ip: self.hosts[*h].underlay,
-                    blocks: vec![*block],
+                    blocks: blocks.clone(),
                 })
                 .collect(),
         }
@@ -316,7 +316,7 @@ pub fn vxlan_net(id: &'static str, vni: u32, cidr: &str, hosts: &[usize]) -> Net
         vni,
         cidrs: vec![cidr.parse().unwrap()],
         mode: Mode::Vxlan,
-        members: hosts.iter().map(|h| (*h, cidr.parse().unwrap())).collect(),
+        members: hosts.iter().map(|h| (*h, vec![])).collect(),
     }
 }
 
