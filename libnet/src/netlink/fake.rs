@@ -26,6 +26,9 @@ pub enum Call {
     DelLink(u32),
     SetUp(u32, bool),
     SetMaster(u32, u32),
+    SetMtu(u32, u32),
+    SetMac(u32, [u8; 6]),
+    SetIpv4Devconf(u32, u16, u32),
     AddBridge(String),
     AddVxlan(String, Vxlan),
     SetBrportFlags(u32, BrportFlags),
@@ -48,6 +51,9 @@ impl Call {
             Call::DelLink(..) => "del_link",
             Call::SetUp(..) => "set_up",
             Call::SetMaster(..) => "set_master",
+            Call::SetMtu(..) => "set_mtu",
+            Call::SetMac(..) => "set_mac",
+            Call::SetIpv4Devconf(..) => "set_ipv4_devconf",
             Call::AddBridge(..) => "add_bridge",
             Call::AddVxlan(..) => "add_vxlan",
             Call::SetBrportFlags(..) => "set_brport_flags",
@@ -73,11 +79,21 @@ pub struct Model {
     pub routes: Vec<Route>,
     pub neighs: Vec<Neigh>,
     pub fdb: Vec<FdbEntry>,
+    /// IPv4 per-device settings set so far: (link, `IPV4_DEVCONF_*` id, value).
+    pub ipv4_devconf: Vec<(u32, u16, u32)>,
 }
 
 impl Model {
     pub fn link(&self, name: &str) -> Option<&Link> {
         self.links.iter().find(|l| l.name == name)
+    }
+
+    /// The value of IPv4 setting `id` of link `index`, if one was set.
+    pub fn ipv4_devconf(&self, index: u32, id: u16) -> Option<u32> {
+        self.ipv4_devconf
+            .iter()
+            .find(|(i, k, _)| (*i, *k) == (index, id))
+            .map(|(_, _, v)| *v)
     }
 }
 
@@ -227,8 +243,10 @@ fn has_link(m: &Model, op: &'static str, index: u32) -> Result<()> {
         .ok_or_else(|| no_link(op, index))
 }
 
+/// The same MAC in the same table (a device's own `self` table, or its bridge's `master`
+/// table: two tables in the kernel).
 fn same_fdb_mac(a: &FdbEntry, b: &FdbEntry) -> bool {
-    (a.index, a.mac, a.vlan) == (b.index, b.mac, b.vlan)
+    (a.index, a.is_self, a.mac, a.vlan) == (b.index, b.is_self, b.mac, b.vlan)
 }
 
 /// The kernel tells routes apart by table, destination, metric (and, within those, gateway
@@ -269,6 +287,7 @@ impl Netlink for FakeNetlink {
                 m.routes.retain(|r| r.oif != Some(index));
                 m.neighs.retain(|n| n.index != index);
                 m.fdb.retain(|e| e.index != index);
+                m.ipv4_devconf.retain(|(i, _, _)| *i != index);
                 for l in &mut m.links {
                     if l.master == Some(index) {
                         l.master = None;
@@ -321,6 +340,41 @@ impl Netlink for FakeNetlink {
                     l.learning = Some(true);
                     l.neigh_suppress = Some(false);
                 }
+                Ok(())
+            },
+        )
+    }
+
+    fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.change(
+            Call::SetMtu(index, mtu),
+            || format!("link #{index}"),
+            |m, _| {
+                link_mut(m, "set mtu", index)?.mtu = mtu;
+                Ok(())
+            },
+        )
+    }
+
+    fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        self.change(
+            Call::SetMac(index, mac),
+            || format!("link #{index}"),
+            |m, _| {
+                link_mut(m, "set address", index)?.mac = mac.to_vec();
+                Ok(())
+            },
+        )
+    }
+
+    fn set_ipv4_devconf(&self, index: u32, id: u16, value: u32) -> Result<()> {
+        self.change(
+            Call::SetIpv4Devconf(index, id, value),
+            || format!("link #{index}"),
+            |m, _| {
+                has_link(m, "set ipv4 devconf", index)?;
+                m.ipv4_devconf.retain(|(i, k, _)| (*i, *k) != (index, id));
+                m.ipv4_devconf.push((index, id, value));
                 Ok(())
             },
         )
@@ -505,7 +559,9 @@ impl Netlink for FakeNetlink {
                 // As in the kernel: the same entry again changes nothing, and neither does a
                 // second remote for a unicast MAC; a flood entry gains one more remote.
                 let there = if e.is_flood() {
-                    m.fdb.iter().any(|x| x.key() == e.key())
+                    m.fdb
+                        .iter()
+                        .any(|x| x.key() == e.key() && x.is_self == e.is_self)
                 } else {
                     m.fdb.iter().any(|x| same_fdb_mac(x, e))
                 };
@@ -538,9 +594,11 @@ impl Netlink for FakeNetlink {
             Call::DelFdb(e.clone()),
             || e.describe(),
             |m, _| {
-                // Without `dst`, every remote of the MAC goes.
+                // Without `dst`, every remote of the MAC goes; `self` and `master` entries are
+                // two tables, as in the kernel.
                 m.fdb.retain(|x| {
                     !(x.index == e.index
+                        && x.is_self == e.is_self
                         && x.mac == e.mac
                         && x.vlan == e.vlan
                         && e.dst.is_none_or(|d| x.dst == Some(d)))

@@ -20,6 +20,8 @@ pub const IFNAME_MAX: usize = 15;
 
 /// `IPV4_DEVCONF_ARP_NOTIFY` (linux/ip.h): `net.ipv4.conf.IF.arp_notify`.
 pub const IPV4_DEVCONF_ARP_NOTIFY: u16 = 22;
+/// `IPV4_DEVCONF_PROXY_ARP` (linux/ip.h): `net.ipv4.conf.IF.proxy_arp`.
+pub const IPV4_DEVCONF_PROXY_ARP: u16 = 3;
 
 /// `IFLA_AF_SPEC { AF_INET { IFLA_INET_CONF { id: value } } }`: one IPv4 per-device setting,
 /// and only that one (the kernel marks each id it is given as set by hand).

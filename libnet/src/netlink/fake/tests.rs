@@ -240,3 +240,113 @@ fn sync_fdb_converges_and_leaves_entries_it_does_not_own() {
         vec![want[0].clone()]
     );
 }
+
+#[test]
+fn mtu_mac_and_ipv4_settings_change_the_link_and_go_with_it() {
+    use crate::netlink::link::IPV4_DEVCONF_PROXY_ARP;
+    let f = FakeNetlink::new();
+    f.add_bridge("br0", Some(1500), None).unwrap();
+    let br = f.find_link("br0").unwrap().unwrap().index;
+    f.set_mtu(br, 1450).unwrap();
+    f.set_mac(br, [6, 1, 2, 3, 4, 5]).unwrap();
+    f.set_ipv4_devconf(br, IPV4_DEVCONF_PROXY_ARP, 1).unwrap();
+    f.set_ipv4_devconf(br, IPV4_DEVCONF_PROXY_ARP, 0).unwrap();
+    let l = f.find_link_index(br).unwrap().unwrap();
+    assert_eq!((l.mtu, l.mac.as_slice()), (1450, &[6u8, 1, 2, 3, 4, 5][..]));
+    assert_eq!(f.model().ipv4_devconf(br, IPV4_DEVCONF_PROXY_ARP), Some(0));
+    assert_eq!(f.set_mtu(99, 1400).unwrap_err().errno(), Some(libc::ENODEV));
+    assert_eq!(
+        f.set_ipv4_devconf(99, IPV4_DEVCONF_PROXY_ARP, 1)
+            .unwrap_err()
+            .errno(),
+        Some(libc::ENODEV)
+    );
+    f.del_link(br).unwrap();
+    assert_eq!(f.model().ipv4_devconf, vec![]);
+}
+
+#[test]
+fn self_and_master_entries_of_one_mac_are_two_tables() {
+    let f = FakeNetlink::new();
+    f.add_bridge("br0", None, None).unwrap();
+    f.add_vxlan(&nl("vx0"), &vx()).unwrap();
+    let br = f.find_link("br0").unwrap().unwrap().index;
+    let v = f.find_link("vx0").unwrap().unwrap().index;
+    f.set_master(v, br).unwrap();
+    let mac = [2, 0, 0, 0, 0, 7];
+    let remote = FdbEntry::vxlan_remote(v, mac, ip("10.0.0.2"));
+    let port = FdbEntry {
+        dst: None,
+        is_self: false,
+        state: crate::netlink::fdb::FDB_STATIC,
+        ..remote.clone()
+    };
+    f.append_fdb(&remote).unwrap();
+    f.append_fdb(&port).unwrap();
+    assert_eq!(f.model().fdb, vec![remote.clone(), port.clone()]);
+    f.del_fdb(&port).unwrap();
+    assert_eq!(f.model().fdb, vec![remote]);
+}
+
+mod sync_fdb_property {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    /// An entry of a tiny alphabet, so that moves, duplicates and flood lists happen often:
+    /// MAC 0 is the all-zeros flood entry, dst 0 means none (an entry that is not ours).
+    fn entry(index: u32, (mac, dst, is_self): (u8, u8, bool)) -> FdbEntry {
+        FdbEntry {
+            index,
+            mac: if mac == 0 {
+                [0; 6]
+            } else {
+                [2, 0, 0, 0, 0, mac]
+            },
+            dst: (dst != 0).then(|| ip(&format!("10.0.0.{dst}"))),
+            vlan: None,
+            is_self,
+            state: crate::netlink::neigh::NUD_PERMANENT,
+            master: None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn sync_fdb_reaches_desired_and_leaves_the_rest(
+            current in proptest::collection::vec((0u8..4, 0u8..4, any::<bool>()), 0..12),
+            desired in proptest::collection::vec((0u8..4, 1u8..4), 0..12),
+        ) {
+            let f = FakeNetlink::new();
+            f.add_vxlan(&nl("vx0"), &vx()).unwrap();
+            let v = f.find_link("vx0").unwrap().unwrap().index;
+            for c in &current {
+                f.append_fdb(&entry(v, *c)).unwrap();
+            }
+            let before = f.model().fdb;
+            // A unicast MAC has one remote: the desired list names each MAC once (flood
+            // entries, MAC 0, may list several remotes).
+            let mut macs = BTreeSet::new();
+            let want: Vec<FdbEntry> = desired
+                .iter()
+                .filter(|(m, _)| *m == 0 || macs.insert(*m))
+                .map(|(m, d)| entry(v, (*m, *d, true)))
+                .collect();
+            sync_fdb(&f, v, &want).unwrap();
+            let after = f.model().fdb;
+            let ours = |e: &&FdbEntry| e.is_self && e.dst.is_some();
+            let got: BTreeSet<_> = after.iter().filter(ours).map(FdbEntry::key).collect();
+            let wanted: BTreeSet<_> = want.iter().map(FdbEntry::key).collect();
+            prop_assert_eq!(got, wanted);
+            // Left alone: every entry but ours, and but a `self` entry of a MAC wanted
+            // (taken over, since a unicast MAC has one entry).
+            let taken = |e: &FdbEntry| e.is_self && want.iter().any(|w| !w.is_flood() && w.mac == e.mac);
+            let not_ours = |m: &[FdbEntry]| -> Vec<FdbEntry> {
+                m.iter().filter(|e| !ours(e) && !taken(e)).cloned().collect()
+            };
+            prop_assert_eq!(not_ours(&after), not_ours(&before));
+            // Converged: nothing more to do.
+            prop_assert_eq!(plan_fdb(&after, &want), FdbPlan::default());
+        }
+    }
+}
