@@ -237,9 +237,13 @@ pub(crate) fn classify(url: &str, op: &'static str, e: etcd_client::Error) -> Er
     use etcd_client::Error as E;
     let unavailable = match &e {
         E::TransportError(_) | E::IoError(_) => true,
-        // gRPC's Cancelled (1), DeadlineExceeded (4), Unavailable (14).
+        // gRPC's Cancelled (1), DeadlineExceeded (4), Unavailable (14); and a connection that
+        // broke under a request, which tonic reports as Unknown with the I/O error as source.
         E::GRpcStatus(s) => {
-            matches!(s.code() as i32, 1 | 4 | 14) || s.message().contains("no leader")
+            matches!(s.code() as i32, 1 | 4 | 14)
+                || s.message().contains("no leader")
+                || s.message() == "transport error"
+                || io_in_chain(s)
         }
         _ => false,
     };
@@ -257,6 +261,18 @@ pub(crate) fn classify(url: &str, op: &'static str, e: etcd_client::Error) -> Er
             detail,
         }
     }
+}
+
+/// Is an I/O error (a broken connection) somewhere in this error's sources?
+fn io_in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// The reads of one consistent snapshot: each entry the key-values of one get, in order.
