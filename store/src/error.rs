@@ -177,6 +177,8 @@ pub enum Error {
     /// Other writers kept changing the records this write checks; it was retried that often.
     #[error("{op}: other writers changed the store {attempts} times in a row, try again")]
     Contention { op: &'static str, attempts: u32 },
+    #[error("host {name:?}: {detail}")]
+    HostInvalid { name: String, detail: String },
     #[error("host name {name:?} is registered by a live host with underlay IP {underlay_ip}")]
     HostExists { name: String, underlay_ip: IpAddr },
     #[error("underlay IP {ip} is registered by live host {host:?}")]
@@ -233,7 +235,9 @@ impl Error {
             | Error::BlocksExhausted { .. }
             | Error::VnisExhausted { .. } => ErrorKind::Busy,
             Error::LeaseExpired { .. } => ErrorKind::NotFound,
-            Error::EtcdConfig { .. } | Error::BlockSize { .. } => ErrorKind::Invalid,
+            Error::EtcdConfig { .. } | Error::BlockSize { .. } | Error::HostInvalid { .. } => {
+                ErrorKind::Invalid
+            }
             Error::EtcdUnavailable { .. } | Error::Watch { .. } => ErrorKind::Transient,
             Error::Etcd { .. } => ErrorKind::Internal,
             Error::Sqlite { source, .. } => sqlite_kind(source),

@@ -263,6 +263,7 @@ fn endpoints_round_trip_and_keep_their_network_busy(st: &dyn Store) {
         container_port: 53,
     }];
     e.labels.insert("k".into(), "v".into());
+    e.host = "h1".into();
     st.put_endpoint(&e).unwrap();
     assert_eq!(st.endpoint(&e.id).unwrap(), e);
     assert_eq!(st.network_endpoints(&n.id).unwrap(), vec![e.clone()]);

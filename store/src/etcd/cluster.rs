@@ -183,11 +183,9 @@ impl AsyncEtcdStore {
     pub async fn register_host(&self, host: &Host, ttl: Duration) -> Result<HostLease, Error> {
         validate_name("host", &host.name)?;
         if !valid_mac(&host.vtep_mac) {
-            return Err(Error::EtcdConfig {
-                detail: format!(
-                    "host {:?}: VTEP MAC {:?} is not aa:bb:cc:dd:ee:ff",
-                    host.name, host.vtep_mac
-                ),
+            return Err(Error::HostInvalid {
+                name: host.name.clone(),
+                detail: format!("VTEP MAC {:?} is not aa:bb:cc:dd:ee:ff", host.vtep_mac),
             });
         }
         let body = encode("hosts", &host.name, host)?;
