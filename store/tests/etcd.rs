@@ -486,3 +486,21 @@ fn sync_calls_work_from_plain_threads_spawn_blocking_and_async_tasks() {
     let last = std::sync::Arc::try_unwrap(st).unwrap();
     rt.block_on(async move { drop(last) });
 }
+
+#[test]
+fn a_host_lease_survives_a_short_etcd_restart() {
+    let mut server = EtcdServer::start();
+    let st = server.store("/knit");
+    let ttl = Duration::from_secs(6);
+    let lease = st.register_host(&host("h1", "192.0.2.1"), ttl).unwrap();
+    server.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart();
+    // etcd refreshes every lease when it comes back; the keepalive must reconnect and renew
+    // before that refreshed TTL runs out, or the host would vanish.
+    std::thread::sleep(ttl + Duration::from_secs(3));
+    assert!(lease.is_live());
+    eventually(10, "h1 still registered", || {
+        st.hosts().is_ok_and(|h| h == vec![host("h1", "192.0.2.1")])
+    });
+}
