@@ -12,7 +12,7 @@
 //!   `P/endpoint-ids/ID` (`{"network_id", "sandbox_id"}`: where the body is) and
 //!   `P/sandbox-endpoints/SANDBOX_ID/ID` (the network id).
 //! - cluster records ([`cluster`]): `P/hosts/NAME`, `P/host-ips/IP` (leased), `P/vnis/VNI`,
-//!   `P/network-vni/NETWORK_ID`, `P/blocks/NETWORK_ID/ADDR_LEN` (leased).
+//!   `P/network-vni/NETWORK_ID`; [`blocks`]: `P/blocks/NETWORK_ID/ADDR_LEN` (leased).
 //!
 //! **Runtime.** The [`Store`] trait is synchronous; the store owns a small tokio runtime (one
 //! worker thread, where the gRPC channel's tasks and the lease keepalives run). A synchronous
@@ -24,6 +24,7 @@
 //! [`Error::EtcdUnavailable`] naming the URL (kind `Transient`), never a hang or a panic. The
 //! gRPC channel reconnects by itself, so the next call after etcd is back succeeds.
 
+pub mod blocks;
 pub mod cluster;
 mod model_ops;
 pub mod watch;
@@ -38,7 +39,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 
-pub use cluster::{Block, Host, HostLease, VNI_FIRST, VNI_LAST};
+pub use blocks::Block;
+pub use cluster::{Host, HostLease, VNI_FIRST, VNI_LAST};
 pub use watch::{BlockingWatcher, Kind, Records, WatchEvent, Watcher};
 
 /// The deadline of one etcd request.
