@@ -504,3 +504,144 @@ fn a_host_lease_survives_a_short_etcd_restart() {
         st.hosts().is_ok_and(|h| h == vec![host("h1", "192.0.2.1")])
     });
 }
+
+fn endpoint_on(n: &Network, name: &str, ip: &str) -> store::Endpoint {
+    let mut e = store::Endpoint::new(n.id.clone());
+    e.name = name.into();
+    e.ipv4 = Some(net(ip));
+    e.host = "h1".into();
+    e
+}
+
+#[test]
+fn endpoints_racing_for_a_name_or_an_address_exactly_one_wins() {
+    const ROUNDS: usize = 10;
+    let server = EtcdServer::start();
+    let stores = [server.store("/knit"), server.store("/knit")];
+    let n = network("n", "10.60.0.0/16");
+    stores[0].create_network(&n).unwrap();
+    let barrier = Barrier::new(2);
+    let wins: Vec<(usize, usize, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(t, st)| {
+                let (barrier, n) = (&barrier, &n);
+                s.spawn(move || {
+                    let (mut name, mut addr, mut deleted) = (0, 0, 0);
+                    for r in 0..ROUNDS {
+                        barrier.wait();
+                        let e = endpoint_on(
+                            n,
+                            &format!("same-{r}"),
+                            &format!("10.60.{}.{r}/16", t + 1),
+                        );
+                        match st.put_endpoint(&e) {
+                            Ok(()) => name += 1,
+                            Err(e) => assert!(matches!(e, Error::EndpointNameExists { .. }), "{e}"),
+                        }
+                        barrier.wait();
+                        let e = endpoint_on(n, &format!("t{t}-{r}"), &format!("10.60.9.{r}/16"));
+                        match st.put_endpoint(&e) {
+                            Ok(()) => addr += 1,
+                            Err(e) => assert!(matches!(e, Error::AddressInUse { .. }), "{e}"),
+                        }
+                        // A network deleted while an endpoint is put on it: never both.
+                        let m = network(&format!("m{r}"), &format!("10.{}.0.0/24", 100 + r));
+                        barrier.wait();
+                        if t == 0 {
+                            let _ = st.create_network(&m);
+                        }
+                        barrier.wait();
+                        let raced = st.network(&format!("m{r}")).unwrap();
+                        barrier.wait();
+                        if t == 0 {
+                            let e = endpoint_on(&raced, "x", &format!("10.{}.0.2/24", 100 + r));
+                            match st.put_endpoint(&e) {
+                                Ok(()) => {}
+                                Err(e) => {
+                                    assert!(matches!(e, Error::NetworkNotFound { .. }), "{e}")
+                                }
+                            }
+                        } else {
+                            match st.delete_network(&raced.id) {
+                                Ok(_) => deleted += 1,
+                                Err(e) => assert!(matches!(e, Error::NetworkInUse { .. }), "{e}"),
+                            }
+                        }
+                    }
+                    (name, addr, deleted)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(wins.iter().map(|w| w.0).sum::<usize>(), ROUNDS);
+    assert_eq!(wins.iter().map(|w| w.1).sum::<usize>(), ROUNDS);
+    assert_eq!(
+        stores[0].network_endpoints(&n.id).unwrap().len(),
+        2 * ROUNDS
+    );
+    // Every raced network is either gone with no endpoint left behind, or kept with its one.
+    let deleted = wins[1].2;
+    let left = stores[1].list_networks().unwrap().len() - 1;
+    assert_eq!(deleted + left, ROUNDS);
+    for m in stores[1]
+        .list_networks()
+        .unwrap()
+        .iter()
+        .filter(|m| m.id != n.id)
+    {
+        assert_eq!(
+            stores[1].network_endpoints(&m.id).unwrap().len(),
+            1,
+            "{}",
+            m.name
+        );
+    }
+    let (records, _) = stores[0].list(Kind::Endpoints).unwrap();
+    assert_eq!(
+        records.len(),
+        2 * ROUNDS + left,
+        "no endpoint body outlives its network"
+    );
+}
+
+#[test]
+fn a_replaced_or_deleted_endpoint_frees_its_old_name_and_address() {
+    let server = EtcdServer::start();
+    let st = server.store("/knit");
+    let (n, m) = (network("n", "10.61.0.0/24"), network("m", "10.62.0.0/24"));
+    st.create_network(&n).unwrap();
+    st.create_network(&m).unwrap();
+    let mut e = endpoint_on(&n, "x", "10.61.0.9/24");
+    e.sandbox_id = Some("sb1".into());
+    st.put_endpoint(&e).unwrap();
+    let mut renamed = e.clone();
+    renamed.name = "y".into();
+    renamed.ipv4 = Some(net("10.61.0.10/24"));
+    renamed.sandbox_id = Some("sb2".into());
+    st.put_endpoint(&renamed).unwrap();
+    assert!(st.sandbox_endpoints("sb1").unwrap().is_empty());
+    assert_eq!(st.sandbox_endpoints("sb2").unwrap(), vec![renamed.clone()]);
+    // The old name and address are free again; the new ones are not.
+    st.put_endpoint(&endpoint_on(&n, "x", "10.61.0.9/24"))
+        .unwrap();
+    let e2 = st
+        .put_endpoint(&endpoint_on(&n, "y", "10.61.0.11/24"))
+        .unwrap_err();
+    assert!(matches!(e2, Error::EndpointNameExists { .. }), "{e2}");
+    // Moved to another network: the first network's claims go with it.
+    let mut moved = renamed.clone();
+    moved.network_id = m.id.clone();
+    moved.ipv4 = Some(net("10.62.0.10/24"));
+    st.put_endpoint(&moved).unwrap();
+    assert_eq!(st.network_endpoints(&m.id).unwrap(), vec![moved.clone()]);
+    assert_eq!(st.network_endpoints(&n.id).unwrap().len(), 1);
+    st.put_endpoint(&endpoint_on(&n, "y", "10.61.0.10/24"))
+        .unwrap();
+    assert_eq!(st.delete_endpoint(&moved.id).unwrap(), moved);
+    st.put_endpoint(&endpoint_on(&m, "y", "10.62.0.10/24"))
+        .unwrap();
+    assert_eq!(st.revision().unwrap(), 2 + 7);
+}

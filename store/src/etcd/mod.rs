@@ -3,18 +3,19 @@
 //!
 //! **Key layout** (`P` is the prefix given to [`EtcdStore::connect`], e.g. `/knit`; the full
 //! table with leases and compares is in ARCHITECTURE.md, "The store on etcd"):
-//! - `P/rev`: empty value; every write of the [`Store`] trait puts it in its transaction, so its
-//!   etcd `version` is [`Store::revision`] and its `mod_revision` is what every trait write
-//!   compares (optimistic concurrency: read, check, then commit only if no other trait write
-//!   came in between; else read again).
+//! - `P/rev`: empty value; every write of the [`Store`](crate::Store) trait puts it in its transaction, so its
+//!   etcd `version` is [`Store::revision`](crate::Store::revision). Network and sandbox writes compare its
+//!   `mod_revision` (optimistic concurrency: read, check, then commit only if no other trait
+//!   write came in between; else read again); endpoint writes compare only the keys they read.
 //! - `P/networks/ID`, `P/sandboxes/ID`: the records as JSON.
-//! - `P/endpoints/NETWORK_ID/ID`: an endpoint as JSON, beside two indexes:
-//!   `P/endpoint-ids/ID` (`{"network_id", "sandbox_id"}`: where the body is) and
+//! - `P/endpoints/NETWORK_ID/ID`: an endpoint as JSON, beside `P/endpoint-ids/ID` (where the
+//!   body is and which keys it holds), its claims `P/endpoint-names/NETWORK_ID/NAME` and
+//!   `P/endpoint-addrs/NETWORK_ID/ADDR` (the endpoint id), and
 //!   `P/sandbox-endpoints/SANDBOX_ID/ID` (the network id).
 //! - cluster records ([`cluster`]): `P/hosts/NAME`, `P/host-ips/IP` (leased), `P/vnis/VNI`,
 //!   `P/network-vni/NETWORK_ID`; [`blocks`]: `P/blocks/NETWORK_ID/ADDR_LEN` (leased).
 //!
-//! **Runtime.** The [`Store`] trait is synchronous; the store owns a small tokio runtime (one
+//! **Runtime.** The [`Store`](crate::Store) trait is synchronous; the store owns a small tokio runtime (one
 //! worker thread, where the gRPC channel's tasks and the lease keepalives run). A synchronous
 //! call spawns its future there and waits on a channel, so it works from any thread: a plain
 //! one, a `spawn_blocking` thread of another runtime, even (blocking it) a worker of another
@@ -77,6 +78,12 @@ impl Keys {
     }
     pub(crate) fn endpoint_index(&self, id: &str) -> String {
         format!("{}/endpoint-ids/{id}", self.prefix)
+    }
+    pub(crate) fn endpoint_name(&self, network_id: &str, name: &str) -> String {
+        format!("{}/endpoint-names/{network_id}/{name}", self.prefix)
+    }
+    pub(crate) fn endpoint_addr(&self, network_id: &str, addr: &std::net::IpAddr) -> String {
+        format!("{}/endpoint-addrs/{network_id}/{addr}", self.prefix)
     }
     pub(crate) fn sandbox_endpoint(&self, sandbox_id: &str, id: &str) -> String {
         format!("{}/sandbox-endpoints/{sandbox_id}/{id}", self.prefix)
@@ -366,22 +373,42 @@ impl AsyncEtcdStore {
         gets: impl Fn() -> Vec<Get>,
         plan: impl Fn(&Reads) -> Result<Option<Planned<T>>, Error>,
     ) -> Result<T, Error> {
+        self.write_inner(op, gets, plan, true).await
+    }
+
+    /// A trait write whose plan compares every key it read itself ([`unchanged`]), so writes
+    /// on other keys do not make it retry: endpoints of different networks are written in
+    /// parallel. It still puts `P/rev`, so the revision counts it and every [`Self::write`]
+    /// (which compares `P/rev`) that read before it retries.
+    pub(crate) async fn write_own<T>(
+        &self,
+        op: &'static str,
+        gets: impl Fn() -> Vec<Get>,
+        plan: impl Fn(&Reads) -> Result<Option<Planned<T>>, Error>,
+    ) -> Result<T, Error> {
+        self.write_inner(op, gets, plan, false).await
+    }
+
+    async fn write_inner<T>(
+        &self,
+        op: &'static str,
+        gets: impl Fn() -> Vec<Get>,
+        plan: impl Fn(&Reads) -> Result<Option<Planned<T>>, Error>,
+        compare_rev: bool,
+    ) -> Result<T, Error> {
         let rev_key = self.keys.rev();
         let mut pause = Duration::from_millis(1);
         for _ in 0..MAX_ATTEMPTS {
             let mut all = vec![Get::Key(rev_key.clone())];
             all.extend(gets());
             let reads = self.read(op, all).await?;
-            let seen = reads.one(0).map(KeyValue::mod_revision).unwrap_or(0);
             // `None`: the plan learnt which keys it needs (an id behind a name): read again.
             let Some((mut compares, mut ops, out)) = plan(&reads)? else {
                 continue;
             };
-            compares.push(Compare::mod_revision(
-                rev_key.clone(),
-                CompareOp::Equal,
-                seen,
-            ));
+            if compare_rev {
+                compares.push(unchanged(rev_key.clone(), reads.one(0)));
+            }
             ops.push(TxnOp::put(rev_key.clone(), Vec::new(), None));
             if self.commit(op, compares, ops).await? {
                 return Ok(out);
@@ -394,6 +421,12 @@ impl AsyncEtcdStore {
             attempts: MAX_ATTEMPTS,
         })
     }
+}
+
+/// A compare that `key` is still as read: `kv`'s `mod_revision`, or absent when `kv` is None.
+pub(crate) fn unchanged(key: impl Into<Vec<u8>>, kv: Option<&KeyValue>) -> Compare {
+    let seen = kv.map(KeyValue::mod_revision).unwrap_or(0);
+    Compare::mod_revision(key, CompareOp::Equal, seen)
 }
 
 /// What a write's plan commits: extra compares, the operations, and what the call returns.

@@ -1,14 +1,17 @@
 //! The [`Store`] trait on etcd: the same pure rules as the SQLite store ([`crate::validate`]),
-//! run on one consistent read and committed by a transaction that compares `P/rev` (see
-//! [`AsyncEtcdStore::write`]), so a check and its write are one atomic step across hosts.
+//! run on one consistent read and committed by a transaction that compares what the checks
+//! read (`P/rev` for networks and sandboxes, [`AsyncEtcdStore::write`]; the endpoint's own keys
+//! for endpoints, [`AsyncEtcdStore::write_own`]), so a check and its write are one atomic step
+//! across hosts.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use etcd_client::{DeleteOptions, TxnOp};
 use serde::{Deserialize, Serialize};
 
-use super::{decode, decode_all, encode, AsyncEtcdStore, EtcdStore, Get, Reads};
+use super::{decode, decode_all, encode, unchanged, AsyncEtcdStore, EtcdStore, Get, Reads};
 use crate::error::Error;
 use crate::model::{Endpoint, Network, Sandbox};
 use crate::validate::{
@@ -17,12 +20,63 @@ use crate::validate::{
 };
 use crate::Store;
 
-/// `P/endpoint-ids/ID`: where an endpoint's body and sandbox index are.
+/// `P/endpoint-ids/ID`: where an endpoint's body is, and the index keys it holds (to move or
+/// delete them without reading the body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct EndpointIndex {
     network_id: String,
     #[serde(default)]
     sandbox_id: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    addrs: Vec<IpAddr>,
+}
+
+/// What an endpoint's claim key stands for.
+#[derive(Debug, Clone, Copy)]
+enum Claim {
+    Name,
+    Addr(IpAddr),
+}
+
+impl EndpointIndex {
+    fn of(ep: &Endpoint) -> EndpointIndex {
+        EndpointIndex {
+            network_id: ep.network_id.clone(),
+            sandbox_id: ep.sandbox_id.clone(),
+            name: ep.name.clone(),
+            addrs: [host_addr(&ep.ipv4), host_addr(&ep.ipv6)]
+                .into_iter()
+                .flatten()
+                .collect(),
+        }
+    }
+
+    /// The keys that claim its name and addresses within its network.
+    fn claims(&self, keys: &super::Keys) -> Vec<(String, Claim)> {
+        let name = (!self.name.is_empty()).then(|| {
+            (
+                keys.endpoint_name(&self.network_id, &self.name),
+                Claim::Name,
+            )
+        });
+        let addrs = self
+            .addrs
+            .iter()
+            .map(|a| (keys.endpoint_addr(&self.network_id, a), Claim::Addr(*a)));
+        name.into_iter().chain(addrs).collect()
+    }
+
+    /// Every key the endpoint holds: its body, `endpoint-ids`, its claims, its sandbox entry.
+    fn keys(&self, keys: &super::Keys, id: &str) -> Vec<String> {
+        let mut out = vec![keys.endpoint(&self.network_id, id), keys.endpoint_index(id)];
+        out.extend(self.claims(keys).into_iter().map(|(k, _)| k));
+        if let Some(sb) = &self.sandbox_id {
+            out.push(keys.sandbox_endpoint(sb, id));
+        }
+        out
+    }
 }
 
 /// An id a plan learnt from its read (the network behind a name) and needs the next read to
@@ -167,12 +221,7 @@ impl AsyncEtcdStore {
                 ),
             ];
             // The VNI is allocated outside trait writes: compare it is still the one read.
-            let seen = r.one(3).map(|kv| kv.mod_revision()).unwrap_or(0);
-            let compares = vec![etcd_client::Compare::mod_revision(
-                vni_key.clone(),
-                etcd_client::CompareOp::Equal,
-                seen,
-            )];
+            let compares = vec![unchanged(vni_key.clone(), r.one(3))];
             if let Some(kv) = r.one(3) {
                 if let Some(vni) = std::str::from_utf8(kv.value())
                     .ok()
@@ -218,24 +267,30 @@ impl AsyncEtcdStore {
         .await
     }
 
-    /// [`Store::put_endpoint`].
+    /// [`Store::put_endpoint`]. Its name and each address are claimed by a key of their own
+    /// (`P/endpoint-names/NETWORK/NAME`, `P/endpoint-addrs/NETWORK/ADDR`, value: the endpoint
+    /// id); the transaction compares those, the network and the endpoint's index unchanged
+    /// since read, so endpoints on different networks never make each other retry and the cost
+    /// does not grow with the network.
     pub async fn put_endpoint(&self, ep: &Endpoint) -> Result<(), Error> {
         validate_id("endpoint", &ep.id)?;
         validate_id("network", &ep.network_id)?;
+        if !ep.name.is_empty() {
+            crate::validate::validate_name("endpoint", &ep.name)?;
+        }
         let body = encode("endpoints", &ep.id, ep)?;
-        let index = EndpointIndex {
-            network_id: ep.network_id.clone(),
-            sandbox_id: ep.sandbox_id.clone(),
-        };
+        let index = EndpointIndex::of(ep);
         let index_body = encode("endpoints", &ep.id, &index)?;
+        let nkey = self.keys.network(&ep.network_id);
+        let ikey = self.keys.endpoint_index(&ep.id);
+        // Read at index 3 on, in this order.
+        let claims = index.claims(&self.keys);
         let gets = || {
-            vec![
-                Get::Key(self.keys.network(&ep.network_id)),
-                Get::Prefix(self.keys.network_endpoints(&ep.network_id)),
-                Get::Key(self.keys.endpoint_index(&ep.id)),
-            ]
+            let mut g = vec![Get::Key(nkey.clone()), Get::Key(ikey.clone())];
+            g.extend(claims.iter().map(|(k, _)| Get::Key(k.clone())));
+            g
         };
-        self.write("put endpoint", gets, |r: &Reads| {
+        self.write_own("put endpoint", gets, |r: &Reads| {
             let Some(nkv) = r.one(1) else {
                 return Err(Error::NetworkNotFound {
                     name_or_id: ep.network_id.clone(),
@@ -243,24 +298,27 @@ impl AsyncEtcdStore {
             };
             let net: Network = decode("networks", nkv)?;
             validate_endpoint(ep, &net)?;
-            let others: Vec<Endpoint> = decode_all("endpoints", r.all(2))?;
-            let others = || others.iter().filter(|o| o.id != ep.id);
-            if !ep.name.is_empty() && others().any(|o| o.name == ep.name) {
-                return Err(Error::EndpointNameExists {
-                    name: ep.name.clone(),
-                    network: net.name,
-                });
-            }
-            for (mine, v4) in [(host_addr(&ep.ipv4), true), (host_addr(&ep.ipv6), false)] {
-                let Some(mine) = mine else { continue };
-                let of = |o: &Endpoint| host_addr(if v4 { &o.ipv4 } else { &o.ipv6 });
-                if let Some(holder) = others().find(|o| of(o) == Some(mine)) {
-                    return Err(Error::AddressInUse {
-                        addr: mine,
-                        endpoint: holder.id.clone(),
-                        network: net.name.clone(),
+            let mut compares = vec![
+                unchanged(nkey.clone(), Some(nkv)),
+                unchanged(ikey.clone(), r.one(2)),
+            ];
+            for (i, (key, claim)) in claims.iter().enumerate() {
+                let kv = r.one(3 + i);
+                let holder = kv.map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                if let Some(holder) = holder.filter(|h| *h != ep.id) {
+                    return Err(match claim {
+                        Claim::Name => Error::EndpointNameExists {
+                            name: ep.name.clone(),
+                            network: net.name,
+                        },
+                        Claim::Addr(addr) => Error::AddressInUse {
+                            addr: *addr,
+                            endpoint: holder,
+                            network: net.name,
+                        },
                     });
                 }
+                compares.push(unchanged(key.clone(), kv));
             }
             let mut ops = vec![
                 TxnOp::put(
@@ -268,28 +326,28 @@ impl AsyncEtcdStore {
                     body.clone(),
                     None,
                 ),
-                TxnOp::put(self.keys.endpoint_index(&ep.id), index_body.clone(), None),
+                TxnOp::put(ikey.clone(), index_body.clone(), None),
             ];
+            ops.extend(
+                claims
+                    .iter()
+                    .map(|(k, _)| TxnOp::put(k.clone(), ep.id.clone(), None)),
+            );
             if let Some(sb) = &ep.sandbox_id {
                 let key = self.keys.sandbox_endpoint(sb, &ep.id);
                 ops.push(TxnOp::put(key, ep.network_id.clone(), None));
             }
-            if let Some(kv) = r.one(3) {
+            // A replaced endpoint gives up the keys it no longer holds.
+            if let Some(kv) = r.one(2) {
                 let old: EndpointIndex = decode("endpoints", kv)?;
-                if old.network_id != ep.network_id {
-                    ops.push(TxnOp::delete(
-                        self.keys.endpoint(&old.network_id, &ep.id),
-                        None,
-                    ));
-                }
-                if let Some(old_sb) = old.sandbox_id.filter(|s| Some(s) != ep.sandbox_id.as_ref()) {
-                    ops.push(TxnOp::delete(
-                        self.keys.sandbox_endpoint(&old_sb, &ep.id),
-                        None,
-                    ));
+                let new_keys = index.keys(&self.keys, &ep.id);
+                for k in old.keys(&self.keys, &ep.id) {
+                    if !new_keys.contains(&k) {
+                        ops.push(TxnOp::delete(k, None));
+                    }
                 }
             }
-            Ok(Some((vec![], ops, ())))
+            Ok(Some((compares, ops, ())))
         })
         .await
     }
@@ -315,20 +373,21 @@ impl AsyncEtcdStore {
         }
     }
 
-    /// [`Store::delete_endpoint`].
+    /// [`Store::delete_endpoint`]: the body and every key it holds, if all are as read.
     pub async fn delete_endpoint(&self, id: &str) -> Result<Endpoint, Error> {
         let not_found = || Error::EndpointNotFound { id: id.to_string() };
         if validate_id("endpoint", id).is_err() {
             return Err(not_found());
         }
         let guess = Guess::default();
+        let ikey = self.keys.endpoint_index(id);
         let gets = || {
             vec![
-                Get::Key(self.keys.endpoint_index(id)),
+                Get::Key(ikey.clone()),
                 Get::Key(self.keys.endpoint(&guess.get(), id)),
             ]
         };
-        self.write("delete endpoint", gets, |r: &Reads| {
+        self.write_own("delete endpoint", gets, |r: &Reads| {
             let Some(kv) = r.one(1) else {
                 return Err(not_found());
             };
@@ -340,14 +399,17 @@ impl AsyncEtcdStore {
                 return Err(not_found());
             };
             let ep: Endpoint = decode("endpoints", body)?;
-            let mut ops = vec![
-                TxnOp::delete(self.keys.endpoint(&index.network_id, id), None),
-                TxnOp::delete(self.keys.endpoint_index(id), None),
+            let bkey = self.keys.endpoint(&index.network_id, id);
+            let compares = vec![
+                unchanged(ikey.clone(), Some(kv)),
+                unchanged(bkey, Some(body)),
             ];
-            if let Some(sb) = &index.sandbox_id {
-                ops.push(TxnOp::delete(self.keys.sandbox_endpoint(sb, id), None));
-            }
-            Ok(Some((vec![], ops, ep)))
+            let ops = index
+                .keys(&self.keys, id)
+                .into_iter()
+                .map(|k| TxnOp::delete(k, None))
+                .collect();
+            Ok(Some((compares, ops, ep)))
         })
         .await
     }
