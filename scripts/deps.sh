@@ -3,7 +3,8 @@
 # Idempotent; run as root on Debian 12. Skips apt entirely when everything is already present.
 set -euo pipefail
 PKGS=(iproute2 nftables iptables iputils-ping etcd-server etcd-client podman runc containernetworking-plugins
-      netavark aardvark-dns busybox-static iperf3 curl jq docker.io bind9-dnsutils unbound dnsperf)
+      netavark aardvark-dns busybox-static iperf3 curl jq docker.io bind9-dnsutils unbound dnsperf
+      protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,7 +22,7 @@ pub enum ErrorKind {
     Busy,
     /// The request itself is wrong: a bad name, a gateway outside its subnet, …
     Invalid,
-    /// Try again (reserved for the etcd backend: a lost connection, a compacted revision).
+    /// Try again: etcd unreachable or restarting, a watch to restart.
     Transient,
     /// A bug, a damaged database, or an I/O error on the state dir.
     Internal,
@@ -196,6 +196,59 @@ pub enum Error {
         id: String,
         source: serde_json::Error,
     },
+    /// etcd did not answer (down, restarting, no leader, or slower than the operation timeout).
+    #[error("etcd at {url} is unreachable: {op}: {detail}")]
+    EtcdUnavailable {
+        url: String,
+        op: &'static str,
+        detail: String,
+    },
+    /// etcd answered with an error that retrying will not fix.
+    #[error("etcd at {url}: {op}: {detail}")]
+    Etcd {
+        url: String,
+        op: &'static str,
+        detail: String,
+    },
+    /// How the etcd store was asked to connect is wrong (no endpoint, an empty key prefix).
+    #[error("etcd store: {detail}")]
+    EtcdConfig { detail: String },
+    /// Other writers kept changing the records this write checks; it was retried that often.
+    #[error("{op}: other writers changed the store {attempts} times in a row, try again")]
+    Contention { op: &'static str, attempts: u32 },
+    #[error("host {name:?}: {detail}")]
+    HostInvalid { name: String, detail: String },
+    #[error("host name {name:?} is registered by a live host with underlay IP {underlay_ip}")]
+    HostExists { name: String, underlay_ip: IpAddr },
+    #[error("underlay IP {ip} is registered by live host {host:?}")]
+    UnderlayIpInUse { ip: IpAddr, host: String },
+    /// The host's lease expired (or was revoked): it holds no name, block or VNI any more and
+    /// must register again.
+    #[error("host {host:?}: its lease {lease:x} expired or was revoked, register again")]
+    LeaseExpired { host: String, lease: i64 },
+    #[error("block {block} of network {network:?} is held by host {host:?}")]
+    BlockTaken {
+        block: IpNet,
+        network: String,
+        host: String,
+    },
+    #[error("network {network:?} has no free /{prefix_len} block left")]
+    BlocksExhausted { network: String, prefix_len: u8 },
+    #[error("block size /{prefix_len} does not fit network {network:?}'s subnet {subnet}")]
+    BlockSize {
+        network: String,
+        subnet: IpNet,
+        prefix_len: u8,
+    },
+    #[error("no free VNI left for network {network:?}")]
+    VnisExhausted { network: String },
+    /// A watch could not be (re)started; the watcher keeps its place and can be polled again.
+    #[error("watch of {what} from revision {revision}: {detail}")]
+    Watch {
+        what: &'static str,
+        revision: i64,
+        detail: String,
+    },
 }
 
 impl Error {
@@ -215,10 +268,22 @@ impl Error {
             | Error::AddressInUse { .. }
             | Error::AddressIsVip { .. }
             | Error::ServiceExists { .. }
-            | Error::ServiceIdExists { .. } => ErrorKind::Exists,
+            | Error::ServiceIdExists { .. }
+            | Error::HostExists { .. }
+            | Error::UnderlayIpInUse { .. }
+            | Error::BlockTaken { .. } => ErrorKind::Exists,
             Error::NetworkInUse { .. }
             | Error::SandboxInUse { .. }
-            | Error::NetworkHasServices { .. } => ErrorKind::Busy,
+            | Error::NetworkHasServices { .. }
+            | Error::Contention { .. }
+            | Error::BlocksExhausted { .. }
+            | Error::VnisExhausted { .. } => ErrorKind::Busy,
+            Error::LeaseExpired { .. } => ErrorKind::NotFound,
+            Error::EtcdConfig { .. } | Error::BlockSize { .. } | Error::HostInvalid { .. } => {
+                ErrorKind::Invalid
+            }
+            Error::EtcdUnavailable { .. } | Error::Watch { .. } => ErrorKind::Transient,
+            Error::Etcd { .. } => ErrorKind::Internal,
             Error::Sqlite { source, .. } => sqlite_kind(source),
             Error::StateDir { .. }
             | Error::SchemaTooNew { .. }

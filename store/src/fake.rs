@@ -9,8 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 use crate::error::Error;
 use crate::model::{Endpoint, Network, Sandbox, Service};
 use crate::validate::{
-    find_overlap, host_addr, validate_endpoint, validate_id, validate_network, validate_sandbox,
-    validate_service,
+    find_overlap, host_addr, resolve, validate_endpoint, validate_id, validate_network,
+    validate_sandbox, validate_service,
 };
 use crate::Store;
 
@@ -47,34 +47,6 @@ impl MemStore {
         next.revision += 1;
         *st = next;
         Ok(out)
-    }
-}
-
-/// Docker's lookup over `(id, name)` pairs: a full id, else an exact name, else a unique id
-/// prefix. `Ok(None)`: nothing matched.
-fn resolve<'a, T>(
-    what: &'static str,
-    items: impl Iterator<Item = (&'a str, &'a str, &'a T)> + Clone,
-    name_or_id: &str,
-) -> Result<Option<&'a T>, Error> {
-    if name_or_id.is_empty() {
-        return Ok(None);
-    }
-    if let Some((_, _, t)) = items.clone().find(|(id, _, _)| *id == name_or_id) {
-        return Ok(Some(t));
-    }
-    if let Some((_, _, t)) = items.clone().find(|(_, name, _)| *name == name_or_id) {
-        return Ok(Some(t));
-    }
-    let mut prefixed = items.filter(|(id, _, _)| id.starts_with(name_or_id));
-    match (prefixed.next(), prefixed.count()) {
-        (None, _) => Ok(None),
-        (Some((_, _, t)), 0) => Ok(Some(t)),
-        (Some(_), more) => Err(Error::Ambiguous {
-            what,
-            prefix: name_or_id.to_string(),
-            count: more + 1,
-        }),
     }
 }
 

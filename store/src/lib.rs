@@ -10,7 +10,9 @@
 //! - [`SqliteStore`] — single host, the default: one SQLite database under `--state-dir`, shared
 //!   by the CLI, the CNI plugins and the agent at once, each write one transaction that is
 //!   either committed or absent after a `kill -9`.
-//! - etcd (a cluster) implements the same trait in a later issue.
+//! - [`etcd::EtcdStore`] (feature `etcd`) — a cluster: the same model in etcd, each write one
+//!   etcd transaction whose compares make its checks atomic across hosts, plus the cluster's
+//!   own records (hosts under leases, VNIs, IPAM blocks leased per host) and watches.
 //! - `fake::MemStore` (feature `fake`): in memory, for other crates' unit tests.
 //!
 //! ```no_run
@@ -26,6 +28,8 @@
 //! ```
 
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod model;
@@ -38,6 +42,9 @@ pub use model::{
     Proto, Sandbox, Service, ServicePort,
 };
 pub use sqlite::{SqliteStore, BUSY_TIMEOUT, DB_FILE};
+
+#[cfg(feature = "etcd")]
+pub use etcd::{AsyncEtcdStore, EtcdStore};
 
 /// The network model's store. Synchronous: the agent calls it from blocking threads, the CLI
 /// and the CNI plugins directly.

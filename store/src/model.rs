@@ -215,6 +215,10 @@ pub struct Endpoint {
     pub ports: Vec<PortMap>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The host whose agent attached it (a cluster on etcd); empty on a single host, and then
+    /// not written, so single-host records stay as they were.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 impl Endpoint {
@@ -232,6 +236,7 @@ impl Endpoint {
             ipv6: None,
             ports: Vec::new(),
             labels: BTreeMap::new(),
+            host: String::new(),
         }
     }
 }

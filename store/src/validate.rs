@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
-use crate::error::ValidationError;
+use crate::error::{Error, ValidationError};
 use crate::model::{options, parse_bool, Endpoint, Network, Pool, Sandbox, Service};
 
 /// Longest network or sandbox name. Docker sets none; ours keeps names usable in paths and
@@ -310,6 +310,34 @@ pub fn validate_service(svc: &Service, net: &Network) -> Result<(), ValidationEr
 /// The address part of an endpoint's address, the key that must be unique within a network.
 pub(crate) fn host_addr(a: &Option<IpNet>) -> Option<IpAddr> {
     a.as_ref().map(IpNet::addr)
+}
+
+/// Docker's lookup over `(id, name)` pairs: a full id, else an exact name, else a unique id
+/// prefix. `Ok(None)`: nothing matched.
+pub(crate) fn resolve<'a, T>(
+    what: &'static str,
+    items: impl Iterator<Item = (&'a str, &'a str, &'a T)> + Clone,
+    name_or_id: &str,
+) -> Result<Option<&'a T>, Error> {
+    if name_or_id.is_empty() {
+        return Ok(None);
+    }
+    if let Some((_, _, t)) = items.clone().find(|(id, _, _)| *id == name_or_id) {
+        return Ok(Some(t));
+    }
+    if let Some((_, _, t)) = items.clone().find(|(_, name, _)| *name == name_or_id) {
+        return Ok(Some(t));
+    }
+    let mut prefixed = items.filter(|(id, _, _)| id.starts_with(name_or_id));
+    match (prefixed.next(), prefixed.count()) {
+        (None, _) => Ok(None),
+        (Some((_, _, t)), 0) => Ok(Some(t)),
+        (Some(_), more) => Err(Error::Ambiguous {
+            what,
+            prefix: name_or_id.to_string(),
+            count: more + 1,
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! The store's behaviour: round trips, refusals that write nothing, the revision. Each scenario
-//! runs on the SQLite store (on a temp dir) and on the in-memory fake, so the two agree; what
-//! only a database can do (another connection, the file) is tested on SQLite alone.
+//! runs on the SQLite store (on a temp dir), on the in-memory fake and on the etcd store (a real
+//! etcd per test), so the three agree; what only a database can do (another connection, the
+//! file) is tested on SQLite alone, what only etcd can do in tests/etcd.rs.
+
+mod etcd_server;
 
 use std::collections::BTreeMap;
 
@@ -27,7 +30,7 @@ fn open() -> (tempfile::TempDir, SqliteStore) {
     (dir, st)
 }
 
-/// Runs a scenario `fn(&dyn Store)` as two tests: `NAME::sqlite` and `NAME::mem`.
+/// Runs a scenario `fn(&dyn Store)` as three tests: `NAME::sqlite`, `NAME::mem`, `NAME::etcd`.
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -39,6 +42,11 @@ macro_rules! on_both {
             #[test]
             fn mem() {
                 super::$name(&super::MemStore::new());
+            }
+            #[test]
+            fn etcd() {
+                let server = super::etcd_server::EtcdServer::start();
+                super::$name(&server.store("/knit-conformance"));
             }
         }
     )*};
@@ -256,6 +264,7 @@ fn endpoints_round_trip_and_keep_their_network_busy(st: &dyn Store) {
         container_port: 53,
     }];
     e.labels.insert("k".into(), "v".into());
+    e.host = "h1".into();
     st.put_endpoint(&e).unwrap();
     assert_eq!(st.endpoint(&e.id).unwrap(), e);
     assert_eq!(st.network_endpoints(&n.id).unwrap(), vec![e.clone()]);
