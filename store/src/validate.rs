@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
-use crate::error::{Error, ValidationError};
+use crate::error::ValidationError;
 use crate::model::{options, parse_bool, Endpoint, Network, Pool, Sandbox, Service};
 
 /// Longest network or sandbox name. Docker sets none; ours keeps names usable in paths and
@@ -313,12 +313,13 @@ pub(crate) fn host_addr(a: &Option<IpNet>) -> Option<IpAddr> {
 }
 
 /// Docker's lookup over `(id, name)` pairs: a full id, else an exact name, else a unique id
-/// prefix. `Ok(None)`: nothing matched.
+/// prefix. `Ok(None)`: nothing matched. (The SQLite store does the same in SQL.)
+#[cfg(any(test, feature = "fake", feature = "etcd"))]
 pub(crate) fn resolve<'a, T>(
     what: &'static str,
     items: impl Iterator<Item = (&'a str, &'a str, &'a T)> + Clone,
     name_or_id: &str,
-) -> Result<Option<&'a T>, Error> {
+) -> Result<Option<&'a T>, crate::error::Error> {
     if name_or_id.is_empty() {
         return Ok(None);
     }
@@ -332,7 +333,7 @@ pub(crate) fn resolve<'a, T>(
     match (prefixed.next(), prefixed.count()) {
         (None, _) => Ok(None),
         (Some((_, _, t)), 0) => Ok(Some(t)),
-        (Some(_), more) => Err(Error::Ambiguous {
+        (Some(_), more) => Err(crate::error::Error::Ambiguous {
             what,
             prefix: name_or_id.to_string(),
             count: more + 1,
