@@ -570,7 +570,7 @@ fn service_vip_balances_and_follows_backends() {
     h.ns.run_in(|| nft.check_service(&a, vip, &ports, &both))
         .unwrap()
         .unwrap();
-    assert_eq!(h.knit_elems("inet", "svc4").len(), 2);
+    assert_eq!(h.knit_elems("inet", "svc_slot4").len(), 2);
     let tally = |n: usize| {
         let mut seen = std::collections::BTreeMap::<String, usize>::new();
         for _ in 0..n {
@@ -589,12 +589,12 @@ fn service_vip_balances_and_follows_backends() {
     h.ns.run_in(|| nft.ensure_service(&a, vip, &ports, &both[..1]))
         .unwrap()
         .unwrap();
-    assert_eq!(h.knit_elems("inet", "svc4").len(), 1);
+    assert_eq!(h.knit_elems("inet", "svc_slot4").len(), 1);
     let seen = tally(40);
     assert_eq!(seen.keys().collect::<Vec<_>>(), ["10.244.9.1"], "{seen:?}");
 
     h.ns.run_in(|| nft.del_service(&a)).unwrap().unwrap();
-    assert!(h.knit_elems("inet", "svc4").is_empty());
+    assert!(h.knit_elems("inet", "svc_slot4").is_empty());
     assert!(h.knit_elems("inet", "svc_vips4").is_empty());
     assert!(connect_from(&x, "10.244.8.100:80").is_err());
     assert!(h

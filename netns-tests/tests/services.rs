@@ -352,7 +352,7 @@ fn a_service_balances_over_its_selected_endpoints_and_follows_them() -> Result<(
     // rm leaves nothing.
     c.h.knit(&["service", "rm", "web"])?;
     ensure!(
-        c.elements("svc4")? == 0 && c.elements("svc_vips4")? == 0,
+        c.elements("svc_slot4")? == 0 && c.elements("svc_vips4")? == 0,
         "elements left"
     );
     let addrs = c.h.ns.run(&["ip", "-o", "addr", "show"])?;

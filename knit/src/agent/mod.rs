@@ -50,6 +50,9 @@ struct Shared {
 
 pub fn run(state_dir: &Path, dirs: Dirs, a: &AgentArgs) -> Result<i32> {
     init_logs(a.log_format);
+    // A daemon: keep nfnetlink sockets open, so a burst of element deletions (endpoints and
+    // service backends going) does not serialise on nf_tables' destroy work.
+    libnet::nft::keep_sockets();
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
     let _lock = lock_state_dir(state_dir)?;

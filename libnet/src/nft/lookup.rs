@@ -8,8 +8,8 @@ use netlink_sys::Socket;
 
 use super::error::NftError;
 use super::wire::{
-    find, messages, recv_queued, socket, WireElem, NFNL_SUBSYS_NFTABLES, NFTA_DATA_VALUE,
-    NFTA_LIST_ELEM, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_USERDATA,
+    find, messages, recv_queued, WireElem, NFNL_SUBSYS_NFTABLES, NFTA_DATA_VALUE, NFTA_LIST_ELEM,
+    NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_USERDATA,
     NFTNL_UDATA_SET_ELEM_COMMENT, NFT_MSG_NEWSETELEM, NLMSG_ERROR,
 };
 
@@ -95,12 +95,14 @@ pub fn lookup(elems: &[WireElem]) -> Result<Vec<Option<Found>>, NftError> {
     if elems.is_empty() {
         return Ok(Vec::new());
     }
-    let sock = socket("lookup")?;
-    elems
+    let sock = super::wire::take_socket("lookup")?;
+    let found = elems
         .iter()
         .zip(1..)
         .map(|(e, seq)| lookup_one(&sock, e, seq))
-        .collect()
+        .collect();
+    super::wire::close(sock);
+    found
 }
 
 #[cfg(test)]

@@ -101,10 +101,10 @@ pub use error::NftError;
 pub use lookup::Found;
 pub use plan::{
     Elem, ElemOp, IngressPolicy, PortMapping, Proto, RawPortMapping, ServicePort, Table,
-    SERVICE_SLOTS,
+    SERVICE_MAX_BACKENDS,
 };
 pub use state::{Attachment, Feature, Record, StateDir, DEFAULT_STATE_DIR};
-pub use wire::WireElem;
+pub use wire::{keep_sockets, WireElem};
 
 /// The sysctl the portmap caller sets to 1 on the bridge so 127.0.0.0/8 can be DNATed out.
 pub fn route_localnet_key(bridge: &str) -> String {
@@ -249,8 +249,29 @@ impl<A: NftApply> Nft<A> {
         ports: &[plan::ServicePort],
         backends: &[IpAddr],
     ) -> Result<(), NftError> {
-        let elems = plan::plan_service(vip, ports, backends)?;
+        let elems = plan::plan_service(vip, ports, &self.service_slots(att, vip, backends)?)?;
         self.ensure(att, Feature::Service, elems)
+    }
+
+    /// The backends of the VIP's family in slot order, keeping the recorded order
+    /// ([`plan::assign_slots`]).
+    fn service_slots(
+        &self,
+        att: &Attachment,
+        vip: IpAddr,
+        backends: &[IpAddr],
+    ) -> Result<Vec<IpAddr>, NftError> {
+        let backends: Vec<IpAddr> = backends
+            .iter()
+            .filter(|b| b.is_ipv4() == vip.is_ipv4())
+            .copied()
+            .collect();
+        let previous = match self.state.read(att, Feature::Service) {
+            Ok(Some(rec)) => plan::slots_of(&rec.elems),
+            Ok(None) | Err(NftError::StateContent { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(plan::assign_slots(&previous, &backends))
     }
 
     pub fn del_service(&self, att: &Attachment) -> Result<(), NftError> {
@@ -264,7 +285,8 @@ impl<A: NftApply> Nft<A> {
         ports: &[plan::ServicePort],
         backends: &[IpAddr],
     ) -> Result<(), NftError> {
-        self.check(att, &plan::plan_service(vip, ports, backends)?)
+        let slots = self.service_slots(att, vip, backends)?;
+        self.check(att, &plan::plan_service(vip, ports, &slots)?)
     }
 
     fn ensure(&self, att: &Attachment, feature: Feature, elems: Vec<Elem>) -> Result<(), NftError> {

@@ -322,27 +322,76 @@ pub struct ServicePort {
     pub target: u16,
 }
 
-/// The number of `numgen` slots a service's backends share (`numgen random mod SLOTS`).
-pub const SERVICE_SLOTS: u32 = 65536;
+/// The most backends a service balances over: the skeleton has one chain `svc_mod_N` (`numgen
+/// random mod N`) per N up to this. Further backends get no slot (and no new connections).
+pub const SERVICE_MAX_BACKENDS: usize = 64;
 
-/// A service: its virtual address in `svc_vips{4,6}` (clients are masqueraded, so replies come
-/// back through the host even from a backend on the client's own bridge), and per port one
-/// `svc{4,6}` element per backend of the VIP's family, each owning an equal run of the
-/// [`SERVICE_SLOTS`] slots a new connection draws from at random. A backend coming or going
-/// changes only this service's elements: the cost grows with its backends, never with the
-/// number of services.
+/// The slot order of a service's backends after a change: each backend of `previous` (the slot
+/// order in force) that is still wanted keeps its slot while that slot exists, and the others
+/// fill the free slots in the order given. So one backend coming or going moves at most one
+/// other (the last one, into the hole): O(1) element changes whatever the number of backends.
+pub fn assign_slots(previous: &[IpAddr], backends: &[IpAddr]) -> Vec<IpAddr> {
+    let mut wanted: Vec<IpAddr> = Vec::new();
+    for b in backends {
+        if !wanted.contains(b) {
+            wanted.push(*b);
+        }
+    }
+    let n = wanted.len().min(SERVICE_MAX_BACKENDS);
+    let mut slots: Vec<Option<IpAddr>> = vec![None; n];
+    for (slot, b) in slots.iter_mut().zip(previous) {
+        if wanted.contains(b) {
+            *slot = Some(*b);
+        }
+    }
+    let placed: Vec<IpAddr> = slots.iter().flatten().copied().collect();
+    let mut rest = wanted.iter().filter(|b| !placed.contains(b));
+    for slot in slots.iter_mut().filter(|s| s.is_none()) {
+        *slot = rest.next().copied();
+    }
+    slots.into_iter().flatten().collect()
+}
+
+/// The slot order recorded in a service's elements ([`plan_service`]'s `svc_slot*` keys end in
+/// the slot number, their values start with the backend).
+pub fn slots_of(elems: &[Elem]) -> Vec<IpAddr> {
+    let mut found: Vec<(usize, IpAddr)> = elems
+        .iter()
+        .filter(|e| e.set.starts_with("svc_slot"))
+        .filter_map(|e| {
+            let slot = e.key.rsplit(" . ").next()?.parse().ok()?;
+            let backend = e.value.as_deref()?.split(" . ").next()?.parse().ok()?;
+            Some((slot, backend))
+        })
+        .collect();
+    found.sort();
+    found.dedup_by_key(|(slot, _)| *slot);
+    found
+        .iter()
+        .enumerate()
+        .take_while(|(i, (slot, _))| i == slot)
+        .map(|(_, (_, b))| *b)
+        .collect()
+}
+
+/// A service: its virtual address in `svc_vips{4,6}` (for the jump, and to masquerade its
+/// clients, so replies come back through the host even from a backend on the client's own
+/// bridge); per port, `svc_n{4,6}` sends `VIP . proto . port` to the chain `svc_mod_N` (N
+/// backends), whose `numgen random mod N` picks slot `i` of `svc_slot{4,6}`, `VIP . proto .
+/// port . i` → `backend . target`. `slots` is the backends in slot order ([`assign_slots`]), of
+/// the VIP's family. Hash maps only: a change costs the same with 10 or 10,000 services.
 pub fn plan_service(
     vip: IpAddr,
     ports: &[ServicePort],
-    backends: &[IpAddr],
+    slots: &[IpAddr],
 ) -> Result<Vec<Elem>, NftError> {
     let f = fam(&vip);
     let mut out = vec![Elem::new(&format!("svc_vips{f}"), vip.to_string(), None)];
-    let mine: Vec<&IpAddr> = backends
+    let mine: Vec<&IpAddr> = slots
         .iter()
         .filter(|b| b.is_ipv4() == vip.is_ipv4())
+        .take(SERVICE_MAX_BACKENDS)
         .collect();
-    let n = mine.len() as u64;
     let mut seen = BTreeSet::new();
     for p in ports {
         if p.port == 0 || p.target == 0 {
@@ -354,13 +403,19 @@ pub fn plan_service(
                 format!("{}/{} twice", p.port, p.protocol.as_str()),
             ));
         }
+        if mine.is_empty() {
+            continue;
+        }
+        let key = format!("{vip} . {} . {}", p.protocol.as_str(), p.port);
+        out.push(Elem::new(
+            &format!("svc_n{f}"),
+            key.clone(),
+            Some(format!("goto svc_mod_{}", mine.len())),
+        ));
         for (i, b) in mine.iter().enumerate() {
-            let i = i as u64;
-            let lo = i * u64::from(SERVICE_SLOTS) / n;
-            let hi = (i + 1) * u64::from(SERVICE_SLOTS) / n - 1;
             out.push(Elem::new(
-                &format!("svc{f}"),
-                format!("{vip} . {} . {} . {lo}-{hi}", p.protocol.as_str(), p.port),
+                &format!("svc_slot{f}"),
+                format!("{key} . {i}"),
                 Some(format!("{b} . {}", p.target)),
             ));
         }

@@ -123,33 +123,78 @@ fn golden_service() {
         ip("10.244.1.6"),
         ip("10.244.1.7"),
     ];
-    let elems = plan_service(ip("10.244.1.250"), &ports, &three).unwrap();
+    let vip = ip("10.244.1.250");
+    let v4: Vec<IpAddr> = three.iter().filter(|a| a.is_ipv4()).copied().collect();
+    let slots = assign_slots(&[], &v4);
+    let elems = plan_service(vip, &ports, &slots).unwrap();
+    assert_eq!(
+        slots_of(&elems),
+        [ip("10.244.1.5"), ip("10.244.1.6"), ip("10.244.1.7")]
+    );
     let mut s = render_ops(&ops_add(&elems), &att().comment());
-    // One backend gone: the other two now split the slots; the v6 service sees only its own.
-    let two = plan_service(ip("10.244.1.250"), &ports, &three[..3]).unwrap();
+    // The first backend goes: the last one takes its slot, nothing else moves.
+    let after = assign_slots(&slots_of(&elems), &v4[1..]);
+    assert_eq!(after, [ip("10.244.1.7"), ip("10.244.1.6")]);
+    let two = plan_service(vip, &ports, &after).unwrap();
     s.push_str("# one backend less\n");
     s.push_str(&render_ops(&ops_replace(&elems, &two), "c"));
     let v6 = plan_service(ip("fd00:6b6e:1::fa"), &ports[..1], &three).unwrap();
     s.push_str("# v6\n");
     s.push_str(&render_ops(&ops_add(&v6), "c"));
     golden("service.nft", &s);
-    // The slots of every port cover 0..65535 exactly once, for any number of backends.
-    for n in 1..=17usize {
-        let backends: Vec<IpAddr> = (0..n).map(|i| ip(&format!("10.0.0.{}", i + 2))).collect();
-        let elems = plan_service(ip("10.0.0.1"), &ports[..1], &backends).unwrap();
-        let mut next = 0u64;
-        for e in elems.iter().filter(|e| e.set == "svc4") {
-            let range = e.key.rsplit(" . ").next().unwrap();
-            let (lo, hi) = range.split_once('-').unwrap();
-            assert_eq!(lo.parse::<u64>().unwrap(), next, "{n}: {}", e.key);
-            next = hi.parse::<u64>().unwrap() + 1;
-            WireElem::encode(e).unwrap();
-        }
-        assert_eq!(next, u64::from(SERVICE_SLOTS), "{n}");
+    for e in elems.iter().chain(&two).chain(&v6) {
+        WireElem::encode(e).unwrap();
     }
-    assert!(plan_service(ip("10.0.0.1"), &[ports[0], ports[0]], &three).is_err());
-    let none = plan_service(ip("10.0.0.1"), &ports, &[]).unwrap();
+    assert!(plan_service(vip, &[ports[0], ports[0]], &three).is_err());
+    let none = plan_service(vip, &ports, &[]).unwrap();
     assert_eq!(none.len(), 1, "only the VIP: {none:?}");
+}
+
+#[test]
+fn slots_stay_put_and_holes_are_filled_by_the_last() {
+    let b: Vec<IpAddr> = (1..=6).map(|i| ip(&format!("10.0.0.{i}"))).collect();
+    assert_eq!(assign_slots(&[], &b[..3]), b[..3]);
+    // Added: appended. Removed in the middle: the last fills the hole.
+    assert_eq!(assign_slots(&b[..3], &b[..4]), b[..4]);
+    assert_eq!(
+        assign_slots(&b[..4], &[b[0], b[2], b[3]]),
+        [b[0], b[3], b[2]]
+    );
+    // Removed and added at once: the new one takes the hole.
+    assert_eq!(
+        assign_slots(&b[..3], &[b[0], b[2], b[5]]),
+        [b[0], b[5], b[2]]
+    );
+    // Duplicates count once; at most SERVICE_MAX_BACKENDS slots.
+    assert_eq!(assign_slots(&[], &[b[0], b[0], b[1]]), b[..2]);
+    let many: Vec<IpAddr> = (0..100u32)
+        .map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    assert_eq!(assign_slots(&[], &many).len(), SERVICE_MAX_BACKENDS);
+    // Every slot order survives its elements.
+    let e = plan_service(
+        ip("10.0.0.100"),
+        &[ServicePort {
+            protocol: Proto::Tcp,
+            port: 1,
+            target: 1,
+        }],
+        &b,
+    )
+    .unwrap();
+    assert_eq!(slots_of(&e), b);
+}
+
+#[test]
+fn the_skeleton_has_one_chain_per_backend_count() {
+    for n in 1..=SERVICE_MAX_BACKENDS {
+        assert!(
+            SKELETON.contains(&format!("chain svc_mod_{n} {{")),
+            "svc_mod_{n} missing"
+        );
+        assert!(SKELETON.contains(&format!("numgen random mod {n} map @svc_slot4")));
+    }
+    assert!(!SKELETON.contains(&format!("chain svc_mod_{} {{", SERVICE_MAX_BACKENDS + 1)));
 }
 
 #[test]

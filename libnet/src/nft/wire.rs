@@ -34,6 +34,11 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 pub(super) const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
 pub(super) const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+/// NFT_GOTO: jump to a chain without coming back to the one that looked the map up.
+const NFT_GOTO: i32 = -4;
 pub(super) const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
@@ -51,8 +56,11 @@ enum Field {
     Ifname,
     /// A MAC address `aa:bb:cc:dd:ee:ff`.
     Ether,
-    /// A range `LO-HI` of a 32-bit number in network order (a service's `numgen` slots).
+    /// A service's slot: the value of `numgen random mod N`, a 32-bit number in host order
+    /// (a plain map does not convert the register).
     Slot,
+    /// Map data `goto CHAIN` (a verdict map's element).
+    Verdict,
 }
 
 /// (key fields, data fields) of each of our sets; see `golden/skeleton.nft`.
@@ -67,7 +75,8 @@ fn schema(set: &str) -> Option<(&'static [Field], &'static [Field])> {
         "iso4" | "iso6" => (&[Ifname, Addr], &[]),
         "spoof_ports" => (&[Ifname], &[]),
         "spoof_ok" => (&[Ifname, Ether], &[]),
-        "svc4" | "svc6" => (&[Addr, Proto, Port, Slot], &[Addr, Port]),
+        "svc_n4" | "svc_n6" => (&[Addr, Proto, Port], &[Verdict]),
+        "svc_slot4" | "svc_slot6" => (&[Addr, Proto, Port, Slot], &[Addr, Port]),
         "svc_vips4" | "svc_vips6" => (&[Addr], &[]),
         _ => return None,
     })
@@ -80,6 +89,8 @@ pub struct WireElem {
     pub key: Vec<u8>,
     pub key_end: Option<Vec<u8>>,
     pub data: Option<Vec<u8>>,
+    /// The chain of a `goto` verdict (verdict maps).
+    pub verdict: Option<String>,
 }
 
 fn bad(e: &Elem, why: &str) -> NftError {
@@ -138,14 +149,11 @@ fn encode_fields(e: &Elem, s: &str, fields: &[Field]) -> Result<(Vec<u8>, Vec<u8
                 end.extend_from_slice(&mac);
             }
             Field::Slot => {
-                let range = p.split_once('-').and_then(|(lo, hi)| {
-                    let (lo, hi) = (lo.parse::<u32>().ok()?, hi.parse::<u32>().ok()?);
-                    (lo <= hi).then_some((lo, hi))
-                });
-                let (lo, hi) = range.ok_or_else(|| bad(e, "bad slot range"))?;
-                start.extend_from_slice(&lo.to_be_bytes());
-                end.extend_from_slice(&hi.to_be_bytes());
+                let n: u32 = p.parse().map_err(|_| bad(e, "bad slot"))?;
+                start.extend_from_slice(&n.to_ne_bytes());
+                end.extend_from_slice(&n.to_ne_bytes());
             }
+            Field::Verdict => return Err(bad(e, "a verdict is map data, not a key")),
         }
         pad(&mut start);
         pad(&mut end);
@@ -164,13 +172,17 @@ impl WireElem {
     pub fn encode(e: &Elem) -> Result<WireElem, NftError> {
         let (kf, df) = schema(&e.set).ok_or_else(|| bad(e, "not one of our sets"))?;
         let (key, end) = encode_fields(e, &e.key, kf)?;
-        let key_end = kf
-            .iter()
-            .any(|f| matches!(f, Field::Net | Field::Slot))
-            .then_some(end);
-        let data = match (&e.value, df.is_empty()) {
-            (Some(v), false) => Some(encode_fields(e, v, df)?.0),
-            (None, true) => None,
+        let key_end = kf.contains(&Field::Net).then_some(end);
+        let (data, verdict) = match (&e.value, df) {
+            (Some(v), [Field::Verdict]) => {
+                let chain = v
+                    .strip_prefix("goto ")
+                    .filter(|c| !c.is_empty() && c.len() < 256 && !c.contains(char::is_whitespace))
+                    .ok_or_else(|| bad(e, "a verdict is `goto CHAIN`"))?;
+                (None, Some(chain.to_string()))
+            }
+            (Some(v), df) if !df.is_empty() => (Some(encode_fields(e, v, df)?.0), None),
+            (None, []) => (None, None),
             _ => return Err(bad(e, "value does not match the set's type")),
         };
         Ok(WireElem {
@@ -178,6 +190,7 @@ impl WireElem {
             key,
             key_end,
             data,
+            verdict,
         })
     }
 
@@ -195,6 +208,14 @@ impl WireElem {
         }
         if let (true, Some(d)) = (with_data, &self.data) {
             nla(&mut el, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &value(d));
+        }
+        if let (true, Some(chain)) = (with_data, &self.verdict) {
+            let mut v = Vec::new();
+            nla(&mut v, NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes());
+            nla(&mut v, NFTA_VERDICT_CHAIN, &cstr(chain));
+            let mut d = Vec::new();
+            nla(&mut d, NFTA_DATA_VERDICT | NLA_F_NESTED, &v);
+            nla(&mut el, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &d);
         }
         if let Some(c) = comment {
             let c = &c.as_bytes()[..c.len().min(super::plan::COMMENT_MAX - 1)];
@@ -225,6 +246,82 @@ impl WireElem {
             seq,
             &self.list_body(false, None),
         )
+    }
+}
+
+/// When this process last committed a batch that deleted elements (ms since the epoch).
+static LAST_DESTROY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// How long after such a batch another nfnetlink socket's release may still wait for it.
+const DESTROY_PENDING_MS: u64 = 100;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn note_destroy() {
+    LAST_DESTROY_MS.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this process keeps its nfnetlink sockets open ([`keep_sockets`]).
+static KEEP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Sockets kept open, by the inode of their network namespace.
+static POOL: std::sync::Mutex<Vec<(u64, Socket)>> = std::sync::Mutex::new(Vec::new());
+/// Sockets kept per namespace (more concurrent users open and close their own).
+const POOL_PER_NS: usize = 4;
+
+/// For long-lived processes (the agent, benchmarks): keep nfnetlink sockets open and reuse
+/// them. The release of ANY nfnetlink socket flushes nf_tables' pending destroy work (an RCU
+/// grace period, 6-20 ms here) while holding the commit mutex, so in a burst of changes that
+/// delete elements (service backends coming and going) every close, even by a helper, makes
+/// the next transaction wait for the previous one. With the sockets kept, the destroy work runs
+/// in the background and the next batch does not wait. Short-lived processes (CNI plugins, the
+/// CLI) close theirs (see [`close`]).
+pub fn keep_sockets() {
+    KEEP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn netns_ino() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// A socket for one request in the calling thread's namespace: a kept one (drained of anything
+/// a failed request left) or a new one.
+pub(super) fn take_socket(op: &'static str) -> Result<Socket, NftError> {
+    if KEEP.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(ino) = netns_ino() {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = pool.iter().position(|(n, _)| *n == ino) {
+                let (_, sock) = pool.swap_remove(i);
+                drop(pool);
+                while let Ok(Some(_)) = recv_queued(&sock, op) {}
+                return Ok(sock);
+            }
+        }
+    }
+    socket(op)
+}
+
+/// Done with a socket: kept for reuse ([`keep_sockets`]), else closed; right after this process
+/// deleted elements a plain close would wait for that change's destroy work, so then a helper
+/// closes it instead.
+pub(super) fn close(sock: Socket) {
+    if KEEP.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(ino) = netns_ino() {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.iter().filter(|(n, _)| *n == ino).count() < POOL_PER_NS {
+                pool.push((ino, sock));
+                return;
+            }
+        }
+    }
+    let since = now_ms().saturating_sub(LAST_DESTROY_MS.load(std::sync::atomic::Ordering::Relaxed));
+    if since < DESTROY_PENDING_MS {
+        crate::linger::close_detached(sock);
     }
 }
 
@@ -286,7 +383,7 @@ pub fn apply(op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftE
         return Ok(());
     }
     let msg = batch(ops, comment)?;
-    let sock = socket(op)?;
+    let sock = take_socket(op)?;
     let _ = sock.set_rx_buf_sz(1 << 20);
     sock.send(&msg, 0)
         .map_err(|e| NftError::apply(op, format!("send: {e}")))?;
@@ -316,9 +413,10 @@ pub fn apply(op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftE
     }
     if ops.iter().any(|o| matches!(o, ElemOp::Del(_))) {
         // The elements are gone; the socket's release would wait out nf_tables' destroy work
-        // (6-9 ms): a helper pays it (see linger.rs).
-        crate::linger::close_detached(sock);
+        // (6-9 ms): a helper pays it (see linger.rs), unless the socket is kept.
+        note_destroy();
     }
+    close(sock);
     match first_err {
         None => Ok(()),
         Some((seq, errno)) => {
