@@ -1,0 +1,315 @@
+//! The protocol between the controller and the agents: length-prefixed JSON frames over TCP.
+//!
+//! A frame is a 4-byte big-endian length, then that many bytes of JSON (at most
+//! [`MAX_FRAME`]). Why not gRPC: the messages are few and small, both ends are ours, and a
+//! frame codec needs no code generation, no HTTP/2 and no protoc at build time; JSON keeps a
+//! captured stream readable. The payload types are `overlay_vxlan`'s ([`HostDesired`],
+//! [`NetworkDesired`]), versioned by their `format` field; this layer is versioned by
+//! [`PROTOCOL`].
+//!
+//! The conversation:
+//! 1. The agent connects to the leader (its address is in etcd) and sends
+//!    [`AgentMsg::Hello`] with its host name and the version it holds, if any.
+//! 2. A standby answers [`ControllerMsg::NotLeader`] (with the leader's address when known) and
+//!    closes. The leader answers [`ControllerMsg::Full`] (the whole state, version V), unless
+//!    the agent's version is one it can resume from, then it sends the deltas after it.
+//! 3. Then [`ControllerMsg::Delta`]s, each with the version it applies to (`base`) and the one
+//!    it makes (`version`); an agent that sees a `base` other than its version reconnects (and
+//!    gets a `Full`). The agent acknowledges what it applied ([`AgentMsg::Ack`]), which gives
+//!    the controller each agent's lag.
+//! 4. Either side may close at any time; the agent reconnects with backoff and, meanwhile,
+//!    keeps the kernel state it has (traffic between existing containers never stops).
+
+use std::net::IpAddr;
+
+use overlay_vxlan::{HostDesired, NetworkDesired, RemoteEndpoint, RemoteHost};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// This layer's version (the payload carries its own `format`).
+pub const PROTOCOL: u32 = 1;
+/// The largest frame either side accepts (a full state of a very large cluster fits).
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// What an agent sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMsg {
+    Hello {
+        protocol: u32,
+        /// The host's registered name.
+        host: String,
+        /// The version of the state it holds (from an earlier stream), if any.
+        #[serde(default)]
+        version: Option<u64>,
+    },
+    /// It applied everything up to `version`.
+    Ack { version: u64 },
+}
+
+/// What the controller sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControllerMsg {
+    /// Everything this host should hold, at `version`: replaces whatever the agent had.
+    Full { version: u64, state: HostDesired },
+    /// Changes turning the state at `base` into the state at `version`.
+    Delta {
+        base: u64,
+        version: u64,
+        changes: Vec<Change>,
+    },
+    /// This replica is not the leader; `leader` is the leader's address when known.
+    NotLeader {
+        #[serde(default)]
+        leader: Option<String>,
+    },
+    /// The request was refused (an unknown host, a protocol this controller does not speak).
+    Error { message: String },
+}
+
+/// One change to a host's state, in the order to apply them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    /// A network added, or its own settings changed (VNI, subnets, mode, this host's underlay
+    /// IP): the whole network as the host should see it.
+    NetworkPut {
+        network: NetworkDesired,
+    },
+    NetworkDel {
+        id: String,
+    },
+    /// An endpoint address on another host added or changed (a MAC or host for that IP).
+    EndpointPut {
+        network: String,
+        endpoint: RemoteEndpoint,
+    },
+    EndpointDel {
+        network: String,
+        ip: IpAddr,
+    },
+    /// Another host of the network added or changed (its blocks).
+    HostPut {
+        network: String,
+        host: RemoteHost,
+    },
+    HostDel {
+        network: String,
+        underlay_ip: IpAddr,
+    },
+}
+
+/// Apply `changes` to `state`; returns the ids of the networks they touched, in order, each
+/// once (a change naming a network the state lacks is skipped: a `NetworkPut` comes first).
+pub fn apply_changes(state: &mut HostDesired, changes: &[Change]) -> Vec<String> {
+    let mut touched: Vec<String> = Vec::new();
+    let mut touch = |id: &str| {
+        if !touched.iter().any(|t| t == id) {
+            touched.push(id.to_string());
+        }
+    };
+    for c in changes {
+        match c {
+            Change::NetworkPut { network } => {
+                match state.networks.iter_mut().find(|n| n.id == network.id) {
+                    Some(n) => *n = network.clone(),
+                    None => state.networks.push(network.clone()),
+                }
+                touch(&network.id);
+            }
+            Change::NetworkDel { id } => {
+                state.networks.retain(|n| n.id != *id);
+                touch(id);
+            }
+            Change::EndpointPut { network, endpoint } => {
+                if let Some(n) = state.networks.iter_mut().find(|n| n.id == *network) {
+                    n.endpoints.retain(|e| e.ip != endpoint.ip);
+                    n.endpoints.push(endpoint.clone());
+                    touch(network);
+                }
+            }
+            Change::EndpointDel { network, ip } => {
+                if let Some(n) = state.networks.iter_mut().find(|n| n.id == *network) {
+                    n.endpoints.retain(|e| e.ip != *ip);
+                    touch(network);
+                }
+            }
+            Change::HostPut { network, host } => {
+                if let Some(n) = state.networks.iter_mut().find(|n| n.id == *network) {
+                    n.hosts.retain(|h| h.underlay_ip != host.underlay_ip);
+                    n.hosts.push(host.clone());
+                    touch(network);
+                }
+            }
+            Change::HostDel {
+                network,
+                underlay_ip,
+            } => {
+                if let Some(n) = state.networks.iter_mut().find(|n| n.id == *network) {
+                    n.hosts.retain(|h| h.underlay_ip != *underlay_ip);
+                    touch(network);
+                }
+            }
+        }
+    }
+    touched
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {len} bytes is larger than {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("bad frame: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Write one frame.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), ProtoError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let body = serde_json::to_vec(msg)?;
+    if body.len() > MAX_FRAME {
+        return Err(ProtoError::TooLarge {
+            len: body.len(),
+            max: MAX_FRAME,
+        });
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Read one frame; `Ok(None)` at a clean end of stream (between frames).
+pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, ProtoError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(ProtoError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overlay_vxlan::{Mac, Mode, Subnet};
+
+    fn net(id: &str) -> NetworkDesired {
+        NetworkDesired {
+            id: id.into(),
+            vni: 4097,
+            subnets: vec![Subnet {
+                cidr: "10.244.0.0/16".parse().unwrap(),
+                gateway: Some("10.244.0.1".parse().unwrap()),
+            }],
+            mode: Mode::Vxlan,
+            underlay_ip: "192.168.50.1".parse().unwrap(),
+            endpoints: vec![],
+            hosts: vec![],
+        }
+    }
+
+    fn ep(ip: &str, host: &str) -> RemoteEndpoint {
+        RemoteEndpoint {
+            ip: ip.parse().unwrap(),
+            mac: Mac([0x0a, 0x58, 10, 244, 1, 5]),
+            host: host.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn changes_apply_in_order_and_name_what_they_touched() {
+        let mut s = HostDesired {
+            format: overlay_vxlan::FORMAT,
+            networks: vec![],
+        };
+        let touched = apply_changes(
+            &mut s,
+            &[
+                Change::EndpointPut {
+                    network: "blue".into(),
+                    endpoint: ep("10.244.1.5", "192.168.50.2"),
+                },
+                Change::NetworkPut {
+                    network: net("blue"),
+                },
+                Change::EndpointPut {
+                    network: "blue".into(),
+                    endpoint: ep("10.244.1.5", "192.168.50.2"),
+                },
+                Change::EndpointPut {
+                    network: "blue".into(),
+                    endpoint: ep("10.244.1.5", "192.168.50.3"),
+                },
+                Change::HostPut {
+                    network: "blue".into(),
+                    host: RemoteHost {
+                        underlay_ip: "192.168.50.3".parse().unwrap(),
+                        blocks: vec![],
+                    },
+                },
+            ],
+        );
+        assert_eq!(touched, ["blue"]);
+        assert_eq!(s.networks[0].endpoints, [ep("10.244.1.5", "192.168.50.3")]);
+        assert_eq!(s.networks[0].hosts.len(), 1);
+        apply_changes(
+            &mut s,
+            &[Change::EndpointDel {
+                network: "blue".into(),
+                ip: "10.244.1.5".parse().unwrap(),
+            }],
+        );
+        assert!(s.networks[0].endpoints.is_empty());
+        apply_changes(&mut s, &[Change::NetworkDel { id: "blue".into() }]);
+        assert!(s.networks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_refuse_what_is_too_large() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let hello = AgentMsg::Hello {
+            protocol: PROTOCOL,
+            host: "h1".into(),
+            version: Some(7),
+        };
+        write_frame(&mut a, &hello).await.unwrap();
+        let got: AgentMsg = read_frame(&mut b).await.unwrap().unwrap();
+        assert_eq!(got, hello);
+        let json = serde_json::to_string(&hello).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"hello","protocol":1,"host":"h1","version":7}"#
+        );
+        a.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
+        let e = read_frame::<_, AgentMsg>(&mut b).await.unwrap_err();
+        assert!(matches!(e, ProtoError::TooLarge { .. }), "{e}");
+        drop(a);
+        let (a2, mut b2) = tokio::io::duplex(64);
+        drop(a2);
+        assert!(read_frame::<_, AgentMsg>(&mut b2).await.unwrap().is_none());
+    }
+}
