@@ -11,6 +11,7 @@
 pub mod cases;
 pub mod cni;
 pub mod docker;
+pub mod etcd;
 pub mod knit;
 pub mod reach;
 pub mod scenario;
