@@ -37,9 +37,16 @@ pub async fn watch(
         };
         if seen != Some(now) {
             let (s, d) = (st.clone(), domain.clone());
-            match tokio::task::spawn_blocking(move || crate::load(&*s, &d, ttl)).await {
-                Ok(Ok(r)) => {
-                    shared.set(r);
+            // The fast path's table is built here too, off the serving threads.
+            let built = move || {
+                crate::load(&*s, &d, ttl).map(|r| {
+                    let t = crate::fast::Table::build(&r);
+                    (r, t)
+                })
+            };
+            match tokio::task::spawn_blocking(built).await {
+                Ok(Ok((r, t))) => {
+                    shared.set_built(r, t);
                     seen = Some(now);
                     changed();
                 }
@@ -108,16 +115,23 @@ impl Listeners {
                     continue;
                 }
             };
-            let mut server = Server::new(Handler {
+            let handler = || Handler {
                 records: self.records.clone(),
                 forward: self.forward.clone(),
-            });
-            server.register_socket(udp);
+            };
+            let mut server = Server::new(handler());
             server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
+            let udp = crate::udp::serve(udp, self.records.clone(), Arc::new(handler()));
             let addr = *a;
+            // Aborting this task drops both the UDP loop and the TCP server (their sockets).
             let h = tokio::spawn(async move {
-                if let Err(e) = server.block_until_done().await {
-                    warn!(listen = %addr, error = %e, "DNS listener failed");
+                tokio::select! {
+                    r = server.block_until_done() => if let Err(e) = r {
+                        warn!(listen = %addr, error = %e, "DNS listener failed (TCP)");
+                    },
+                    r = udp => if let Err(e) = r {
+                        warn!(listen = %addr, error = %e, "DNS listener failed (UDP)");
+                    },
                 }
             });
             info!(listen = %a, "DNS listener started");

@@ -3,34 +3,129 @@
 //! sees half an update, and nothing restarts).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hickory_proto::op::{Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::Record;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tracing::{debug, warn};
 
+use crate::fast::Table;
 use crate::forward::Forwarder;
 use crate::records::{Outcome, Records};
 
-/// The records in force, swapped whole.
+/// The records in force and the fast path's table built from them, swapped whole together.
 #[derive(Clone)]
-pub struct Shared(Arc<RwLock<Arc<Records>>>);
+pub struct Shared(Arc<Inner>);
+
+struct Inner {
+    now: RwLock<(Arc<Records>, Arc<Table>)>,
+    /// Bumped on every swap: a UDP loop keeps its own `Arc` of the table and takes the lock
+    /// only when this moved (one atomic load per batch of queries, no lock).
+    generation: AtomicU64,
+}
 
 impl Shared {
     pub fn new(r: Records) -> Shared {
-        Shared(Arc::new(RwLock::new(Arc::new(r))))
+        let t = Table::build(&r);
+        Shared(Arc::new(Inner {
+            now: RwLock::new((Arc::new(r), Arc::new(t))),
+            generation: AtomicU64::new(0),
+        }))
     }
 
     pub fn get(&self) -> Arc<Records> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .now
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
-    pub fn set(&self, r: Records) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(r);
+    /// The fast path's table and the generation it belongs to.
+    pub fn table(&self) -> (u64, Arc<Table>) {
+        let now = self.0.now.read().unwrap_or_else(|p| p.into_inner());
+        (self.generation(), now.1.clone())
     }
+
+    /// Moves on every swap.
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
+    }
+
+    /// Swap in `r`, building its table here (see [`Shared::set_built`] to build it elsewhere).
+    pub fn set(&self, r: Records) {
+        let t = Table::build(&r);
+        self.set_built(r, t);
+    }
+
+    /// Swap in `r` and its table `t` (built by [`Table::build`] from `r`).
+    pub fn set_built(&self, r: Records, t: Table) {
+        let mut now = self.0.now.write().unwrap_or_else(|p| p.into_inner());
+        *now = (Arc::new(r), Arc::new(t));
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The response to a query that `outcome` answers from knit's own records (records, NODATA,
+/// NXDOMAIN; None for the others): what the handler sends, and what the fast path's table
+/// holds, built by this one function.
+#[allow(clippy::type_complexity)]
+pub fn local_response<'q, 'a>(
+    queries: &'q Queries,
+    request: &Metadata,
+    edns: Option<&'q Edns>,
+    outcome: &'a Outcome,
+) -> Option<
+    MessageResponse<
+        'q,
+        'a,
+        std::slice::Iter<'a, Record>,
+        std::iter::Empty<&'a Record>,
+        std::iter::Empty<&'a Record>,
+        std::iter::Empty<&'a Record>,
+    >,
+> {
+    let mut meta = Metadata::response_from_request(request);
+    meta.recursion_available = false;
+    meta.authoritative = true;
+    let answers: &'a [Record] = match outcome {
+        Outcome::Answer(rs) => rs,
+        Outcome::NoData => &[],
+        Outcome::NxDomain => {
+            meta.response_code = ResponseCode::NXDomain;
+            &[]
+        }
+        Outcome::Refused | Outcome::Forward => return None,
+    };
+    Some(MessageResponseBuilder::new(queries, edns).build(
+        meta,
+        answers.iter(),
+        std::iter::empty(),
+        std::iter::empty(),
+        std::iter::empty(),
+    ))
+}
+
+/// The EDNS of the response to a request that had EDNS (RFC 6891 6.1.1: a responder MUST
+/// include one): version 0, the requester's payload size (at least 512), DO clear (knit signs
+/// nothing). Err with it when the request's version is above 0 (BADVERS).
+fn response_edns(request: &Request) -> Result<Option<Edns>, Edns> {
+    let Some(req) = request.edns.as_ref() else {
+        return Ok(None);
+    };
+    let mut e = Edns::new();
+    e.set_max_payload(req.max_payload().max(512));
+    e.set_version(0);
+    if req.version() > 0 {
+        return Err(e);
+    }
+    Ok(Some(e))
 }
 
 /// knit's request handler.
@@ -55,7 +150,18 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response: R,
     ) -> ResponseInfo {
-        let builder = MessageResponseBuilder::from_message_request(request);
+        let edns = match response_edns(request) {
+            Ok(e) => e,
+            Err(e) => {
+                let builder = MessageResponseBuilder::new(&request.queries, Some(&e));
+                let msg = builder.error_msg(&request.metadata, ResponseCode::BADVERS);
+                return response
+                    .send_response(msg)
+                    .await
+                    .unwrap_or_else(|_| failed(request, ResponseCode::BADVERS));
+            }
+        };
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
         let info = match request.request_info() {
             Ok(i) if request.metadata.op_code == OpCode::Query => i,
             _ => {
@@ -75,27 +181,16 @@ impl RequestHandler for Handler {
         let qname = info.query.original().name();
         let outcome = records.lookup(request.src().ip(), qname, info.query.query_type());
         debug!(src = %request.src(), %qname, ?outcome, "query");
+        let local = local_response(&request.queries, &request.metadata, edns.as_ref(), &outcome);
+        if let Some(msg) = local {
+            return response.send_response(msg).await.unwrap_or_else(|e| {
+                warn!(error = %e, "sending a DNS answer");
+                failed(request, ResponseCode::ServFail)
+            });
+        }
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.recursion_available = false;
         let sent = match &outcome {
-            Outcome::Answer(rs) => {
-                meta.authoritative = true;
-                let msg = builder.build(
-                    meta,
-                    rs.iter(),
-                    std::iter::empty(),
-                    std::iter::empty(),
-                    std::iter::empty(),
-                );
-                response.send_response(msg).await
-            }
-            Outcome::NoData | Outcome::NxDomain => {
-                meta.authoritative = true;
-                if outcome == Outcome::NxDomain {
-                    meta.response_code = ResponseCode::NXDomain;
-                }
-                response.send_response(builder.build_no_records(meta)).await
-            }
             Outcome::Forward if !self.forward.is_empty() => {
                 let got = self
                     .forward
@@ -120,8 +215,9 @@ impl RequestHandler for Handler {
                     }
                 }
             }
-            // A requester outside knit's networks, or no upstream: no answer of ours.
-            Outcome::Refused | Outcome::Forward => {
+            // A requester outside knit's networks, or no upstream: no answer of ours (the
+            // local outcomes were answered above).
+            _ => {
                 let msg = builder.error_msg(&request.metadata, ResponseCode::Refused);
                 response.send_response(msg).await
             }
@@ -141,15 +237,23 @@ pub async fn serve(
     upstreams: Vec<SocketAddr>,
 ) -> std::io::Result<()> {
     let forward = Arc::new(Forwarder::new(upstreams));
-    let mut server = Server::new(Handler { records, forward });
+    let handler = Arc::new(Handler {
+        records: records.clone(),
+        forward: forward.clone(),
+    });
+    let mut server = Server::new(Handler {
+        records: records.clone(),
+        forward,
+    });
+    let mut udp = tokio::task::JoinSet::new();
     for addr in listen {
-        let udp = tokio::net::UdpSocket::bind(addr).await?;
-        server.register_socket(udp);
+        let sock = tokio::net::UdpSocket::bind(addr).await?;
+        udp.spawn(crate::udp::serve(sock, records.clone(), handler.clone()));
         let tcp = tokio::net::TcpListener::bind(addr).await?;
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
     }
-    server
-        .block_until_done()
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
+    tokio::select! {
+        r = server.block_until_done() => r.map_err(|e| std::io::Error::other(e.to_string())),
+        Some(r) = udp.join_next() => r.map_err(std::io::Error::other)?,
+    }
 }
