@@ -21,7 +21,10 @@
 //! bytes (its 0x20 case) patched in, plus an OPT record when the query had one. Everything else
 //! — forwarded names, outsiders (REFUSED), malformed or unusual packets (several questions,
 //! EDNS options or versions, other classes), answers over 512 bytes — goes to the hickory
-//! handler unchanged (see [`crate::udp`]). The table is swapped whole with the records.
+//! handler unchanged (see [`crate::udp`]). On a change the new records come in with an empty
+//! table (the hickory handler answers from them at once: a registration is not held up by the
+//! build) and their table follows when built ([`crate::server::Shared::set_table`]): the
+//! table never answers from other records than those in force.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -37,18 +37,18 @@ pub async fn watch(
         };
         if seen != Some(now) {
             let (s, d) = (st.clone(), domain.clone());
-            // The fast path's table is built here too, off the serving threads.
-            let built = move || {
-                crate::load(&*s, &d, ttl).map(|r| {
-                    let t = crate::fast::Table::build(&r);
-                    (r, t)
-                })
-            };
-            match tokio::task::spawn_blocking(built).await {
-                Ok(Ok((r, t))) => {
-                    shared.set_built(r, t);
+            match tokio::task::spawn_blocking(move || crate::load(&*s, &d, ttl)).await {
+                Ok(Ok(r)) => {
+                    // The new records answer at once (through the hickory handler); the fast
+                    // path's table follows, built off the serving threads.
+                    let (g, r) = shared.set_records(r);
                     seen = Some(now);
                     changed();
+                    let s2 = shared.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        s2.set_table(g, crate::fast::Table::build(&r))
+                    })
+                    .await;
                 }
                 Ok(Err(e)) => warn!(error = %e, "reloading the DNS records"),
                 Err(e) => warn!(error = %e, "reloading the DNS records"),

@@ -18,39 +18,56 @@ use crate::fast::Table;
 use crate::forward::Forwarder;
 use crate::records::{Outcome, Records};
 
-/// The records in force and the fast path's table built from them, swapped whole together.
+/// The records in force and the fast path's table built from them. A change swaps in the
+/// records with an empty table (every query then goes to the hickory handler, which answers
+/// from the new records at once), and the table once built from those records: the table
+/// never answers from records other than those in force.
 #[derive(Clone)]
 pub struct Shared(Arc<Inner>);
 
 struct Inner {
-    now: RwLock<(Arc<Records>, Arc<Table>)>,
+    now: RwLock<Now>,
     /// Bumped on every swap: a UDP loop keeps its own `Arc` of the table and takes the lock
     /// only when this moved (one atomic load per batch of queries, no lock).
     generation: AtomicU64,
+}
+
+struct Now {
+    records: Arc<Records>,
+    table: Arc<Table>,
+    /// The generation at which `records` came in.
+    records_since: u64,
 }
 
 impl Shared {
     pub fn new(r: Records) -> Shared {
         let t = Table::build(&r);
         Shared(Arc::new(Inner {
-            now: RwLock::new((Arc::new(r), Arc::new(t))),
+            now: RwLock::new(Now {
+                records: Arc::new(r),
+                table: Arc::new(t),
+                records_since: 0,
+            }),
             generation: AtomicU64::new(0),
         }))
     }
 
+    fn now(&self) -> std::sync::RwLockReadGuard<'_, Now> {
+        self.0.now.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_mut(&self) -> std::sync::RwLockWriteGuard<'_, Now> {
+        self.0.now.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn get(&self) -> Arc<Records> {
-        self.0
-            .now
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone()
+        self.now().records.clone()
     }
 
     /// The fast path's table and the generation it belongs to.
     pub fn table(&self) -> (u64, Arc<Table>) {
-        let now = self.0.now.read().unwrap_or_else(|p| p.into_inner());
-        (self.generation(), now.1.clone())
+        let now = self.now();
+        (self.generation(), now.table.clone())
     }
 
     /// Moves on every swap.
@@ -58,17 +75,42 @@ impl Shared {
         self.0.generation.load(Ordering::Acquire)
     }
 
-    /// Swap in `r`, building its table here (see [`Shared::set_built`] to build it elsewhere).
+    /// Swap in `r` and its table, built here.
     pub fn set(&self, r: Records) {
         let t = Table::build(&r);
-        self.set_built(r, t);
+        let mut now = self.now_mut();
+        let g = self.0.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *now = Now {
+            records: Arc::new(r),
+            table: Arc::new(t),
+            records_since: g,
+        };
     }
 
-    /// Swap in `r` and its table `t` (built by [`Table::build`] from `r`).
-    pub fn set_built(&self, r: Records, t: Table) {
-        let mut now = self.0.now.write().unwrap_or_else(|p| p.into_inner());
-        *now = (Arc::new(r), Arc::new(t));
+    /// Swap in `r` with an empty table; the records and their generation, for
+    /// [`Shared::set_table`].
+    pub fn set_records(&self, r: Records) -> (u64, Arc<Records>) {
+        let r = Arc::new(r);
+        let mut now = self.now_mut();
+        let g = self.0.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *now = Now {
+            records: r.clone(),
+            table: Arc::new(Table::default()),
+            records_since: g,
+        };
+        (g, r)
+    }
+
+    /// Install `t`, built from the records swapped in at generation `g`, unless other records
+    /// came in since (then false: their own table follows).
+    pub fn set_table(&self, g: u64, t: Table) -> bool {
+        let mut now = self.now_mut();
+        if now.records_since != g {
+            return false;
+        }
+        now.table = Arc::new(t);
         self.0.generation.fetch_add(1, Ordering::AcqRel);
+        true
     }
 }
 
@@ -255,5 +297,38 @@ pub async fn serve(
     tokio::select! {
         r = server.block_until_done() => r.map_err(|e| std::io::Error::other(e.to_string())),
         Some(r) = udp.join_next() => r.map_err(std::io::Error::other)?,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(name: &str) -> Records {
+        let mut n = store::Network::new("front", store::Driver::Bridge);
+        n.ipam
+            .push(store::Pool::new("10.1.0.0/24".parse().unwrap()));
+        let mut e = store::Endpoint::new(n.id.clone());
+        e.name = name.into();
+        e.ipv4 = Some("10.1.0.2/24".parse().unwrap());
+        Records::build(crate::DEFAULT_DOMAIN, 5, &[(n, vec![e])])
+    }
+
+    #[test]
+    fn a_table_comes_in_only_with_its_own_records() {
+        let s = Shared::new(records("web"));
+        let (g0, t0) = s.table();
+        assert!(!t0.is_empty());
+        // New records: no table until theirs is built; every swap moves the generation.
+        let (g1, r1) = s.set_records(records("api"));
+        assert!(g1 > g0 && s.table().1.is_empty());
+        // A table built from records swapped out meanwhile is refused.
+        let (g2, r2) = s.set_records(records("db"));
+        assert!(!s.set_table(g1, Table::build(&r1)));
+        assert!(s.table().1.is_empty());
+        assert!(s.set_table(g2, Table::build(&r2)));
+        let (g3, t3) = s.table();
+        assert!(g3 > g2 && !t3.is_empty());
+        assert_eq!(t3.len(), Table::build(&records("db")).len());
     }
 }
