@@ -41,14 +41,15 @@ pub async fn watch(
                 Ok(Ok(r)) => {
                     // The new records answer at once (through the hickory handler); the fast
                     // path's table follows, built off the serving threads.
+                    // Not awaited: the next change is seen on time. A table built from
+                    // records swapped out meanwhile is refused by `set_table`.
                     let (g, r) = shared.set_records(r);
+                    let s2 = shared.clone();
+                    tokio::task::spawn_blocking(move || {
+                        s2.set_table(g, crate::fast::Table::build(&r))
+                    });
                     seen = Some(now);
                     changed();
-                    let s2 = shared.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        s2.set_table(g, crate::fast::Table::build(&r))
-                    })
-                    .await;
                 }
                 Ok(Err(e)) => warn!(error = %e, "reloading the DNS records"),
                 Err(e) => warn!(error = %e, "reloading the DNS records"),
