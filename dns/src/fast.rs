@@ -25,6 +25,16 @@
 //! table (the hickory handler answers from them at once: a registration is not held up by the
 //! build) and their table follows when built ([`crate::server::Shared::set_table`]): the
 //! table never answers from other records than those in force.
+//!
+//! Measured (`knit-bench --cases dns`, 1,000 names, A+PTR, server pinned to one core, 3 runs
+//! alternating with a build on hickory's own UDP loop, this 2-core VM shared with other
+//! builds): knit/unbound answers per CPU-second 1.13–1.23 (hickory's loop: 0.80–0.81), knit
+//! 163k–180k answers per CPU-second against unbound's 130k–152k; QPS 1.02–1.32× unbound
+//! (dnsperf, not the server, is the limit there: the server ran at 31–83 % of its core).
+//! The same loop with one datagram per syscall instead of batches of [`crate::udp::BATCH`]:
+//! 0.97–1.01× per CPU-second. In process (`cargo run --release -p dns --example
+//! lookup_cost`): 0.07 µs per answer from the table against 1.0 µs for hickory's parse, the
+//! handler and the encoding; the table of 1,000 names (12,000 answers) builds in 16–24 ms.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -204,7 +214,13 @@ impl Table {
             t.v4.push((p, s));
         }
         for (p, holding) in pieces(&v6, |hi: u128| hi.checked_add(1)) {
-            let s = intern(true, holding, IpAddr::from(p.to_be_bytes()));
+            let rep = std::net::Ipv6Addr::from(p);
+            // An IPv4-mapped address would be looked up as the IPv4 one: such a piece is left
+            // to the lookup itself (mapped requesters are looked up in the IPv4 pieces).
+            let s = match rep.to_ipv4_mapped() {
+                Some(_) => 0,
+                None => intern(true, holding, IpAddr::V6(rep)),
+            };
             t.v6.push((p, s));
         }
         let mut k = Vec::new();
@@ -338,6 +354,25 @@ mod tests {
         // A range reaching the top of the space has no end point.
         let top = pieces(&[(250u8, 255)], |h| h.checked_add(1));
         assert_eq!(top, vec![(0, vec![]), (250, vec![0])]);
+    }
+
+    #[test]
+    fn no_scope_is_asked_from_an_ipv4_mapped_address() {
+        // A network on the IPv4-mapped range: the lookup would see its requesters as IPv4.
+        let mut n = store::Network::new("mapped", store::Driver::Bridge);
+        n.ipam
+            .push(store::Pool::new("::ffff:0:0/96".parse().unwrap()));
+        n.ipam.push(store::Pool::new("fd00::/64".parse().unwrap()));
+        let mut e = store::Endpoint::new(n.id.clone());
+        e.name = "web".into();
+        e.ipv6 = Some("fd00::2/64".parse().unwrap());
+        let r = Records::build(crate::DEFAULT_DOMAIN, 5, &[(n, vec![e])]);
+        let t = Table::build(&r);
+        let mapped = u128::from("::ffff:0:0".parse::<std::net::Ipv6Addr>().unwrap());
+        assert!(t.v6.contains(&(mapped, 0)));
+        assert_eq!(t.scope("::ffff:10.0.0.1".parse().unwrap()), 0);
+        assert_ne!(t.scope("fd00::9".parse().unwrap()), 0);
+        assert!(!t.is_empty());
     }
 
     #[test]
