@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz knit's DNS request path (dns/tests/fuzz.rs: arbitrary packets, mutated queries, random
-# names from inside and outside knit's networks) for KNIT_FUZZ_SECS seconds, fresh random cases
+# names from inside and outside knit's networks; the fast path and knit's UDP loop against the
+# hickory path, byte for byte) for KNIT_FUZZ_SECS seconds, fresh random cases
 # every round; stops at the first failure (proptest prints the minimal failing input).
 set -euo pipefail
 secs=${KNIT_FUZZ_SECS:-600}

@@ -2,10 +2,12 @@
 //! address, answered from plain data built from the store ([`records`]) by a handler on
 //! hickory-server ([`server`]). Run standalone as `knit dns`.
 
+pub mod fast;
 pub mod forward;
 pub mod live;
 pub mod records;
 pub mod server;
+pub mod udp;
 
 pub use records::{Outcome, Records, DEFAULT_DOMAIN, DEFAULT_TTL};
 

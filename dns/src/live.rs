@@ -39,7 +39,15 @@ pub async fn watch(
             let (s, d) = (st.clone(), domain.clone());
             match tokio::task::spawn_blocking(move || crate::load(&*s, &d, ttl)).await {
                 Ok(Ok(r)) => {
-                    shared.set(r);
+                    // The new records answer at once (through the hickory handler); the fast
+                    // path's table follows, built off the serving threads.
+                    // Not awaited: the next change is seen on time. A table built from
+                    // records swapped out meanwhile is refused by `set_table`.
+                    let (g, r) = shared.set_records(r);
+                    let s2 = shared.clone();
+                    tokio::task::spawn_blocking(move || {
+                        s2.set_table(g, crate::fast::Table::build(&r))
+                    });
                     seen = Some(now);
                     changed();
                 }
@@ -108,16 +116,23 @@ impl Listeners {
                     continue;
                 }
             };
-            let mut server = Server::new(Handler {
+            let handler = || Handler {
                 records: self.records.clone(),
                 forward: self.forward.clone(),
-            });
-            server.register_socket(udp);
+            };
+            let mut server = Server::new(handler());
             server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
+            let udp = crate::udp::serve(udp, self.records.clone(), Arc::new(handler()));
             let addr = *a;
+            // Aborting this task drops both the UDP loop and the TCP server (their sockets).
             let h = tokio::spawn(async move {
-                if let Err(e) = server.block_until_done().await {
-                    warn!(listen = %addr, error = %e, "DNS listener failed");
+                tokio::select! {
+                    r = server.block_until_done() => if let Err(e) = r {
+                        warn!(listen = %addr, error = %e, "DNS listener failed (TCP)");
+                    },
+                    r = udp => if let Err(e) = r {
+                        warn!(listen = %addr, error = %e, "DNS listener failed (UDP)");
+                    },
                 }
             });
             info!(listen = %a, "DNS listener started");

@@ -71,6 +71,14 @@ fn label(s: &str) -> Option<String> {
     ok.then_some(l)
 }
 
+/// An IPv4-mapped IPv6 requester (a dual-stack socket) is the IPv4 one, as `lookup` takes it.
+pub fn normalize(src: IpAddr) -> IpAddr {
+    match src {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(src, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 impl Records {
     /// The records of `networks` and their `endpoints` (name, aliases, addresses).
     pub fn build(
@@ -173,6 +181,46 @@ impl Records {
                 })
                 .collect(),
         )
+    }
+
+    /// Every subnet of every network: the requester's scope is the set of these holding its
+    /// address (what a table of answers built ahead keys its answers by).
+    pub fn subnets(&self) -> impl Iterator<Item = &IpNet> {
+        self.nets.iter().flat_map(|n| &n.subnets)
+    }
+
+    /// The names a requester at `src` has records under, as [`Records::lookup`] takes them:
+    /// the endpoint names of its networks bare and fully qualified, and the reverse names of
+    /// their addresses. A table of answers built ahead enumerates these with `lookup`; a name
+    /// left out is still answered, by the lookup itself.
+    pub fn names_for(&self, src: IpAddr) -> Vec<Name> {
+        let mut out = Vec::new();
+        for n in self.nets_of(normalize(src)) {
+            for l in n.names.keys() {
+                if let Ok(bare) = Name::from_ascii(format!("{l}.")) {
+                    out.push(bare);
+                }
+                if let Ok(fq) = Name::from_ascii(format!("{l}.{}", n.name))
+                    .and_then(|r| r.append_domain(&self.domain))
+                {
+                    out.push(fq);
+                }
+            }
+            out.extend(n.ptr.keys().map(|a| Name::from(*a)));
+            for (svc, proto, name) in n.srv.keys() {
+                if let Ok(bare) = Name::from_ascii(format!("{svc}.{proto}.{name}.")) {
+                    out.push(bare);
+                }
+                if let Ok(fq) = Name::from_ascii(format!("{svc}.{proto}.{name}.{}", n.name))
+                    .and_then(|r| r.append_domain(&self.domain))
+                {
+                    out.push(fq);
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The networks `src` is on.
