@@ -226,6 +226,7 @@ proptest! {
             "web.", "www.", "db.", "cache.",
             "web.lo1.knit.internal.", "www.lo1.knit.internal.", "db.lo1.knit.internal.",
             "cache.lo2.knit.internal.", "db.lo2.knit.internal.",
+            "api.", "api.lo1.knit.internal.", "_http._tcp.api.", "_http._tcp.api.lo1.knit.internal.",
         ];
         if let Some(m) = ask(addr, INSIDE, &query(&name, t)) {
             if !m.answers.is_empty() {
