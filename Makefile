@@ -57,6 +57,8 @@ install: build
 	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
 	sed 's|@BINDIR@|$(PREFIX)/bin|g' contrib/systemd/knit-agent.service.in > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/knit-agent.service
 	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/knit-agent.service
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' contrib/systemd/knit-controller.service.in > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/knit-controller.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/knit-controller.service
 
 clean:
 	$(CARGO) clean
