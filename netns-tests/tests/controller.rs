@@ -319,6 +319,19 @@ fn one_leader_streams_deltas_and_a_standby_takes_over_after_kill_9() -> Result<(
         agent.recv_within(Duration::from_millis(300))?.is_none(),
         "nothing else"
     );
-    b.child.kill()?;
+    // A leader stopped by SIGTERM hands over at once: its lease is revoked, the key is gone.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let status = b.child.wait()?;
+    ensure!(
+        status.success(),
+        "controller b exited with {status}: {}",
+        b.log()
+    );
+    wait_for("the leader key goes", Duration::from_secs(1), || {
+        st.leader().is_ok_and(|l| l.is_none())
+    })?;
     Ok(())
 }
