@@ -413,3 +413,30 @@ fn apply_event(shared: &Shared, kind: Kind, ev: WatchEvent) {
         .version
         .set(i64::try_from(applied.version).unwrap_or(i64::MAX));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_decode_by_kind_and_a_damaged_one_counts_as_deleted() {
+        let host = br#"{"name":"h1","underlay_ip":"192.168.0.1","vtep_mac":"02:00:00:00:00:01"}"#;
+        assert!(matches!(
+            decode(Kind::Hosts, "h1".into(), Some(host)),
+            Some(Update::Host(k, Some(h))) if k == "h1" && h.underlay_ip.to_string() == "192.168.0.1"
+        ));
+        assert_eq!(
+            decode(Kind::Vnis, "n1".into(), Some(b"4097")),
+            Some(Update::Vni("n1".into(), Some(4097)))
+        );
+        assert_eq!(
+            decode(Kind::Endpoints, "n1/e1".into(), Some(b"{not json")),
+            Some(Update::Endpoint("n1/e1".into(), None))
+        );
+        assert_eq!(
+            decode(Kind::Blocks, "n1/10.0.0.0_26".into(), None),
+            Some(Update::Block("n1/10.0.0.0_26".into(), None))
+        );
+        assert_eq!(decode(Kind::Sandboxes, "s".into(), Some(b"{}")), None);
+    }
+}
