@@ -58,6 +58,9 @@ pub enum Command {
     Agent(AgentArgs),
     /// Serve knit's service-discovery DNS (endpoint names, per network) from the store.
     Dns(DnsArgs),
+    /// Run one replica of the SDN controller: leader election on etcd, each host's overlay
+    /// state computed incrementally and streamed to the agents.
+    Controller(crate::controller_cmd::ControllerArgs),
     /// Raw named network namespaces (for demos and tests).
     #[command(subcommand)]
     Netns(NetnsCmd),

@@ -10,6 +10,7 @@ mod agent;
 mod attach;
 mod cli;
 mod connect;
+mod controller_cmd;
 mod dns_cmd;
 mod endpoint_cmd;
 mod lease;
@@ -149,6 +150,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Netns(cmd) => netns(cmd)?,
         Command::Agent(a) => return agent::run(&cli.state_dir, dirs, a),
         Command::Dns(a) => return dns_cmd::run(&cli.state_dir, a),
+        Command::Controller(a) => return controller_cmd::run(&cli.state_dir, &cli.run_dir, a),
         Command::Endpoint(cmd) => {
             let st = open_store(&cli)?;
             match cmd {

@@ -273,7 +273,12 @@ fn parse_u32(b: &[u8]) -> Option<u32> {
 /// Renews the lease every third of its TTL over one keepalive stream, re-opening the stream
 /// when it breaks. Gives up (marks the lease lost) when etcd says it is gone, or when no renewal
 /// got through for a whole TTL (etcd has expired it by then, or will before we could know).
-async fn keep_alive(store: AsyncEtcdStore, id: i64, ttl: Duration, live: Arc<AtomicBool>) {
+pub(super) async fn keep_alive(
+    store: AsyncEtcdStore,
+    id: i64,
+    ttl: Duration,
+    live: Arc<AtomicBool>,
+) {
     let period = (ttl / 3).max(Duration::from_millis(300));
     let mut last_ok = Instant::now();
     loop {

@@ -27,6 +27,7 @@
 
 pub mod blocks;
 pub mod cluster;
+pub mod election;
 mod model_ops;
 pub mod watch;
 
@@ -42,6 +43,7 @@ use crate::error::Error;
 
 pub use blocks::Block;
 pub use cluster::{Host, HostLease, VNI_FIRST, VNI_LAST};
+pub use election::Leadership;
 pub use watch::{BlockingWatcher, Kind, Records, WatchEvent, Watcher};
 
 /// The deadline of one etcd request.
@@ -113,6 +115,9 @@ impl Keys {
             block.network(),
             block.prefix_len()
         )
+    }
+    pub(crate) fn leader(&self) -> String {
+        format!("{}/{}", self.prefix, election::LEADER_KEY)
     }
     pub(crate) fn network_blocks(&self, network_id: &str) -> String {
         format!("{}/blocks/{network_id}/", self.prefix)

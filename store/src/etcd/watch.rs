@@ -32,6 +32,8 @@ pub enum Kind {
     Blocks,
     /// `P/network-vni/NETWORK_ID`: the VNI in decimal.
     Vnis,
+    /// `P/controller/`: the controllers' election ([`super::election`]; key `leader`).
+    Controller,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
             Kind::Hosts => "hosts",
             Kind::Blocks => "blocks",
             Kind::Vnis => "network-vni",
+            Kind::Controller => "controller",
         }
     }
 }

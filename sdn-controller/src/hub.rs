@@ -1,0 +1,328 @@
+//! Versions and streams: the [`Model`] behind one counter, each host's stream of deltas, and
+//! what an agent that says hello (or wakes up) should be sent next. Pure: no I/O, no clock.
+//!
+//! **Versions.** One counter for the whole model, bumped once per applied batch (one watch
+//! event, or one resync). A host's stream only gets the batches that concern it, so its
+//! versions are increasing but sparse, and a [`ControllerMsg::Delta`]'s `base` is the
+//! version *that host* last got, not `version - 1`. Why not empty deltas to everyone: an
+//! endpoint put concerns every host but its own, but a block or a host's own endpoint does not,
+//! and at 10,000 hosts an empty frame per host per change is most of the traffic. The counter
+//! starts at a value given by the leader (its election revision × 2^24), so versions from
+//! different leaders never collide: an agent that comes back with a version of the previous
+//! leader finds it in no log and gets a `Full`.
+//!
+//! **Resume.** Each stream keeps its last [`Hub::keep`] deltas; an agent whose version is the
+//! base of one of them gets the rest, any other version a `Full`. A host that goes
+//! (unregistered) loses its stream: its agents are sent nothing (they keep the kernel state
+//! they have) until it registers again, then a `Full`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::model::{merge, Model, Output, RecordKind, Update};
+use crate::proto::{Change, ControllerMsg};
+
+/// How many deltas each stream keeps for agents that reconnect.
+pub const KEEP_DELTAS: usize = 256;
+
+#[derive(Debug, Clone)]
+struct Logged {
+    base: u64,
+    version: u64,
+    changes: Arc<Vec<Change>>,
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// `None` while the host is not registered.
+    version: Option<u64>,
+    log: VecDeque<Logged>,
+    /// Wakes the host's connections: the stream moved.
+    tx: watch::Sender<u64>,
+}
+
+impl Stream {
+    fn new() -> Stream {
+        Stream {
+            version: None,
+            log: VecDeque::new(),
+            tx: watch::channel(0).0,
+        }
+    }
+}
+
+/// What a connection should send next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The host is not registered: nothing to send yet.
+    Wait,
+    /// These deltas (none when the agent is up to date).
+    Deltas(Vec<ControllerMsg>),
+    /// The whole state.
+    Full(ControllerMsg),
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The version it made (unchanged when it concerned no host).
+    pub version: u64,
+    /// Hosts whose stream moved.
+    pub hosts: usize,
+    /// Changes over all hosts.
+    pub changes: usize,
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    model: Model,
+    version: u64,
+    streams: HashMap<String, Stream>,
+    keep: usize,
+}
+
+impl Hub {
+    /// A hub over a loaded model at `version`; every registered host's stream starts there.
+    pub fn new(model: Model, version: u64, keep: usize) -> Hub {
+        let mut streams = HashMap::new();
+        for h in model.hosts() {
+            let mut s = Stream::new();
+            s.version = Some(version);
+            streams.insert(h.to_string(), s);
+        }
+        Hub {
+            model,
+            version,
+            streams,
+            keep: keep.max(1),
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Applies one batch of updates as one version.
+    pub fn apply(&mut self, updates: Vec<Update>) -> Applied {
+        let mut out = Output::new();
+        for u in updates {
+            merge(&mut out, self.model.apply(u));
+        }
+        self.publish(out)
+    }
+
+    /// Replaces every record of `kind` ([`Model::resync`]) as one version.
+    pub fn resync(&mut self, kind: RecordKind, records: Vec<Update>) -> Applied {
+        let out = self.model.resync(kind, records);
+        self.publish(out)
+    }
+
+    fn publish(&mut self, out: Output) -> Applied {
+        if out.is_empty() {
+            return Applied {
+                version: self.version,
+                hosts: 0,
+                changes: 0,
+            };
+        }
+        self.version += 1;
+        let v = self.version;
+        let mut applied = Applied {
+            version: v,
+            hosts: out.len(),
+            changes: 0,
+        };
+        for (h, changes) in out {
+            applied.changes += changes.len();
+            let registered = self.model.is_registered(&h);
+            let s = self.streams.entry(h).or_insert_with(Stream::new);
+            match (s.version, registered) {
+                (Some(base), true) => {
+                    s.log.push_back(Logged {
+                        base,
+                        version: v,
+                        changes: Arc::new(changes),
+                    });
+                    while s.log.len() > self.keep {
+                        s.log.pop_front();
+                    }
+                    s.version = Some(v);
+                }
+                // Registered again or for the first time: its agents get a Full.
+                (None, true) => {
+                    s.log.clear();
+                    s.version = Some(v);
+                }
+                (_, false) => {
+                    s.log.clear();
+                    s.version = None;
+                }
+            }
+            s.tx.send_replace(v);
+        }
+        applied
+    }
+
+    /// A receiver that changes whenever `host`'s stream moves.
+    pub fn subscribe(&mut self, host: &str) -> watch::Receiver<u64> {
+        self.streams
+            .entry(host.to_string())
+            .or_insert_with(Stream::new)
+            .tx
+            .subscribe()
+    }
+
+    /// The version `host`'s stream is at, if it is registered.
+    pub fn host_version(&self, host: &str) -> Option<u64> {
+        self.streams.get(host).and_then(|s| s.version)
+    }
+
+    /// What to send an agent of `host` that holds `have` (its hello's version, then the last
+    /// version sent to it).
+    pub fn catch_up(&self, host: &str, have: Option<u64>) -> CatchUp {
+        let Some(s) = self.streams.get(host) else {
+            return CatchUp::Wait;
+        };
+        let Some(now) = s.version else {
+            return CatchUp::Wait;
+        };
+        if have == Some(now) {
+            return CatchUp::Deltas(Vec::new());
+        }
+        if let Some(have) = have {
+            if let Some(i) = s.log.iter().position(|d| d.base == have) {
+                return CatchUp::Deltas(
+                    s.log
+                        .iter()
+                        .skip(i)
+                        .map(|d| ControllerMsg::Delta {
+                            base: d.base,
+                            version: d.version,
+                            changes: d.changes.as_ref().clone(),
+                        })
+                        .collect(),
+                );
+            }
+        }
+        CatchUp::Full(ControllerMsg::Full {
+            version: now,
+            state: self.model.desired(host),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::apply_changes;
+    use overlay_vxlan::HostDesired;
+    use store::etcd::Host;
+    use store::{Driver, Endpoint, Network, Pool};
+
+    fn host(name: &str, ip: &str) -> Update {
+        Update::Host(
+            name.into(),
+            Some(Host {
+                name: name.into(),
+                underlay_ip: ip.parse().unwrap(),
+                vtep_mac: "02:00:00:00:00:01".into(),
+            }),
+        )
+    }
+
+    fn ep(id: &str, host: &str, ip: &str) -> Update {
+        let mut e = Endpoint::new("n1");
+        e.id = id.into();
+        e.host = host.into();
+        e.mac = "0a:58:0a:01:00:05".into();
+        e.ipv4 = Some(format!("{ip}/16").parse().unwrap());
+        Update::Endpoint(format!("n1/{id}"), Some(e))
+    }
+
+    fn hub() -> Hub {
+        let mut net = Network::new("blue", Driver::Overlay);
+        net.id = "n1".into();
+        net.ipam.push(Pool::new("10.1.0.0/16".parse().unwrap()));
+        let mut m = Model::new();
+        for u in [
+            Update::Network("n1".into(), Some(net)),
+            Update::Vni("n1".into(), Some(4096)),
+            host("h1", "192.168.0.1"),
+            host("h2", "192.168.0.2"),
+        ] {
+            m.load(u);
+        }
+        Hub::new(m, 100, 2)
+    }
+
+    fn apply(s: &mut HostDesired, msgs: &[ControllerMsg], mut have: u64) -> u64 {
+        for m in msgs {
+            let ControllerMsg::Delta {
+                base,
+                version,
+                changes,
+            } = m
+            else {
+                panic!("not a delta: {m:?}")
+            };
+            assert_eq!(*base, have, "deltas chain");
+            apply_changes(s, changes);
+            have = *version;
+        }
+        have
+    }
+
+    #[test]
+    fn versions_are_per_host_and_an_agent_resumes_or_gets_a_full() {
+        let mut h = hub();
+        let CatchUp::Full(ControllerMsg::Full { version, mut state }) = h.catch_up("h1", None)
+        else {
+            panic!("a new agent gets a full state")
+        };
+        assert_eq!(version, 100);
+        // h2's own endpoint concerns h1 only: h2's stream skips that version.
+        let a = h.apply(vec![ep("e1", "h2", "10.1.0.5")]);
+        assert_eq!((a.version, a.hosts, a.changes), (101, 1, 1));
+        assert_eq!(h.host_version("h2"), Some(100));
+        let b = h.apply(vec![ep("e2", "h1", "10.1.0.6")]);
+        assert_eq!(b.version, 102);
+        assert_eq!(h.host_version("h1"), Some(101));
+        assert_eq!(h.host_version("h2"), Some(102));
+        let CatchUp::Deltas(d) = h.catch_up("h1", Some(100)) else {
+            panic!("resumes")
+        };
+        assert_eq!(apply(&mut state, &d, 100), 101);
+        assert_eq!(state, h.model().desired("h1"));
+        assert_eq!(h.catch_up("h1", Some(101)), CatchUp::Deltas(vec![]));
+        // A version of another leader, or one older than the log: a full state.
+        assert!(matches!(h.catch_up("h1", Some(7)), CatchUp::Full(_)));
+        h.apply(vec![ep("e3", "h2", "10.1.0.7")]);
+        h.apply(vec![ep("e4", "h2", "10.1.0.8")]);
+        assert!(
+            matches!(h.catch_up("h1", Some(100)), CatchUp::Full(_)),
+            "log of 2"
+        );
+        assert!(matches!(h.catch_up("h1", Some(101)), CatchUp::Deltas(d) if d.len() == 2));
+    }
+
+    #[test]
+    fn a_host_that_goes_waits_and_gets_a_full_when_back() {
+        let mut h = hub();
+        let rx = h.subscribe("h3");
+        assert_eq!(h.catch_up("h3", None), CatchUp::Wait);
+        h.apply(vec![host("h3", "192.168.0.3")]);
+        assert!(rx.has_changed().unwrap());
+        assert!(matches!(h.catch_up("h3", Some(100)), CatchUp::Full(_)));
+        h.apply(vec![Update::Host("h3".into(), None)]);
+        assert_eq!(h.catch_up("h3", Some(101)), CatchUp::Wait);
+        // Nothing concerns anyone: no version.
+        let v = h.version();
+        assert_eq!(h.apply(vec![Update::Vni("zz".into(), None)]).version, v);
+    }
+}
