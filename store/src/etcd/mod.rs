@@ -27,6 +27,7 @@
 
 pub mod blocks;
 pub mod cluster;
+mod leader;
 mod model_ops;
 pub mod watch;
 
