@@ -9,6 +9,7 @@
 mod agent;
 mod attach;
 mod cli;
+mod cluster;
 mod connect;
 mod dns_cmd;
 mod endpoint_cmd;
@@ -55,6 +56,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
         run_dir: cli.run_dir.clone(),
         cni_data_dir: cli.cni_data_dir.clone(),
     };
+    if !cli.etcd.is_empty() {
+        return on_etcd(&cli, dirs);
+    }
     match &cli.command {
         Command::Version => {
             println!("knit {}", env!("CARGO_PKG_VERSION"));
@@ -179,6 +183,23 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The commands that work cluster-wide, with `--etcd`.
+fn on_etcd(cli: &Cli, dirs: Dirs) -> Result<i32> {
+    match &cli.command {
+        Command::Network(cmd) => {
+            let st = cluster::open(&cli.etcd, &cli.etcd_prefix)?;
+            cluster::network(&st, cmd, cli.format)?;
+            Ok(0)
+        }
+        Command::Agent(a) => {
+            agent::cluster::run(&cli.etcd, &cli.etcd_prefix, &cli.state_dir, dirs, a)
+        }
+        _ => anyhow::bail!(
+            "--etcd is for `network` commands and `agent` (the other commands act on this host)"
+        ),
+    }
 }
 
 fn netns(cmd: &NetnsCmd) -> Result<()> {
