@@ -209,6 +209,15 @@ fn full_delta_and_restart() -> Result<()> {
         !links.contains(&vx) && !links.contains(&br),
         "links left: {links}"
     );
+
+    // A clean stop revokes the host's lease at once (a crash leaves it to the TTL).
+    let st = h1.stop_agent()?;
+    ensure!(st.success(), "agent exit: {st}: {}", h1.k.log("agent.log"));
+    let hosts = lab.etcd_get_prefix(&format!("{PREFIX}/hosts/"))?;
+    ensure!(
+        hosts.is_empty(),
+        "host still registered after SIGTERM: {hosts:?}"
+    );
     Ok(())
 }
 
@@ -292,6 +301,32 @@ fn cni_across_hosts() -> Result<()> {
         .context("ping across hosts")?;
     c2.run(&["ping", "-c", "1", "-W", "2", &ip1.to_string()])?;
 
+    // GC on h2 with only ctr-b valid: a third container there goes, ctr-b stays.
+    let c3 = TestNs::new("cc")?;
+    let (_, ip3) = add(&h2, &c3, "ctr-c")?;
+    ensure!(b2.contains(&ip3), "{ip3} not from h2's block {b2}");
+    let r2 = Runner::new(netns_tests::knit_dir(), h2.k.ns.ns());
+    let gc = json!({"cniVersion": "1.1.0", "name": "ov", "type": "knit", "socket": h2.socket(),
+        "cni.dev/valid-attachments": [{"containerID": "ctr-b", "ifname": "eth0"}]});
+    r2.call("knit", &r2.env("GC", &Runtime::new("", None, "")), &gc)
+        .outcome
+        .map_err(|e| anyhow::anyhow!("GC: {} {}", e.msg, e.stderr))?;
+    let eps = lab.etcd_get_prefix(&format!("{PREFIX}/endpoints/{id}/"))?;
+    ensure!(
+        !eps.iter().any(|(_, v)| v.contains(&format!("\"{ip3}/"))),
+        "GC left ctr-c's record: {eps:?}"
+    );
+    ensure!(
+        eps.iter().any(|(_, v)| v.contains(&format!("\"{ip2}/"))),
+        "GC removed ctr-b's record: {eps:?}"
+    );
+    ensure!(
+        !c3.stdout(&["ip", "-o", "link", "show"])?.contains("eth0"),
+        "GC left ctr-c's eth0"
+    );
+    c1.run(&["ping", "-c", "1", "-W", "2", &ip2.to_string()])
+        .context("ping after GC")?;
+
     // CHECK passes; DEL leaves nothing; DEL again is fine.
     let r = Runner::new(netns_tests::knit_dir(), h1.k.ns.ns());
     let rt1 = Runtime::new("ctr-a", Some(&c1.path()), "eth0");
@@ -326,7 +361,6 @@ fn cni_across_hosts() -> Result<()> {
     // DEL with the namespace gone (CNI_NETNS empty).
     let mut c2 = c2;
     c2.delete()?;
-    let r2 = Runner::new(netns_tests::knit_dir(), h2.k.ns.ns());
     r2.del(&conflist(&h2), &Runtime::new("ctr-b", None, "eth0"), None)
         .ok()
         .context("DEL without netns")?;

@@ -111,7 +111,17 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(node.clone(), a))?;
+    let served = rt.block_on(serve(node.clone(), a));
+    // The tasks holding the node go with the runtime; then the lease is revoked now, so the
+    // host's name, address and blocks are free at once (a crash leaves them to the TTL).
+    drop(rt);
+    if let Ok(node) = Arc::try_unwrap(node) {
+        let lease = node.lease.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = node.store.unregister_host(lease) {
+            warn!(error = %e, "revoking the host's lease");
+        }
+    }
+    served?;
     Ok(0)
 }
 

@@ -172,6 +172,14 @@ impl Host {
         Ok(())
     }
 
+    /// SIGTERM, and wait for the agent to exit; its exit status.
+    pub fn stop_agent(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.agent.take().context("no agent running")?;
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        Ok(c.wait()?)
+    }
+
     /// kill -9, as a crash.
     pub fn kill_agent(&mut self) {
         if let Some(mut c) = self.agent.take() {
