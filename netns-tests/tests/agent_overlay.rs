@@ -2,14 +2,18 @@
 //! namespace, hosts as namespaces with `knit --etcd URL agent` in them, and a scripted
 //! controller (the real protocol's types) that holds the leader key.
 //!
-//! - `full_delta_and_restart`: a Full programs FDB and neighbour entries; a Delta adds and
-//!   removes them; the agent killed, entries planted by hand and the cluster changed
-//!   meanwhile, restarted: after its Full no stale entry is left. Metrics count it.
+//! - `full_delta_and_restart`: the leader key names a standby, which answers NotLeader: the
+//!   agent follows it to the leader. A Full programs FDB and neighbour entries; a Delta adds
+//!   and removes them (metrics count it); a Delta whose base is not the version held makes
+//!   the agent reconnect saying what it holds; the agent killed, entries planted by hand and
+//!   the cluster changed meanwhile, restarted: after its Full no stale entry is left; a Full
+//!   without the network removes its links; SIGTERM revokes the host's lease at once.
 //! - `cni_across_hosts`: overlay network created by the CLI; containers ADDed through
 //!   `target/cni/bin/knit` on two hosts get addresses from their host's block and endpoint
 //!   records naming their host; with both hosts' states pushed, they ping across hosts; DEL
 //!   leaves no link, reservation or record; DEL again and DEL with CNI_NETNS empty succeed;
-//!   STATUS fails clearly with the agent down.
+//!   GC removes an attachment not listed valid and keeps the valid one; STATUS fails clearly
+//!   with the agent down.
 //!
 //! Runs `$KNIT_BIN` (default target/release/knit) and `target/cni/bin/knit` (`make build`).
 #![cfg(feature = "root-tests")]
@@ -22,7 +26,7 @@ use std::net::IpAddr;
 use anyhow::{ensure, Context, Result};
 use netns_tests::cni::{Runner, Runtime};
 use netns_tests::topology::TestNs;
-use overlay_lab::{network_id_vni, Host, Lab, PREFIX};
+use overlay_lab::{network_id_vni, Host, Lab, CONTROLLER_PORT, PREFIX, UNDERLAY_GW};
 use overlay_vxlan::{HostDesired, Mac, Mode, NetworkDesired, RemoteEndpoint, RemoteHost, Subnet};
 use sdn_controller::proto::{Change, ControllerMsg};
 use serde_json::{json, Value};
@@ -97,12 +101,24 @@ fn full_delta_and_restart() -> Result<()> {
     ])?;
     let (id, vni) = network_id_vni(&h1, "ov")?;
     let ctl = lab.controller()?;
+    // The leader key names a standby first: it answers NotLeader with the real leader.
+    let standby = lab.controller_at(7071, Some(format!("{UNDERLAY_GW}:{CONTROLLER_PORT}")))?;
+    lab.etcd_put(
+        &format!("{PREFIX}/controller/leader"),
+        &format!("{UNDERLAY_GW}:7071"),
+    )?;
     h1.start_agent()?;
+    standby.hello(&h1.name, 1)?;
     assert_eq!(
         ctl.hello(&h1.name, 1)?,
         None,
         "a fresh agent holds no version"
     );
+    // The key catches up (a new leader writes it), so the agent stays on this stream.
+    lab.etcd_put(
+        &format!("{PREFIX}/controller/leader"),
+        &format!("{UNDERLAY_GW}:{CONTROLLER_PORT}"),
+    )?;
 
     // Full: one remote endpoint on the peer host.
     let mut n = net_desired(&id, vni, &h1);
@@ -170,6 +186,20 @@ fn full_delta_and_restart() -> Result<()> {
     // Remote MAC + flood entry.
     assert_eq!(metric(&page, "knit_agent_fdb_entries"), Some(2.0), "{page}");
 
+    // A delta that does not follow the version held: the agent reconnects for a Full,
+    // telling the version it holds.
+    let gap = ControllerMsg::Delta {
+        base: 7,
+        version: 8,
+        changes: vec![],
+    };
+    ctl.send(&h1.name, &gap)?;
+    assert_eq!(
+        ctl.hello(&h1.name, 2)?,
+        Some(2),
+        "reconnects holding version 2"
+    );
+
     // Crash; stale entries appear by hand; the cluster moves on (.6 gone, .7 added).
     h1.kill_agent();
     let vx = overlay_vxlan::vxlan_name(vni);
@@ -180,7 +210,7 @@ fn full_delta_and_restart() -> Result<()> {
     ))?;
     h1.start_agent()?;
     assert_eq!(
-        ctl.hello(&h1.name, 2)?,
+        ctl.hello(&h1.name, 3)?,
         None,
         "a restarted agent starts from nothing"
     );

@@ -103,10 +103,17 @@ impl Lab {
     /// A scripted controller listening on the underlay's gateway address, named leader.
     pub fn controller(&self) -> Result<Controller> {
         let addr = format!("{UNDERLAY_GW}:{CONTROLLER_PORT}");
-        let a2 = addr.clone();
-        let listener = self.ul.ns().run_in(move || TcpListener::bind(&a2))??;
+        let c = self.controller_at(CONTROLLER_PORT, None)?;
         self.etcd_put(&format!("{PREFIX}/controller/leader"), &addr)?;
-        Ok(Controller::start(listener))
+        Ok(c)
+    }
+
+    /// A scripted replica on `port` of the underlay's gateway; with `not_leader`, a standby
+    /// that answers every hello with `NotLeader` naming it.
+    pub fn controller_at(&self, port: u16, not_leader: Option<String>) -> Result<Controller> {
+        let addr = format!("{UNDERLAY_GW}:{port}");
+        let listener = self.ul.ns().run_in(move || TcpListener::bind(&addr))??;
+        Ok(Controller::start(listener, not_leader))
     }
 }
 
@@ -245,13 +252,14 @@ fn read_msg(s: &mut TcpStream) -> Option<AgentMsg> {
 }
 
 impl Controller {
-    fn start(listener: TcpListener) -> Controller {
+    fn start(listener: TcpListener, not_leader: Option<String>) -> Controller {
         let seen: Arc<(Mutex<Seen>, Condvar)> = Arc::default();
         let s2 = seen.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
                 let seen = s2.clone();
+                let not_leader = not_leader.clone();
                 std::thread::spawn(move || {
                     let Some(AgentMsg::Hello { host, version, .. }) = read_msg(&mut conn) else {
                         return;
@@ -263,6 +271,13 @@ impl Controller {
                         p.stream = conn.try_clone().ok();
                         p.hellos.push(version);
                         cv.notify_all();
+                    }
+                    if let Some(leader) = not_leader {
+                        let m = ControllerMsg::NotLeader {
+                            leader: Some(leader),
+                        };
+                        let _ = write_msg(&mut conn, &m);
+                        return;
                     }
                     while let Some(msg) = read_msg(&mut conn) {
                         if let AgentMsg::Ack { version } = msg {
@@ -307,6 +322,18 @@ impl Controller {
 
     /// Sends `m` on the latest stream of `host` and waits for its ack of `version`.
     pub fn push(&self, host: &str, m: &ControllerMsg, version: u64) -> Result<()> {
+        self.send(host, m)?;
+        self.wait(&format!("ack {version} from {host}"), |s| {
+            s.peers
+                .get(host)
+                .and_then(|p| p.acked)
+                .filter(|a| *a == version)
+        })?;
+        Ok(())
+    }
+
+    /// Sends `m` on the latest stream of `host`.
+    pub fn send(&self, host: &str, m: &ControllerMsg) -> Result<()> {
         let mut s = {
             let g = self.seen.0.lock().unwrap();
             g.peers
@@ -316,12 +343,6 @@ impl Controller {
                 .try_clone()?
         };
         write_msg(&mut s, m).with_context(|| format!("sending to {host}"))?;
-        self.wait(&format!("ack {version} from {host}"), |s| {
-            s.peers
-                .get(host)
-                .and_then(|p| p.acked)
-                .filter(|a| *a == version)
-        })?;
         Ok(())
     }
 }
