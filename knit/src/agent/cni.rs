@@ -19,7 +19,6 @@
 //!
 //! Answers: 200 with the CNI result (ADD) or `{}`; otherwise the CNI error object.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -32,8 +31,8 @@ use axum::Router;
 use ipnet::IpNet;
 use libnet::driver::bridge::{Bridge, BridgeNet};
 use libnet::driver::{IpConf, RouteConf};
-use libnet::endpoint::{boxed, AddressSource, Addressing, BoxError, Request as EpRequest};
-use libnet::ipam::{self, FileStore, IpamConfig, IpamError};
+use libnet::endpoint::{Addressing, Request as EpRequest};
+use libnet::ipam;
 use libnet::netlink::Handle;
 use libnet::netns::NetNs;
 use libnet::{HasKind, Kind};
@@ -43,14 +42,16 @@ use serde_json::{json, Value};
 use store::{Driver, Endpoint, ErrorKind, Network, Store};
 
 use super::cluster::Node;
+pub use super::cni_ipam::Blocks;
+use super::cni_ipam::{allocate, file_store, Decided};
 
 // The spec's error codes.
-const ERR_UNKNOWN_CONTAINER: u32 = 3;
-const ERR_DECODE: u32 = 6;
-const ERR_INVALID_CONFIG: u32 = 7;
-const ERR_TRY_AGAIN: u32 = 11;
-const ERR_NOT_AVAILABLE: u32 = 50;
-const ERR_INTERNAL: u32 = 999;
+pub(super) const ERR_UNKNOWN_CONTAINER: u32 = 3;
+pub(super) const ERR_DECODE: u32 = 6;
+pub(super) const ERR_INVALID_CONFIG: u32 = 7;
+pub(super) const ERR_TRY_AGAIN: u32 = 11;
+pub(super) const ERR_NOT_AVAILABLE: u32 = 50;
+pub(super) const ERR_INTERNAL: u32 = 999;
 
 /// One call, as the plugin forwards it.
 #[derive(Debug, Deserialize)]
@@ -75,13 +76,13 @@ pub struct CniErr {
 }
 
 impl CniErr {
-    fn new(code: u32, msg: impl Into<String>) -> CniErr {
+    pub(super) fn new(code: u32, msg: impl Into<String>) -> CniErr {
         CniErr {
             code,
             msg: msg.into(),
         }
     }
-    fn kind(kind: Kind, msg: impl Into<String>) -> CniErr {
+    pub(super) fn kind(kind: Kind, msg: impl Into<String>) -> CniErr {
         let code = match kind {
             Kind::Invalid | Kind::Exists => ERR_INVALID_CONFIG,
             Kind::NotFound => ERR_UNKNOWN_CONTAINER,
@@ -90,7 +91,7 @@ impl CniErr {
         };
         CniErr::new(code, msg)
     }
-    fn store(e: &store::Error, what: &str) -> CniErr {
+    pub(super) fn store(e: &store::Error, what: &str) -> CniErr {
         let code = match e.kind() {
             ErrorKind::Invalid | ErrorKind::Exists => ERR_INVALID_CONFIG,
             ErrorKind::NotFound => ERR_INVALID_CONFIG,
@@ -191,17 +192,6 @@ pub fn endpoint_id(container_id: &str, ifname: &str) -> String {
     id
 }
 
-/// The host-local directory of a network's reservations on this host.
-fn ipam_dir(net: &Network) -> String {
-    format!("knit-{}", net.id)
-}
-
-/// The block size a host claims: /26, or /122 for IPv6 (never larger than the subnet).
-pub fn block_len(subnet: &IpNet) -> u8 {
-    let max = if subnet.addr().is_ipv4() { 32 } else { 128 };
-    (max - 6).max(subnet.prefix_len())
-}
-
 fn overlay_network(node: &Node, name: &str) -> Result<(Network, u32), CniErr> {
     let net = node
         .store
@@ -255,108 +245,6 @@ fn desired(node: &Node, net: &Network, vni: u32) -> NetworkDesired {
             endpoints: Vec::new(),
             hosts: Vec::new(),
         })
-}
-
-fn ipam_config(node: &Node, net: &Network) -> Result<IpamConfig, CniErr> {
-    let p = &net.ipam[0];
-    let mut r = json!({"subnet": p.subnet.to_string()});
-    if let Some(g) = p.gateway {
-        r["gateway"] = json!(g.to_string());
-    }
-    let v = json!({"type": "host-local", "ranges": [[r]], "dataDir": node.dirs.cni_data_dir});
-    IpamConfig::from_json(&v).map_err(|e| {
-        CniErr::new(
-            ERR_INVALID_CONFIG,
-            format!("the subnet of network {:?}: {e}", net.name),
-        )
-    })
-}
-
-fn file_store(node: &Node, net: &Network) -> Result<FileStore, CniErr> {
-    FileStore::open(&node.dirs.cni_data_dir, &ipam_dir(net)).map_err(|e| {
-        CniErr::kind(
-            e.kind(),
-            format!("the reservations of network {:?}: {e}", net.name),
-        )
-    })
-}
-
-/// This host's blocks of the network: cached; read from etcd the first time.
-fn my_blocks(node: &Node, net: &Network) -> Result<Vec<IpNet>, CniErr> {
-    if let Some(b) = node.blocks().get(&net.id) {
-        return Ok(b.clone());
-    }
-    let mine: Vec<IpNet> = node
-        .store
-        .blocks(&net.id)
-        .map_err(|e| CniErr::store(&e, &format!("the blocks of network {:?}", net.name)))?
-        .into_iter()
-        .filter(|b| b.host == node.host.name)
-        .map(|b| b.cidr)
-        .collect();
-    node.blocks().insert(net.id.clone(), mine.clone());
-    Ok(mine)
-}
-
-/// An address for (container, ifname) from one of this host's blocks, claiming a new block
-/// when they are all full.
-fn allocate(node: &Node, net: &Network, call: &CniCall) -> Result<ipam::Allocation, CniErr> {
-    let cfg = ipam_config(node, net)?;
-    let mut fs = file_store(node, net)?;
-    let mut try_block = |block: IpNet| -> Result<Option<ipam::Allocation>, CniErr> {
-        match ipam::allocate_in_blocks(
-            &mut fs,
-            &cfg,
-            &[block],
-            &call.container_id,
-            &call.ifname,
-            &[],
-        ) {
-            Ok(mut a) if !a.is_empty() => Ok(Some(a.remove(0))),
-            Ok(_) => Ok(None),
-            Err(IpamError::BlockExhausted { .. }) => Ok(None),
-            Err(e) => Err(CniErr::kind(
-                e.kind(),
-                format!("network {:?}: {e}", net.name),
-            )),
-        }
-    };
-    for block in my_blocks(node, net)? {
-        if let Some(a) = try_block(block)? {
-            return Ok(a);
-        }
-    }
-    let len = block_len(&net.ipam[0].subnet);
-    let block = node
-        .with_lease(|l| node.store.claim_block(l, &net.id, len))
-        .map_err(|e| CniErr::store(&e, &format!("claiming a block of network {:?}", net.name)))?;
-    tracing::info!(network = %net.name, %block, "claimed a block");
-    node.blocks().entry(net.id.clone()).or_default().push(block);
-    try_block(block)?.ok_or_else(|| {
-        CniErr::new(
-            ERR_TRY_AGAIN,
-            format!("network {:?}: the new block {block} is full", net.name),
-        )
-    })
-}
-
-/// The address decided before the attach (the MAC follows from it); released by the
-/// lifecycle's rollback and by DEL.
-struct Decided {
-    addressing: Addressing,
-    store: Option<FileStore>,
-}
-
-impl AddressSource for Decided {
-    fn allocate(&mut self, _: &EpRequest<'_>) -> Result<Addressing, BoxError> {
-        Ok(self.addressing.clone())
-    }
-    fn release(&mut self, req: &EpRequest<'_>) -> Result<(), BoxError> {
-        match &mut self.store {
-            Some(fs) => ipam::release(fs, req.container_id, req.ifname).map_err(boxed),
-            None => Ok(()),
-        }
-    }
 }
 
 fn driver<'h>(h: &'h Handle, vni: u32) -> Bridge<'h> {
@@ -640,12 +528,10 @@ fn status(node: &Node, call: &CniCall) -> Result<(), CniErr> {
     Ok(())
 }
 
-/// This host's blocks per network id.
-pub type Blocks = HashMap<String, Vec<IpNet>>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::cni_ipam::block_len;
 
     #[test]
     fn blocks_are_a_26_or_the_subnet_and_ids_are_stable() {

@@ -9,6 +9,7 @@
 pub mod cluster;
 mod cluster_metrics;
 mod cni;
+mod cni_ipam;
 pub mod docker;
 mod metrics;
 mod names;
