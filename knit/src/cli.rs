@@ -24,6 +24,14 @@ pub struct Cli {
     /// Output format of the listing commands.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Keep the network model in this etcd cluster (`http://HOST:PORT`, comma-separated or
+    /// repeated) instead of the SQLite database under --state-dir: `network` commands then
+    /// work cluster-wide (overlay networks), and `agent` runs as a host of the cluster.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// With --etcd: the key prefix everything of this cluster lives under.
+    #[arg(long, global = true, default_value = "/knit")]
+    pub etcd_prefix: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -61,6 +69,9 @@ pub enum Command {
     /// Run one replica of the SDN controller: leader election on etcd, each host's overlay
     /// state computed incrementally and streamed to the agents.
     Controller(crate::controller_cmd::ControllerArgs),
+    /// The cluster as etcd holds it (needs --etcd): hosts, VTEPs, overlay networks, blocks
+    /// and endpoints, as text or Graphviz.
+    Topology(crate::topology::TopologyArgs),
     /// Raw named network namespaces (for demos and tests).
     #[command(subcommand)]
     Netns(NetnsCmd),
@@ -100,7 +111,8 @@ pub enum NetworkCmd {
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// The network driver: `bridge`, or `macvlan` (with `-o parent=LINK`, and `-o
-    /// macvlan_mode=bridge|private|vepa|passthru`, default bridge).
+    /// macvlan_mode=bridge|private|vepa|passthru`, default bridge); with --etcd, `overlay`
+    /// (VXLAN between the hosts, or `-o mode=routed` for plain routes on a shared L2).
     #[arg(short, long, default_value = "bridge")]
     pub driver: String,
     /// The IPv4 (or, with --ipv6, IPv6) subnet; default: a free private /24 (172.17.0.0/24 up).
@@ -237,9 +249,10 @@ pub struct AgentArgs {
     /// `-d NAME` / `--ipam-driver NAME`.
     #[arg(long, default_value = "knit")]
     pub plugin_name: String,
-    /// Where Docker looks for plugin sockets.
-    #[arg(long, default_value = "/run/docker/plugins")]
-    pub plugin_dir: PathBuf,
+    /// Where Docker looks for plugin sockets (default /run/docker/plugins; with --etcd the
+    /// Docker plugin is served only when this is given).
+    #[arg(long)]
+    pub plugin_dir: Option<PathBuf>,
     /// Log lines as text or JSON (stderr; filter with KNIT_LOG, e.g. KNIT_LOG=debug).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -260,9 +273,20 @@ pub struct AgentArgs {
     /// With --dns: answer knit's names only.
     #[arg(long, conflicts_with = "dns_upstream")]
     pub dns_no_forward: bool,
-    /// Seconds between repair passes (store → kernel).
+    /// Seconds between repair passes (store → kernel; with --etcd, the controller's state →
+    /// kernel).
     #[arg(long, default_value_t = 30)]
     pub reconcile_interval: u64,
+    /// With --etcd: this host's name in the cluster (unique among live hosts).
+    #[arg(long, requires = "underlay_ip")]
+    pub host: Option<String>,
+    /// With --etcd: the address other hosts reach this one at (the VTEP's local address).
+    #[arg(long, requires = "host")]
+    pub underlay_ip: Option<IpAddr>,
+    /// With --etcd: seconds of the host's lease in etcd (its registration and IPAM blocks
+    /// expire that long after the agent stops renewing them).
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl: u64,
 }
 
 #[derive(Debug, Args)]
@@ -545,6 +569,48 @@ mod tests {
             );
             assert_eq!(p.host_ip, ip.map(|i| i.parse().unwrap()), "{auto}");
         }
+    }
+
+    #[test]
+    fn etcd_is_global_and_the_agent_needs_a_host_and_its_underlay_ip() {
+        let c = parse(&[
+            "network",
+            "create",
+            "--etcd",
+            "http://10.0.0.1:2379,http://10.0.0.2:2379",
+            "--driver",
+            "overlay",
+            "--subnet",
+            "10.244.0.0/16",
+            "-o",
+            "mode=routed",
+            "ov",
+        ])
+        .unwrap();
+        assert_eq!(c.etcd, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+        assert_eq!(c.etcd_prefix, "/knit");
+        let Command::Network(NetworkCmd::Create(a)) = c.command else {
+            panic!("not network create")
+        };
+        assert_eq!(a.driver, "overlay");
+        assert_eq!(a.opt, [("mode".to_string(), "routed".to_string())]);
+        assert!(parse(&["agent", "--host", "h1"]).is_err());
+        assert!(parse(&["agent", "--underlay-ip", "10.0.0.1"]).is_err());
+        let c = parse(&[
+            "--etcd",
+            "http://10.0.0.1:2379",
+            "agent",
+            "--host",
+            "h1",
+            "--underlay-ip",
+            "10.0.0.1",
+        ])
+        .unwrap();
+        let Command::Agent(a) = c.command else {
+            panic!("not agent")
+        };
+        assert_eq!(a.host.as_deref(), Some("h1"));
+        assert_eq!(a.plugin_dir, None);
     }
 
     #[test]

@@ -14,12 +14,6 @@ use crate::cli::LogFormat;
 
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
-    /// etcd endpoints (`http://HOST:PORT`, comma-separated).
-    #[arg(long, required = true, value_delimiter = ',')]
-    pub etcd: Vec<String>,
-    /// The store's key prefix in etcd (the CLI's and the agents' default too).
-    #[arg(long, default_value = "/knit")]
-    pub etcd_prefix: String,
     /// Serve agents on IP:PORT; also what the leader key in etcd says, so agents must reach it.
     #[arg(long)]
     pub listen: SocketAddr,
@@ -48,13 +42,23 @@ fn lock(state_dir: &Path) -> Result<File> {
     Ok(f)
 }
 
-pub fn run(state_dir: &Path, run_dir: &Path, a: &ControllerArgs) -> Result<i32> {
+/// `etcd`/`prefix`: the global `--etcd` (required here) and `--etcd-prefix`.
+pub fn run(
+    state_dir: &Path,
+    run_dir: &Path,
+    etcd: &[String],
+    prefix: &str,
+    a: &ControllerArgs,
+) -> Result<i32> {
     crate::agent::init_logs(a.log_format);
+    if etcd.is_empty() {
+        bail!("knit controller needs --etcd URL (the cluster's etcd)");
+    }
     let _lock = lock(state_dir)?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     sdn_controller::run(sdn_controller::Config {
-        etcd: a.etcd.clone(),
-        prefix: a.etcd_prefix.clone(),
+        etcd: etcd.to_vec(),
+        prefix: prefix.to_string(),
         listen: a.listen,
         metrics: a.metrics,
     })

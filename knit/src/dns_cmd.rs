@@ -1,9 +1,9 @@
-//! `knit dns`: knit's service-discovery DNS standalone, over the store in `--state-dir`. It
+//! `knit dns`: knit's service-discovery DNS standalone, over the store in `--state-dir` (or the
+//! cluster's with `--etcd`). It
 //! answers from records rebuilt whenever the store's revision moves (polled every 50 ms), so a
 //! name written after it started is served without a restart.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +23,10 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("expected ADDR or ADDR:PORT, got {s:?}"))
 }
 
-pub fn run(state_dir: &Path, a: &DnsArgs) -> Result<i32> {
+/// Serve from `st`: the SQLite store under `--state-dir`, or with `--etcd` the cluster's (a
+/// name registered on any host resolves on every host).
+pub fn run(st: Arc<dyn Store>, a: &DnsArgs) -> Result<i32> {
     crate::agent::init_logs(a.log_format);
-    let st: Arc<dyn Store> = Arc::new(
-        store::SqliteStore::open(state_dir)
-            .with_context(|| format!("opening the store in {}", state_dir.display()))?,
-    );
     let records =
         dns::server::Shared::new(dns::load(&*st, &a.domain, a.ttl).context("reading the store")?);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -9,6 +9,7 @@
 mod agent;
 mod attach;
 mod cli;
+mod cluster;
 mod connect;
 mod controller_cmd;
 mod dns_cmd;
@@ -20,6 +21,7 @@ mod repair;
 mod sandbox;
 mod service;
 mod table;
+mod topology;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -56,6 +58,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
         run_dir: cli.run_dir.clone(),
         cni_data_dir: cli.cni_data_dir.clone(),
     };
+    if !cli.etcd.is_empty() {
+        return on_etcd(&cli, dirs);
+    }
     match &cli.command {
         Command::Version => {
             println!("knit {}", env!("CARGO_PKG_VERSION"));
@@ -149,8 +154,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Netns(cmd) => netns(cmd)?,
         Command::Agent(a) => return agent::run(&cli.state_dir, dirs, a),
-        Command::Dns(a) => return dns_cmd::run(&cli.state_dir, a),
-        Command::Controller(a) => return controller_cmd::run(&cli.state_dir, &cli.run_dir, a),
+        Command::Dns(a) => return dns_cmd::run(std::sync::Arc::new(open_store(&cli)?), a),
+        Command::Controller(_) | Command::Topology(_) => {
+            anyhow::bail!("this command needs --etcd URL (the cluster's etcd)")
+        }
         Command::Endpoint(cmd) => {
             let st = open_store(&cli)?;
             match cmd {
@@ -181,6 +188,36 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The commands that work cluster-wide, with `--etcd`.
+fn on_etcd(cli: &Cli, dirs: Dirs) -> Result<i32> {
+    match &cli.command {
+        Command::Network(cmd) => {
+            let st = cluster::open(&cli.etcd, &cli.etcd_prefix)?;
+            cluster::network(&st, cmd, cli.format)?;
+            Ok(0)
+        }
+        Command::Agent(a) => {
+            agent::cluster::run(&cli.etcd, &cli.etcd_prefix, &cli.state_dir, dirs, a)
+        }
+        Command::Controller(a) => {
+            controller_cmd::run(&cli.state_dir, &cli.run_dir, &cli.etcd, &cli.etcd_prefix, a)
+        }
+        Command::Topology(a) => {
+            let st = cluster::open(&cli.etcd, &cli.etcd_prefix)?;
+            topology::show(&st, a)?;
+            Ok(0)
+        }
+        Command::Dns(a) => {
+            let st = cluster::open(&cli.etcd, &cli.etcd_prefix)?;
+            dns_cmd::run(std::sync::Arc::new(st), a)
+        }
+        _ => anyhow::bail!(
+            "--etcd is for `network`, `agent`, `controller`, `dns` and `topology` (the other \
+             commands act on this host)"
+        ),
+    }
 }
 
 fn netns(cmd: &NetnsCmd) -> Result<()> {

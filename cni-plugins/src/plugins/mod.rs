@@ -6,6 +6,7 @@ pub mod dummy;
 pub mod firewall;
 pub mod host_device;
 pub mod host_local;
+pub mod knit;
 pub mod loopback;
 pub mod macvlan;
 pub mod portmap;
@@ -27,6 +28,7 @@ pub const NAMES: &[&str] = &[
     "firewall",
     "host-device",
     "host-local",
+    "knit",
     "loopback",
     "macvlan",
     "portmap",
@@ -45,6 +47,7 @@ pub fn by_name(name: &str) -> Option<&'static dyn Plugin> {
         "firewall" => &firewall::Firewall,
         "host-device" => &host_device::HostDevice,
         "host-local" => &host_local::HostLocal,
+        "knit" => &knit::Knit,
         "loopback" => &loopback::Loopback,
         "macvlan" => &macvlan::Macvlan,
         "portmap" => &portmap::Portmap,

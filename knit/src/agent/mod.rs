@@ -6,11 +6,17 @@
 //! Async only here: tokio serves the sockets; every call into the store or libnet runs on a
 //! blocking thread.
 
+pub mod cluster;
+mod cluster_metrics;
+mod cni;
+mod cni_ipam;
 pub mod docker;
 mod metrics;
 mod names;
+mod overlay;
 pub mod pools;
 mod reconcile;
+mod stream;
 pub mod wire;
 
 use std::fs::File;
@@ -39,6 +45,9 @@ use metrics::Metrics;
 
 /// The largest request body accepted (Docker's are a few hundred bytes).
 pub const MAX_BODY: usize = 1 << 20;
+
+/// Where Docker looks for plugin sockets.
+pub const DEFAULT_PLUGIN_DIR: &str = "/run/docker/plugins";
 
 /// Docker's content type for plugin answers.
 const PLUGIN_JSON: &str = "application/vnd.docker.plugins.v1.2+json";
@@ -153,7 +162,11 @@ async fn serve(shared: Arc<Shared>, a: &AgentArgs) -> Result<()> {
         .await
         .context("the reconcile pass panicked")?;
 
-    let plugin_sock = a.plugin_dir.join(format!("{}.sock", a.plugin_name));
+    let plugin_dir = a
+        .plugin_dir
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PLUGIN_DIR.into());
+    let plugin_sock = plugin_dir.join(format!("{}.sock", a.plugin_name));
     let api_sock = shared.ctx.dirs.run_dir.join("agent.sock");
     let plugin = bind(&plugin_sock).await?;
     let api = bind(&api_sock).await?;

@@ -1,0 +1,210 @@
+//! The agent's overlay in etcd mode: the state the controller gave this host (a `Full`, then
+//! `Delta`s applied in order), and the kernel brought to it through `overlay_vxlan`.
+//!
+//! - `Full`: [`overlay_vxlan::sync_host`] (observe everything, fix everything, delete what is
+//!   no longer listed: links of networks gone, stale FDB, neighbour and route entries).
+//! - `Delta`: [`sdn_controller::proto::apply_changes`] on a copy, then per touched network
+//!   [`overlay_vxlan::apply_delta`] from its previous state (no dump: the work follows the
+//!   delta), [`overlay_vxlan::sync_network`] for a new network or when the delta cannot be
+//!   applied as such, [`overlay_vxlan::remove_network`] for one gone.
+//! - The periodic pass and every lost stream run `sync_host` of the state held, so the kernel
+//!   never drifts from it for longer than `--reconcile-interval`.
+//!
+//! All of it runs on blocking threads (netlink is synchronous), under one lock: a delta and a
+//! reconcile never interleave.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use libnet::netlink::Handle;
+use overlay_vxlan::{HostDesired, Mode, NetworkDesired};
+use sdn_controller::proto::{apply_changes, Change};
+use tracing::{info, warn};
+
+use super::cluster_metrics::ClusterMetrics;
+
+/// What this host holds: the controller's state at `version`, and the FDB remotes each of
+/// its networks has (for the gauge).
+#[derive(Default)]
+struct Held {
+    version: Option<u64>,
+    desired: Option<HostDesired>,
+    fdb: BTreeMap<String, usize>,
+}
+
+pub struct Overlay {
+    nl: Handle,
+    held: Mutex<Held>,
+    pub metrics: ClusterMetrics,
+}
+
+/// What [`Overlay::apply_delta`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeltaOutcome {
+    Applied,
+    /// The delta's base is not the version held (or nothing is held): reconnect for a `Full`.
+    OutOfOrder {
+        held: Option<u64>,
+    },
+}
+
+impl Overlay {
+    pub fn new(nl: Handle, metrics: ClusterMetrics) -> Overlay {
+        Overlay {
+            nl,
+            held: Mutex::new(Held::default()),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The version held, for `Hello` (the controller may resume from it).
+    pub fn version(&self) -> Option<u64> {
+        self.lock().version
+    }
+
+    /// The network as the controller last described it to this host, by id.
+    pub fn network(&self, id: &str) -> Option<NetworkDesired> {
+        let held = self.lock();
+        held.desired
+            .as_ref()
+            .and_then(|d| d.networks.iter().find(|n| n.id == id).cloned())
+    }
+
+    /// The host namespace's netlink socket (the CNI path attaches through it too).
+    pub fn netlink(&self) -> &Handle {
+        &self.nl
+    }
+
+    /// The network's links (bridge, vxlan device), made now if the controller has not yet:
+    /// under the same lock as deltas and reconciles.
+    pub fn ensure(
+        &self,
+        net: &NetworkDesired,
+    ) -> Result<overlay_vxlan::NetworkLinks, overlay_vxlan::OverlayError> {
+        let _held = self.lock();
+        overlay_vxlan::ensure_network(&self.nl, net)
+    }
+
+    /// A `Full`: the kernel brought to `state`, which replaces what was held.
+    pub fn apply_full(&self, version: u64, state: HostDesired) {
+        let mut held = self.lock();
+        self.sync(&mut held, &state);
+        held.version = Some(version);
+        held.desired = Some(state);
+        self.metrics.version.set(version as i64);
+        self.metrics.fulls.inc();
+    }
+
+    /// A `Delta` from `base` to `version`.
+    pub fn apply_delta(&self, base: u64, version: u64, changes: &[Change]) -> DeltaOutcome {
+        let mut held = self.lock();
+        let Some(old) = held.desired.clone().filter(|_| held.version == Some(base)) else {
+            return DeltaOutcome::OutOfOrder { held: held.version };
+        };
+        let mut new = old.clone();
+        let touched = apply_changes(&mut new, changes);
+        forward_if_routed(&new);
+        for id in touched {
+            let o = old.networks.iter().find(|n| n.id == id);
+            let n = new.networks.iter().find(|n| n.id == id);
+            match self.delta_network(o, n) {
+                Ok(fdb) => {
+                    match fdb {
+                        Some(c) => held.fdb.insert(id.clone(), c),
+                        None => held.fdb.remove(&id),
+                    };
+                }
+                Err(e) => {
+                    self.metrics.errors.inc();
+                    warn!(network = %id, error = %e, "applying a delta failed; the next reconcile retries");
+                }
+            }
+        }
+        held.version = Some(version);
+        held.desired = Some(new);
+        self.metrics.version.set(version as i64);
+        self.metrics.deltas.inc();
+        self.metrics
+            .fdb_entries
+            .set(held.fdb.values().sum::<usize>() as i64);
+        DeltaOutcome::Applied
+    }
+
+    /// One network from `old` to `new`; the FDB remotes it has now (`None`: gone).
+    fn delta_network(
+        &self,
+        old: Option<&NetworkDesired>,
+        new: Option<&NetworkDesired>,
+    ) -> Result<Option<usize>, overlay_vxlan::OverlayError> {
+        let nl = &self.nl;
+        match (old, new) {
+            (Some(o), None) => overlay_vxlan::remove_network(nl, o).map(|_| None),
+            (None, Some(n)) => overlay_vxlan::sync_network(nl, n).map(|s| Some(s.fdb_entries)),
+            (Some(o), Some(n)) => {
+                if o.vni != n.vni {
+                    overlay_vxlan::remove_network(nl, o)?;
+                }
+                let links = overlay_vxlan::ensure_network(nl, n)?;
+                if overlay_vxlan::apply_delta(nl, &links, o, n).is_err() {
+                    return overlay_vxlan::sync_network(nl, n).map(|s| Some(s.fdb_entries));
+                }
+                Ok(Some(overlay_vxlan::plan::wanted(n, &links).remotes.len()))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The periodic pass, and after a lost stream: the kernel brought back to the state held
+    /// (nothing before the first `Full`: an empty state would delete what a previous run made
+    /// before the controller said what stays).
+    pub fn reconcile(&self) {
+        let mut held = self.lock();
+        if let Some(state) = held.desired.clone() {
+            self.sync(&mut held, &state);
+        }
+    }
+
+    fn sync(&self, held: &mut Held, state: &HostDesired) {
+        let started = Instant::now();
+        forward_if_routed(state);
+        let r = overlay_vxlan::sync_host(&self.nl, state);
+        held.fdb = r
+            .networks
+            .iter()
+            .map(|(id, s)| (id.clone(), s.fdb_entries))
+            .collect();
+        for e in &r.errors {
+            self.metrics.errors.inc();
+            warn!(error = %e, "reconcile: a network could not be synced");
+        }
+        let changes = r.applied.changes();
+        if changes > 0 || !r.removed.links.is_empty() {
+            info!(
+                changes,
+                removed = ?r.removed.links,
+                "reconcile changed the kernel"
+            );
+        }
+        self.metrics
+            .fdb_entries
+            .set(held.fdb.values().sum::<usize>() as i64);
+        self.metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Routed mode needs the host to forward IPv4 (overlay_vxlan leaves host-wide settings to
+/// the agent).
+fn forward_if_routed(state: &HostDesired) {
+    if state.networks.iter().any(|n| n.mode == Mode::Routed) {
+        if let Err(e) = libnet::sysctl::set("net/ipv4/ip_forward", "1") {
+            warn!(error = %e, "routed mode: could not turn on net.ipv4.ip_forward");
+        }
+    }
+}

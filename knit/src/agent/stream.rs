@@ -1,0 +1,166 @@
+//! The stream from the leading controller ([`sdn_controller::proto`]): find the leader in etcd
+//! (`P/controller/leader`), connect, `Hello`, then apply the `Full` and the `Delta`s in order
+//! and acknowledge each. On a lost stream, `NotLeader`, or a leader key that names another
+//! replica: reconcile the kernel to the state held, and connect again with backoff (100 ms
+//! doubling to 5 s). The kernel state stays meanwhile: traffic between existing containers
+//! never waits for the controller.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sdn_controller::proto::{read_frame, write_frame, AgentMsg, ControllerMsg, PROTOCOL};
+use store::AsyncEtcdStore;
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use super::overlay::{DeltaOutcome, Overlay};
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a connected agent re-reads the leader key (a leader that lost its lease may not
+/// have closed the connection).
+const LEADER_CHECK: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How a session ended.
+enum End {
+    /// The replica is not the leader; it may have named one.
+    NotLeader(Option<String>),
+    /// The controller closed, refused, sent something out of order, or the leader changed.
+    Closed(String),
+}
+
+/// Runs forever (until the task is aborted).
+pub async fn run(ov: Arc<Overlay>, st: AsyncEtcdStore, host: String) {
+    let mut backoff = BACKOFF_FIRST;
+    let mut hint: Option<String> = None;
+    loop {
+        let addr = match hint.take() {
+            Some(a) => Some(a),
+            None => match leader(&st).await {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "reading the controller leader key");
+                    None
+                }
+            },
+        };
+        if let Some(addr) = addr {
+            let (end, got_state) = session(&ov, &st, &addr, &host).await;
+            ov.metrics.connected.set(0);
+            match end {
+                End::NotLeader(l) => {
+                    info!(controller = %addr, leader = ?l, "not the leader");
+                    hint = l.filter(|l| *l != addr);
+                }
+                End::Closed(why) => warn!(controller = %addr, reason = %why, "stream lost"),
+            }
+            if got_state {
+                backoff = BACKOFF_FIRST;
+                let o = ov.clone();
+                let _ = tokio::task::spawn_blocking(move || o.reconcile()).await;
+            }
+        }
+        if hint.is_none() {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// One connection; also says whether any state arrived on it.
+async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str) -> (End, bool) {
+    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return (End::Closed(format!("connecting: {e}")), false),
+        Err(_) => return (End::Closed("connecting: timed out".into()), false),
+    };
+    let _ = conn.set_nodelay(true);
+    let (mut rd, mut wr) = conn.into_split();
+    let hello = AgentMsg::Hello {
+        protocol: PROTOCOL,
+        host: host.to_string(),
+        version: ov.version(),
+    };
+    if let Err(e) = write_frame(&mut wr, &hello).await {
+        return (End::Closed(format!("sending hello: {e}")), false);
+    }
+    // Frames are read by their own task: a read is not cancel-safe, the leader check is.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = read_frame::<_, ControllerMsg>(&mut rd).await;
+            let last = !matches!(r, Ok(Some(_)));
+            if tx.send(r).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    let mut got_state = false;
+    let mut tick = tokio::time::interval(LEADER_CHECK);
+    tick.tick().await;
+    let end = loop {
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            _ = tick.tick() => {
+                match leader(st).await {
+                    Ok(Some(l)) if l != addr => break End::Closed(format!("the leader is now {l}")),
+                    _ => continue,
+                }
+            }
+        };
+        let msg = match msg {
+            Some(Ok(Some(m))) => m,
+            Some(Ok(None)) | None => break End::Closed("closed by the controller".into()),
+            Some(Err(e)) => break End::Closed(e.to_string()),
+        };
+        let ack = match msg {
+            ControllerMsg::NotLeader { leader } => break End::NotLeader(leader),
+            ControllerMsg::Error { message } => break End::Closed(format!("refused: {message}")),
+            ControllerMsg::Full { version, state } => {
+                let o = ov.clone();
+                if tokio::task::spawn_blocking(move || o.apply_full(version, state))
+                    .await
+                    .is_err()
+                {
+                    break End::Closed("applying a full state panicked".into());
+                }
+                got_state = true;
+                ov.metrics.connected.set(1);
+                info!(controller = %addr, version, "full state applied");
+                version
+            }
+            ControllerMsg::Delta {
+                base,
+                version,
+                changes,
+            } => {
+                let o = ov.clone();
+                let r = tokio::task::spawn_blocking(move || o.apply_delta(base, version, &changes))
+                    .await;
+                match r {
+                    Ok(DeltaOutcome::Applied) => version,
+                    Ok(DeltaOutcome::OutOfOrder { held }) => {
+                        break End::Closed(format!(
+                            "a delta from version {base} while holding {held:?}: resync"
+                        ))
+                    }
+                    Err(_) => break End::Closed("applying a delta panicked".into()),
+                }
+            }
+        };
+        if let Err(e) = write_frame(&mut wr, &AgentMsg::Ack { version: ack }).await {
+            break End::Closed(format!("sending ack: {e}"));
+        }
+    };
+    reader.abort();
+    (end, got_state)
+}
+
+/// The leading controller's address from its election key, if one leads now.
+async fn leader(st: &store::AsyncEtcdStore) -> Result<Option<String>, store::Error> {
+    let (held, _) = st.leader().await?;
+    Ok(held
+        .map(|(addr, _)| addr.trim().to_string())
+        .filter(|a| !a.is_empty()))
+}
