@@ -1,0 +1,206 @@
+//! The multi-host overlay end to end with every real part: a real etcd on an underlay
+//! namespace, three "hosts" (namespaces on the underlay bridge), two `knit controller`
+//! replicas (one leads by etcd election), a `knit agent` per host, containers attached through
+//! the `knit` CNI plugin.
+//!
+//! - `containers_on_three_hosts_reach_each_other`: all pairs ping across hosts; a container
+//!   removed on one host is unreachable and its FDB and neighbour entries are gone on every
+//!   other host.
+//! - The leader is killed (-9) while containers are being added: the standby leads, a ping
+//!   between existing containers running meanwhile loses nothing (the kernel state stays),
+//!   and the container added during the failover is reachable within seconds.
+//!
+//! Runs `$KNIT_BIN` (default target/release/knit) and `target/cni/bin/knit` (`make build`).
+#![cfg(feature = "root-tests")]
+
+#[path = "common/overlay_lab.rs"]
+mod overlay_lab;
+
+use std::net::IpAddr;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use netns_tests::cni::{Runner, Runtime};
+use netns_tests::topology::TestNs;
+use overlay_lab::{network_id_vni, Host, Lab, PREFIX};
+use serde_json::{json, Value};
+
+const SUBNET: &str = "10.251.0.0/16";
+const CTL_PORT: u16 = 7471;
+
+fn conflist(h: &Host) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "ov",
+        "plugins": [{"type": "knit", "network": "ov", "socket": h.socket()}],
+    })
+}
+
+/// A container namespace attached on `h` through the CNI plugin: (namespace, its address).
+fn add(h: &Host, tag: &str) -> Result<(TestNs, IpAddr)> {
+    let c = TestNs::new(tag)?;
+    let r = Runner::new(netns_tests::knit_dir(), h.k.ns.ns());
+    let res = r.add(&conflist(h), &Runtime::new(tag, Some(&c.path()), "eth0"));
+    let v = res
+        .ok()
+        .with_context(|| format!("ADD {tag} on {}", h.name))?
+        .clone();
+    let addr: ipnet::IpNet = v["ips"][0]["address"]
+        .as_str()
+        .context("no address in the result")?
+        .parse()?;
+    Ok((c, addr.addr()))
+}
+
+fn del(h: &Host, tag: &str, c: &TestNs) -> Result<()> {
+    let r = Runner::new(netns_tests::knit_dir(), h.k.ns.ns());
+    r.del(&conflist(h), &Runtime::new(tag, Some(&c.path()), "eth0"), None)
+        .ok()
+        .with_context(|| format!("DEL {tag} on {}", h.name))?;
+    Ok(())
+}
+
+fn pings(from: &TestNs, to: IpAddr) -> bool {
+    from.run(&["ping", "-c1", "-W1", &to.to_string()])
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Wait up to `secs` for `f`.
+fn within(secs: u64, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        if f()? {
+            return Ok(());
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A controller replica in host `h`, listening on its underlay address.
+fn controller(h: &Host, etcd: &str) -> Result<Child> {
+    let listen = format!("{}:{CTL_PORT}", h.underlay);
+    h.k.spawn(
+        &["--etcd", etcd, "controller", "--listen", &listen],
+        "controller.log",
+    )
+}
+
+fn leader(lab: &Lab) -> Result<Option<String>> {
+    Ok(lab
+        .etcd_get_prefix(&format!("{PREFIX}/controller/leader"))?
+        .first()
+        .map(|(_, v)| v.clone()))
+}
+
+/// The FDB entries of the overlay's vxlan device and the neighbour entries of its bridge.
+fn tables(h: &Host, vni: u32) -> Result<String> {
+    Ok(h.sh(&format!(
+        "bridge fdb show dev {}; ip neigh show dev {}",
+        overlay_vxlan::vxlan_name(vni),
+        overlay_vxlan::bridge_name(vni)
+    ))?)
+}
+
+#[test]
+fn containers_on_three_hosts_reach_each_other() -> Result<()> {
+    let lab = Lab::new()?;
+    let mut hosts = vec![
+        lab.host("ha", 31)?,
+        lab.host("hb", 32)?,
+        lab.host("hc", 33)?,
+    ];
+    hosts[0].knit(&[
+        "network", "create", "--driver", "overlay", "--subnet", SUBNET, "ov",
+    ])?;
+    let (_, vni) = network_id_vni(&hosts[0], "ov")?;
+    let mut ctls = Procs(vec![
+        controller(&hosts[0], &lab.etcd.url)?,
+        controller(&hosts[1], &lab.etcd.url)?,
+    ]);
+    within(10, "a controller leads", || Ok(leader(&lab)?.is_some()))?;
+    let first = leader(&lab)?.context("leader")?;
+    for h in &mut hosts {
+        h.start_agent()?;
+    }
+
+    let mut ctrs = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let (ns, ip) = add(h, &format!("c{i}"))?;
+        ctrs.push((i, ns, ip));
+    }
+    for (i, a, _) in &ctrs {
+        for (j, _, ip) in &ctrs {
+            if i != j {
+                within(10, &format!("c{i} pings c{j} at {ip}"), || {
+                    Ok(pings(a, *ip))
+                })?;
+            }
+        }
+    }
+
+    // A container removed on host c: unreachable, its entries gone on a and b.
+    let (_, c2, ip2) = ctrs.pop().context("c2")?;
+    del(&hosts[2], "c2", &c2)?;
+    let mac = overlay_vxlan::Mac(overlay_vxlan::endpoint_mac(ip2)).to_string();
+    for h in &hosts[..2] {
+        within(5, &format!("{ip2}'s entries gone on {}", h.name), || {
+            let t = tables(h, vni)?;
+            Ok(!t.contains(&mac) && !t.contains(&format!("{ip2} ")))
+        })?;
+    }
+    ensure!(!pings(&ctrs[0].1, ip2), "{ip2} still answers after DEL");
+
+    // Leader killed while a container is added; a ping between existing containers runs
+    // across the failover.
+    let (a0, ip1) = (&ctrs[0].1, ctrs[1].2);
+    let mut ping = a0
+        .command("ping")
+        .args(["-i", "0.05", "-c", "160", "-W", "1", &ip1.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = if first.starts_with(&format!("{}:", hosts[0].underlay)) {
+        0
+    } else {
+        1
+    };
+    ctls.0[killed].kill()?;
+    ctls.0[killed].wait()?;
+    let (c3, ip3) = add(&hosts[2], "c3")?;
+    within(15, "the standby leads", || {
+        Ok(leader(&lab)?.is_some_and(|l| l != first))
+    })?;
+    within(
+        15,
+        &format!("c0 reaches c3 ({ip3}) added during the failover"),
+        || Ok(pings(a0, ip3)),
+    )?;
+    let out = ping.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains(" 0% packet loss"),
+        "the ping across the failover lost packets:\n{text}"
+    );
+    del(&hosts[2], "c3", &c3)?;
+    for (i, ns, _) in &ctrs {
+        del(&hosts[*i], &format!("c{i}"), ns)?;
+    }
+    Ok(())
+}
+
+/// Processes killed on every way out of the test.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
