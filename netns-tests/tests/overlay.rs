@@ -13,6 +13,8 @@
 //! Runs `$KNIT_BIN` (default target/release/knit) and `target/cni/bin/knit` (`make build`).
 #![cfg(feature = "root-tests")]
 
+// The scripted controller of the agent tests is not used here: the real one runs.
+#[allow(dead_code)]
 #[path = "common/overlay_lab.rs"]
 mod overlay_lab;
 
@@ -55,9 +57,13 @@ fn add(h: &Host, tag: &str) -> Result<(TestNs, IpAddr)> {
 
 fn del(h: &Host, tag: &str, c: &TestNs) -> Result<()> {
     let r = Runner::new(netns_tests::knit_dir(), h.k.ns.ns());
-    r.del(&conflist(h), &Runtime::new(tag, Some(&c.path()), "eth0"), None)
-        .ok()
-        .with_context(|| format!("DEL {tag} on {}", h.name))?;
+    r.del(
+        &conflist(h),
+        &Runtime::new(tag, Some(&c.path()), "eth0"),
+        None,
+    )
+    .ok()
+    .with_context(|| format!("DEL {tag} on {}", h.name))?;
     Ok(())
 }
 
@@ -99,11 +105,11 @@ fn leader(lab: &Lab) -> Result<Option<String>> {
 
 /// The FDB entries of the overlay's vxlan device and the neighbour entries of its bridge.
 fn tables(h: &Host, vni: u32) -> Result<String> {
-    Ok(h.sh(&format!(
+    h.sh(&format!(
         "bridge fdb show dev {}; ip neigh show dev {}",
         overlay_vxlan::vxlan_name(vni),
         overlay_vxlan::bridge_name(vni)
-    ))?)
+    ))
 }
 
 #[test]
@@ -158,7 +164,7 @@ fn containers_on_three_hosts_reach_each_other() -> Result<()> {
     // Leader killed while a container is added; a ping between existing containers runs
     // across the failover.
     let (a0, ip1) = (&ctrs[0].1, ctrs[1].2);
-    let mut ping = a0
+    let ping = a0
         .command("ping")
         .args(["-i", "0.05", "-c", "160", "-W", "1", &ip1.to_string()])
         .stdout(std::process::Stdio::piped())
