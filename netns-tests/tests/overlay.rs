@@ -3,9 +3,10 @@
 //! replicas (one leads by etcd election), a `knit agent` per host, containers attached through
 //! the `knit` CNI plugin.
 //!
-//! - `containers_on_three_hosts_reach_each_other`: all pairs ping across hosts; a container
-//!   removed on one host is unreachable and its FDB and neighbour entries are gone on every
-//!   other host.
+//! - `containers_on_three_hosts_reach_each_other`: all pairs ping across hosts; `knit dns`
+//!   on one host answers the names of containers registered on the others; a container
+//!   removed on one host is unreachable, its name gone, and its FDB and neighbour entries
+//!   are gone on every other host.
 //! - The leader is killed (-9) while containers are being added: the standby leads, a ping
 //!   between existing containers running meanwhile loses nothing (the kernel state stays),
 //!   and the container added during the failover is reachable within seconds.
@@ -31,11 +32,13 @@ use serde_json::{json, Value};
 const SUBNET: &str = "10.251.0.0/16";
 const CTL_PORT: u16 = 7471;
 
-fn conflist(h: &Host) -> Value {
+/// The conflist of a container named `name` (registered for DNS).
+fn conflist(h: &Host, name: &str) -> Value {
     json!({
         "cniVersion": "1.0.0",
         "name": "ov",
-        "plugins": [{"type": "knit", "network": "ov", "socket": h.socket()}],
+        "plugins": [{"type": "knit", "network": "ov", "socket": h.socket(),
+                     "args": {"cni": {"name": name, "labels": {"app": "demo"}}}}],
     })
 }
 
@@ -43,7 +46,10 @@ fn conflist(h: &Host) -> Value {
 fn add(h: &Host, tag: &str) -> Result<(TestNs, IpAddr)> {
     let c = TestNs::new(tag)?;
     let r = Runner::new(netns_tests::knit_dir(), h.k.ns.ns());
-    let res = r.add(&conflist(h), &Runtime::new(tag, Some(&c.path()), "eth0"));
+    let res = r.add(
+        &conflist(h, tag),
+        &Runtime::new(tag, Some(&c.path()), "eth0"),
+    );
     let v = res
         .ok()
         .with_context(|| format!("ADD {tag} on {}", h.name))?
@@ -58,13 +64,19 @@ fn add(h: &Host, tag: &str) -> Result<(TestNs, IpAddr)> {
 fn del(h: &Host, tag: &str, c: &TestNs) -> Result<()> {
     let r = Runner::new(netns_tests::knit_dir(), h.k.ns.ns());
     r.del(
-        &conflist(h),
+        &conflist(h, tag),
         &Runtime::new(tag, Some(&c.path()), "eth0"),
         None,
     )
     .ok()
     .with_context(|| format!("DEL {tag} on {}", h.name))?;
     Ok(())
+}
+
+/// `dig +short` from `from` to knit's DNS on the overlay's gateway address.
+fn dig(from: &TestNs, name: &str) -> Result<String> {
+    let o = from.run(&["dig", "+short", "+time=1", "+tries=1", "@10.251.0.1", name])?;
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 fn pings(from: &TestNs, to: IpAddr) -> bool {
@@ -149,6 +161,27 @@ fn containers_on_three_hosts_reach_each_other() -> Result<()> {
         }
     }
 
+    // Names across hosts: knit's DNS on host a (on the overlay's gateway address, which every
+    // host's bridge holds) answers the names of containers registered on b and c.
+    let dns = hosts[0].k.spawn(
+        &[
+            "--etcd",
+            &lab.etcd.url,
+            "dns",
+            "--no-forward",
+            "--listen",
+            "10.251.0.1",
+        ],
+        "dns.log",
+    )?;
+    ctls.0.push(dns);
+    for (j, _, ip) in &ctrs[1..] {
+        within(10, &format!("c{j} resolves from host a"), || {
+            Ok(dig(&ctrs[0].1, &format!("c{j}"))? == ip.to_string())
+        })?;
+        ensure!(dig(&ctrs[0].1, &format!("c{j}.ov.knit.internal"))? == ip.to_string());
+    }
+
     // A container removed on host c: unreachable, its entries gone on a and b.
     let (_, c2, ip2) = ctrs.pop().context("c2")?;
     del(&hosts[2], "c2", &c2)?;
@@ -160,6 +193,9 @@ fn containers_on_three_hosts_reach_each_other() -> Result<()> {
         })?;
     }
     ensure!(!pings(&ctrs[0].1, ip2), "{ip2} still answers after DEL");
+    within(6, "c2's name gone after DEL", || {
+        Ok(dig(&ctrs[0].1, "c2")?.is_empty())
+    })?;
 
     // Leader killed while a container is added; a ping between existing containers runs
     // across the failover.

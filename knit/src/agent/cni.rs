@@ -64,8 +64,71 @@ pub struct CniCall {
     #[serde(default)]
     pub ifname: String,
     pub network: String,
+    /// CNI_ARGS as the plugin parsed it: `[[K, V], ...]`.
+    #[serde(default)]
+    pub args: Vec<(String, String)>,
     #[serde(default)]
     pub config: Value,
+}
+
+/// The names and labels an ADD registers for DNS and services: the name from CNI_ARGS
+/// `K8S_POD_NAME` or the config's `args.cni.name`; aliases from `args.cni.aliases` and the
+/// `aliases` capability (`runtimeConfig.aliases.NETWORK`, as podman passes them); labels from
+/// `args.cni.labels`, plus `K8S_POD_NAMESPACE` as `io.kubernetes.pod.namespace`.
+pub fn identity(
+    call: &CniCall,
+) -> Result<
+    (
+        String,
+        Vec<String>,
+        std::collections::BTreeMap<String, String>,
+    ),
+    CniErr,
+> {
+    let mut name = String::new();
+    let mut labels = std::collections::BTreeMap::new();
+    for (k, v) in &call.args {
+        match k.as_str() {
+            "K8S_POD_NAME" => name = v.clone(),
+            "K8S_POD_NAMESPACE" => {
+                labels.insert("io.kubernetes.pod.namespace".to_string(), v.clone());
+            }
+            _ => {}
+        }
+    }
+    let cni = &call.config["args"]["cni"];
+    if let Some(n) = cni["name"].as_str() {
+        name = n.to_string();
+    }
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut aliases = strings(&cni["aliases"]);
+    aliases.extend(strings(
+        &call.config["runtimeConfig"]["aliases"][&call.network],
+    ));
+    let mut seen = std::collections::BTreeSet::new();
+    aliases.retain(|a| *a != name && seen.insert(a.clone()));
+    if let Some(m) = cni["labels"].as_object() {
+        for (k, v) in m {
+            let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            labels.insert(k.clone(), v);
+        }
+    }
+    for n in std::iter::once(&name)
+        .filter(|n| !n.is_empty())
+        .chain(&aliases)
+    {
+        store::validate::validate_name("endpoint", n)
+            .map_err(|e| CniErr::new(ERR_INVALID_CONFIG, e.to_string()))?;
+    }
+    Ok((name, aliases, labels))
 }
 
 /// A CNI error object.
@@ -271,6 +334,7 @@ fn check_call(call: &CniCall) -> Result<(), CniErr> {
 
 fn add(node: &Node, call: &CniCall) -> Result<Value, CniErr> {
     check_call(call)?;
+    let (name, aliases, labels) = identity(call)?;
     let (net, vni) = overlay_network(node, &call.network)?;
     let netns = NetNs::open(&call.netns).map_err(|e| {
         CniErr::kind(
@@ -328,6 +392,9 @@ fn add(node: &Node, call: &CniCall) -> Result<Value, CniErr> {
     ep.id = endpoint_id(&call.container_id, &call.ifname);
     ep.sandbox_id = Some(call.container_id.clone());
     ep.ifname = call.ifname.clone();
+    ep.name = name;
+    ep.aliases = aliases;
+    ep.labels = labels;
     ep.mac = libnet::netlink::link::format_mac(&mac);
     match ip {
         IpNet::V4(_) => ep.ipv4 = Some(ip),
@@ -503,6 +570,7 @@ fn gc(node: &Node, call: &CniCall) -> Result<(), CniErr> {
             netns: String::new(),
             ifname: ep.ifname.clone(),
             network: call.network.clone(),
+            args: Vec::new(),
             config: Value::Null,
         };
         if let Err(e) = del(node, &gone) {
@@ -540,5 +608,49 @@ mod tests {
         assert_eq!(block_len(&"fd00::/64".parse().unwrap()), 122);
         assert_eq!(endpoint_id("abc", "eth0"), "cni-abc-eth0");
         assert!(endpoint_id(&"a".repeat(200), "eth0").len() <= store::validate::MAX_ID_LEN);
+    }
+
+    fn call(args: &str, config: Value) -> CniCall {
+        CniCall {
+            command: "ADD".into(),
+            container_id: "c1".into(),
+            netns: String::new(),
+            ifname: "eth0".into(),
+            network: "ov".into(),
+            args: args
+                .split(';')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            config,
+        }
+    }
+
+    #[test]
+    fn names_aliases_and_labels_come_from_args_and_runtime_config() {
+        let c = call(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-0",
+            serde_json::json!({
+                "args": {"cni": {"aliases": ["www"], "labels": {"app": "web", "n": 1}}},
+                "runtimeConfig": {"aliases": {"ov": ["front", "www"], "other": ["no"]}},
+            }),
+        );
+        let (name, aliases, labels) = identity(&c).unwrap();
+        assert_eq!(name, "web-0");
+        assert_eq!(aliases, ["www", "front"]);
+        assert_eq!(labels["app"], "web");
+        assert_eq!(labels["n"], "1");
+        assert_eq!(labels["io.kubernetes.pod.namespace"], "prod");
+        let named = call(
+            "K8S_POD_NAME=x",
+            serde_json::json!({"args": {"cni": {"name": "db"}}}),
+        );
+        assert_eq!(identity(&named).unwrap().0, "db");
+        assert_eq!(
+            identity(&call("", Value::Null)).unwrap(),
+            (String::new(), vec![], Default::default())
+        );
+        let bad = call("K8S_POD_NAME=a/b", Value::Null);
+        assert_eq!(identity(&bad).unwrap_err().code, ERR_INVALID_CONFIG);
     }
 }
