@@ -71,20 +71,18 @@ pub struct CniCall {
     pub config: Value,
 }
 
+/// An endpoint's name, aliases and labels.
+pub type Identity = (
+    String,
+    Vec<String>,
+    std::collections::BTreeMap<String, String>,
+);
+
 /// The names and labels an ADD registers for DNS and services: the name from CNI_ARGS
 /// `K8S_POD_NAME` or the config's `args.cni.name`; aliases from `args.cni.aliases` and the
 /// `aliases` capability (`runtimeConfig.aliases.NETWORK`, as podman passes them); labels from
 /// `args.cni.labels`, plus `K8S_POD_NAMESPACE` as `io.kubernetes.pod.namespace`.
-pub fn identity(
-    call: &CniCall,
-) -> Result<
-    (
-        String,
-        Vec<String>,
-        std::collections::BTreeMap<String, String>,
-    ),
-    CniErr,
-> {
+pub fn identity(call: &CniCall) -> Result<Identity, CniErr> {
     let mut name = String::new();
     let mut labels = std::collections::BTreeMap::new();
     for (k, v) in &call.args {
