@@ -6,7 +6,7 @@ SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 # Every plugin is one multi-call binary (knit-cni) linked under the reference names it answers
 # to (`knit-cni --list`).
 
-.PHONY: all build deps test test-unit test-kernel test-netns lint bench demo install clean fuzz
+.PHONY: all build deps test test-unit test-kernel test-netns lint bench demo demo-podman install clean fuzz
 
 all: build
 
@@ -44,10 +44,17 @@ bench: deps build
 fuzz:
 	scripts/fuzz.sh
 
+# The main job (DESIGN.md): a cluster of three host namespaces with etcd, two controllers and
+# an agent each; then knit alone on one host (sandboxes, services, names).
 demo: deps build
 	scripts/require-root.sh
-	scripts/demo.sh
+	scripts/demo-cluster.sh
 	scripts/demo-cli.sh
+
+# podman (CNI backend) driving knit's plugins.
+demo-podman: deps build
+	scripts/require-root.sh
+	scripts/demo.sh
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_BIN_DIR)

@@ -287,6 +287,15 @@ pub fn ensure_network_bridge(h: &Handle, net: &Network) -> Result<()> {
     Ok(())
 }
 
+/// Docker's scope of a network: an overlay spans the cluster.
+fn scope(n: &Network) -> &'static str {
+    if n.driver == Driver::Overlay {
+        "global"
+    } else {
+        "local"
+    }
+}
+
 /// The IPv4 destinations of the host's main routing table, but the default route: an automatic
 /// subnet must not shadow them (Docker's `docker0` on 172.17.0.0/16, a LAN on 192.168.1.0/24).
 pub fn routed_subnets(h: &Handle) -> Result<Vec<IpNet>> {
@@ -341,7 +350,7 @@ pub fn ls(st: &dyn Store, format: Format) -> Result<String> {
                 .iter()
                 .map(|n| {
                     json!({
-                        "Name": n.name, "Id": n.id, "Driver": n.driver.as_str(), "Scope": "local",
+                        "Name": n.name, "Id": n.id, "Driver": n.driver.as_str(), "Scope": scope(n),
                         "Subnets": n.ipam.iter().map(|p| p.subnet.to_string()).collect::<Vec<_>>(),
                         "Internal": n.internal, "Created": n.created,
                     })
@@ -357,7 +366,7 @@ pub fn ls(st: &dyn Store, format: Format) -> Result<String> {
                         n.id.get(..12).unwrap_or(&n.id).to_string(),
                         n.name.clone(),
                         n.driver.to_string(),
-                        "local".to_string(),
+                        scope(n).to_string(),
                         n.ipam
                             .iter()
                             .map(|p| p.subnet.to_string())
