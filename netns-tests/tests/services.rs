@@ -401,3 +401,55 @@ fn a_service_balances_over_its_selected_endpoints_and_follows_them() -> Result<(
     c.h.knit(&["network", "rm", "svcnet"])?;
     Ok(())
 }
+
+/// An orchestrator writes a service record straight to the store: the agent's repair pass
+/// programs it (VIP on the bridge, balancing over the selected endpoints), no CLI involved.
+#[test]
+fn a_service_written_to_the_store_is_programmed_by_the_agent() -> Result<()> {
+    let mut c = Cluster {
+        h: KnitHost::new("svs")?,
+        servers: Vec::new(),
+    };
+    c.h.knit(&["network", "create", "--subnet", SUBNET, "svcnet"])?;
+    c.h.knit(&["run", "--name", "client", "--net", "svcnet", "--", "true"])?;
+    c.backend("b1", &["app=web"])?;
+    c.backend("b2", &["app=web"])?;
+    c.wait_servers(&["b1", "b2"])?;
+    {
+        let st = store::SqliteStore::open(&c.h.dir.path().join("state"))?;
+        let net = store::Store::network(&st, "svcnet")?;
+        let mut svc = store::Service::new("web", net.id.clone(), "10.244.72.200".parse()?);
+        svc.selector.insert("app".into(), "web".into());
+        svc.ports = vec![store::ServicePort::parse("80:8080/tcp").map_err(anyhow::Error::msg)?];
+        store::Store::create_service(&st, &svc)?;
+    }
+    let plugins = c.h.dir.path().join("plugins");
+    let agent = c.h.spawn(
+        &[
+            "agent",
+            "--plugin-dir",
+            &plugins.display().to_string(),
+            "--docker-host",
+            "unix:///nonexistent.sock",
+            "--reconcile-interval",
+            "1",
+        ],
+        "agent.log",
+    )?;
+    c.servers.push(agent);
+    let t = Instant::now();
+    loop {
+        let seen = c.connect("10.244.72.200", 80, 40)?;
+        if seen.keys().map(String::as_str).collect::<Vec<_>>() == ["b1", "b2"] {
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(15),
+            "the agent did not program the service: {seen:?}\n{}",
+            c.h.log("agent.log")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    c.h.knit(&["service", "rm", "web"])?;
+    Ok(())
+}

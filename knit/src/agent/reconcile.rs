@@ -3,7 +3,8 @@
 //! periodically, so a `kill -9` at any point of a call, or a firewall reload that dropped
 //! knit's nftables table, heals without Docker's help.
 //!
-//! - every bridge network has its bridge, with its gateways once it has endpoints;
+//! - every bridge network has its bridge, with its gateways once it has endpoints, and its
+//!   services programmed (VIP, balancing over the endpoints their selectors pick);
 //! - (Docker's endpoints only, labelled `io.knit.docker`; the CLI repairs its own)
 //! - a Docker endpoint whose veth exists has its filters' elements and its published ports (each
 //!   `ensure` re-adds what is missing and is a no-op otherwise);
@@ -74,6 +75,14 @@ fn run(ctx: &Ctx) -> Result<u64> {
         let eps = ctx.store.network_endpoints(&net.id)?;
         if !eps.is_empty() {
             repaired += ensure_gateways(&h, &net)?;
+        }
+        // Services as the store says, whoever wrote them (the CLI, or an orchestrator writing
+        // records straight to the store): VIP on the bridge, balancing over the selected
+        // endpoints; only differences change the kernel.
+        for svc in ctx.store.network_services(&net.id)? {
+            if let Err(e) = crate::service::program(&ctx.dirs, &net, &svc, &eps) {
+                warn!(service = %svc.name, error = %format!("{e:#}"), "service repair failed");
+            }
         }
         if !is_dockers(&net) {
             continue;
