@@ -25,6 +25,7 @@ mod docker;
 mod floors;
 mod hist;
 mod knit_run;
+mod overlay;
 mod services;
 use floors::{
     del_floor, fsync_floor, link_del_floor, DelFloor, BANDWIDTH_FLOOR, MACVLAN_FLOOR, VETH_FLOOR,
@@ -92,7 +93,7 @@ fn parse_args() -> Result<Args> {
             "--knit" => a.knit_dir = val()?.into(),
             "--cases" => a.only = Some(val()?.split(',').map(str::to_string).collect()),
             "-h" | "--help" => {
-                println!("knit-bench [--cycles N] [--scale N|--no-scale] [--scale-ref] [--ref DIR] [--knit DIR] [--cases bridge,podman,ptp,macvlan,bandwidth,docker,knit-run,dns,services]");
+                println!("knit-bench [--cycles N] [--scale N|--no-scale] [--scale-ref] [--ref DIR] [--knit DIR] [--cases bridge,podman,ptp,macvlan,bandwidth,docker,knit-run,dns,services,overlay]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -478,6 +479,9 @@ fn run(a: &Args) -> Result<()> {
     }
     if a.wants("services") {
         services::report(&mut verdict)?;
+    }
+    if a.wants("overlay") {
+        overlay::report(&mut verdict)?;
     }
     if !a.wants_cni() {
         verdict.print();
