@@ -4,6 +4,10 @@
 //! full state, then deltas as endpoints are put and deleted through `EtcdStore`, none for its
 //! own endpoints; `kill -9` of the leader → the standby leads within a few seconds and the
 //! agent, reconnecting to the address in the leader key, gets the right state.
+//!
+//! It runs the release binaries, so it runs with the other binary tests (`make test-netns`,
+//! feature `root-tests`, after `make build`), not in the unit tier.
+#![cfg(feature = "root-tests")]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
