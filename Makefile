@@ -27,7 +27,7 @@ test-unit:
 
 test-kernel:
 	scripts/require-root.sh
-	$(CARGO) test --release -p libnet -p cni-plugins --features root-tests -- --test-threads=2
+	$(CARGO) test --release -p libnet -p cni-plugins -p overlay-vxlan --features root-tests -- --test-threads=2
 
 test-netns: build
 	scripts/require-root.sh
