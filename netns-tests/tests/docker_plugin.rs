@@ -295,7 +295,8 @@ fn the_plugin_refuses_bad_input_with_clear_errors() -> Result<()> {
     err(s, &b, "not known to knit")?;
     // Overlapping pools through Docker: a clear error, nothing made.
     let p = h.plugin.clone();
-    h.knit_network("ok1", SUBNET, &[])?;
+    let ok1 = h.knit_network("ok1", SUBNET, &[])?;
+    let ok1 = ok1.trim();
     let o = h.docker_raw(&[
         "network",
         "create",
@@ -318,8 +319,26 @@ fn the_plugin_refuses_bad_input_with_clear_errors() -> Result<()> {
     ensure!(!o.status.success(), "a second agent started");
     let e = String::from_utf8_lossy(&o.stderr);
     ensure!(e.contains("already running"), "second agent said: {e}");
-    // The good network still works and goes away cleanly.
+    // An endpoint Docker never learnt about (its CreateEndpoint completed but the answer was
+    // lost, as when the agent dies before replying) goes with its network: Docker deletes its
+    // endpoints before the network, so what is left then is an orphan.
+    let orphan = "0rphan".repeat(10) + "0000";
+    let body = serde_json::json!({"NetworkID": ok1, "EndpointID": orphan,
+        "Interface": {"Address": "10.244.60.77/24"}, "Options": {}});
+    let (s, b) = h.plugin_post("NetworkDriver.CreateEndpoint", body.to_string().as_bytes())?;
+    ensure!(s == 200, "the orphan's CreateEndpoint: {s} {b}");
+    let peer = format!("kn{}", &orphan[..11]);
+    ensure!(
+        h.ns.stdout(&["ip", "-o", "link"])?.contains(&peer),
+        "no {peer}"
+    );
+    // The good network still works and goes away cleanly, the orphan with it.
     h.docker(&["network", "rm", "ok1"])?;
+    let links = h.ns.stdout(&["ip", "-o", "link"])?;
+    ensure!(
+        !links.contains(&peer),
+        "the orphan's link survived: {links}"
+    );
     // Metrics count calls by method and outcome; every log line is a JSON object; the local
     // API socket in --run-dir answers.
     let m =
@@ -327,6 +346,7 @@ fn the_plugin_refuses_bad_input_with_clear_errors() -> Result<()> {
     for want in [
         "knit_agent_requests_total{method=\"NetworkDriver.CreateNetwork\",outcome=\"ok\"} 1",
         "knit_agent_requests_total{method=\"NetworkDriver.CreateEndpoint\",outcome=\"error\"} 1",
+        "knit_agent_requests_total{method=\"NetworkDriver.CreateEndpoint\",outcome=\"ok\"} 1",
         "knit_agent_requests_total{method=\"unknown\",outcome=\"error\"} 1",
         "knit_agent_request_duration_seconds_bucket",
         "knit_agent_networks 0",

@@ -296,6 +296,31 @@ fn delete_network(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
         Ok(n) => n,
         Err(_) => return Ok(()), // gone already: delete is idempotent
     };
+    // Docker deletes every endpoint of a network before the network, so a Docker endpoint
+    // still recorded here is an orphan: a CreateEndpoint that completed while its answer was
+    // lost (the agent killed before replying), which Docker counted as failed and will never
+    // delete. Remove it now; a CLI sandbox on the network still keeps the network busy.
+    let orphans = ctx
+        .store
+        .network_endpoints(&net.id)
+        .map_err(|e| anyhow!(e).context("listing the network's endpoints"))?;
+    for ep in orphans.iter().filter(|e| {
+        e.labels
+            .get(network::DOCKER_OWNED)
+            .is_some_and(|v| v == "true")
+    }) {
+        detach(ctx, &net, &ep.id)?;
+        match ctx.store.delete_endpoint(&ep.id) {
+            Ok(_) => {}
+            Err(e) if e.kind() == store::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(anyhow!(e)
+                    .context(format!("removing orphan endpoint {}", ep.id))
+                    .into())
+            }
+        }
+        info!(endpoint = %ep.id, network = %net.id, "orphan endpoint removed with its network");
+    }
     network::remove(&*ctx.store, &net, &ctx.dirs.cni_data_dir)?;
     info!(network = %net.id, "network deleted");
     Ok(())
