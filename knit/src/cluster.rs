@@ -5,10 +5,10 @@
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use store::{Driver, EtcdStore, Network, Pool, Store};
+use store::{Driver, EtcdStore, Network, Store};
 
 use crate::cli::{CreateArgs, Format, NetworkCmd};
-use crate::network::{first_host, inspect_json};
+use crate::network::inspect_json;
 
 /// The option naming how an overlay crosses hosts: `vxlan` (default) or `routed`.
 pub const MODE: &str = "mode";
@@ -55,35 +55,10 @@ pub fn build_overlay(a: &CreateArgs) -> Result<Network> {
     if a.subnet.is_empty() {
         bail!("an overlay network needs --subnet (its hosts take blocks of it)");
     }
-    if a.gateway.len() > a.subnet.len() {
-        bail!(
-            "each --gateway needs a --subnet (got {} gateways for {} subnets)",
-            a.gateway.len(),
-            a.subnet.len()
-        );
-    }
     if !a.ip_range.is_empty() {
         bail!("--ip-range is not supported on overlay networks (hosts take blocks of the subnet)");
     }
-    let mut net = Network::new(a.name.clone(), Driver::Overlay);
-    net.ipv6 = a.ipv6;
-    net.internal = a.internal;
-    for (i, subnet) in a.subnet.iter().enumerate() {
-        let mut pool = Pool::new(*subnet);
-        pool.gateway = Some(
-            a.gateway
-                .get(i)
-                .copied()
-                .unwrap_or_else(|| first_host(subnet)),
-        );
-        net.ipam.push(pool);
-    }
-    for (k, v) in &a.opt {
-        if k.starts_with("io.knit.") {
-            bail!("option {k:?} is reserved for knit's own bookkeeping");
-        }
-        net.options.insert(k.clone(), v.clone());
-    }
+    let net = crate::network::record(a, Driver::Overlay)?;
     match net.options.get(MODE).map(String::as_str) {
         None | Some("vxlan") => {}
         Some("routed") => {
@@ -93,7 +68,6 @@ pub fn build_overlay(a: &CreateArgs) -> Result<Network> {
         }
         Some(other) => bail!("-o mode={other:?}: an overlay's mode is \"vxlan\" or \"routed\""),
     }
-    net.labels = a.label.iter().cloned().collect();
     store::validate::validate_network(&net).with_context(|| format!("network {:?}", a.name))?;
     Ok(net)
 }

@@ -73,16 +73,10 @@ pub fn masquerades(net: &Network) -> bool {
     !net.internal && net.option_bool(options::BRIDGE_ENABLE_IP_MASQUERADE, true)
 }
 
-/// The network record `create` stores, without an automatic subnet (the caller adds one when
-/// `pools` is empty). Checks what the store cannot: the driver, and which flags go together.
-pub fn build_network(a: &CreateArgs) -> Result<Network> {
-    let driver = Driver::from(a.driver.clone());
-    if driver != Driver::Bridge && driver != Driver::Macvlan {
-        bail!(
-            "network driver {:?} is not supported by knit yet (only \"bridge\" and \"macvlan\")",
-            a.driver
-        );
-    }
+/// The record the flags describe, for any driver: one pool per `--subnet` with its
+/// `--gateway` (default: the first host) and `--ip-range`, the `-o` options (none of knit's own
+/// `io.knit.*`), the labels. Checks which flags go together; the caller checks the driver.
+pub fn record(a: &CreateArgs, driver: Driver) -> Result<Network> {
     if a.gateway.len() > a.subnet.len() {
         bail!(
             "each --gateway needs a --subnet (got {} gateways for {} subnets)",
@@ -111,20 +105,34 @@ pub fn build_network(a: &CreateArgs) -> Result<Network> {
         pool.ip_range = a.ip_range.get(i).copied();
         net.ipam.push(pool);
     }
-    if a.ipv6 && !net.ipam.iter().any(|p| p.subnet.addr().is_ipv6()) {
-        bail!("--ipv6 needs an IPv6 --subnet (knit has no default IPv6 pool)");
-    }
     for (k, v) in &a.opt {
         if k.starts_with("io.knit.") {
             bail!("option {k:?} is reserved for knit's own bookkeeping");
         }
-        if k == options::INTERNAL {
-            // Docker's `-o internal=true` means `--internal`.
-            net.internal |= matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True");
-        }
         net.options.insert(k.clone(), v.clone());
     }
     net.labels = a.label.iter().cloned().collect();
+    Ok(net)
+}
+
+/// The network record `create` stores, without an automatic subnet (the caller adds one when
+/// `pools` is empty). Checks what the store cannot: the driver, and which flags go together.
+pub fn build_network(a: &CreateArgs) -> Result<Network> {
+    let driver = Driver::from(a.driver.clone());
+    if driver != Driver::Bridge && driver != Driver::Macvlan {
+        bail!(
+            "network driver {:?} is not supported by knit yet (only \"bridge\" and \"macvlan\")",
+            a.driver
+        );
+    }
+    let mut net = record(a, driver)?;
+    if a.ipv6 && !net.ipam.iter().any(|p| p.subnet.addr().is_ipv6()) {
+        bail!("--ipv6 needs an IPv6 --subnet (knit has no default IPv6 pool)");
+    }
+    if let Some(v) = net.options.get(options::INTERNAL) {
+        // Docker's `-o internal=true` means `--internal`.
+        net.internal |= matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True");
+    }
     store::validate::validate_network(&net).with_context(|| format!("network {:?}", a.name))?;
     if net.driver == Driver::Macvlan {
         crate::attach::macvlan_net(&net)?;
