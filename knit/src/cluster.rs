@@ -59,17 +59,23 @@ pub fn build_overlay(a: &CreateArgs) -> Result<Network> {
         bail!("--ip-range is not supported on overlay networks (hosts take blocks of the subnet)");
     }
     let net = crate::network::record(a, Driver::Overlay)?;
+    check_mode(&net)?;
+    store::validate::validate_network(&net).with_context(|| format!("network {:?}", a.name))?;
+    Ok(net)
+}
+
+/// An overlay's `mode` option: `vxlan` (the default) or `routed`, which is IPv4 only.
+pub fn check_mode(net: &Network) -> Result<()> {
     match net.options.get(MODE).map(String::as_str) {
-        None | Some("vxlan") => {}
+        None | Some("vxlan") => Ok(()),
         Some("routed") => {
             if net.ipam.iter().any(|p| p.subnet.addr().is_ipv6()) {
                 bail!("-o mode=routed is IPv4 only (use the default vxlan mode for IPv6)");
             }
+            Ok(())
         }
         Some(other) => bail!("-o mode={other:?}: an overlay's mode is \"vxlan\" or \"routed\""),
     }
-    store::validate::validate_network(&net).with_context(|| format!("network {:?}", a.name))?;
-    Ok(net)
 }
 
 /// `knit network create --etcd URL --driver overlay ...`: the record (the store refuses a
@@ -77,7 +83,14 @@ pub fn build_overlay(a: &CreateArgs) -> Result<Network> {
 /// again, so a refused create leaves nothing.
 pub fn create(st: &EtcdStore, a: &CreateArgs) -> Result<Network> {
     let net = build_overlay(a)?;
-    st.create_network(&net)
+    store_overlay(st, &net)?;
+    Ok(net)
+}
+
+/// An overlay network's record, then its VNI; when no VNI can be had the record goes again,
+/// so a refused create leaves nothing (the CLI's create and Docker's CreateNetwork).
+pub fn store_overlay(st: &EtcdStore, net: &Network) -> Result<()> {
+    st.create_network(net)
         .with_context(|| format!("creating network {:?}", net.name))?;
     if let Err(e) = st.allocate_vni(&net.id) {
         if let Err(u) = st.delete_network(&net.id) {
@@ -88,7 +101,7 @@ pub fn create(st: &EtcdStore, a: &CreateArgs) -> Result<Network> {
         }
         return Err(e).with_context(|| format!("allocating a VNI for network {:?}", net.name));
     }
-    Ok(net)
+    Ok(())
 }
 
 /// `knit network inspect` on etcd: Docker's shape plus the network's `VNI`.

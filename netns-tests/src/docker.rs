@@ -118,32 +118,7 @@ impl DockerHost {
     }
 
     fn import_image(&self) -> Result<()> {
-        let root = self.dir.path().join("rootfs");
-        std::fs::create_dir_all(root.join("bin"))?;
-        std::fs::create_dir_all(root.join("tmp"))?;
-        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-            .context("busybox-static is missing (/bin/busybox)")?;
-        let out = Command::new("/bin/busybox").arg("--list").output()?;
-        for applet in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-        }
-        let tar = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let out = Command::new(DOCKER)
-            .env("DOCKER_HOST", format!("unix://{}", self.sock().display()))
-            .args(["import", "-", IMAGE])
-            .stdin(tar.stdout.context("tar stdout")?)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "docker import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        import_busybox(&self.sock(), self.dir.path())
     }
 
     /// `docker ARGS` against this daemon, whatever its exit status.
@@ -317,18 +292,54 @@ impl Drop for DockerHost {
         }
         let _ = self.stop_agent(libc::SIGTERM);
         let _ = std::fs::remove_file(self.plugin_sock());
-        // Anything dockerd left mounted under its dirs goes before the dirs do.
-        if let Ok(m) = std::fs::read_to_string("/proc/self/mounts") {
-            let root = self.dir.path().display().to_string();
-            let mut points: Vec<&str> = m
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|p| p.starts_with(&root))
-                .collect();
-            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-            for p in points {
-                let _ = Command::new("umount").args(["-l", p]).status();
-            }
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Anything dockerd left mounted under `dir` (its netns files), deepest first, so the dir can
+/// go.
+pub fn unmount_under(dir: &Path) {
+    if let Ok(m) = std::fs::read_to_string("/proc/self/mounts") {
+        let root = dir.display().to_string();
+        let mut points: Vec<&str> = m
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| p.starts_with(&root))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).status();
         }
     }
+}
+
+/// The test image ([`IMAGE`], busybox-static as one layer) imported into the Docker Engine on
+/// `sock`; its rootfs is built under `dir`.
+pub fn import_busybox(sock: &Path, dir: &Path) -> Result<()> {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::create_dir_all(root.join("tmp"))?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("busybox-static is missing (/bin/busybox)")?;
+    let out = Command::new("/bin/busybox").arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = Command::new(DOCKER)
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .args(["import", "-", IMAGE])
+        .stdin(tar.stdout.context("tar stdout")?)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "docker import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }

@@ -87,6 +87,8 @@ impl EtcdServer {
             .args(["--listen-peer-urls", &self.peer])
             .args(["--initial-advertise-peer-urls", &self.peer])
             .args(["--initial-cluster", &format!("default={}", self.peer)])
+            // The v2 API too: Docker 20.10's `--cluster-store etcd://` (libkv) speaks v2.
+            .arg("--enable-v2=true")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -5,8 +5,10 @@
 //! leading controller's stream ([`super::stream`]) and programs the overlay from it
 //! ([`super::overlay`]); reconciles every `--reconcile-interval`; serves its local API on
 //! `--run-dir/agent.sock` and metrics on `--metrics`. State only where the flags say:
-//! `--state-dir` (the lock), `--run-dir` (the socket); the Docker plugin is not served in
-//! this mode.
+//! `--state-dir` (the lock), `--run-dir` (the socket). With `--plugin-dir D` it also serves
+//! Docker's remote network and IPAM plugin, global scope, on `D/NAME.sock`
+//! ([`super::docker_cluster`]); without it no Docker socket is made (several agents of a test
+//! cluster share one machine's `/run/docker/plugins`).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -77,9 +79,6 @@ pub fn run(
     let (Some(name), Some(underlay)) = (a.host.clone(), a.underlay_ip) else {
         bail!("`knit --etcd URL agent` needs --host NAME and --underlay-ip IP");
     };
-    if a.plugin_dir.is_some() {
-        bail!("--plugin-dir: the Docker plugin is not served with --etcd yet (run a single-host agent for Docker)");
-    }
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
     let _lock = super::lock_state_dir(state_dir)?;
@@ -111,7 +110,16 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let served = rt.block_on(serve(node.clone(), a));
+    // The Docker naming thread's own connection (made outside the runtime): the thread may
+    // outlive the node by a call, and the node must be the last owner of the lease.
+    let names_store = match a.plugin_dir {
+        Some(_) => Some(
+            EtcdStore::connect(urls, prefix)
+                .with_context(|| format!("connecting to etcd {}", urls.join(",")))?,
+        ),
+        None => None,
+    };
+    let served = rt.block_on(serve(node.clone(), a, names_store));
     // The tasks holding the node go with the runtime; then the lease is revoked now, so the
     // host's name, address and blocks are free at once (a crash leaves them to the TTL).
     drop(rt);
@@ -165,7 +173,7 @@ async fn keep_registered(node: Arc<Node>) {
     }
 }
 
-async fn serve(node: Arc<Node>, a: &AgentArgs) -> Result<()> {
+async fn serve(node: Arc<Node>, a: &AgentArgs, names_store: Option<EtcdStore>) -> Result<()> {
     let api_sock = node.dirs.run_dir.join("agent.sock");
     let api = super::bind(&api_sock).await?;
     let n = node.clone();
@@ -196,6 +204,34 @@ async fn serve(node: Arc<Node>, a: &AgentArgs) -> Result<()> {
         );
         tasks.spawn(async move { axum::serve(l, app).await });
     }
+    let mut plugin_sock = None;
+    if let Some(dir) = &a.plugin_dir {
+        let path = dir.join(format!("{}.sock", a.plugin_name));
+        let l = super::bind(&path).await?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let st: Arc<dyn store::Store> = Arc::new(names_store.context("no store for names")?);
+        let docker_sock = super::names::socket_of(&a.docker_host)?;
+        let data_dir = node.dirs.cni_data_dir.clone();
+        std::thread::Builder::new()
+            .name("docker-names".into())
+            .spawn(move || super::names::run(st, docker_sock, data_dir, rx))
+            .context("starting the naming thread")?;
+        let d = Arc::new(super::docker_cluster::DockerNode {
+            node: node.clone(),
+            namer: super::names::Namer(Some(tx)),
+        });
+        let app = Router::new().fallback(move |req: axum::http::Request<axum::body::Body>| {
+            let d = d.clone();
+            super::plugin_http(
+                req,
+                move |method, body| super::docker_cluster::call(&d, method, body),
+                |_, _, _| {},
+            )
+        });
+        tasks.spawn(async move { axum::serve(l, app).await });
+        info!(plugin = %path.display(), "serving Docker's plugin API (global scope)");
+        plugin_sock = Some(path);
+    }
     let mut background = tokio::task::JoinSet::new();
     background.spawn(keep_registered(node.clone()));
     background.spawn(super::stream::run(
@@ -224,7 +260,9 @@ async fn serve(node: Arc<Node>, a: &AgentArgs) -> Result<()> {
     };
     background.abort_all();
     tasks.abort_all();
-    let _ = std::fs::remove_file(&api_sock);
+    for p in std::iter::once(&api_sock).chain(plugin_sock.as_ref()) {
+        let _ = std::fs::remove_file(p);
+    }
     if let Some(r) = failed {
         error!(?r, "a listener stopped");
         bail!("a listener stopped unexpectedly");

@@ -253,7 +253,7 @@ pub fn endpoint_id(container_id: &str, ifname: &str) -> String {
     id
 }
 
-fn overlay_network(node: &Node, name: &str) -> Result<(Network, u32), CniErr> {
+pub(super) fn overlay_network(node: &Node, name: &str) -> Result<(Network, u32), CniErr> {
     let net = node
         .store
         .network(name)
@@ -284,7 +284,7 @@ fn overlay_network(node: &Node, name: &str) -> Result<(Network, u32), CniErr> {
 }
 
 /// The network as the controller described it, else from its record (no remotes yet).
-fn desired(node: &Node, net: &Network, vni: u32) -> NetworkDesired {
+pub(super) fn desired(node: &Node, net: &Network, vni: u32) -> NetworkDesired {
     node.overlay
         .network(&net.id)
         .unwrap_or_else(|| NetworkDesired {
@@ -308,7 +308,7 @@ fn desired(node: &Node, net: &Network, vni: u32) -> NetworkDesired {
         })
 }
 
-fn driver<'h>(h: &'h Handle, vni: u32) -> Bridge<'h> {
+pub(super) fn driver<'h>(h: &'h Handle, vni: u32) -> Bridge<'h> {
     Bridge {
         h,
         net: BridgeNet {
@@ -348,7 +348,7 @@ fn add(node: &Node, call: &CniCall) -> Result<Value, CniErr> {
                 format!("the links of network {:?}: {e}", net.name),
             )
         })?;
-    let got = allocate(node, &net, call)?;
+    let got = allocate(node, &net, &call.container_id, &call.ifname)?;
     let ip = got.address;
     let mac = overlay_vxlan::endpoint_mac(ip.addr());
     let mut a = Addressing::default();
@@ -576,7 +576,10 @@ fn gc(node: &Node, call: &CniCall) -> Result<(), CniErr> {
         }
     }
     let mut fs = file_store(node, &net)?;
-    ipam::gc(&mut fs, &valid).map_err(|e| CniErr::kind(e.kind(), e.to_string()))?;
+    // Docker's addresses share the directory (owned `docker-…`, released by Docker's
+    // ReleaseAddress): the runtime's list does not name them, and they stay.
+    ipam::gc_sparing(&mut fs, &valid, &|owner| owner.starts_with("docker-"))
+        .map_err(|e| CniErr::kind(e.kind(), e.to_string()))?;
     Ok(())
 }
 

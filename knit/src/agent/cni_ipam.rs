@@ -12,7 +12,7 @@ use serde_json::json;
 use store::Network;
 
 use super::cluster::Node;
-use super::cni::{CniCall, CniErr, ERR_INVALID_CONFIG, ERR_TRY_AGAIN};
+use super::cni::{CniErr, ERR_INVALID_CONFIG, ERR_TRY_AGAIN};
 
 /// The host-local directory of a network's reservations on this host.
 pub(super) fn ipam_dir(net: &Network) -> String {
@@ -71,19 +71,13 @@ fn my_blocks(node: &Node, net: &Network) -> Result<Vec<IpNet>, CniErr> {
 pub(super) fn allocate(
     node: &Node,
     net: &Network,
-    call: &CniCall,
+    owner: &str,
+    ifname: &str,
 ) -> Result<ipam::Allocation, CniErr> {
     let cfg = ipam_config(node, net)?;
     let mut fs = file_store(node, net)?;
     let mut try_block = |block: IpNet| -> Result<Option<ipam::Allocation>, CniErr> {
-        match ipam::allocate_in_blocks(
-            &mut fs,
-            &cfg,
-            &[block],
-            &call.container_id,
-            &call.ifname,
-            &[],
-        ) {
+        match ipam::allocate_in_blocks(&mut fs, &cfg, &[block], owner, ifname, &[]) {
             Ok(mut a) if !a.is_empty() => Ok(Some(a.remove(0))),
             Ok(_) => Ok(None),
             Err(IpamError::BlockExhausted { .. }) => Ok(None),

@@ -68,7 +68,10 @@ pub struct Ctx {
 /// The methods knit answers, for `Plugin.Activate`'s caller and the unknown-method error.
 pub const IMPLEMENTS: [&str; 2] = ["NetworkDriver", "IpamDriver"];
 
-fn parse<T: serde::de::DeserializeOwned>(method: &str, body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
+    method: &str,
+    body: &[u8],
+) -> Result<T, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
@@ -78,7 +81,7 @@ fn parse<T: serde::de::DeserializeOwned>(method: &str, body: &[u8]) -> Result<T,
         .map_err(|e| ApiError::bad_request(format!("{method}: malformed JSON body: {e}")))
 }
 
-fn need<'a>(method: &str, field: &str, v: &'a str) -> Result<&'a str, ApiError> {
+pub(super) fn need<'a>(method: &str, field: &str, v: &'a str) -> Result<&'a str, ApiError> {
     if v.is_empty() {
         return Err(ApiError::bad_request(format!(
             "{method}: {field} is missing"
@@ -168,14 +171,14 @@ pub fn call(ctx: &Ctx, method: &str, body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// An address with or without a prefix length.
-fn parse_addr(s: &str) -> Option<IpAddr> {
+pub(super) fn parse_addr(s: &str) -> Option<IpAddr> {
     s.split_once('/')
         .map_or(s, |(a, _)| a)
         .parse::<IpAddr>()
         .ok()
 }
 
-fn opt_net(field: &str, s: &str) -> Result<Option<IpNet>, ApiError> {
+pub(super) fn opt_net(field: &str, s: &str) -> Result<Option<IpNet>, ApiError> {
     if s.is_empty() {
         return Ok(None);
     }
@@ -344,7 +347,7 @@ pub fn peer_name(endpoint_id: &str) -> String {
     format!("kn{}", endpoint_id.get(..11).unwrap_or(endpoint_id))
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
+pub(super) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.split(':');
     for b in &mut mac {
@@ -353,7 +356,7 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-fn mac_string(m: [u8; 6]) -> String {
+pub(super) fn mac_string(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()

@@ -11,6 +11,7 @@ mod cluster_metrics;
 mod cni;
 mod cni_ipam;
 pub mod docker;
+mod docker_cluster;
 mod metrics;
 mod names;
 mod overlay;
@@ -254,13 +255,29 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response {
 }
 
 async fn plugin_call(s: Arc<Shared>, req: Request<Body>) -> Response {
+    let s2 = s.clone();
+    plugin_http(
+        req,
+        move |method, body| docker::call(&s2.ctx, method, body),
+        move |label, ok, secs| s.metrics.observe(label, ok, secs),
+    )
+    .await
+}
+
+/// One Docker plugin call over HTTP, in either mode: the body read, `call` run with the method
+/// (the path without its `/`) on a blocking thread, the answer in Docker's shape, and
+/// `observe` told the method (`unknown` for one knit does not serve), success and seconds.
+async fn plugin_http<F, O>(req: Request<Body>, call: F, observe: O) -> Response
+where
+    F: FnOnce(&str, &[u8]) -> Result<serde_json::Value, ApiError> + Send + 'static,
+    O: Fn(&str, bool, f64),
+{
     let started = Instant::now();
     let method = req.uri().path().trim_start_matches('/').to_string();
     let body = match to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
         Err(e) => {
-            s.metrics
-                .observe("invalid", false, started.elapsed().as_secs_f64());
+            observe("invalid", false, started.elapsed().as_secs_f64());
             return reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"Err": format!("{method}: request body unreadable or over {MAX_BODY} bytes: {e}")}),
@@ -268,9 +285,8 @@ async fn plugin_call(s: Arc<Shared>, req: Request<Body>) -> Response {
         }
     };
     tracing::debug!(%method, body = %String::from_utf8_lossy(&body), "call");
-    let s2 = s.clone();
     let m2 = method.clone();
-    let out = tokio::task::spawn_blocking(move || docker::call(&s2.ctx, &m2, &body))
+    let out = tokio::task::spawn_blocking(move || call(&m2, &body))
         .await
         .unwrap_or_else(|e| {
             Err(ApiError {
@@ -283,8 +299,7 @@ async fn plugin_call(s: Arc<Shared>, req: Request<Body>) -> Response {
     } else {
         "unknown"
     };
-    s.metrics
-        .observe(label, out.is_ok(), started.elapsed().as_secs_f64());
+    observe(label, out.is_ok(), started.elapsed().as_secs_f64());
     match out {
         Ok(v) => {
             tracing::debug!(%method, "ok");

@@ -267,11 +267,25 @@ pub fn gc<S: IpamStore + ?Sized>(
     store: &mut S,
     valid: &[(String, String)],
 ) -> Result<Vec<IpAddr>, IpamError> {
+    gc_sparing(store, valid, &|_| false)
+}
+
+/// [`gc`], also keeping every reservation whose owner `spare` accepts (another front's
+/// addresses in a shared directory, which the CNI runtime's list does not name), in the same
+/// locked pass.
+pub fn gc_sparing<S: IpamStore + ?Sized>(
+    store: &mut S,
+    valid: &[(String, String)],
+    spare: &dyn Fn(&str) -> bool,
+) -> Result<Vec<IpAddr>, IpamError> {
     let pairs: HashSet<(&str, &str)> = valid.iter().map(|(i, n)| (i.trim(), n.as_str())).collect();
     let ids: HashSet<&str> = valid.iter().map(|(i, _)| i.trim()).collect();
-    let keep = |id: &str, ifname: Option<&str>| match ifname {
-        Some(n) => pairs.contains(&(id, n)),
-        None => ids.contains(id),
+    let keep = |id: &str, ifname: Option<&str>| {
+        spare(id)
+            || match ifname {
+                Some(n) => pairs.contains(&(id, n)),
+                None => ids.contains(id),
+            }
     };
     locked(store, |s| {
         let mut released = Vec::new();

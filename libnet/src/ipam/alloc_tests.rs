@@ -214,6 +214,23 @@ fn gc_releases_what_is_not_valid() {
 }
 
 #[test]
+fn gc_spares_the_owners_it_is_told_to() {
+    let c = small();
+    let mut s = FakeStore::default();
+    for (id, ifn) in [("a", "eth0"), ("docker-1", "eth0"), ("b", "eth0")] {
+        allocate(&mut s, &c, id, ifn, &[]).unwrap();
+    }
+    let valid = vec![("a".to_string(), "eth0".to_string())];
+    let gone = gc_sparing(&mut s, &valid, &|o| o.starts_with("docker-")).unwrap();
+    assert_eq!(gone, [ip("10.244.0.4")]);
+    assert_eq!(
+        held_by(&mut s, "docker-1", "eth0").unwrap(),
+        [ip("10.244.0.3")]
+    );
+    assert!(!s.locked);
+}
+
+#[test]
 fn n_allocations_fill_a_range_of_n_then_fail() {
     // 10.244.0.0/26 from .10 to .40 with gateway .20: 30 allocatable addresses.
     let c = cfg(

@@ -83,7 +83,7 @@ mod file_store_tests;
 #[cfg(all(test, feature = "root-tests"))]
 mod reference_tests;
 
-pub use alloc::{allocate, allocate_in_blocks, gc, held_by, release, Allocation};
+pub use alloc::{allocate, allocate_in_blocks, gc, gc_sparing, held_by, release, Allocation};
 pub use config::{parse_resolv_conf, read_resolv_conf, requested_ips, Dns, IpamConfig, Route};
 pub use file_store::{FileLocked, FileStore, Unsynced};
 pub use range::{Range, RangeSet};
