@@ -9,6 +9,7 @@
 //! - [`reach`]: ping, TCP/UDP probes and listeners inside namespaces.
 
 pub mod cases;
+pub mod cluster;
 pub mod cni;
 pub mod docker;
 pub mod etcd;
