@@ -138,6 +138,8 @@ struct Results {
     cni_del: Series,
     /// (host, add) pairs whose reply came before the host had the entries.
     reply_first: usize,
+    /// (host, add) pairs programmed before the plugin had exited.
+    before_t0: usize,
     pairs: usize,
     timeouts: Vec<String>,
 }
@@ -171,6 +173,10 @@ impl Results {
             "  the reply came before the host had the entries in {} of {} (host, add) pairs \
              (the flood path)",
             self.reply_first, self.pairs
+        );
+        println!(
+            "  the host had the entries before the plugin exited in {} of {} pairs",
+            self.before_t0, self.pairs
         );
         for t in &self.timeouts {
             println!("  NOT CONVERGED within {GIVE_UP:?}: {t}");
@@ -476,6 +482,7 @@ fn run_adds_and_dels(c: &Cluster, sh: &Shared) -> Result<Results> {
                 Some((st, rp)) => {
                     r.pairs += 1;
                     r.reply_first += usize::from(rp < st);
+                    r.before_t0 += usize::from(*st <= t0);
                     worst_state = worst_state.max(since(*st, t0));
                     worst_reply = worst_reply.max(since(*rp, t0));
                     worst = worst.max(since(*st.max(rp), t0));
