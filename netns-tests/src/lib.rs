@@ -7,12 +7,16 @@
 //! - [`snapshot`]: a namespace's links/addresses/routes/sysctls rendered with random names and MACs
 //!   replaced by roles, so two implementations compare equal.
 //! - [`reach`]: ping, TCP/UDP probes and listeners inside namespaces.
+//! - [`cluster`]: a multi-host knit lab (underlay with etcd, hosts with agents, CNI attach).
+//! - [`ping`]: ICMP echo from a ping socket opened inside a namespace.
 
 pub mod cases;
+pub mod cluster;
 pub mod cni;
 pub mod docker;
 pub mod etcd;
 pub mod knit;
+pub mod ping;
 pub mod reach;
 pub mod scenario;
 pub mod snapshot;

@@ -20,6 +20,7 @@ use netns_tests::scenario::Side;
 use netns_tests::topology::TestNs;
 use serde_json::json;
 
+mod convergence;
 mod dns;
 mod docker;
 mod floors;
@@ -482,6 +483,9 @@ fn run(a: &Args) -> Result<()> {
     }
     if a.wants("overlay") {
         overlay::report(&mut verdict)?;
+    }
+    if a.wants("convergence") {
+        convergence::report(&mut verdict)?;
     }
     if !a.wants_cni() {
         verdict.print();
