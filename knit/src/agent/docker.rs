@@ -190,7 +190,7 @@ pub(super) fn opt_net(field: &str, s: &str) -> Result<Option<IpNet>, ApiError> {
 fn request_pool(ctx: &Ctx, r: RequestPool) -> Result<Value, ApiError> {
     if r.address_space != LOCAL_SPACE && !r.address_space.is_empty() {
         return Err(ApiError::bad_request(format!(
-            "address space {:?} is not knit's (use {LOCAL_SPACE:?}; knit has no global pools yet)",
+            "address space {:?}: a single-host agent serves {LOCAL_SPACE:?} (global pools need an agent with --etcd)",
             r.address_space
         )));
     }

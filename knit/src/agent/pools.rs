@@ -22,7 +22,7 @@ use crate::network::{first_host, ipam_dir_name, pick_subnet, IPAM_DIR};
 
 /// The address space knit's IPAM answers for (local scope).
 pub const LOCAL_SPACE: &str = "knit";
-/// The global address space's name (knit has no global pools before the multi-host store).
+/// The global address space's name: served by an agent with `--etcd` (overlay networks).
 pub const GLOBAL_SPACE: &str = "knit-global";
 
 const DIR_PREFIX: &str = "knit-pool-";
