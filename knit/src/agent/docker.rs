@@ -117,33 +117,46 @@ pub fn known(method: &str) -> bool {
 }
 
 /// One call: `method` is the path without its `/` (`NetworkDriver.CreateNetwork`).
-pub fn call(ctx: &Ctx, method: &str, body: &[u8]) -> Result<Value, ApiError> {
-    let _calls = ctx.repair.read().unwrap_or_else(|p| p.into_inner());
-    let ok = |()| json!({});
-    match method {
+/// The answers that need no state, the same in both modes (`scope`: `local` for a single-host
+/// agent, `global` with `--etcd`); `None` for a method that needs the store.
+pub(super) fn stateless(method: &str, body: &[u8], scope: &str) -> Option<Result<Value, ApiError>> {
+    Some(match method {
         "Plugin.Activate" => Ok(json!({"Implements": IMPLEMENTS})),
-        "NetworkDriver.GetCapabilities" => {
-            Ok(json!({"Scope": "local", "ConnectivityScope": "local"}))
-        }
-        "NetworkDriver.CreateNetwork" => create_network(ctx, parse(method, body)?).map(ok),
-        "NetworkDriver.DeleteNetwork" => delete_network(ctx, parse(method, body)?).map(ok),
-        "NetworkDriver.CreateEndpoint" => create_endpoint(ctx, parse(method, body)?),
-        "NetworkDriver.EndpointOperInfo" => {
-            let r: EndpointRef = parse(method, body)?;
-            need(method, "EndpointID", &r.endpoint_id)?;
-            Ok(json!({"Value": {}}))
-        }
-        "NetworkDriver.DeleteEndpoint" => delete_endpoint(ctx, parse(method, body)?).map(ok),
-        "NetworkDriver.Join" => join(ctx, parse(method, body)?),
-        "NetworkDriver.Leave" => leave(ctx, parse(method, body)?).map(ok),
-        "NetworkDriver.ProgramExternalConnectivity" => program(ctx, parse(method, body)?).map(ok),
-        "NetworkDriver.RevokeExternalConnectivity" => revoke(ctx, parse(method, body)?).map(ok),
+        "NetworkDriver.GetCapabilities" => Ok(json!({"Scope": scope, "ConnectivityScope": scope})),
+        "NetworkDriver.EndpointOperInfo" => parse::<EndpointRef>(method, body)
+            .and_then(|r| need(method, "EndpointID", &r.endpoint_id).map(|_| json!({"Value": {}}))),
         "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => Ok(json!({})),
         "IpamDriver.GetCapabilities" => Ok(json!({"RequiresMACAddress": false})),
         "IpamDriver.GetDefaultAddressSpaces" => Ok(json!({
             "LocalDefaultAddressSpace": LOCAL_SPACE,
             "GlobalDefaultAddressSpace": GLOBAL_SPACE,
         })),
+        _ if !known(method) => Err(ApiError {
+            status: 404,
+            message: format!(
+                "knit does not implement {method:?}: it serves Plugin.Activate, \
+                 NetworkDriver.* and IpamDriver.* (libnetwork's remote API)"
+            ),
+        }),
+        _ => return None,
+    })
+}
+
+pub fn call(ctx: &Ctx, method: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if let Some(r) = stateless(method, body, "local") {
+        return r;
+    }
+    let _calls = ctx.repair.read().unwrap_or_else(|p| p.into_inner());
+    let ok = |()| json!({});
+    match method {
+        "NetworkDriver.CreateNetwork" => create_network(ctx, parse(method, body)?).map(ok),
+        "NetworkDriver.DeleteNetwork" => delete_network(ctx, parse(method, body)?).map(ok),
+        "NetworkDriver.CreateEndpoint" => create_endpoint(ctx, parse(method, body)?),
+        "NetworkDriver.DeleteEndpoint" => delete_endpoint(ctx, parse(method, body)?).map(ok),
+        "NetworkDriver.Join" => join(&*ctx.store, &ctx.namer, parse(method, body)?),
+        "NetworkDriver.Leave" => leave(&*ctx.store, parse(method, body)?).map(ok),
+        "NetworkDriver.ProgramExternalConnectivity" => program(ctx, parse(method, body)?).map(ok),
+        "NetworkDriver.RevokeExternalConnectivity" => revoke(ctx, parse(method, body)?).map(ok),
         "IpamDriver.RequestPool" => request_pool(ctx, parse(method, body)?),
         "IpamDriver.ReleasePool" => {
             let r: PoolRef = parse(method, body)?;
@@ -160,13 +173,7 @@ pub fn call(ctx: &Ctx, method: &str, body: &[u8]) -> Result<Value, ApiError> {
             pools::release_address(&ctx.dirs.cni_data_dir, &pool, a)?;
             Ok(json!({}))
         }
-        _ => Err(ApiError {
-            status: 404,
-            message: format!(
-                "knit does not implement {method:?}: it serves Plugin.Activate, \
-                 NetworkDriver.* and IpamDriver.* (libnetwork's remote API)"
-            ),
-        }),
+        other => Err(ApiError::from(anyhow!("{other}: not dispatched"))),
     }
 }
 
@@ -295,7 +302,7 @@ fn create_network(ctx: &Ctx, r: CreateNetwork) -> Result<(), ApiError> {
 
 fn delete_network(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
     let id = need("DeleteNetwork", "NetworkID", &r.network_id)?;
-    let net = match docker_network(ctx, id) {
+    let net = match docker_network(&*ctx.store, id) {
         Ok(n) => n,
         Err(_) => return Ok(()), // gone already: delete is idempotent
     };
@@ -330,9 +337,8 @@ fn delete_network(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
 }
 
 /// A network by Docker's full id.
-fn docker_network(ctx: &Ctx, id: &str) -> Result<Network> {
-    let net = ctx
-        .store
+fn docker_network(store: &dyn Store, id: &str) -> Result<Network> {
+    let net = store
         .network(id)
         .with_context(|| format!("network {id} is not known to knit"))?;
     if net.id != id {
@@ -387,25 +393,10 @@ pub fn addressing_of(net: &Network, ep: &Endpoint) -> Addressing {
 fn create_endpoint(ctx: &Ctx, r: CreateEndpoint) -> Result<Value, ApiError> {
     let nid = need("CreateEndpoint", "NetworkID", &r.network_id)?;
     let eid = need("CreateEndpoint", "EndpointID", &r.endpoint_id)?;
-    let net = docker_network(ctx, nid).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-    let iface = r.interface.unwrap_or_default();
-    let mut ep = Endpoint::new(net.id.clone());
-    ep.id = eid.to_string();
-    ep.ifname = peer_name(eid);
-    ep.ipv4 = opt_net("Interface.Address", &iface.address)?;
-    ep.ipv6 = opt_net("Interface.AddressIPv6", &iface.address_ipv6)?;
-    let (mac, reply_mac) = if iface.mac_address.is_empty() {
-        let m = random_mac();
-        (m, Some(mac_string(m)))
-    } else {
-        let m = parse_mac(&iface.mac_address).ok_or_else(|| {
-            ApiError::bad_request(format!("bad Interface.MacAddress {:?}", iface.mac_address))
-        })?;
-        (m, None)
-    };
-    ep.mac = mac_string(mac);
+    let net =
+        docker_network(&*ctx.store, nid).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let (mut ep, mac, reply) = endpoint_record(&net, eid, r.interface, |_| random_mac())?;
     ep.ports = port_maps(&r.options)?;
-    ep.labels.insert(DOCKER_OWNED.into(), "true".into());
     // The record first: after a crash the repair pass finds it and finishes or undoes.
     ctx.store
         .put_endpoint(&ep)
@@ -417,10 +408,37 @@ fn create_endpoint(ctx: &Ctx, r: CreateEndpoint) -> Result<Value, ApiError> {
         return Err(e.into());
     }
     info!(endpoint = %ep.id, network = %net.id, ip = ?ep.ipv4, "endpoint created");
-    Ok(match reply_mac {
-        Some(m) => json!({"Interface": {"MacAddress": m}}),
-        None => json!({}),
-    })
+    Ok(reply)
+}
+
+/// A Docker endpoint's record from CreateEndpoint, in either mode: the ids, the veth end's
+/// name, Docker's addresses and MAC, labelled Docker's. When Docker gave no MAC, `mac` picks
+/// one (from the first address) and the answer names it. Returns the record, its MAC and
+/// CreateEndpoint's answer.
+pub(super) fn endpoint_record(
+    net: &Network,
+    eid: &str,
+    iface: Option<Interface>,
+    mac: impl FnOnce(Option<IpNet>) -> [u8; 6],
+) -> Result<(Endpoint, [u8; 6], Value), ApiError> {
+    let iface = iface.unwrap_or_default();
+    let mut ep = Endpoint::new(net.id.clone());
+    ep.id = eid.to_string();
+    ep.ifname = peer_name(eid);
+    ep.ipv4 = opt_net("Interface.Address", &iface.address)?;
+    ep.ipv6 = opt_net("Interface.AddressIPv6", &iface.address_ipv6)?;
+    let (m, reply) = if iface.mac_address.is_empty() {
+        let m = mac(ep.ipv4.or(ep.ipv6));
+        (m, json!({"Interface": {"MacAddress": mac_string(m)}}))
+    } else {
+        let m = parse_mac(&iface.mac_address).ok_or_else(|| {
+            ApiError::bad_request(format!("bad Interface.MacAddress {:?}", iface.mac_address))
+        })?;
+        (m, json!({}))
+    };
+    ep.mac = mac_string(m);
+    ep.labels.insert(DOCKER_OWNED.into(), "true".into());
+    Ok((ep, m, reply))
 }
 
 fn attach(ctx: &Ctx, net: &Network, ep: &Endpoint, mac: [u8; 6]) -> Result<()> {
@@ -470,7 +488,7 @@ pub fn detach(ctx: &Ctx, net: &Network, endpoint_id: &str) -> Result<()> {
 fn delete_endpoint(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
     let nid = need("DeleteEndpoint", "NetworkID", &r.network_id)?;
     let eid = need("DeleteEndpoint", "EndpointID", &r.endpoint_id)?;
-    let Ok(net) = docker_network(ctx, nid) else {
+    let Ok(net) = docker_network(&*ctx.store, nid) else {
         return Ok(());
     };
     detach(ctx, &net, eid)?;
@@ -487,31 +505,39 @@ fn delete_endpoint(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn endpoint_of(ctx: &Ctx, method: &str, r: &EndpointRef) -> Result<(Network, Endpoint), ApiError> {
+fn endpoint_of(
+    store: &dyn Store,
+    method: &str,
+    r: &EndpointRef,
+) -> Result<(Network, Endpoint), ApiError> {
     let nid = need(method, "NetworkID", &r.network_id)?;
     let eid = need(method, "EndpointID", &r.endpoint_id)?;
-    let net = docker_network(ctx, nid).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-    let ep = ctx
-        .store
+    let net = docker_network(store, nid).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let ep = store
         .endpoint(eid)
         .map_err(|e| ApiError::bad_request(format!("endpoint {eid}: {e}")))?;
     Ok((net, ep))
 }
 
-fn join(ctx: &Ctx, r: EndpointRef) -> Result<Value, ApiError> {
-    let (net, mut ep) = endpoint_of(ctx, "Join", &r)?;
+/// Join, in either mode: the sandbox recorded, the container's names asked of Docker, and the
+/// answer (the veth end's name and the pool's gateway).
+pub(super) fn join(
+    store: &dyn Store,
+    namer: &super::names::Namer,
+    r: EndpointRef,
+) -> Result<Value, ApiError> {
+    let (net, mut ep) = endpoint_of(store, "Join", &r)?;
     let sandbox = Path::new(&r.sandbox_key)
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty());
     if ep.sandbox_id.is_none() {
         ep.sandbox_id = sandbox;
-        ctx.store
+        store
             .put_endpoint(&ep)
             .with_context(|| format!("recording the sandbox of endpoint {}", ep.id))?;
     }
-    ctx.namer
-        .queue(super::names::Job::Endpoints(net.id.clone()));
+    namer.queue(super::names::Job::Endpoints(net.id.clone()));
     let gw = |a: Option<IpNet>| {
         a.and_then(|a| {
             net.ipam
@@ -543,10 +569,11 @@ fn join(ctx: &Ctx, r: EndpointRef) -> Result<Value, ApiError> {
     Ok(serde_json::to_value(reply).map_err(anyhow::Error::from)?)
 }
 
-fn leave(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
-    let (_, mut ep) = endpoint_of(ctx, "Leave", &r)?;
+/// Leave, in either mode: the sandbox forgotten.
+pub(super) fn leave(store: &dyn Store, r: EndpointRef) -> Result<(), ApiError> {
+    let (_, mut ep) = endpoint_of(store, "Leave", &r)?;
     if ep.sandbox_id.take().is_some() {
-        ctx.store
+        store
             .put_endpoint(&ep)
             .with_context(|| format!("recording that endpoint {} left", ep.id))?;
     }
@@ -602,7 +629,7 @@ pub fn port_maps(
 }
 
 fn program(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
-    let (net, mut ep) = endpoint_of(ctx, "ProgramExternalConnectivity", &r)?;
+    let (net, mut ep) = endpoint_of(&*ctx.store, "ProgramExternalConnectivity", &r)?;
     let maps = port_maps(&r.options)?;
     publish(ctx, &net, &ep, &maps)?;
     if ep.ports != maps {
@@ -643,7 +670,7 @@ pub fn publish(ctx: &Ctx, net: &Network, ep: &Endpoint, maps: &[PortMap]) -> Res
 }
 
 fn revoke(ctx: &Ctx, r: EndpointRef) -> Result<(), ApiError> {
-    let (net, mut ep) = match endpoint_of(ctx, "RevokeExternalConnectivity", &r) {
+    let (net, mut ep) = match endpoint_of(&*ctx.store, "RevokeExternalConnectivity", &r) {
         Ok(x) => x,
         Err(e) if e.status == 400 => return Ok(()), // gone: nothing published
         Err(e) => return Err(e),

@@ -29,20 +29,21 @@ use libnet::endpoint::{self, Fixed, Request as EpRequest};
 use libnet::ipam::store::{IpamStore, LockedStore};
 use libnet::netns::NetNs;
 use serde_json::{json, Value};
-use store::{Driver, Endpoint, ErrorKind, Network, Store};
+use store::{Driver, ErrorKind, Network, Store};
 use tracing::info;
 
 use super::cluster::Node;
 use super::cni::{desired, driver, overlay_network, CniErr};
 use super::cni_ipam::{allocate, file_store};
 use super::docker::{
-    addressing_of, mac_string, need, network_of, opt_net, parse, parse_addr, parse_mac, peer_name,
-    port_maps, ApiError, IMPLEMENTS,
+    addressing_of, endpoint_record, join, leave, need, network_of, opt_net, parse, parse_addr,
+    peer_name, port_maps, stateless, ApiError,
 };
 use super::names::{Job, Namer};
-use super::pools::{decide_pool, PoolId, GLOBAL_SPACE, LOCAL_SPACE};
+use super::pools::{decide_pool, PoolId, GLOBAL_SPACE};
 use super::wire::*;
 use crate::network::{first_host, DOCKER_OWNED};
+use libnet::driver::bridge::random_mac;
 
 /// What the calls share.
 pub struct DockerNode {
@@ -76,37 +77,24 @@ fn store_err(e: store::Error, what: &str) -> ApiError {
 
 /// One call: `method` is the path without its `/`.
 pub fn call(d: &DockerNode, method: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if let Some(r) = stateless(method, body, "global") {
+        return r;
+    }
     let node = &*d.node;
     let ok = |()| json!({});
     match method {
-        "Plugin.Activate" => Ok(json!({"Implements": IMPLEMENTS})),
-        "NetworkDriver.GetCapabilities" => {
-            Ok(json!({"Scope": "global", "ConnectivityScope": "global"}))
-        }
         "NetworkDriver.CreateNetwork" => create_network(d, parse(method, body)?).map(ok),
         "NetworkDriver.DeleteNetwork" => delete_network(node, parse(method, body)?).map(ok),
         "NetworkDriver.CreateEndpoint" => create_endpoint(node, parse(method, body)?),
-        "NetworkDriver.EndpointOperInfo" => {
-            let r: EndpointRef = parse(method, body)?;
-            need(method, "EndpointID", &r.endpoint_id)?;
-            Ok(json!({"Value": {}}))
-        }
         "NetworkDriver.DeleteEndpoint" => delete_endpoint(node, parse(method, body)?).map(ok),
-        "NetworkDriver.Join" => join(d, parse(method, body)?),
-        "NetworkDriver.Leave" => leave(node, parse(method, body)?).map(ok),
+        "NetworkDriver.Join" => join(&node.store, &d.namer, parse(method, body)?),
+        "NetworkDriver.Leave" => leave(&node.store, parse(method, body)?).map(ok),
         "NetworkDriver.ProgramExternalConnectivity" => {
             let r: EndpointRef = parse(method, body)?;
             refuse_ports(&r.options)?;
             Ok(json!({}))
         }
-        "NetworkDriver.RevokeExternalConnectivity"
-        | "NetworkDriver.DiscoverNew"
-        | "NetworkDriver.DiscoverDelete" => Ok(json!({})),
-        "IpamDriver.GetCapabilities" => Ok(json!({"RequiresMACAddress": false})),
-        "IpamDriver.GetDefaultAddressSpaces" => Ok(json!({
-            "LocalDefaultAddressSpace": LOCAL_SPACE,
-            "GlobalDefaultAddressSpace": GLOBAL_SPACE,
-        })),
+        "NetworkDriver.RevokeExternalConnectivity" => Ok(json!({})),
         "IpamDriver.RequestPool" => request_pool(node, parse(method, body)?),
         "IpamDriver.ReleasePool" => {
             let r: PoolRef = parse(method, body)?;
@@ -115,13 +103,7 @@ pub fn call(d: &DockerNode, method: &str, body: &[u8]) -> Result<Value, ApiError
         }
         "IpamDriver.RequestAddress" => request_address(node, parse(method, body)?),
         "IpamDriver.ReleaseAddress" => release_address(node, parse(method, body)?).map(ok),
-        _ => Err(ApiError {
-            status: 404,
-            message: format!(
-                "knit does not implement {method:?}: it serves Plugin.Activate, \
-                 NetworkDriver.* and IpamDriver.* (libnetwork's remote API)"
-            ),
-        }),
+        other => Err(ApiError::from(anyhow::anyhow!("{other}: not dispatched"))),
     }
 }
 
@@ -299,30 +281,16 @@ fn create_endpoint(node: &Node, r: CreateEndpoint) -> Result<Value, ApiError> {
     let eid = need("CreateEndpoint", "EndpointID", &r.endpoint_id)?;
     refuse_ports(&r.options)?;
     let (net, vni) = overlay_network(node, nid)?;
-    let iface = r.interface.unwrap_or_default();
-    let mut ep = Endpoint::new(net.id.clone());
-    ep.id = eid.to_string();
-    ep.ifname = peer_name(eid);
-    ep.ipv4 = opt_net("Interface.Address", &iface.address)?;
-    ep.ipv6 = opt_net("Interface.AddressIPv6", &iface.address_ipv6)?;
+    let (mut ep, mac, reply) = endpoint_record(&net, eid, r.interface, |a| {
+        // An address keeps its MAC on every host (peers' neighbour entries stay right).
+        a.map_or_else(random_mac, |a| overlay_vxlan::endpoint_mac(a.addr()))
+    })?;
     let Some(addr) = ep.ipv4.or(ep.ipv6) else {
         return Err(ApiError::bad_request(
             "CreateEndpoint: no address (knit overlay networks need an IPAM driver)",
         ));
     };
-    // An address keeps its MAC on every host (peers' neighbour entries stay right).
-    let (mac, reply_mac) = if iface.mac_address.is_empty() {
-        let m = overlay_vxlan::endpoint_mac(addr.addr());
-        (m, Some(mac_string(m)))
-    } else {
-        let m = parse_mac(&iface.mac_address).ok_or_else(|| {
-            ApiError::bad_request(format!("bad Interface.MacAddress {:?}", iface.mac_address))
-        })?;
-        (m, None)
-    };
-    ep.mac = mac_string(mac);
     ep.host = node.host.name.clone();
-    ep.labels.insert(DOCKER_OWNED.into(), "true".into());
     node.overlay
         .ensure(&desired(node, &net, vni))
         .map_err(|e| anyhow::anyhow!("the links of network {:?}: {e}", net.name))?;
@@ -345,10 +313,7 @@ fn create_endpoint(node: &Node, r: CreateEndpoint) -> Result<Value, ApiError> {
     }
     node.overlay.metrics.endpoints.inc();
     info!(endpoint = %eid, network = %net.id, ip = %addr, "Docker endpoint created");
-    Ok(match reply_mac {
-        Some(m) => json!({"Interface": {"MacAddress": m}}),
-        None => json!({}),
-    })
+    Ok(reply)
 }
 
 /// Detach by the ids alone (tolerant: gone is success), then drop the record.
@@ -390,69 +355,6 @@ fn delete_endpoint(node: &Node, r: EndpointRef) -> Result<(), ApiError> {
     };
     remove_endpoint(node, &net, eid)?;
     info!(endpoint = %eid, "Docker endpoint deleted");
-    Ok(())
-}
-
-fn endpoint_of(
-    node: &Node,
-    method: &str,
-    r: &EndpointRef,
-) -> Result<(Network, Endpoint), ApiError> {
-    let nid = need(method, "NetworkID", &r.network_id)?;
-    let eid = need(method, "EndpointID", &r.endpoint_id)?;
-    let net = network_by_id(node, nid)?
-        .ok_or_else(|| ApiError::bad_request(format!("network {nid} is not known to knit")))?;
-    let ep = node
-        .store
-        .endpoint(eid)
-        .map_err(|e| ApiError::bad_request(format!("endpoint {eid}: {e}")))?;
-    Ok((net, ep))
-}
-
-fn join(d: &DockerNode, r: EndpointRef) -> Result<Value, ApiError> {
-    let node = &*d.node;
-    let (net, mut ep) = endpoint_of(node, "Join", &r)?;
-    let sandbox = std::path::Path::new(&r.sandbox_key)
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty());
-    if ep.sandbox_id.is_none() {
-        ep.sandbox_id = sandbox;
-        node.store
-            .put_endpoint(&ep)
-            .map_err(|e| store_err(e, &format!("recording the sandbox of endpoint {}", ep.id)))?;
-    }
-    d.namer.queue(Job::Endpoints(net.id.clone()));
-    let gw = |a: Option<ipnet::IpNet>| {
-        a.and_then(|a| {
-            net.ipam
-                .iter()
-                .find(|p| p.subnet.contains(&a.addr()))
-                .and_then(|p| p.gateway)
-        })
-        .filter(|_| !net.internal)
-        .map(|g| g.to_string())
-        .unwrap_or_default()
-    };
-    let reply = JoinReply {
-        interface_name: InterfaceName {
-            src_name: ep.ifname.clone(),
-            dst_prefix: "eth".into(),
-        },
-        gateway: gw(ep.ipv4),
-        gateway_ipv6: gw(ep.ipv6),
-        disable_gateway_service: true,
-    };
-    Ok(serde_json::to_value(reply).map_err(anyhow::Error::from)?)
-}
-
-fn leave(node: &Node, r: EndpointRef) -> Result<(), ApiError> {
-    let (_, mut ep) = endpoint_of(node, "Leave", &r)?;
-    if ep.sandbox_id.take().is_some() {
-        node.store
-            .put_endpoint(&ep)
-            .map_err(|e| store_err(e, &format!("recording that endpoint {} left", ep.id)))?;
-    }
     Ok(())
 }
 
