@@ -26,14 +26,15 @@ pub fn network(st: &EtcdStore, cmd: &NetworkCmd, format: Format) -> Result<()> {
         NetworkCmd::Create(a) => println!("{}", create(st, a)?.id),
         NetworkCmd::Ls => print!("{}", crate::network::ls(st, format)?),
         NetworkCmd::Inspect { names } => print!("{}", inspect(st, names)?),
-        NetworkCmd::Rm { names } => {
-            for n in names {
-                let net = st
-                    .delete_network(n)
-                    .with_context(|| format!("removing network {n:?}"))?;
-                println!("{}", net.name);
-            }
-        }
+        NetworkCmd::Rm { names } => crate::rm_each(names, |n| {
+            n.iter()
+                .map(|n| {
+                    st.delete_network(n)
+                        .map(|net| net.name)
+                        .with_context(|| format!("removing network {n:?}"))
+                })
+                .collect()
+        })?,
         NetworkCmd::Connect { .. } | NetworkCmd::Disconnect { .. } => bail!(
             "network connect/disconnect work on this host's sandboxes, not with --etcd \
              (attach containers to an overlay network through the `knit` CNI plugin)"

@@ -75,11 +75,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 NetworkCmd::Create(a) => println!("{}", network::create(&st, a)?.id),
                 NetworkCmd::Ls => print!("{}", network::ls(&st, cli.format)?),
                 NetworkCmd::Inspect { names } => print!("{}", network::inspect(&st, names)?),
-                NetworkCmd::Rm { names } => {
-                    for n in network::rm(&st, names, &dirs)? {
-                        println!("{n}");
-                    }
-                }
+                NetworkCmd::Rm { names } => rm_each(names, |n| network::rm(&st, n, &dirs))?,
                 NetworkCmd::Connect {
                     network,
                     sandbox,
@@ -102,9 +98,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 SandboxCmd::Ls => print!("{}", sandbox::ls(&st, cli.format)?),
                 SandboxCmd::Rm { names } => {
                     repair::before_change(&st, &dirs);
-                    for n in sandbox::rm(&st, &dirs, names)? {
-                        println!("{n}");
-                    }
+                    rm_each(names, |n| sandbox::rm(&st, &dirs, n))?;
                 }
                 SandboxCmd::Prune => {
                     let r = repair::repair(&st, &dirs, true);
@@ -145,11 +139,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     print!("{}", service::ls(&st, network.as_deref(), cli.format)?)
                 }
                 ServiceCmd::Inspect { names } => print!("{}", service::inspect(&st, names)?),
-                ServiceCmd::Rm { names } => {
-                    for n in service::rm(&st, &dirs, names)? {
-                        println!("{n}");
-                    }
-                }
+                ServiceCmd::Rm { names } => rm_each(names, |n| service::rm(&st, &dirs, n))?,
             }
         }
         Command::Netns(cmd) => netns(cmd)?,
@@ -244,4 +234,29 @@ fn netns(cmd: &NetnsCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `rm A B C` as Docker does it: each name on its own, the removed ones printed, every failure
+/// reported on stderr, and a failed exit if any failed (`rm` of one name: its error).
+pub fn rm_each(names: &[String], rm: impl Fn(&[String]) -> Result<Vec<String>>) -> Result<()> {
+    if let [one] = names {
+        for n in rm(std::slice::from_ref(one))? {
+            println!("{n}");
+        }
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for name in names {
+        match rm(std::slice::from_ref(name)) {
+            Ok(done) => done.iter().for_each(|n| println!("{n}")),
+            Err(e) => {
+                eprintln!("knit: {name}: {e:#}");
+                failed.push(name.as_str());
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!("could not remove {}", failed.join(", "))
 }

@@ -780,7 +780,16 @@ fn knit_cli_connect_disconnect() -> Result<()> {
     // Connected again (the next free name is eth1 again), then removed whole.
     k.ok(&["network", "connect", &nb, "multi"])?;
     ensure!(ping(&b1)? == 0, "multi reconnected does not reach b1");
-    k.ok(&["sandbox", "rm", "multi", "a1", "b1"])?;
+    // `rm` of several names goes on past one that fails (as Docker's), then fails naming it.
+    let (code, out, err) = k.status(&["sandbox", "rm", "multi", "nope", "a1", "b1"])?;
+    ensure!(
+        code == 1 && out.split_whitespace().collect::<Vec<_>>() == ["multi", "a1", "b1"],
+        "sandbox rm past a missing name: exit {code}, removed {out:?}"
+    );
+    ensure!(
+        err.contains("nope") && err.contains("could not remove nope"),
+        "sandbox rm does not name the failure: {err}"
+    );
     k.ok(&["network", "rm", &na, &nb])?;
     ensure!(k.snapshot()? == base, "left behind:\n{}", k.snapshot()?);
     let nft = k.host.stdout(&["nft", "list", "ruleset"])?;
