@@ -420,6 +420,82 @@ fn cni_across_hosts() -> Result<()> {
     Ok(())
 }
 
+/// The holder of block `b` of network `id` in etcd, if any.
+fn block_holder(lab: &Lab, id: &str, b: ipnet::IpNet) -> Result<Option<String>> {
+    let key = format!("{}_{}", b.network(), b.prefix_len());
+    Ok(lab
+        .etcd_get_prefix(&format!("{PREFIX}/blocks/{id}/"))?
+        .into_iter()
+        .find(|(k, _)| k.ends_with(&key))
+        .and_then(|(_, v)| serde_json::from_str::<Value>(&v).ok())
+        .and_then(|v| v["host"].as_str().map(String::from)))
+}
+
+fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let t = std::time::Instant::now();
+    while !f()? {
+        ensure!(
+            t.elapsed() < std::time::Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A crashed agent's blocks go with its lease, but its containers keep their addresses: the
+/// restarted agent takes back the blocks its reservations are in, and while it is away no
+/// other host claims a block its recorded endpoints are in.
+#[test]
+fn blocks_come_back_after_a_restart() -> Result<()> {
+    let lab = Lab::new()?;
+    let mut h1 = lab.host("hf", 41)?;
+    let mut h2 = lab.host("hg", 42)?;
+    h1.knit(&[
+        "network", "create", "--driver", "overlay", "--subnet", SUBNET, "ov",
+    ])?;
+    let (id, _) = network_id_vni(&h1, "ov")?;
+    let _ctl = lab.controller()?;
+    h1.start_agent()?;
+    let c1 = TestNs::new("cf")?;
+    let (_, ip1) = add(&h1, &c1, "ctr-f")?;
+    let b1: ipnet::IpNet = format!("{ip1}/26").parse::<ipnet::IpNet>()?.trunc();
+    ensure!(block_holder(&lab, &id, b1)?.as_deref() == Some("hf"));
+
+    h1.kill_agent();
+    wait_for(15, "the crashed host's block leaves with its lease", || {
+        Ok(block_holder(&lab, &id, b1)?.is_none())
+    })?;
+    h1.start_agent()?;
+    wait_for(15, "the restarted agent takes its block back", || {
+        Ok(block_holder(&lab, &id, b1)?.as_deref() == Some("hf"))
+    })?;
+    // The next container on h1 draws from the same block (no second block claimed).
+    let c2 = TestNs::new("cf2")?;
+    let (_, ip2) = add(&h1, &c2, "ctr-f2")?;
+    ensure!(b1.contains(&ip2), "{ip2} is not from {b1}");
+
+    // Crash again; while h1 is away h2 needs a block: not h1's, whose containers live on.
+    h1.kill_agent();
+    wait_for(15, "the block leaves again", || {
+        Ok(block_holder(&lab, &id, b1)?.is_none())
+    })?;
+    h2.start_agent()?;
+    let c3 = TestNs::new("cg")?;
+    let (_, ip3) = add(&h2, &c3, "ctr-g")?;
+    ensure!(!b1.contains(&ip3), "h2 took {ip3} from h1's block {b1}");
+    h1.start_agent()?;
+    wait_for(15, "h1 takes its block back again", || {
+        Ok(block_holder(&lab, &id, b1)?.as_deref() == Some("hf"))
+    })?;
+    ensure!(
+        !h1.k.log("agent.log").contains("cannot take back a block"),
+        "{}",
+        h1.k.log("agent.log")
+    );
+    Ok(())
+}
+
 #[test]
 fn cli_refuses_bad_overlays_and_leaves_nothing() -> Result<()> {
     let lab = Lab::new()?;
