@@ -7,7 +7,8 @@
 //! - containers on the two hosts ping each other across the VXLAN overlay; a container of the
 //!   `knit` CNI plugin on the same network draws from the same address space and reaches them;
 //! - the network takes Docker's name in knit's records; the containers are endpoints of their
-//!   hosts in etcd;
+//!   hosts in etcd, named after their containers: `knit --etcd dns` on one host answers the
+//!   name of a container on the other;
 //! - `docker rm` on one host takes the endpoint's FDB and neighbour entries off the other;
 //! - bad input: `-p` on an overlay, an overlapping subnet, each refused with knit's reason and
 //!   nothing left;
@@ -294,12 +295,40 @@ fn docker_containers_on_two_hosts_share_a_knit_overlay() -> Result<()> {
     within(10, &format!("cb pings ca ({ipa}) across hosts"), || {
         Ok(b.pings("cb", &ipa))
     })?;
-    // Each container is an endpoint of its own host in etcd.
+    // Each container is an endpoint of its own host in etcd, named after its container (the
+    // agent asks its engine), so knit's DNS answers Docker's names across hosts.
     let inspect = hosts[0].knit(&["network", "inspect", "dnet"])?;
     ensure!(
         inspect.contains(&ipa) && inspect.contains(&ipb),
         "knit network inspect lacks the containers:\n{inspect}"
     );
+    let dns = hosts[0].k.spawn(
+        &[
+            "--etcd",
+            &lab.etcd.url,
+            "dns",
+            "--no-forward",
+            "--listen",
+            "10.252.0.1",
+        ],
+        "dns.log",
+    )?;
+    let _dns = Procs(vec![dns]);
+    within(
+        10,
+        "host a's knit DNS answers cb (a container of host b)",
+        || {
+            let o = hosts[0].k.ns.run(&[
+                "dig",
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "@10.252.0.1",
+                "cb.dnet.knit.internal",
+            ])?;
+            Ok(String::from_utf8_lossy(&o.stdout).trim() == ipb)
+        },
+    )?;
 
     // A CNI container on host b, on the same network and address space.
     let c = TestNs::new("dhc0")?;
