@@ -9,7 +9,7 @@ use libnet::endpoint::{boxed, AddressSource, Addressing, BoxError, Request as Ep
 use libnet::ipam::{self, FileStore, IpamConfig, IpamError};
 use libnet::HasKind;
 use serde_json::json;
-use store::{Network, Store};
+use store::Network;
 
 use super::cluster::Node;
 use super::cni::{CniErr, ERR_INVALID_CONFIG, ERR_TRY_AGAIN};
@@ -104,73 +104,6 @@ pub(super) fn allocate(
             format!("network {:?}: the new block {block} is full", net.name),
         )
     })
-}
-
-/// After a (new) registration: takes back, under the new lease, every block this host's
-/// reservations are in (its containers kept their addresses through an agent restart or a
-/// lost lease, but the blocks went with the old lease). A block another host claimed
-/// meanwhile cannot be taken back: that is logged as the conflict it is (two hosts now hand
-/// out addresses of one block), and the host serves only from its other blocks. Returns the
-/// blocks reclaimed.
-pub(super) fn reclaim(node: &Node) -> Vec<(String, IpNet)> {
-    let networks = match node.store.list_networks() {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "listing networks to reclaim this host's blocks");
-            return Vec::new();
-        }
-    };
-    let mut got = Vec::new();
-    for net in networks
-        .iter()
-        .filter(|n| n.driver == store::Driver::Overlay && !n.ipam.is_empty())
-    {
-        if !node.dirs.cni_data_dir.join(ipam_dir(net)).exists() {
-            continue;
-        }
-        let held = file_store(node, net).and_then(|mut fs| {
-            let mut scan = || -> Result<Vec<std::net::IpAddr>, IpamError> {
-                use libnet::ipam::{IpamStore, LockedStore};
-                let mut l = fs.lock()?;
-                let r = l.reservations()?;
-                l.unlock()?;
-                Ok(r.into_iter().map(|r| r.ip).collect())
-            };
-            scan().map_err(|e| CniErr::kind(e.kind(), e.to_string()))
-        });
-        let held = match held {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(network = %net.name, error = %e.msg, "reading this host's reservations");
-                continue;
-            }
-        };
-        let len = block_len(&net.ipam[0].subnet);
-        let mut blocks: Vec<IpNet> = held
-            .iter()
-            .filter_map(|a| IpNet::new(*a, len).ok().map(|b| b.trunc()))
-            .collect();
-        blocks.sort();
-        blocks.dedup();
-        for b in blocks {
-            match node.with_lease(|l| node.store.reclaim_block(l, &net.id, b)) {
-                Ok(()) => {
-                    tracing::info!(network = %net.name, block = %b, "block reclaimed");
-                    node.blocks().entry(net.id.clone()).or_default().push(b);
-                    got.push((net.id.clone(), b));
-                }
-                Err(e) => tracing::error!(
-                    network = %net.name, block = %b, error = %e,
-                    "cannot take back a block this host's containers use"
-                ),
-            }
-        }
-    }
-    for v in node.blocks().values_mut() {
-        v.sort();
-        v.dedup();
-    }
-    got
 }
 
 /// The address decided before the attach (the MAC follows from it); released by the

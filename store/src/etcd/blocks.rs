@@ -6,9 +6,7 @@
 //! gone), and the network unchanged. A host that comes back (a new lease) gets its old block
 //! back only through [`EtcdStore::reclaim_block`], whose transaction compares the block still
 //! absent or still its own: a block handed on to another host meanwhile is refused
-//! ([`Error::BlockTaken`]), so two hosts never serve one block; and a new claim skips a free
-//! block that endpoints recorded in etcd still have addresses in (the block of a host that
-//! went, whose containers may live on until it comes back). An agent can check a block it
+//! ([`Error::BlockTaken`]), so two hosts never serve one block. An agent can check a block it
 //! served from before a lost lease with [`EtcdStore::owns_block`].
 
 use std::collections::BTreeSet;
@@ -21,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::cluster::HostLease;
 use super::{decode, decode_all, encode, AsyncEtcdStore, EtcdStore, Get, MAX_ATTEMPTS};
 use crate::error::Error;
-use crate::model::{Endpoint, Network};
+use crate::model::Network;
 
 /// An IPAM block of a network, leased to one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +101,6 @@ impl AsyncEtcdStore {
                         Get::Key(nkey.clone()),
                         Get::Prefix(self.keys.network_blocks(network_id)),
                         Get::Key(hkey.clone()),
-                        Get::Prefix(self.keys.network_endpoints(network_id)),
                     ],
                 )
                 .await?;
@@ -115,16 +112,7 @@ impl AsyncEtcdStore {
             self.check_lease(lease, r.one(2))?;
             let net: Network = decode("networks", nkv)?;
             let taken: Vec<Block> = decode_all("blocks", r.all(1))?;
-            let mut taken: BTreeSet<IpNet> = taken.into_iter().map(|b| b.cidr).collect();
-            // A block whose lease went (its host crashed or lost etcd) may still hold that
-            // host's containers: it stays free for the host to reclaim, not for a new claim.
-            let endpoints: Vec<Endpoint> = decode_all("endpoints", r.all(3))?;
-            taken.extend(
-                endpoints
-                    .iter()
-                    .flat_map(|e| e.ipv4.into_iter().chain(e.ipv6))
-                    .map(|a| IpNet::from(a.addr())),
-            );
+            let taken: BTreeSet<IpNet> = taken.into_iter().map(|b| b.cidr).collect();
             let cidr = free_block(&net, prefix_len, &taken)?;
             if self
                 .put_block(lease, network_id, nkv.create_revision(), cidr, None)
