@@ -105,6 +105,7 @@ pub fn run(
         dirs,
         blocks: Mutex::new(Default::default()),
     });
+    super::cni_ipam::reclaim_blocks(&node);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)
@@ -158,6 +159,9 @@ async fn keep_registered(node: Arc<Node>) {
                 info!(lease = l.id(), "host registered again");
                 *node.lease.lock().unwrap_or_else(|p| p.into_inner()) = l;
                 node.blocks().clear();
+                let n = node.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || super::cni_ipam::reclaim_blocks(&n)).await;
             }
             Ok(Err(e)) => warn!(error = %e, "registering again failed; retrying"),
             Err(e) => error!(error = %e, "registering again panicked"),

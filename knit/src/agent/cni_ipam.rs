@@ -2,14 +2,14 @@
 //! network (claimed in etcd under the host's lease, cached), allocated locally in host-local
 //! files under `--cni-data-dir/knit-NETWORK_ID`, so most ADDs need no etcd round trip.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use libnet::endpoint::{boxed, AddressSource, Addressing, BoxError, Request as EpRequest};
 use libnet::ipam::{self, FileStore, IpamConfig, IpamError};
 use libnet::HasKind;
 use serde_json::json;
-use store::Network;
+use store::{Driver, Endpoint, Network, Store};
 
 use super::cluster::Node;
 use super::cni::{CniCall, CniErr, ERR_INVALID_CONFIG, ERR_TRY_AGAIN};
@@ -23,6 +23,52 @@ pub(super) fn ipam_dir(net: &Network) -> String {
 pub fn block_len(subnet: &IpNet) -> u8 {
     let max = if subnet.addr().is_ipv4() { 32 } else { 128 };
     (max - 6).max(subnet.prefix_len())
+}
+
+/// The blocks of `/len` holding the addresses of `host`'s endpoints.
+fn endpoint_blocks(eps: &[Endpoint], host: &str, len: u8) -> BTreeSet<IpNet> {
+    eps.iter()
+        .filter(|e| e.host == host)
+        .flat_map(|e| [e.ipv4, e.ipv6])
+        .flatten()
+        .filter_map(|a| IpNet::new(a.addr(), len).ok().map(|b| b.trunc()))
+        .collect()
+}
+
+/// After the host (re)registered: takes back the blocks holding its endpoints' addresses, which
+/// went with the old lease while its containers kept them (a restarted agent; routed mode
+/// routes to the blocks a host holds). A block handed on meanwhile stays with its new host.
+pub(super) fn reclaim_blocks(node: &Node) {
+    let nets = match node.store.list_networks() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing networks to take back this host's blocks");
+            return;
+        }
+    };
+    for net in nets.iter().filter(|n| n.driver == Driver::Overlay) {
+        let Some(pool) = net.ipam.first() else {
+            continue;
+        };
+        let eps = match node.store.network_endpoints(&net.id) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(network = %net.name, error = %e, "listing endpoints to take back blocks");
+                continue;
+            }
+        };
+        for block in endpoint_blocks(&eps, &node.host.name, block_len(&pool.subnet)) {
+            match node.with_lease(|l| node.store.reclaim_block(l, &net.id, block)) {
+                Ok(()) => {
+                    tracing::info!(network = %net.name, %block, "took back a block of this host's endpoints")
+                }
+                Err(e) => {
+                    tracing::warn!(network = %net.name, %block, error = %e, "could not take back a block")
+                }
+            }
+        }
+        node.blocks().remove(&net.id);
+    }
 }
 
 pub(super) fn ipam_config(node: &Node, net: &Network) -> Result<IpamConfig, CniErr> {
@@ -133,3 +179,31 @@ impl AddressSource for Decided {
 
 /// This host's blocks per network id.
 pub type Blocks = HashMap<String, Vec<IpNet>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blocks_to_take_back_are_those_of_this_hosts_endpoints() {
+        let ep = |host: &str, ip: &str| {
+            let mut e = Endpoint::new("n");
+            e.host = host.into();
+            e.ipv4 = Some(ip.parse().unwrap());
+            e
+        };
+        let eps = [
+            ep("h1", "10.0.0.2/16"),
+            ep("h1", "10.0.0.3/16"),
+            ep("h1", "10.0.1.70/16"),
+            ep("h2", "10.0.0.66/16"),
+        ];
+        let want: BTreeSet<IpNet> = [
+            "10.0.0.0/26".parse().unwrap(),
+            "10.0.1.64/26".parse().unwrap(),
+        ]
+        .into();
+        assert_eq!(endpoint_blocks(&eps, "h1", 26), want);
+        assert!(endpoint_blocks(&eps, "h3", 26).is_empty());
+    }
+}

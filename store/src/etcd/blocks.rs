@@ -6,8 +6,11 @@
 //! gone), and the network unchanged. A host that comes back (a new lease) gets its old block
 //! back only through [`EtcdStore::reclaim_block`], whose transaction compares the block still
 //! absent or still its own: a block handed on to another host meanwhile is refused
-//! ([`Error::BlockTaken`]), so two hosts never serve one block. An agent can check a block it
-//! served from before a lost lease with [`EtcdStore::owns_block`].
+//! ([`Error::BlockTaken`]), so two hosts never serve one block. A block without a lease that
+//! holds an address of another host's endpoint record is not handed out either: that host's
+//! agent stopped while its container kept the address (the agent takes the block back when it
+//! registers again). An agent can check a block it served from before a lost lease with
+//! [`EtcdStore::owns_block`].
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -19,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::cluster::HostLease;
 use super::{decode, decode_all, encode, AsyncEtcdStore, EtcdStore, Get, MAX_ATTEMPTS};
 use crate::error::Error;
-use crate::model::Network;
+use crate::model::{Endpoint, Network};
 
 /// An IPAM block of a network, leased to one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +48,20 @@ fn nth_block(subnet: &IpNet, prefix_len: u8, i: u128) -> Option<IpNet> {
     subnet.contains(&block).then_some(block)
 }
 
-/// The first block of `prefix_len` in the network's pools that is not in `taken`.
+/// The addresses (as host-length nets) of endpoints attached by hosts other than `host`. A
+/// block holding one is not free even when no lease holds it: its host's lease went (an agent
+/// stopped or restarted) while the container kept its address, and handing the block to
+/// another host would give that address out twice. Its own host may take it back.
+fn used_by_others<'a>(eps: &'a [Endpoint], host: &'a str) -> impl Iterator<Item = IpNet> + 'a {
+    eps.iter()
+        .filter(move |e| e.host != host)
+        .flat_map(|e| [e.ipv4, e.ipv6])
+        .flatten()
+        .filter_map(|a| IpNet::new(a.addr(), a.max_prefix_len()).ok())
+}
+
+/// The first block of `prefix_len` in the network's pools that is not in `taken` and holds
+/// nothing of it.
 fn free_block(net: &Network, prefix_len: u8, taken: &BTreeSet<IpNet>) -> Result<IpNet, Error> {
     let max = |s: &IpNet| if s.addr().is_ipv4() { 32 } else { 128 };
     let fitting: Vec<IpNet> = net
@@ -101,6 +117,7 @@ impl AsyncEtcdStore {
                         Get::Key(nkey.clone()),
                         Get::Prefix(self.keys.network_blocks(network_id)),
                         Get::Key(hkey.clone()),
+                        Get::Prefix(self.keys.network_endpoints(network_id)),
                     ],
                 )
                 .await?;
@@ -112,7 +129,9 @@ impl AsyncEtcdStore {
             self.check_lease(lease, r.one(2))?;
             let net: Network = decode("networks", nkv)?;
             let taken: Vec<Block> = decode_all("blocks", r.all(1))?;
-            let taken: BTreeSet<IpNet> = taken.into_iter().map(|b| b.cidr).collect();
+            let mut taken: BTreeSet<IpNet> = taken.into_iter().map(|b| b.cidr).collect();
+            let eps: Vec<Endpoint> = decode_all("endpoints", r.all(3))?;
+            taken.extend(used_by_others(&eps, &lease.host.name));
             let cidr = free_block(&net, prefix_len, &taken)?;
             if self
                 .put_block(lease, network_id, nkv.create_revision(), cidr, None)
@@ -394,5 +413,25 @@ mod tests {
             nth_block(&net("fd00::/64"), 80, 1),
             Some(net("fd00::1:0:0:0/80"))
         );
+    }
+
+    #[test]
+    fn a_block_with_another_hosts_endpoint_is_not_free_but_its_own_host_may_take_it() {
+        let mut n = Network::new("n", Driver::Overlay);
+        n.ipam.push(Pool::new(net("10.0.0.0/24")));
+        let ep = |host: &str, ip: &str| {
+            let mut e = Endpoint::new(n.id.clone());
+            e.host = host.into();
+            e.ipv4 = Some(net(ip));
+            e
+        };
+        // h1's lease went with its block 10.0.0.0/26; its container kept 10.0.0.2.
+        let eps = vec![ep("h1", "10.0.0.2/24"), ep("h2", "10.0.0.70/24")];
+        let mut taken: BTreeSet<IpNet> = [net("10.0.0.64/26")].into();
+        taken.extend(used_by_others(&eps, "h3"));
+        assert_eq!(free_block(&n, 26, &taken).unwrap(), net("10.0.0.128/26"));
+        let mut taken: BTreeSet<IpNet> = [net("10.0.0.64/26")].into();
+        taken.extend(used_by_others(&eps, "h1"));
+        assert_eq!(free_block(&n, 26, &taken).unwrap(), net("10.0.0.0/26"));
     }
 }
