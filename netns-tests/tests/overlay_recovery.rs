@@ -8,6 +8,24 @@
 //!   restarted: its FDB and neighbour entries are exactly what the others' containers need, and
 //!   its containers and the new ones reach each other; again with SIGTERM (which revokes the
 //!   host's lease at once).
+//! - `etcd_restarted_under_traffic_then_changes_converge`: etcd killed and restarted on its
+//!   data while two pings run: they lose nothing; a container added after it is reachable from
+//!   every host, a removed one's entries leave every host, every host stays registered.
+//! - `a_watch_behind_a_compaction_relists_and_converges`: the controller paused (SIGSTOP),
+//!   etcd restarted under it, a container added and one removed, the history compacted
+//!   (`--physical`) past them, the controller resumed: its watches resume from a compacted
+//!   revision, re-list (its log says so, and it did not start a new term), and every host's
+//!   entries and reachability converge. (Agents do not watch etcd: they follow the stream.)
+//! - `routed_mode_programs_routes_to_the_other_hosts_blocks`: `-o mode=routed` through CNI:
+//!   all pairs ping; each host has exactly one route per other host's block, via its
+//!   underlay address, and no FDB or neighbour entry; a removed container is unreachable; a
+//!   host gone (agent stopped) has its routes leave the others.
+//! - `bad_input_is_refused_and_leaves_nothing`: an agent claiming a live host's underlay IP,
+//!   then its name, exits non-zero naming the holder, with no link, socket or registration;
+//!   an overlapping overlay subnet is refused with nothing written to etcd; on a /29 (one
+//!   block, five addresses) the ADD that finds no block (on the host holding the full one, and
+//!   on another) fails with the spec's error JSON (code 11), no veth, no link in the
+//!   container, nothing in etcd, no reservation; DEL after it succeeds.
 //!
 //! Runs `$KNIT_BIN` (default target/release/knit) and `target/cni/bin/knit` (`make build`).
 #![cfg(feature = "root-tests")]
@@ -46,6 +64,7 @@ fn agent_restarted_after_the_cluster_changed_converges() -> Result<()> {
     let mut cl = Cluster::new(
         &[("ra", 41), ("rb", 42), ("rc", 43), ("rd", 44)],
         1,
+        &[],
         "ov",
         &["--subnet", "10.252.0.0/16"],
         &[0, 1, 2],
@@ -180,6 +199,7 @@ fn routed_mode_programs_routes_to_the_other_hosts_blocks() -> Result<()> {
     let mut cl = Cluster::new(
         &[("sa", 51), ("sb", 52), ("sc", 53)],
         1,
+        &[],
         "rt",
         &["--subnet", "10.253.0.0/16", "-o", "mode=routed"],
         &[0, 1, 2],
@@ -259,6 +279,7 @@ fn bad_input_is_refused_and_leaves_nothing() -> Result<()> {
     let cl = Cluster::new(
         &[("ba", 61), ("bb", 62), ("bx", 63)],
         1,
+        &[],
         "ov",
         &["--subnet", "10.254.0.0/16"],
         &[0, 1],
@@ -384,5 +405,166 @@ fn bad_input_is_refused_and_leaves_nothing() -> Result<()> {
     let eps = lab.etcd_get_prefix(&format!("{}/endpoints/{id}/", overlay_lab::PREFIX))?;
     ensure!(eps.len() == 5, "{} endpoint records of tiny", eps.len());
     eprintln!("bad_input_is_refused_and_leaves_nothing: {:?}", t.elapsed());
+    Ok(())
+}
+
+/// Sends `sig` to a child we own (not reaped yet).
+fn signal(c: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+    unsafe { libc::kill(c.id() as i32, sig) };
+}
+
+/// A ping every 50 ms from `from` to `to`, until [`ping_lost_nothing`].
+fn ping_on(from: &TestNs, to: IpAddr) -> Result<std::process::Child> {
+    Ok(from
+        .command("ping")
+        .args(["-i", "0.05", "-W", "1", &to.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?)
+}
+
+/// Stops a [`ping_on`] (SIGINT: it prints its statistics) and checks that it lost nothing.
+fn ping_lost_nothing(p: std::process::Child, what: &str) -> Result<()> {
+    signal(&p, libc::SIGINT);
+    let out = p.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sent: u32 = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    ensure!(
+        sent >= 20 && text.contains(" 0% packet loss"),
+        "{what}: the ping lost packets (or hardly ran):\n{text}"
+    );
+    Ok(())
+}
+
+/// The containers `cs` (address, host index) each host of `u` must see: those on other hosts.
+fn wanted_on(me: usize, u: &[IpAddr], live: &[usize], cs: &[(IpAddr, usize)]) -> cluster::Entries {
+    let hosts: Vec<IpAddr> = live.iter().filter(|h| **h != me).map(|h| u[*h]).collect();
+    let remote: Vec<(IpAddr, IpAddr)> = cs
+        .iter()
+        .filter(|(_, h)| *h != me)
+        .map(|(ip, h)| (*ip, u[*h]))
+        .collect();
+    vxlan_wanted(&hosts, &remote)
+}
+
+#[test]
+fn etcd_restarted_under_traffic_then_changes_converge() -> Result<()> {
+    let t = std::time::Instant::now();
+    let mut cl = Cluster::new(
+        &[("ea", 71), ("eb", 72), ("ec", 73)],
+        1,
+        &[],
+        "ov",
+        &["--subnet", "10.248.0.0/16"],
+        &[0, 1, 2],
+    )?;
+    let vni = cl.vni;
+    let u: Vec<IpAddr> = cl.hosts.iter().map(|h| h.underlay).collect();
+    let (e0, ip0) = cl.add(0, "e0")?;
+    let (e1, ip1) = cl.add(1, "e1")?;
+    let (e2, ip2) = cl.add(2, "e2")?;
+    let (e3, ip3) = cl.add(2, "e3")?;
+    reach(
+        &[("e0", &e0), ("e1", &e1), ("e2", &e2)],
+        &[("e0", ip0), ("e1", ip1), ("e2", ip2), ("e3", ip3)],
+    )?;
+    let p01 = ping_on(&e0, ip1)?;
+    let p12 = ping_on(&e1, ip2)?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let down = std::time::Instant::now();
+    cl.lab.etcd.stop();
+    cl.lab.etcd.restart()?;
+    eprintln!("etcd down for {:?}", down.elapsed());
+
+    // After the restart: a new container through CNI, reachable from every host; a removed
+    // one's entries leave every host; the hosts stayed registered.
+    let (n0, ipn) = cl.add(1, "n0")?;
+    cl.del(2, "e3", &e3)?;
+    let cs = [(ip0, 0), (ip1, 1), (ip2, 2), (ipn, 1)];
+    for me in 0..3 {
+        converges(&cl.hosts[me], vni, &wanted_on(me, &u, &[0, 1, 2], &cs), 10)?;
+    }
+    reach(&[("e0", &e0), ("e2", &e2)], &[("n0", ipn)])?;
+    reach(&[("n0", &n0)], &[("e0", ip0), ("e2", ip2)])?;
+    // Past the hosts' lease TTL after the restart: a lease lost meanwhile would have cut the
+    // pings (its host's endpoints leave the others).
+    std::thread::sleep(std::time::Duration::from_secs(5).saturating_sub(down.elapsed()));
+    cl.registered_are(&["ea", "eb", "ec"], 1)?;
+    ping_lost_nothing(p01, "e0 -> e1 across the etcd restart")?;
+    ping_lost_nothing(p12, "e1 -> e2 across the etcd restart")?;
+    eprintln!(
+        "etcd_restarted_under_traffic_then_changes_converge: {:?}",
+        t.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_watch_behind_a_compaction_relists_and_converges() -> Result<()> {
+    let t = std::time::Instant::now();
+    // A leader lease longer than the controller's pause below, so it stays the leader and
+    // resumes its watches (rather than loading everything again in a new term).
+    let mut cl = Cluster::new(
+        &[("ka", 81), ("kb", 82), ("kc", 83)],
+        1,
+        &["--lease-ttl", "20"],
+        "ov",
+        &["--subnet", "10.247.0.0/16"],
+        &[0, 1, 2],
+    )?;
+    let vni = cl.vni;
+    let u: Vec<IpAddr> = cl.hosts.iter().map(|h| h.underlay).collect();
+    let (k0, ip0) = cl.add(0, "k0")?;
+    let (k1, ip1) = cl.add(1, "k1")?;
+    let (k2, ip2) = cl.add(2, "k2")?;
+    let (k3, ip3) = cl.add(2, "k3")?;
+    reach(
+        &[("k0", &k0), ("k1", &k1)],
+        &[("k0", ip0), ("k1", ip1), ("k2", ip2), ("k3", ip3)],
+    )?;
+
+    // The controller paused; etcd restarted under it (its watch streams die); a container
+    // added and one removed; etcd's history compacted past them; the controller resumed.
+    signal(&cl.ctls.0[0], libc::SIGSTOP);
+    cl.lab.etcd.stop();
+    cl.lab.etcd.restart()?;
+    let (k4, ip4) = cl.add(1, "k4")?;
+    cl.del(2, "k3", &k3)?;
+    let rev = revision(&cl.lab)?;
+    cl.lab.ul.run(&[
+        "etcdctl",
+        "--endpoints",
+        &cl.lab.etcd.url,
+        "compact",
+        &rev.to_string(),
+        "--physical",
+    ])?;
+    signal(&cl.ctls.0[0], libc::SIGCONT);
+
+    let cs = [(ip0, 0), (ip1, 1), (ip2, 2), (ip4, 1)];
+    for me in 0..3 {
+        converges(&cl.hosts[me], vni, &wanted_on(me, &u, &[0, 1, 2], &cs), 10)?;
+    }
+    reach(&[("k0", &k0), ("k2", &k2)], &[("k4", ip4)])?;
+    reach(&[("k4", &k4)], &[("k0", ip0), ("k2", ip2)])?;
+    let log = cl.hosts[0].k.log("controller.log");
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("resynced after a compaction") && l.contains("Endpoints")),
+        "the controller did not re-list the endpoints after the compaction:\n{log}"
+    );
+    ensure!(
+        log.matches("model loaded").count() == 1,
+        "the controller loaded the model again (a new term) instead of resuming:\n{log}"
+    );
+    eprintln!(
+        "a_watch_behind_a_compaction_relists_and_converges: {:?}",
+        t.elapsed()
+    );
     Ok(())
 }

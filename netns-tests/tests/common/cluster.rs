@@ -81,11 +81,15 @@ pub fn within(secs: u64, what: &str, mut f: impl FnMut() -> Result<bool>) -> Res
 
 /// A controller replica in host `h`, listening on its underlay address.
 pub fn controller(h: &Host, etcd: &str) -> Result<Child> {
+    controller_with(h, etcd, &[])
+}
+
+/// [`controller`] with more flags of `knit controller`.
+pub fn controller_with(h: &Host, etcd: &str, extra: &[&str]) -> Result<Child> {
     let listen = format!("{}:{CTL_PORT}", h.underlay);
-    h.k.spawn(
-        &["--etcd", etcd, "controller", "--listen", &listen],
-        "controller.log",
-    )
+    let mut args = vec!["--etcd", etcd, "controller", "--listen", &listen];
+    args.extend_from_slice(extra);
+    h.k.spawn(&args, "controller.log")
 }
 
 /// The leader key's value (`IP:PORT` of the leading replica), if one leads.
@@ -199,7 +203,7 @@ pub fn registered(lab: &Lab) -> Result<Vec<String>> {
 
 /// A lab with `hosts` (tag, last byte of the underlay IP), an overlay network `net` created
 /// with `create` (the flags after `--driver overlay`), `controllers` replicas on the first
-/// hosts (one leads) and an agent on every host in `agents`.
+/// hosts (one leads; `ctl_args`: more flags for them) and an agent on every host in `agents`.
 pub struct Cluster {
     pub hosts: Vec<Host>,
     pub ctls: Procs,
@@ -212,6 +216,7 @@ impl Cluster {
     pub fn new(
         hosts: &[(&str, u8)],
         controllers: usize,
+        ctl_args: &[&str],
         net: &str,
         create: &[&str],
         agents: &[usize],
@@ -228,7 +233,7 @@ impl Cluster {
         let (_, vni) = network_id_vni(&hosts[0], net)?;
         let mut ctls = Procs(Vec::new());
         for h in &hosts[..controllers] {
-            ctls.0.push(controller(h, &lab.etcd.url)?);
+            ctls.0.push(controller_with(h, &lab.etcd.url, ctl_args)?);
         }
         let mut c = Cluster {
             hosts,
