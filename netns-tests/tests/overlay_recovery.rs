@@ -473,8 +473,8 @@ fn etcd_restarted_under_traffic_then_changes_converge() -> Result<()> {
         &[("e0", &e0), ("e1", &e1), ("e2", &e2)],
         &[("e0", ip0), ("e1", ip1), ("e2", ip2), ("e3", ip3)],
     )?;
-    let p01 = ping_on(&e0, ip1)?;
-    let p12 = ping_on(&e1, ip2)?;
+    // Killed on every way out (a failure below would leave them pinging forever).
+    let mut pings = cluster::Procs(vec![ping_on(&e0, ip1)?, ping_on(&e1, ip2)?]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let down = std::time::Instant::now();
     cl.lab.etcd.stop();
@@ -495,8 +495,11 @@ fn etcd_restarted_under_traffic_then_changes_converge() -> Result<()> {
     // pings (its host's endpoints leave the others).
     std::thread::sleep(std::time::Duration::from_secs(5).saturating_sub(down.elapsed()));
     cl.registered_are(&["ea", "eb", "ec"], 1)?;
-    ping_lost_nothing(p01, "e0 -> e1 across the etcd restart")?;
+    let mut each = pings.0.drain(..);
+    let (p01, p12) = (each.next().context("ping")?, each.next().context("ping")?);
+    let r01 = ping_lost_nothing(p01, "e0 -> e1 across the etcd restart");
     ping_lost_nothing(p12, "e1 -> e2 across the etcd restart")?;
+    r01?;
     eprintln!(
         "etcd_restarted_under_traffic_then_changes_converge: {:?}",
         t.elapsed()
