@@ -489,7 +489,7 @@ fn etcd_restarted_under_traffic_then_changes_converge() -> Result<()> {
     for me in 0..3 {
         converges(&cl.hosts[me], vni, &wanted_on(me, &u, &[0, 1, 2], &cs), 10)?;
     }
-    reach(&[("e0", &e0), ("e2", &e2)], &[("n0", ipn)])?;
+    reach(&[("e0", &e0), ("e1", &e1), ("e2", &e2)], &[("n0", ipn)])?;
     reach(&[("n0", &n0)], &[("e0", ip0), ("e2", ip2)])?;
     // Past the hosts' lease TTL after the restart: a lease lost meanwhile would have cut the
     // pings (its host's endpoints leave the others).
