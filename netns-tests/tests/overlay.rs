@@ -99,7 +99,8 @@ fn containers_on_three_hosts_reach_each_other() -> Result<()> {
     ctls.0.push(dns);
     for (j, _, ip) in &ctrs[1..] {
         within(10, &format!("c{j} resolves from host a"), || {
-            Ok(dig(&ctrs[0].1, &format!("c{j}"))? == ip.to_string())
+            // No answer yet (dig exits 9) while `knit dns` starts: try again.
+            Ok(dig(&ctrs[0].1, &format!("c{j}")).is_ok_and(|a| a == ip.to_string()))
         })?;
         ensure!(dig(&ctrs[0].1, &format!("c{j}.ov.knit.internal"))? == ip.to_string());
     }
