@@ -20,6 +20,10 @@ pub struct ControllerArgs {
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// The leader lease's TTL in seconds: a dead leader is replaced about this long after it
+    /// died (and a leader cut off from etcd leads this long).
+    #[arg(long, default_value_t = sdn_controller::controller::LEASE_TTL.as_secs())]
+    pub lease_ttl: u64,
     /// Log lines as text or JSON (stderr; filter with KNIT_LOG).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -61,6 +65,7 @@ pub fn run(
         prefix: prefix.to_string(),
         listen: a.listen,
         metrics: a.metrics,
+        lease_ttl: std::time::Duration::from_secs(a.lease_ttl.max(2)),
     })
     .context("knit controller")?;
     Ok(0)

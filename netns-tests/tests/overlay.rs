@@ -16,112 +16,34 @@
 
 // The scripted controller of the agent tests is not used here: the real one runs.
 #[allow(dead_code)]
+#[path = "common/cluster.rs"]
+mod cluster;
+#[allow(dead_code)]
 #[path = "common/overlay_lab.rs"]
 mod overlay_lab;
 
 use std::net::IpAddr;
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use netns_tests::cni::{Runner, Runtime};
+use cluster::{controller, leader, pings, tables, within, Procs};
 use netns_tests::topology::TestNs;
-use overlay_lab::{network_id_vni, Host, Lab, PREFIX};
-use serde_json::{json, Value};
+use overlay_lab::{network_id_vni, Host, Lab};
 
 const SUBNET: &str = "10.251.0.0/16";
-const CTL_PORT: u16 = 7471;
 
-/// The conflist of a container named `name` (registered for DNS).
-fn conflist(h: &Host, name: &str) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "ov",
-        "plugins": [{"type": "knit", "network": "ov", "socket": h.socket(),
-                     "args": {"cni": {"name": name, "labels": {"app": "demo"}}}}],
-    })
-}
-
-/// A container namespace attached on `h` through the CNI plugin: (namespace, its address).
 fn add(h: &Host, tag: &str) -> Result<(TestNs, IpAddr)> {
-    let c = TestNs::new(tag)?;
-    let r = Runner::new(netns_tests::knit_dir(), h.k.ns.ns());
-    let res = r.add(
-        &conflist(h, tag),
-        &Runtime::new(tag, Some(&c.path()), "eth0"),
-    );
-    let v = res
-        .ok()
-        .with_context(|| format!("ADD {tag} on {}", h.name))?
-        .clone();
-    let addr: ipnet::IpNet = v["ips"][0]["address"]
-        .as_str()
-        .context("no address in the result")?
-        .parse()?;
-    Ok((c, addr.addr()))
+    cluster::add(h, "ov", tag)
 }
 
 fn del(h: &Host, tag: &str, c: &TestNs) -> Result<()> {
-    let r = Runner::new(netns_tests::knit_dir(), h.k.ns.ns());
-    r.del(
-        &conflist(h, tag),
-        &Runtime::new(tag, Some(&c.path()), "eth0"),
-        None,
-    )
-    .ok()
-    .with_context(|| format!("DEL {tag} on {}", h.name))?;
-    Ok(())
+    cluster::del(h, "ov", tag, c)
 }
 
 /// `dig +short` from `from` to knit's DNS on the overlay's gateway address.
 fn dig(from: &TestNs, name: &str) -> Result<String> {
     let o = from.run(&["dig", "+short", "+time=1", "+tries=1", "@10.251.0.1", name])?;
     Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-}
-
-fn pings(from: &TestNs, to: IpAddr) -> bool {
-    from.run(&["ping", "-c1", "-W1", &to.to_string()])
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Wait up to `secs` for `f`.
-fn within(secs: u64, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let t = Instant::now();
-    loop {
-        if f()? {
-            return Ok(());
-        }
-        ensure!(
-            t.elapsed() < Duration::from_secs(secs),
-            "{what}: not within {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A controller replica in host `h`, listening on its underlay address.
-fn controller(h: &Host, etcd: &str) -> Result<Child> {
-    let listen = format!("{}:{CTL_PORT}", h.underlay);
-    h.k.spawn(
-        &["--etcd", etcd, "controller", "--listen", &listen],
-        "controller.log",
-    )
-}
-
-fn leader(lab: &Lab) -> Result<Option<String>> {
-    Ok(lab
-        .etcd_get_prefix(&format!("{PREFIX}/controller/leader"))?
-        .first()
-        .map(|(_, v)| v.clone()))
-}
-
-/// The FDB entries of the overlay's vxlan device and the neighbour entries of its bridge.
-fn tables(h: &Host, vni: u32) -> Result<String> {
-    h.sh(&format!(
-        "bridge fdb show dev {}; ip neigh show dev {}",
-        overlay_vxlan::vxlan_name(vni),
-        overlay_vxlan::bridge_name(vni)
-    ))
 }
 
 #[test]
@@ -177,7 +99,8 @@ fn containers_on_three_hosts_reach_each_other() -> Result<()> {
     ctls.0.push(dns);
     for (j, _, ip) in &ctrs[1..] {
         within(10, &format!("c{j} resolves from host a"), || {
-            Ok(dig(&ctrs[0].1, &format!("c{j}"))? == ip.to_string())
+            // No answer yet (dig exits 9) while `knit dns` starts: try again.
+            Ok(dig(&ctrs[0].1, &format!("c{j}")).is_ok_and(|a| a == ip.to_string()))
         })?;
         ensure!(dig(&ctrs[0].1, &format!("c{j}.ov.knit.internal"))? == ip.to_string());
     }
@@ -233,16 +156,4 @@ fn containers_on_three_hosts_reach_each_other() -> Result<()> {
         del(&hosts[*i], &format!("c{i}"), ns)?;
     }
     Ok(())
-}
-
-/// Processes killed on every way out of the test.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }

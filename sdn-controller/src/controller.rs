@@ -22,7 +22,7 @@ use crate::hub::{Hub, KEEP_DELTAS};
 use crate::metrics::Metrics;
 use crate::model::{Model, RecordKind, Update};
 
-/// The leader lease's TTL: a dead leader is replaced about this long after it died.
+/// The leader lease's default TTL: a dead leader is replaced about this long after it died.
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
 /// Pause after a failed etcd call before trying again.
 const RETRY: Duration = Duration::from_millis(500);
@@ -45,6 +45,9 @@ pub struct Config {
     /// Where agents connect; also the value of the leader key.
     pub listen: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    /// The leader lease's TTL ([`LEASE_TTL`] by default): how long a dead leader goes
+    /// unreplaced, and how long a leader cut off from etcd keeps leading.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +115,7 @@ pub fn run(cfg: Config) -> Result<(), ControllerError> {
         tokio::spawn(crate::server::serve(listener, shared.clone()));
         let me = cfg.listen.to_string();
         tokio::select! {
-            _ = elect(store, me, shared.clone()) => {}
+            _ = elect(store, me, cfg.lease_ttl, shared.clone()) => {}
             _ = shutdown() => info!("stopping"),
         }
         Ok(())
@@ -160,7 +163,7 @@ fn set_role(shared: &Shared, role: Role) {
 }
 
 /// The election loop: follow the key, campaign when it is free, lead until the term ends.
-async fn elect(store: AsyncEtcdStore, me: String, shared: Arc<Shared>) {
+async fn elect(store: AsyncEtcdStore, me: String, ttl: Duration, shared: Arc<Shared>) {
     loop {
         let (held, rev) = match store.leader().await {
             Ok(r) => r,
@@ -183,7 +186,7 @@ async fn elect(store: AsyncEtcdStore, me: String, shared: Arc<Shared>) {
             follow(&store, rev, &shared).await;
             continue;
         }
-        match store.campaign(&me, LEASE_TTL).await {
+        match store.campaign(&me, ttl).await {
             Ok(Some(lead)) => {
                 lead_term(&store, lead, &me, &shared).await;
                 set_role(&shared, Role::default());

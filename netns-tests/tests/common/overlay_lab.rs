@@ -30,7 +30,19 @@ impl Lab {
     pub fn new() -> Result<Lab> {
         netns_tests::require_root();
         let ul = TestNs::new("ul")?;
-        ul.run(&["ip", "link", "add", "ulbr", "type", "bridge"])?;
+        // A fixed MAC: a bridge without one takes the lowest of its ports', so adding a host
+        // could change it and leave the hosts' neighbour entries of the gateway (etcd)
+        // pointing at the old one for up to a minute (agents then failed to reach etcd).
+        ul.run(&[
+            "ip",
+            "link",
+            "add",
+            "ulbr",
+            "address",
+            "02:75:6c:00:00:01",
+            "type",
+            "bridge",
+        ])?;
         ul.run(&[
             "ip",
             "addr",
