@@ -489,7 +489,9 @@ fn blocks_come_back_after_a_restart() -> Result<()> {
         Ok(block_holder(&lab, &id, b1)?.as_deref() == Some("hf"))
     })?;
     ensure!(
-        !h1.k.log("agent.log").contains("could not take back a block"),
+        !h1.k
+            .log("agent.log")
+            .contains("could not take back a block"),
         "{}",
         h1.k.log("agent.log")
     );

@@ -20,6 +20,9 @@
 #![cfg(feature = "root-tests")]
 
 #[allow(dead_code)]
+#[path = "common/cluster.rs"]
+mod cluster;
+#[allow(dead_code)]
 #[path = "common/overlay_lab.rs"]
 mod overlay_lab;
 
@@ -28,6 +31,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use cluster::{tables, within, Procs};
 use netns_tests::cni::{Runner, Runtime};
 use netns_tests::docker::{import_busybox, unmount_under, DOCKER, IMAGE, PLUGIN_DIR};
 use netns_tests::topology::TestNs;
@@ -190,41 +194,6 @@ fn start_agent(h: &mut Host, etcd: &str, engine: &Engine) -> Result<()> {
         &format!("the agent of {} serves Docker", h.name),
         || Ok(sock.exists() && h.socket().exists()),
     )
-}
-
-fn within(secs: u64, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let t = Instant::now();
-    loop {
-        if f()? {
-            return Ok(());
-        }
-        ensure!(
-            t.elapsed() < Duration::from_secs(secs),
-            "{what}: not within {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The FDB entries of the overlay's vxlan device and the neighbour entries of its bridge.
-fn tables(h: &Host, vni: u32) -> Result<String> {
-    h.sh(&format!(
-        "bridge fdb show dev {}; ip neigh show dev {}",
-        overlay_vxlan::vxlan_name(vni),
-        overlay_vxlan::bridge_name(vni)
-    ))
-}
-
-/// Processes killed on every way out of the test.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn cni_conf(h: &Host) -> serde_json::Value {

@@ -269,13 +269,4 @@ impl Cluster {
 }
 
 /// Processes killed on every way out of the test.
-pub struct Procs(pub Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+pub use netns_tests::cluster::Procs;
