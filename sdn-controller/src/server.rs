@@ -11,7 +11,10 @@ use tracing::{debug, info};
 use crate::controller::Shared;
 use crate::hub::CatchUp;
 use crate::metrics::HostLabel;
-use crate::proto::{read_frame, write_frame, AgentMsg, ControllerMsg, ProtoError, PROTOCOL};
+use crate::proto::{
+    read_frame, split_full, write_delta, write_frame, AgentMsg, ControllerMsg, ProtoError,
+    PART_ITEMS, PROTOCOL,
+};
 
 /// How long an agent has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,20 +120,32 @@ async fn connection(conn: TcpStream, shared: &Shared) -> Result<(), ProtoError> 
             CatchUp::Wait => {}
             CatchUp::Deltas(ds) => {
                 for d in ds {
-                    if let ControllerMsg::Delta { version, .. } = &d {
-                        have = Some(*version);
-                    }
-                    write_frame(&mut wr, &d).await?;
+                    have = Some(d.version);
+                    write_delta(&mut wr, d.base, d.version, &d.changes.json).await?;
                     shared.metrics.deltas.inc();
                 }
             }
-            CatchUp::Full(f) => {
-                if let ControllerMsg::Full { version, .. } = &f {
-                    have = Some(*version);
+            CatchUp::Full(ControllerMsg::Full { version, state }) => {
+                have = Some(version);
+                let mut parts = split_full(state, PART_ITEMS);
+                if parts.len() == 1 {
+                    let state = parts.remove(0);
+                    write_frame(&mut wr, &ControllerMsg::Full { version, state }).await?;
+                } else {
+                    let n = parts.len();
+                    for (i, state) in parts.into_iter().enumerate() {
+                        let last = i + 1 == n;
+                        let part = ControllerMsg::FullPart {
+                            version,
+                            state,
+                            last,
+                        };
+                        write_frame(&mut wr, &part).await?;
+                    }
                 }
-                write_frame(&mut wr, &f).await?;
                 shared.metrics.fulls.inc();
             }
+            CatchUp::Full(other) => write_frame(&mut wr, &other).await?,
         }
         tokio::select! {
             r = stream_rx.changed() => if r.is_err() { return Ok(()) },

@@ -226,8 +226,9 @@ struct Shared {
     probe: AtomicU32,
     /// Agents that got it, and when the last one did.
     got: Mutex<(usize, Option<Instant>)>,
-    /// Largest Full frame seen (bytes of JSON).
+    /// Largest Full and FullPart frames seen (bytes of JSON).
     full_max: AtomicUsize,
+    part_max: AtomicUsize,
 }
 
 /// One network as a simulated agent holds it: endpoint address → its host's underlay IP; the
@@ -258,6 +259,17 @@ impl SimState {
         let endpoints = n.endpoints.iter().map(|e| (v4(e.ip), v4(e.host))).collect();
         self.networks
             .insert(n.id.clone(), SimNet { endpoints, hosts });
+    }
+
+    /// Adds a part of a full state (a network may come in pieces).
+    fn merge(&mut self, part: &HostDesired) {
+        for n in &part.networks {
+            let s = self.networks.entry(n.id.clone()).or_default();
+            s.endpoints
+                .extend(n.endpoints.iter().map(|e| (v4(e.ip), v4(e.host))));
+            s.hosts.extend(n.hosts.iter().map(|h| v4(h.underlay_ip)));
+            s.hosts.sort_unstable();
+        }
     }
 
     fn full(state: &HostDesired) -> SimState {
@@ -354,11 +366,34 @@ async fn agent_stream(
     write_frame(&mut wr, &hello).await?;
     let mut state = SimState::default();
     let mut have: Option<u64> = None;
+    let mut parts: Option<(u64, SimState)> = None;
     loop {
         let Some(msg) = read_frame::<_, ControllerMsg>(&mut rd).await? else {
             bail!("closed by the controller");
         };
         let ack = match msg {
+            ControllerMsg::FullPart {
+                version,
+                state: s,
+                last,
+            } => {
+                let size = serde_json::to_vec(&s).map(|b| b.len()).unwrap_or(0);
+                sh.part_max.fetch_max(size, Ordering::Relaxed);
+                let acc = parts.get_or_insert_with(|| (version, SimState::default()));
+                if acc.0 != version {
+                    bail!("parts of versions {} and {version}", acc.0);
+                }
+                acc.1.merge(&s);
+                if !last {
+                    continue;
+                }
+                state = parts.take().map(|p| p.1).unwrap_or_default();
+                if have.is_none() {
+                    sh.synced.fetch_add(1, Ordering::Relaxed);
+                }
+                permit.take();
+                version
+            }
             ControllerMsg::Full { version, state: s } => {
                 let size = serde_json::to_vec(&s).map(|b| b.len()).unwrap_or(0);
                 sh.full_max.fetch_max(size, Ordering::Relaxed);
@@ -623,9 +658,11 @@ fn measure(hosts: usize) -> Result<(f64, f64)> {
     let synced = t.elapsed();
     println!(
         "  controller leads (model listed from etcd) {:.1} s after start; all {hosts} agents \
-         synced (a Full each, largest {:.2} MB) {:.2} s after they connect",
+         synced (a full state each; largest Full frame {:.2} MB, FullPart {:.2} MB) {:.2} s \
+         after they connect",
         leads.as_secs_f64(),
         sh.full_max.load(Ordering::Relaxed) as f64 / 1e6,
+        sh.part_max.load(Ordering::Relaxed) as f64 / 1e6,
         synced.as_secs_f64()
     );
 
