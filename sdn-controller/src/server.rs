@@ -108,6 +108,11 @@ async fn connection(conn: TcpStream, shared: &Shared) -> Result<(), ProtoError> 
         }
     });
     let _abort = AbortOnDrop(reader);
+    let lag_gauge = shared
+        .metrics
+        .lag
+        .get_or_create(&HostLabel { host: host.clone() })
+        .clone();
     loop {
         let next = {
             let hub = shared.hub.lock().unwrap_or_else(|p| p.into_inner());
@@ -159,15 +164,11 @@ async fn connection(conn: TcpStream, shared: &Shared) -> Result<(), ProtoError> 
             }
             a = ack_rx.recv() => match a {
                 Some(acked) => {
-                    let now = shared
-                        .hub
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_ref()
-                        .and_then(|h| h.host_version(&host))
-                        .unwrap_or(acked);
-                    let lag = i64::try_from(now.saturating_sub(acked)).unwrap_or(i64::MAX);
-                    shared.metrics.lag.get_or_create(&HostLabel { host: host.clone() }).set(lag);
+                    // The stream's version is what its watch last said: no hub lock per ack
+                    // (a change on a wide network is acked by every host at once).
+                    let now = *stream_rx.borrow();
+                    let lag = i64::try_from(now.max(acked) - acked).unwrap_or(i64::MAX);
+                    lag_gauge.set(lag);
                 }
                 None => return Ok(()),
             },

@@ -257,6 +257,15 @@ impl Model {
             }
             _ => None,
         };
+        let one_network = atoms
+            .iter()
+            .all(|a| Some(a.network()) == atoms.first().map(Atom::network));
+        if matches!(u, Update::Endpoint(..))
+            && one_network
+            && atoms.iter().all(|a| matches!(a, Atom::Ep(..)))
+        {
+            return self.apply_addresses(u, &atoms, &scope);
+        }
         let was = registering.as_ref().map(|h| self.is_registered(h));
         let bases: Vec<Base> = atoms.iter().map(|a| self.base(a)).collect();
         let before: Vec<Vec<Val>> = scope.iter().map(|h| self.vals(h, &atoms, &bases)).collect();
@@ -276,6 +285,71 @@ impl Model {
         if let (Some(h), Some(was)) = (registering, was) {
             if was != self.is_registered(&h) {
                 out.entry(h).or_default();
+            }
+        }
+        out
+    }
+
+    /// An endpoint update within one network that moves no host in or out of it (only `Ep`
+    /// atoms, so `scope` is that network's registered members): every member sees the same
+    /// addresses, so the changes are computed once and given to every
+    /// member but the hosts the addresses are on (before or after), which are diffed one by
+    /// one. The common case, and the one that reaches every host of a wide network.
+    fn apply_addresses(&mut self, u: Update, atoms: &[Atom], scope: &BTreeSet<String>) -> Output {
+        let before: Vec<Base> = atoms.iter().map(|a| self.base(a)).collect();
+        let mut own: BTreeSet<String> = BTreeSet::new();
+        if let Update::Endpoint(key, new) = &u {
+            own.extend(self.endpoints.get(key).map(|e| e.host.clone()));
+            own.extend(new.as_ref().map(|e| e.host.clone()));
+        }
+        for b in &before {
+            if let Base::Ep(Some((o, _))) = b {
+                own.insert(o.clone());
+            }
+        }
+        let own: Vec<(String, Vec<Val>)> = own
+            .into_iter()
+            .filter(|h| scope.contains(h))
+            .map(|h| {
+                let v = self.vals(&h, atoms, &before);
+                (h, v)
+            })
+            .collect();
+        self.mutate(u);
+        let after: Vec<Base> = atoms.iter().map(|a| self.base(a)).collect();
+        let mut common = Vec::new();
+        for ((a, b), n) in atoms.iter().zip(&before).zip(&after) {
+            let (Atom::Ep(net, ip), Base::Ep(b), Base::Ep(n)) = (a, b, n) else {
+                continue;
+            };
+            let (b, n) = (b.as_ref().map(|x| &x.1), n.as_ref().map(|x| &x.1));
+            match n {
+                _ if b == n => {}
+                Some(e) => common.push(Change::EndpointPut {
+                    network: net.clone(),
+                    endpoint: e.clone(),
+                }),
+                None => common.push(Change::EndpointDel {
+                    network: net.clone(),
+                    ip: *ip,
+                }),
+            }
+        }
+        let mut out = Output::new();
+        for (h, before) in &own {
+            let now = self.vals(h, atoms, &after);
+            if now != *before {
+                let changes = self.diff(h, atoms, before, &now);
+                if !changes.is_empty() {
+                    out.insert(h.clone(), changes);
+                }
+            }
+        }
+        if !common.is_empty() {
+            for h in scope {
+                if !own.iter().any(|(o, _)| o == h) {
+                    out.insert(h.clone(), common.clone());
+                }
             }
         }
         out
