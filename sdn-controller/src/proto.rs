@@ -17,7 +17,8 @@
 //!    [`ControllerMsg::FullPart`]s instead, the last one marked: no frame ever nears
 //!    [`MAX_FRAME`], however large the cluster.
 //! 3. Then [`ControllerMsg::Delta`]s, each with the version it applies to (`base`) and the one
-//!    it makes (`version`); an agent that sees a `base` other than its version reconnects (and
+//!    it makes (`version`; the controller splices a change list serialized once for every
+//!    host that gets it into each host's frame: [`write_delta`]); an agent that sees a `base` other than its version reconnects (and
 //!    gets a `Full`). The agent acknowledges what it applied ([`AgentMsg::Ack`]), which gives
 //!    the controller each agent's lag.
 //! 4. Either side may close at any time; the agent reconnects with backoff and, meanwhile,
