@@ -51,7 +51,9 @@ impl Drop for Connected<'_> {
 
 async fn connection(conn: TcpStream, shared: &Shared) -> Result<(), ProtoError> {
     let _ = conn.set_nodelay(true);
-    let (mut rd, mut wr) = conn.into_split();
+    let (rd, mut wr) = conn.into_split();
+    // Buffered: a frame's length and body in one read.
+    let mut rd = tokio::io::BufReader::new(rd);
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<_, AgentMsg>(&mut rd)).await
     {
         Ok(Ok(Some(m))) => m,

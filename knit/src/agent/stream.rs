@@ -79,7 +79,9 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
         Err(_) => return (End::Closed("connecting: timed out".into()), false),
     };
     let _ = conn.set_nodelay(true);
-    let (mut rd, mut wr) = conn.into_split();
+    let (rd, mut wr) = conn.into_split();
+    // Buffered: a frame's length and body in one read.
+    let mut rd = tokio::io::BufReader::new(rd);
     let hello = AgentMsg::Hello {
         protocol: PROTOCOL,
         host: host.to_string(),

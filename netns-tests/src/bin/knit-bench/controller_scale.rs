@@ -361,7 +361,9 @@ async fn agent_stream(
     let mut permit = Some(gate.acquire_owned().await?);
     let conn = AsyncTcp::connect(addr).await.context("connecting")?;
     conn.set_nodelay(true)?;
-    let (mut rd, mut wr) = conn.into_split();
+    let (rd, mut wr) = conn.into_split();
+    // Buffered: a frame's length and body in one read.
+    let mut rd = tokio::io::BufReader::new(rd);
     let hello = AgentMsg::Hello {
         protocol: PROTOCOL,
         host: host.to_string(),
