@@ -343,6 +343,18 @@ impl EtcdStore {
         }
     }
 
+    /// [`AsyncEtcdStore::put_records`].
+    pub fn put_records(&self, kind: Kind, records: &[(String, Vec<u8>)]) -> Result<(), Error> {
+        let records = records.to_vec();
+        self.run(move |s| async move { s.put_records(kind, &records).await })
+    }
+
+    /// [`AsyncEtcdStore::delete_records`].
+    pub fn delete_records(&self, kind: Kind, keys: &[String]) -> Result<(), Error> {
+        let keys = keys.to_vec();
+        self.run(move |s| async move { s.delete_records(kind, &keys).await })
+    }
+
     /// Compacts etcd's history up to `revision`.
     pub fn compact(&self, revision: i64) -> Result<(), Error> {
         self.run(move |s| async move { s.compact(revision).await })
