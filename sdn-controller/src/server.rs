@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::controller::Shared;
@@ -100,21 +99,24 @@ async fn connection(conn: TcpStream, shared: &Shared) -> Result<(), ProtoError> 
         shared,
         host: host.clone(),
     };
-    // Acks arrive on their own task (a read is not cancel-safe inside select!).
-    let (ack_tx, mut ack_rx) = mpsc::channel::<u64>(16);
-    let reader = tokio::spawn(async move {
-        while let Ok(Some(AgentMsg::Ack { version })) = read_frame::<_, AgentMsg>(&mut rd).await {
-            if ack_tx.send(version).await.is_err() {
-                break;
-            }
-        }
-    });
-    let _abort = AbortOnDrop(reader);
-    let lag_gauge = shared
+    // Acks are read and counted on their own task (a read is not cancel-safe inside select!),
+    // which sets the host's lag itself: the stream's version is what its watch last said, so
+    // an ack takes no hub lock and wakes nothing else (a change on a wide network is acked by
+    // every host at once).
+    let lag = shared
         .metrics
         .lag
         .get_or_create(&HostLabel { host: host.clone() })
         .clone();
+    let stream_now = stream_rx.clone();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(AgentMsg::Ack { version })) = read_frame::<_, AgentMsg>(&mut rd).await {
+            let now = *stream_now.borrow();
+            lag.set(i64::try_from(now.max(version) - version).unwrap_or(i64::MAX));
+        }
+    });
+    // Ends when the agent closes (or sends anything but an ack).
+    let mut reader = AbortOnDrop(reader);
     loop {
         let next = {
             let hub = shared.hub.lock().unwrap_or_else(|p| p.into_inner());
@@ -164,16 +166,7 @@ async fn connection(conn: TcpStream, shared: &Shared) -> Result<(), ProtoError> 
                     return Ok(());
                 }
             }
-            a = ack_rx.recv() => match a {
-                Some(acked) => {
-                    // The stream's version is what its watch last said: no hub lock per ack
-                    // (a change on a wide network is acked by every host at once).
-                    let now = *stream_rx.borrow();
-                    let lag = i64::try_from(now.max(acked) - acked).unwrap_or(i64::MAX);
-                    lag_gauge.set(lag);
-                }
-                None => return Ok(()),
-            },
+            _ = &mut reader.0 => return Ok(()),
         }
     }
 }
