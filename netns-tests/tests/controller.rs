@@ -210,8 +210,11 @@ fn one_leader_streams_deltas_and_a_standby_takes_over_after_kill_9() -> Result<(
         underlay_ip: ip.parse().unwrap(),
         vtep_mac: "02:00:00:00:00:01".into(),
     };
-    let _h1 = st.register_host(&host("h1", "192.168.77.1"), Duration::from_secs(10))?;
+    let h1 = st.register_host(&host("h1", "192.168.77.1"), Duration::from_secs(10))?;
     let _h2 = st.register_host(&host("h2", "192.168.77.2"), Duration::from_secs(10))?;
+    // Only members of a network hold it: h1 holds a block (as its agent claims at its first
+    // ADD), h2 is a member by its endpoints.
+    st.claim_block(&h1, &net.id, 26)?;
     let e1 = endpoint(&net.id, "h2", "10.77.1.5", 5);
     st.put_endpoint(&e1)?;
 
@@ -251,6 +254,7 @@ fn one_leader_streams_deltas_and_a_standby_takes_over_after_kill_9() -> Result<(
     assert_eq!(ips(&state), ["10.77.1.5@192.168.77.2"]);
     assert_eq!(n.hosts.len(), 1);
     assert_eq!(n.hosts[0].underlay_ip.to_string(), "192.168.77.2");
+    ensure!(n.hosts[0].blocks.is_empty(), "h2 holds no block");
 
     let e2 = endpoint(&net.id, "h2", "10.77.1.6", 6);
     st.put_endpoint(&e2)?;

@@ -120,7 +120,11 @@ fn main() {
     if let CatchUp::Deltas(d) = hub.catch_up("h1", Some(v)) {
         let sizes: Vec<usize> = d
             .iter()
-            .map(|m| serde_json::to_vec(m).map(|b| b.len()).unwrap_or(0))
+            .map(|m| {
+                serde_json::to_vec(&m.to_msg())
+                    .map(|b| b.len())
+                    .unwrap_or(0)
+            })
             .collect();
         println!("delta of one endpoint put: {sizes:?} bytes");
     }

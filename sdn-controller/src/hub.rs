@@ -26,19 +26,51 @@ use crate::proto::{Change, ControllerMsg};
 
 /// How many deltas each stream keeps for agents that reconnect.
 pub const KEEP_DELTAS: usize = 256;
+/// How many distinct change lists of one batch are looked up for sharing (a batch's changes
+/// differ per host only around the hosts whose membership changed).
+const SHARED_MAX: usize = 8;
 
-#[derive(Debug, Clone)]
-struct Logged {
-    base: u64,
-    version: u64,
-    changes: Arc<Vec<Change>>,
+/// One batch's changes for a host, serialized once: every host that gets the same changes
+/// (an endpoint put reaches every other member with the same `EndpointPut`) shares one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Changes {
+    pub changes: Vec<Change>,
+    /// `changes` as JSON, spliced into each host's frame ([`crate::proto::write_delta`]).
+    pub json: Vec<u8>,
+}
+
+impl Changes {
+    fn new(changes: Vec<Change>) -> Changes {
+        // Plain data: serializing it cannot fail.
+        let json = serde_json::to_vec(&changes).unwrap_or_default();
+        Changes { changes, json }
+    }
+}
+
+/// A delta of one host's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    pub base: u64,
+    pub version: u64,
+    pub changes: Arc<Changes>,
+}
+
+impl Delta {
+    /// As a message (a copy of the changes; the server writes [`Changes::json`] instead).
+    pub fn to_msg(&self) -> ControllerMsg {
+        ControllerMsg::Delta {
+            base: self.base,
+            version: self.version,
+            changes: self.changes.changes.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Stream {
     /// `None` while the host is not registered.
     version: Option<u64>,
-    log: VecDeque<Logged>,
+    log: VecDeque<Delta>,
     /// Wakes the host's connections: the stream moved.
     tx: watch::Sender<u64>,
 }
@@ -59,7 +91,7 @@ pub enum CatchUp {
     /// The host is not registered: nothing to send yet.
     Wait,
     /// These deltas (none when the agent is up to date).
-    Deltas(Vec<ControllerMsg>),
+    Deltas(Vec<Delta>),
     /// The whole state.
     Full(ControllerMsg),
 }
@@ -138,16 +170,28 @@ impl Hub {
             hosts: out.len(),
             changes: 0,
         };
+        // Distinct change lists of this batch: most hosts share one of very few.
+        let mut shared: Vec<Arc<Changes>> = Vec::new();
         for (h, changes) in out {
             applied.changes += changes.len();
+            let changes = match shared.iter().find(|c| c.changes == changes) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(Changes::new(changes));
+                    if shared.len() < SHARED_MAX {
+                        shared.push(c.clone());
+                    }
+                    c
+                }
+            };
             let registered = self.model.is_registered(&h);
             let s = self.streams.entry(h).or_insert_with(Stream::new);
             match (s.version, registered) {
                 (Some(base), true) => {
-                    s.log.push_back(Logged {
+                    s.log.push_back(Delta {
                         base,
                         version: v,
-                        changes: Arc::new(changes),
+                        changes,
                     });
                     while s.log.len() > self.keep {
                         s.log.pop_front();
@@ -197,17 +241,7 @@ impl Hub {
         }
         if let Some(have) = have {
             if let Some(i) = s.log.iter().position(|d| d.base == have) {
-                return CatchUp::Deltas(
-                    s.log
-                        .iter()
-                        .skip(i)
-                        .map(|d| ControllerMsg::Delta {
-                            base: d.base,
-                            version: d.version,
-                            changes: d.changes.as_ref().clone(),
-                        })
-                        .collect(),
-                );
+                return CatchUp::Deltas(s.log.iter().skip(i).cloned().collect());
             }
         }
         CatchUp::Full(ControllerMsg::Full {
@@ -245,6 +279,18 @@ mod tests {
         Update::Endpoint(format!("n1/{id}"), Some(e))
     }
 
+    /// A block of n1: makes `host` a member.
+    fn block(host: &str, cidr: &str) -> Update {
+        Update::Block(
+            format!("n1/{host}"),
+            Some(store::etcd::Block {
+                network_id: "n1".into(),
+                cidr: cidr.parse().unwrap(),
+                host: host.into(),
+            }),
+        )
+    }
+
     fn hub() -> Hub {
         let mut net = Network::new("blue", Driver::Overlay);
         net.id = "n1".into();
@@ -255,14 +301,16 @@ mod tests {
             Update::Vni("n1".into(), Some(4096)),
             host("h1", "192.168.0.1"),
             host("h2", "192.168.0.2"),
+            block("h1", "10.1.1.0/24"),
+            block("h2", "10.1.2.0/24"),
         ] {
             m.load(u);
         }
         Hub::new(m, 100, 2)
     }
 
-    fn apply(s: &mut HostDesired, msgs: &[ControllerMsg], mut have: u64) -> u64 {
-        for m in msgs {
+    fn apply(s: &mut HostDesired, msgs: &[Delta], mut have: u64) -> u64 {
+        for m in msgs.iter().map(Delta::to_msg) {
             let ControllerMsg::Delta {
                 base,
                 version,
@@ -271,9 +319,9 @@ mod tests {
             else {
                 panic!("not a delta: {m:?}")
             };
-            assert_eq!(*base, have, "deltas chain");
-            apply_changes(s, changes);
-            have = *version;
+            assert_eq!(base, have, "deltas chain");
+            apply_changes(s, &changes);
+            have = version;
         }
         have
     }

@@ -12,9 +12,13 @@
 //!    [`AgentMsg::Hello`] with its host name and the version it holds, if any.
 //! 2. A standby answers [`ControllerMsg::NotLeader`] (with the leader's address when known) and
 //!    closes. The leader answers [`ControllerMsg::Full`] (the whole state, version V), unless
-//!    the agent's version is one it can resume from, then it sends the deltas after it.
+//!    the agent's version is one it can resume from, then it sends the deltas after it. A
+//!    full state of more than [`PART_ITEMS`] endpoints and hosts goes as
+//!    [`ControllerMsg::FullPart`]s instead, the last one marked: no frame ever nears
+//!    [`MAX_FRAME`], however large the cluster.
 //! 3. Then [`ControllerMsg::Delta`]s, each with the version it applies to (`base`) and the one
-//!    it makes (`version`); an agent that sees a `base` other than its version reconnects (and
+//!    it makes (`version`; the controller splices a change list serialized once for every
+//!    host that gets it into each host's frame: [`write_delta`]); an agent that sees a `base` other than its version reconnects (and
 //!    gets a `Full`). The agent acknowledges what it applied ([`AgentMsg::Ack`]), which gives
 //!    the controller each agent's lag.
 //! 4. Either side may close at any time; the agent reconnects with backoff and, meanwhile,
@@ -54,6 +58,15 @@ pub enum AgentMsg {
 pub enum ControllerMsg {
     /// Everything this host should hold, at `version`: replaces whatever the agent had.
     Full { version: u64, state: HostDesired },
+    /// One part of a full state too large for one frame ([`split_full`]): the agent merges
+    /// the parts ([`merge_part`]) and applies them as one `Full` when `last` is true (and
+    /// acknowledges only that). A network may span parts (the same id, its settings again,
+    /// more endpoints and hosts).
+    FullPart {
+        version: u64,
+        state: HostDesired,
+        last: bool,
+    },
     /// Changes turning the state at `base` into the state at `version`.
     Delta {
         base: u64,
@@ -157,6 +170,62 @@ pub fn apply_changes(state: &mut HostDesired, changes: &[Change]) -> Vec<String>
     touched
 }
 
+/// Endpoints and hosts per part of a full state: about 10 MB of JSON, far below
+/// [`MAX_FRAME`].
+pub const PART_ITEMS: usize = 100_000;
+
+/// `state` in parts of at most `items` endpoints and hosts each (one part, as is, when it
+/// fits): a network larger than that is cut into pieces carrying its settings.
+pub fn split_full(state: HostDesired, items: usize) -> Vec<HostDesired> {
+    let items = items.max(1);
+    let size = |n: &NetworkDesired| n.endpoints.len() + n.hosts.len();
+    if state.networks.iter().map(size).sum::<usize>() <= items {
+        return vec![state];
+    }
+    let format = state.format;
+    let part = || HostDesired {
+        format,
+        networks: Vec::new(),
+    };
+    let mut parts = vec![part()];
+    let mut room = items;
+    for mut n in state.networks {
+        let mut endpoints = std::mem::take(&mut n.endpoints).into_iter().peekable();
+        let mut hosts = std::mem::take(&mut n.hosts).into_iter().peekable();
+        loop {
+            if room == 0 {
+                parts.push(part());
+                room = items;
+            }
+            let mut piece = n.clone();
+            piece.endpoints = endpoints.by_ref().take(room).collect();
+            room -= piece.endpoints.len();
+            piece.hosts = hosts.by_ref().take(room).collect();
+            room -= piece.hosts.len();
+            if let Some(last) = parts.last_mut() {
+                last.networks.push(piece);
+            }
+            if endpoints.peek().is_none() && hosts.peek().is_none() {
+                break;
+            }
+        }
+    }
+    parts
+}
+
+/// Adds one part of a full state to the parts received so far.
+pub fn merge_part(acc: &mut HostDesired, part: HostDesired) {
+    for n in part.networks {
+        match acc.networks.iter_mut().find(|a| a.id == n.id) {
+            Some(a) => {
+                a.endpoints.extend(n.endpoints);
+                a.hosts.extend(n.hosts);
+            }
+            None => acc.networks.push(n),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
     #[error("connection: {0}")]
@@ -183,6 +252,35 @@ where
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
     buf.extend_from_slice(&body);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Write a [`ControllerMsg::Delta`] whose `changes` are already JSON (`changes_json`): one
+/// change shared by thousands of hosts is serialized once, not once per connection.
+pub async fn write_delta<W>(
+    w: &mut W,
+    base: u64,
+    version: u64,
+    changes_json: &[u8],
+) -> Result<(), ProtoError>
+where
+    W: AsyncWrite + Unpin,
+{
+    let head = format!(r#"{{"type":"delta","base":{base},"version":{version},"changes":"#);
+    let len = head.len() + changes_json.len() + 1;
+    if len > MAX_FRAME {
+        return Err(ProtoError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    let mut buf = Vec::with_capacity(4 + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    buf.extend_from_slice(head.as_bytes());
+    buf.extend_from_slice(changes_json);
+    buf.push(b'}');
     w.write_all(&buf).await?;
     w.flush().await?;
     Ok(())
@@ -286,6 +384,73 @@ mod tests {
         assert!(s.networks[0].endpoints.is_empty());
         apply_changes(&mut s, &[Change::NetworkDel { id: "blue".into() }]);
         assert!(s.networks.is_empty());
+    }
+
+    #[test]
+    fn a_full_state_split_in_parts_merges_back_and_no_part_is_larger_than_asked() {
+        let mut a = net("a");
+        a.endpoints = (0..7)
+            .map(|i| ep(&format!("10.244.1.{i}"), "192.168.50.2"))
+            .collect();
+        a.hosts = (2..5)
+            .map(|i| RemoteHost {
+                underlay_ip: format!("192.168.50.{i}").parse().unwrap(),
+                blocks: vec![],
+            })
+            .collect();
+        let mut b = net("b");
+        b.endpoints = vec![ep("10.244.2.1", "192.168.50.3")];
+        let state = HostDesired {
+            format: overlay_vxlan::FORMAT,
+            networks: vec![a, b, net("c")],
+        };
+        let one = split_full(state.clone(), 100);
+        assert_eq!(one.len(), 1, "fits: one part");
+        assert_eq!(one[0], state);
+        let parts = split_full(state.clone(), 4);
+        assert_eq!(parts.len(), 3, "11 items in parts of 4");
+        for p in &parts {
+            let items: usize = p
+                .networks
+                .iter()
+                .map(|n| n.endpoints.len() + n.hosts.len())
+                .sum();
+            assert!(items <= 4, "{items}");
+        }
+        let mut got = HostDesired {
+            format: overlay_vxlan::FORMAT,
+            networks: vec![],
+        };
+        for p in parts {
+            merge_part(&mut got, p);
+        }
+        assert_eq!(got, state);
+    }
+
+    #[tokio::test]
+    async fn a_spliced_delta_is_the_same_frame_as_a_serialized_one() {
+        let changes = vec![Change::EndpointDel {
+            network: "blue".into(),
+            ip: "10.244.1.5".parse().unwrap(),
+        }];
+        let json = serde_json::to_vec(&changes).unwrap();
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_delta(&mut a, 7, 9, &json).await.unwrap();
+        let msg = ControllerMsg::Delta {
+            base: 7,
+            version: 9,
+            changes,
+        };
+        write_frame(&mut a, &msg).await.unwrap();
+        let spliced: ControllerMsg = read_frame(&mut b).await.unwrap().unwrap();
+        assert_eq!(spliced, msg);
+        let mut one = vec![0u8; 4 + serde_json::to_vec(&msg).unwrap().len()];
+        b.read_exact(&mut one).await.unwrap();
+        assert_eq!(
+            &one[4..],
+            serde_json::to_vec(&msg).unwrap(),
+            "byte for byte"
+        );
     }
 
     #[tokio::test]

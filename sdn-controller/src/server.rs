@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::controller::Shared;
 use crate::hub::CatchUp;
 use crate::metrics::HostLabel;
-use crate::proto::{read_frame, write_frame, AgentMsg, ControllerMsg, ProtoError, PROTOCOL};
+use crate::proto::{
+    read_frame, split_full, write_delta, write_frame, AgentMsg, ControllerMsg, ProtoError,
+    PART_ITEMS, PROTOCOL,
+};
 
 /// How long an agent has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,7 +50,9 @@ impl Drop for Connected<'_> {
 
 async fn connection(conn: TcpStream, shared: &Shared) -> Result<(), ProtoError> {
     let _ = conn.set_nodelay(true);
-    let (mut rd, mut wr) = conn.into_split();
+    let (rd, mut wr) = conn.into_split();
+    // Buffered: a frame's length and body in one read.
+    let mut rd = tokio::io::BufReader::new(rd);
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<_, AgentMsg>(&mut rd)).await
     {
         Ok(Ok(Some(m))) => m,
@@ -95,16 +99,24 @@ async fn connection(conn: TcpStream, shared: &Shared) -> Result<(), ProtoError> 
         shared,
         host: host.clone(),
     };
-    // Acks arrive on their own task (a read is not cancel-safe inside select!).
-    let (ack_tx, mut ack_rx) = mpsc::channel::<u64>(16);
+    // Acks are read and counted on their own task (a read is not cancel-safe inside select!),
+    // which sets the host's lag itself: the stream's version is what its watch last said, so
+    // an ack takes no hub lock and wakes nothing else (a change on a wide network is acked by
+    // every host at once).
+    let lag = shared
+        .metrics
+        .lag
+        .get_or_create(&HostLabel { host: host.clone() })
+        .clone();
+    let stream_now = stream_rx.clone();
     let reader = tokio::spawn(async move {
         while let Ok(Some(AgentMsg::Ack { version })) = read_frame::<_, AgentMsg>(&mut rd).await {
-            if ack_tx.send(version).await.is_err() {
-                break;
-            }
+            let now = *stream_now.borrow();
+            lag.set(i64::try_from(now.max(version) - version).unwrap_or(i64::MAX));
         }
     });
-    let _abort = AbortOnDrop(reader);
+    // Ends when the agent closes (or sends anything but an ack).
+    let mut reader = AbortOnDrop(reader);
     loop {
         let next = {
             let hub = shared.hub.lock().unwrap_or_else(|p| p.into_inner());
@@ -117,20 +129,32 @@ async fn connection(conn: TcpStream, shared: &Shared) -> Result<(), ProtoError> 
             CatchUp::Wait => {}
             CatchUp::Deltas(ds) => {
                 for d in ds {
-                    if let ControllerMsg::Delta { version, .. } = &d {
-                        have = Some(*version);
-                    }
-                    write_frame(&mut wr, &d).await?;
+                    have = Some(d.version);
+                    write_delta(&mut wr, d.base, d.version, &d.changes.json).await?;
                     shared.metrics.deltas.inc();
                 }
             }
-            CatchUp::Full(f) => {
-                if let ControllerMsg::Full { version, .. } = &f {
-                    have = Some(*version);
+            CatchUp::Full(ControllerMsg::Full { version, state }) => {
+                have = Some(version);
+                let mut parts = split_full(state, PART_ITEMS);
+                if parts.len() == 1 {
+                    let state = parts.remove(0);
+                    write_frame(&mut wr, &ControllerMsg::Full { version, state }).await?;
+                } else {
+                    let n = parts.len();
+                    for (i, state) in parts.into_iter().enumerate() {
+                        let last = i + 1 == n;
+                        let part = ControllerMsg::FullPart {
+                            version,
+                            state,
+                            last,
+                        };
+                        write_frame(&mut wr, &part).await?;
+                    }
                 }
-                write_frame(&mut wr, &f).await?;
                 shared.metrics.fulls.inc();
             }
+            CatchUp::Full(other) => write_frame(&mut wr, &other).await?,
         }
         tokio::select! {
             r = stream_rx.changed() => if r.is_err() { return Ok(()) },
@@ -142,20 +166,7 @@ async fn connection(conn: TcpStream, shared: &Shared) -> Result<(), ProtoError> 
                     return Ok(());
                 }
             }
-            a = ack_rx.recv() => match a {
-                Some(acked) => {
-                    let now = shared
-                        .hub
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_ref()
-                        .and_then(|h| h.host_version(&host))
-                        .unwrap_or(acked);
-                    let lag = i64::try_from(now.saturating_sub(acked)).unwrap_or(i64::MAX);
-                    shared.metrics.lag.get_or_create(&HostLabel { host: host.clone() }).set(lag);
-                }
-                None => return Ok(()),
-            },
+            _ = &mut reader.0 => return Ok(()),
         }
     }
 }

@@ -300,6 +300,30 @@ fn expect_event(w: &mut store::etcd::BlockingWatcher) -> WatchEvent {
 }
 
 #[test]
+fn a_list_of_several_pages_reads_every_record_in_order_and_nothing_beside() {
+    let server = EtcdServer::start();
+    let st = server.store("/knit");
+    let n = store::etcd::watch::LIST_PAGE as usize * 2 + 345;
+    let records: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| (format!("n1/e{i:06}"), i.to_string().into_bytes()))
+        .collect();
+    st.put_records(Kind::Endpoints, &records).unwrap();
+    // Keys beside the directory: another kind, a longer directory name.
+    st.put_records(Kind::Networks, &[("x".into(), b"{}".to_vec())])
+        .unwrap();
+    st.put_records(Kind::Sandboxes, &[("y".into(), b"{}".to_vec())])
+        .unwrap();
+    let (got, rev) = st.list(Kind::Endpoints).unwrap();
+    assert_eq!(got.len(), n);
+    assert!(got == records, "every page, in key order");
+    st.delete_records(Kind::Endpoints, &["n1/e000000".to_string()])
+        .unwrap();
+    let (after, rev2) = st.list(Kind::Endpoints).unwrap();
+    assert_eq!(after[..], records[1..]);
+    assert!(rev2 > rev);
+}
+
+#[test]
 fn watch_delivers_in_order_and_recovers_after_a_compaction() {
     let server = EtcdServer::start();
     let st = server.store("/knit");

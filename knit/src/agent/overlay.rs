@@ -31,6 +31,20 @@ struct Held {
     version: Option<u64>,
     desired: Option<HostDesired>,
     fdb: BTreeMap<String, usize>,
+    /// Networks an ADD made links for that the controller has not sent yet: a host holds a
+    /// network only once it is a member (its first block there, claimed by that very ADD), so
+    /// a reconcile in between must not delete the links the ADD is attaching to.
+    pending: BTreeMap<String, NetworkDesired>,
+}
+
+impl Held {
+    /// Forgets the pending networks the controller's state now has.
+    fn settle(&mut self) {
+        if let Some(d) = &self.desired {
+            self.pending
+                .retain(|id, _| !d.networks.iter().any(|n| n.id == *id));
+        }
+    }
 }
 
 pub struct Overlay {
@@ -86,7 +100,14 @@ impl Overlay {
         &self,
         net: &NetworkDesired,
     ) -> Result<overlay_vxlan::NetworkLinks, overlay_vxlan::OverlayError> {
-        let _held = self.lock();
+        let mut held = self.lock();
+        let sent = held
+            .desired
+            .as_ref()
+            .is_some_and(|d| d.networks.iter().any(|n| n.id == net.id));
+        if !sent {
+            held.pending.insert(net.id.clone(), net.clone());
+        }
         overlay_vxlan::ensure_network(&self.nl, net)
     }
 
@@ -96,6 +117,7 @@ impl Overlay {
         self.sync(&mut held, &state);
         held.version = Some(version);
         held.desired = Some(state);
+        held.settle();
         self.metrics.version.set(version as i64);
         self.metrics.fulls.inc();
     }
@@ -127,6 +149,7 @@ impl Overlay {
         }
         held.version = Some(version);
         held.desired = Some(new);
+        held.settle();
         self.metrics.version.set(version as i64);
         self.metrics.deltas.inc();
         self.metrics
@@ -172,6 +195,21 @@ impl Overlay {
     fn sync(&self, held: &mut Held, state: &HostDesired) {
         let started = Instant::now();
         forward_if_routed(state);
+        // The networks of ADDs in flight stay (see `Held::pending`).
+        let has = |s: &HostDesired, id: &str| s.networks.iter().any(|n| n.id == id);
+        let merged;
+        let state = if held.pending.keys().all(|id| has(state, id)) {
+            state
+        } else {
+            let mut m = state.clone();
+            for (id, n) in &held.pending {
+                if !has(&m, id) {
+                    m.networks.push(n.clone());
+                }
+            }
+            merged = m;
+            &merged
+        };
         let r = overlay_vxlan::sync_host(&self.nl, state);
         held.fdb = r
             .networks

@@ -1,14 +1,17 @@
 //! The stream from the leading controller ([`sdn_controller::proto`]): find the leader in etcd
-//! (`P/controller/leader`), connect, `Hello`, then apply the `Full` and the `Delta`s in order
-//! and acknowledge each. On a lost stream, `NotLeader`, or a leader key that names another
-//! replica: reconcile the kernel to the state held, and connect again with backoff (100 ms
-//! doubling to 5 s). The kernel state stays meanwhile: traffic between existing containers
+//! (`P/controller/leader`), connect, `Hello`, then apply the `Full` (or the `FullPart`s of a
+//! large one, merged and applied as one) and the `Delta`s in order and acknowledge each. On a
+//! lost stream, `NotLeader`, or a leader key that names another replica: reconcile the kernel
+//! to the state held, and connect again with backoff (100 ms doubling to 5 s). The kernel state stays meanwhile: traffic between existing containers
 //! never waits for the controller.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sdn_controller::proto::{read_frame, write_frame, AgentMsg, ControllerMsg, PROTOCOL};
+use overlay_vxlan::HostDesired;
+use sdn_controller::proto::{
+    merge_part, read_frame, write_frame, AgentMsg, ControllerMsg, PROTOCOL,
+};
 use store::AsyncEtcdStore;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -76,7 +79,9 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
         Err(_) => return (End::Closed("connecting: timed out".into()), false),
     };
     let _ = conn.set_nodelay(true);
-    let (mut rd, mut wr) = conn.into_split();
+    let (rd, mut wr) = conn.into_split();
+    // Buffered: a frame's length and body in one read.
+    let mut rd = tokio::io::BufReader::new(rd);
     let hello = AgentMsg::Hello {
         protocol: PROTOCOL,
         host: host.to_string(),
@@ -97,6 +102,8 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
         }
     });
     let mut got_state = false;
+    // The parts of a full state received so far (version, state).
+    let mut parts: Option<(u64, HostDesired)> = None;
     let mut tick = tokio::time::interval(LEADER_CHECK);
     tick.tick().await;
     let end = loop {
@@ -114,9 +121,37 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
             Some(Ok(None)) | None => break End::Closed("closed by the controller".into()),
             Some(Err(e)) => break End::Closed(e.to_string()),
         };
+        let msg = match msg {
+            ControllerMsg::FullPart {
+                version,
+                state,
+                last,
+            } => {
+                let acc = parts.get_or_insert_with(|| {
+                    let empty = HostDesired {
+                        format: state.format,
+                        networks: Vec::new(),
+                    };
+                    (version, empty)
+                });
+                if acc.0 != version {
+                    break End::Closed(format!(
+                        "a part of the full state at {version} after parts at {}",
+                        acc.0
+                    ));
+                }
+                merge_part(&mut acc.1, state);
+                match parts.take().filter(|_| last) {
+                    Some((version, state)) => ControllerMsg::Full { version, state },
+                    None => continue,
+                }
+            }
+            other => other,
+        };
         let ack = match msg {
             ControllerMsg::NotLeader { leader } => break End::NotLeader(leader),
             ControllerMsg::Error { message } => break End::Closed(format!("refused: {message}")),
+            ControllerMsg::FullPart { .. } => continue,
             ControllerMsg::Full { version, state } => {
                 let o = ov.clone();
                 if tokio::task::spawn_blocking(move || o.apply_full(version, state))

@@ -2,11 +2,18 @@
 //! **incrementally**: an [`Update`] (one etcd record put or deleted) yields the [`Change`]s of
 //! exactly the hosts it concerns, with work proportional to those changes, not to the cluster.
 //!
+//! **Membership.** A host is a *member* of network N while it holds an IPAM block or an
+//! endpoint of N (the agent claims a block at its first ADD on N). Only members hold N, and a
+//! member sees only the other members: a host holds the networks its containers use, not every
+//! network of the cluster, so at 10,000 hosts and a million endpoints a host holds its tenants'
+//! few thousand endpoints, not all of them (Swarm's overlay is on the nodes with tasks attached;
+//! OVN's conditional monitoring does the same for chassis).
+//!
 //! What a registered host H should hold ([`Model::desired`]): every overlay network N that has
-//! a VNI, as a [`NetworkDesired`] with N's pools (CIDR + gateway), its `mode` option (`vxlan`
-//! by default, `routed`), H's underlay IP, every endpoint address of N on another registered
-//! host (IP, MAC, that host's underlay IP) and every other registered host with its blocks in N.
-//! A host that is not registered holds nothing.
+//! a VNI and of which H is a member, as a [`NetworkDesired`] with N's pools (CIDR + gateway),
+//! its `mode` option (`vxlan` by default, `routed`), H's underlay IP, every endpoint address of
+//! N on another registered host (IP, MAC, that host's underlay IP) and every other registered
+//! member with its blocks in N. A host that is not registered holds nothing.
 //!
 //! How an update becomes changes: the state is split into *atoms* per host — a network's own
 //! settings (`Net`), one endpoint address (`Ep`: network, IP), one remote host (`Host`: network,
@@ -15,17 +22,21 @@
 //! its network; a network or VNI: that network's settings), for every registered host (and the
 //! host itself when it registers or goes). Each atom is evaluated before and after the update
 //! and only the ones that differ become changes: a `Net` atom that moved becomes a whole
-//! `NetworkPut` (or `NetworkDel`), the others `EndpointPut/Del`, `HostPut/Del`. So an endpoint
-//! put costs O(hosts × its addresses), a host put O(hosts × (networks + its endpoints)); the
-//! property test checks that the changes applied to each host's previous state always equal the
-//! full recomputation.
+//! `NetworkPut` (or `NetworkDel`), the others `EndpointPut/Del`, `HostPut/Del`. The hosts
+//! evaluated are the members of the networks the update is about (plus the host whose
+//! membership or registration changes), so an endpoint put costs O(members × its addresses),
+//! a block O(members), a host put O(members of its networks × (its networks + its endpoints));
+//! a block or endpoint that makes its host join or leave a network also moves that host's
+//! `Net` atom and the others' `Host` atom of it. The property test checks that the changes
+//! applied to each host's previous state always equal the full recomputation.
 //!
 //! Invariants the store keeps and this model does not rely on: one endpoint per address of a
 //! network, one host per underlay IP. If two records claim one address, the later put wins in
 //! the index and both paths (incremental and full) see the same winner.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 use overlay_vxlan::{HostDesired, Mac, Mode, NetworkDesired, RemoteEndpoint, RemoteHost, Subnet};
@@ -95,6 +106,23 @@ enum Atom {
     Host(String, IpAddr),
 }
 
+impl Atom {
+    fn network(&self) -> &str {
+        match self {
+            Atom::Net(n) | Atom::Ep(n, _) | Atom::Host(n, _) => n,
+        }
+    }
+}
+
+/// An atom's value for any host, before the receiver is known: the network's VNI and
+/// settings; an endpoint address and the host it is on; a remote host and its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Base {
+    Net(Option<(u32, Net)>),
+    Ep(Option<(String, RemoteEndpoint)>),
+    Host(Option<(String, RemoteHost)>),
+}
+
 /// An atom's value for one host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Val {
@@ -104,7 +132,7 @@ enum Val {
 }
 
 /// The controller's view of the cluster (see the module note).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Model {
     /// Overlay networks only, by id.
     networks: BTreeMap<String, Net>,
@@ -120,6 +148,21 @@ pub struct Model {
     addrs: BTreeMap<String, BTreeMap<IpAddr, String>>,
     /// host name → keys of its endpoints.
     eps_by_host: BTreeMap<String, BTreeSet<String>>,
+    /// network → member host → its blocks and endpoints there (see the module note).
+    members: BTreeMap<String, BTreeMap<String, usize>>,
+    /// host → the networks it is a member of.
+    member_of: BTreeMap<String, BTreeSet<String>>,
+    /// Per network, its endpoints and members as any member sees them, built on first use
+    /// after the network changed: the full states of many hosts (every agent at a leader's
+    /// start) share one build, each dropping only its own entries.
+    views: Mutex<HashMap<String, Arc<View>>>,
+}
+
+/// A network's endpoint addresses and member hosts, each with the host it belongs to.
+#[derive(Debug, Default)]
+struct View {
+    endpoints: Vec<(String, RemoteEndpoint)>,
+    hosts: Vec<(String, RemoteHost)>,
 }
 
 fn parse_mac(s: &str) -> Option<Mac> {
@@ -206,8 +249,7 @@ impl Model {
 
     /// Takes in an update and returns the changes of every host it concerns.
     pub fn apply(&mut self, u: Update) -> Output {
-        let atoms = self.touched(&u);
-        let mut scope: BTreeSet<String> = self.hosts.keys().cloned().collect();
+        let (atoms, mut scope) = self.touched(&u);
         let registering = match &u {
             Update::Host(name, _) => {
                 scope.insert(name.clone());
@@ -215,15 +257,27 @@ impl Model {
             }
             _ => None,
         };
-        let was = registering.as_ref().map(|h| self.is_registered(h));
-        let before: Vec<Vec<Val>> = scope
+        let one_network = atoms
             .iter()
-            .map(|h| atoms.iter().map(|a| self.eval(h, a)).collect())
-            .collect();
+            .all(|a| Some(a.network()) == atoms.first().map(Atom::network));
+        if matches!(u, Update::Endpoint(..))
+            && one_network
+            && atoms.iter().all(|a| matches!(a, Atom::Ep(..)))
+        {
+            return self.apply_addresses(u, &atoms, &scope);
+        }
+        let was = registering.as_ref().map(|h| self.is_registered(h));
+        let bases: Vec<Base> = atoms.iter().map(|a| self.base(a)).collect();
+        let before: Vec<Vec<Val>> = scope.iter().map(|h| self.vals(h, &atoms, &bases)).collect();
         self.mutate(u);
+        let bases: Vec<Base> = atoms.iter().map(|a| self.base(a)).collect();
         let mut out = Output::new();
         for (h, before) in scope.iter().zip(before) {
-            let changes = self.diff(h, &atoms, &before);
+            let now = self.vals(h, &atoms, &bases);
+            if now == before {
+                continue;
+            }
+            let changes = self.diff(h, &atoms, &before, &now);
             if !changes.is_empty() {
                 out.insert(h.clone(), changes);
             }
@@ -231,6 +285,71 @@ impl Model {
         if let (Some(h), Some(was)) = (registering, was) {
             if was != self.is_registered(&h) {
                 out.entry(h).or_default();
+            }
+        }
+        out
+    }
+
+    /// An endpoint update within one network that moves no host in or out of it (only `Ep`
+    /// atoms, so `scope` is that network's registered members): every member sees the same
+    /// addresses, so the changes are computed once and given to every
+    /// member but the hosts the addresses are on (before or after), which are diffed one by
+    /// one. The common case, and the one that reaches every host of a wide network.
+    fn apply_addresses(&mut self, u: Update, atoms: &[Atom], scope: &BTreeSet<String>) -> Output {
+        let before: Vec<Base> = atoms.iter().map(|a| self.base(a)).collect();
+        let mut own: BTreeSet<String> = BTreeSet::new();
+        if let Update::Endpoint(key, new) = &u {
+            own.extend(self.endpoints.get(key).map(|e| e.host.clone()));
+            own.extend(new.as_ref().map(|e| e.host.clone()));
+        }
+        for b in &before {
+            if let Base::Ep(Some((o, _))) = b {
+                own.insert(o.clone());
+            }
+        }
+        let own: Vec<(String, Vec<Val>)> = own
+            .into_iter()
+            .filter(|h| scope.contains(h))
+            .map(|h| {
+                let v = self.vals(&h, atoms, &before);
+                (h, v)
+            })
+            .collect();
+        self.mutate(u);
+        let after: Vec<Base> = atoms.iter().map(|a| self.base(a)).collect();
+        let mut common = Vec::new();
+        for ((a, b), n) in atoms.iter().zip(&before).zip(&after) {
+            let (Atom::Ep(net, ip), Base::Ep(b), Base::Ep(n)) = (a, b, n) else {
+                continue;
+            };
+            let (b, n) = (b.as_ref().map(|x| &x.1), n.as_ref().map(|x| &x.1));
+            match n {
+                _ if b == n => {}
+                Some(e) => common.push(Change::EndpointPut {
+                    network: net.clone(),
+                    endpoint: e.clone(),
+                }),
+                None => common.push(Change::EndpointDel {
+                    network: net.clone(),
+                    ip: *ip,
+                }),
+            }
+        }
+        let mut out = Output::new();
+        for (h, before) in &own {
+            let now = self.vals(h, atoms, &after);
+            if now != *before {
+                let changes = self.diff(h, atoms, before, &now);
+                if !changes.is_empty() {
+                    out.insert(h.clone(), changes);
+                }
+            }
+        }
+        if !common.is_empty() {
+            for h in scope {
+                if !own.iter().any(|(o, _)| o == h) {
+                    out.insert(h.clone(), common.clone());
+                }
             }
         }
         out
@@ -289,8 +408,10 @@ impl Model {
     /// id, endpoint IP and host IP.
     pub fn desired(&self, host: &str) -> HostDesired {
         let networks = self
-            .networks
-            .keys()
+            .member_of
+            .get(host)
+            .into_iter()
+            .flatten()
             .filter_map(|n| self.network_view(host, n))
             .collect();
         HostDesired {
@@ -305,75 +426,143 @@ impl Model {
         else {
             return None;
         };
-        let endpoints = self
-            .addrs
-            .get(n)
-            .into_iter()
-            .flat_map(|m| m.keys())
-            .filter_map(|ip| self.ep_val(host, n, *ip))
-            .collect();
-        let hosts = self
-            .host_by_ip
-            .keys()
-            .filter_map(|ip| self.host_val(host, n, *ip))
-            .collect();
+        let view = self.view(n);
         Some(NetworkDesired {
             id: n.to_string(),
             vni,
             subnets: net.subnets,
             mode: net.mode,
             underlay_ip,
-            endpoints,
-            hosts,
+            endpoints: view
+                .endpoints
+                .iter()
+                .filter(|(o, _)| o != host)
+                .map(|(_, e)| e.clone())
+                .collect(),
+            hosts: view
+                .hosts
+                .iter()
+                .filter(|(o, _)| o != host)
+                .map(|(_, h)| h.clone())
+                .collect(),
         })
     }
 
-    fn active(&self, host: &str, n: &str) -> bool {
-        self.hosts.contains_key(host) && self.networks.contains_key(n) && self.vnis.contains_key(n)
+    /// Network `n`'s [`View`], built now if it changed since the last one.
+    fn view(&self, n: &str) -> Arc<View> {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = views.get(n) {
+            return v.clone();
+        }
+        let endpoints = self
+            .addrs
+            .get(n)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter_map(|ip| self.ep_base(n, *ip))
+            .map(|(o, e)| (o.to_string(), e))
+            .collect();
+        // By underlay IP, each once (two members claiming one IP: the index's winner).
+        let hosts: BTreeMap<IpAddr, (String, RemoteHost)> = self
+            .members
+            .get(n)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter_map(|m| self.hosts.get(m))
+            .filter_map(|ip| self.host_base(n, *ip))
+            .map(|(o, h)| (h.underlay_ip, (o.to_string(), h)))
+            .collect();
+        let v = Arc::new(View {
+            endpoints,
+            hosts: hosts.into_values().collect(),
+        });
+        views.insert(n.to_string(), v.clone());
+        v
     }
 
-    fn eval(&self, host: &str, a: &Atom) -> Val {
-        match a {
-            Atom::Net(n) => Val::Net((|| {
-                Some((
-                    *self.vnis.get(n)?,
-                    self.networks.get(n)?.clone(),
-                    *self.hosts.get(host)?,
-                ))
-            })()),
-            Atom::Ep(n, ip) => Val::Ep(self.ep_val(host, n, *ip)),
-            Atom::Host(n, ip) => Val::Host(self.host_val(host, n, *ip)),
+    /// Drops the views `u` makes stale (before it is applied: its old record's network too).
+    fn forget_views(&mut self, u: &Update) {
+        let views = self.views.get_mut().unwrap_or_else(|p| p.into_inner());
+        match u {
+            Update::Network(id, _) | Update::Vni(id, _) => {
+                views.remove(id);
+            }
+            // A host's address is in every view it appears in: rare enough to drop them all.
+            Update::Host(..) => views.clear(),
+            Update::Block(key, new) => {
+                for n in self
+                    .blocks
+                    .get(key)
+                    .map(|b| &b.network)
+                    .into_iter()
+                    .chain(new.as_ref().map(|b| &b.network_id))
+                {
+                    views.remove(n);
+                }
+            }
+            Update::Endpoint(key, new) => {
+                for n in self
+                    .endpoints
+                    .get(key)
+                    .map(|e| &e.network)
+                    .into_iter()
+                    .chain(new.as_ref().map(|e| &e.network_id))
+                {
+                    views.remove(n);
+                }
+            }
         }
     }
 
-    fn ep_val(&self, host: &str, n: &str, ip: IpAddr) -> Option<RemoteEndpoint> {
-        if !self.active(host, n) {
+    fn is_member(&self, n: &str, host: &str) -> bool {
+        self.members.get(n).is_some_and(|m| m.contains_key(host))
+    }
+
+    /// The blocks and endpoints `host` has in `n`.
+    fn holdings(&self, n: &str, host: &str) -> usize {
+        self.members
+            .get(n)
+            .and_then(|m| m.get(host))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn net_active(&self, n: &str) -> bool {
+        self.networks.contains_key(n) && self.vnis.contains_key(n)
+    }
+
+    /// Endpoint address `ip` of `n` as any member sees it, with the host it is on (whose own
+    /// view lacks it).
+    fn ep_base(&self, n: &str, ip: IpAddr) -> Option<(&str, RemoteEndpoint)> {
+        if !self.net_active(n) {
             return None;
         }
         let ep = self.endpoints.get(self.addrs.get(n)?.get(&ip)?)?;
-        if ep.host == host
-            || !self
-                .networks
-                .get(n)?
-                .subnets
-                .iter()
-                .any(|s| s.cidr.contains(&ip))
+        if !self
+            .networks
+            .get(n)?
+            .subnets
+            .iter()
+            .any(|s| s.cidr.contains(&ip))
         {
             return None;
         }
-        Some(RemoteEndpoint {
+        let e = RemoteEndpoint {
             ip,
             mac: ep.mac?,
             host: *self.hosts.get(&ep.host)?,
-        })
+        };
+        Some((ep.host.as_str(), e))
     }
 
-    fn host_val(&self, host: &str, n: &str, ip: IpAddr) -> Option<RemoteHost> {
-        if !self.active(host, n) {
+    /// The host at underlay `ip` as any member of `n` sees it (itself excepted), if it is a
+    /// member.
+    fn host_base(&self, n: &str, ip: IpAddr) -> Option<(&str, RemoteHost)> {
+        if !self.net_active(n) {
             return None;
         }
         let other = self.host_by_ip.get(&ip)?;
-        if other == host {
+        if !self.is_member(n, other) {
             return None;
         }
         let blocks = self
@@ -382,47 +571,167 @@ impl Model {
             .and_then(|m| m.get(other))
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
-        Some(RemoteHost {
-            underlay_ip: ip,
-            blocks,
-        })
+        Some((
+            other.as_str(),
+            RemoteHost {
+                underlay_ip: ip,
+                blocks,
+            },
+        ))
+    }
+
+    /// An atom's value before the receiving host is known.
+    fn base(&self, a: &Atom) -> Base {
+        match a {
+            Atom::Net(n) => Base::Net((|| {
+                Some((*self.vnis.get(n)?, self.networks.get(n)?.clone()))
+            })()),
+            Atom::Ep(n, ip) => Base::Ep(self.ep_base(n, *ip).map(|(h, v)| (h.to_string(), v))),
+            Atom::Host(n, ip) => {
+                Base::Host(self.host_base(n, *ip).map(|(h, v)| (h.to_string(), v)))
+            }
+        }
+    }
+
+    /// The atoms' values for `host`, from their [`Base`]s: nothing unless it is registered
+    /// and a member of the atom's network; never its own endpoints or itself.
+    fn vals(&self, host: &str, atoms: &[Atom], bases: &[Base]) -> Vec<Val> {
+        let ip = self.hosts.get(host).copied();
+        // Atoms come sorted: one membership lookup per network.
+        let mut member: Option<(&str, bool)> = None;
+        atoms
+            .iter()
+            .zip(bases)
+            .map(|(a, b)| {
+                let n = a.network();
+                let m = match member {
+                    Some((m, v)) if m == n => v,
+                    _ => {
+                        let v = self.is_member(n, host);
+                        member = Some((n, v));
+                        v
+                    }
+                };
+                let on = ip.filter(|_| m);
+                match b {
+                    Base::Net(v) => Val::Net(
+                        on.and_then(|ip| v.as_ref().map(|(vni, net)| (*vni, net.clone(), ip))),
+                    ),
+                    Base::Ep(v) => Val::Ep(
+                        v.as_ref()
+                            .filter(|(o, _)| on.is_some() && o != host)
+                            .map(|(_, e)| e.clone()),
+                    ),
+                    Base::Host(v) => Val::Host(
+                        v.as_ref()
+                            .filter(|(o, _)| on.is_some() && o != host)
+                            .map(|(_, h)| h.clone()),
+                    ),
+                }
+            })
+            .collect()
+    }
+
+    fn eval(&self, host: &str, a: &Atom) -> Val {
+        let mut v = self.vals(host, std::slice::from_ref(a), &[self.base(a)]);
+        v.pop().unwrap_or(Val::Net(None))
     }
 
     /// The atoms `u` may move, read from the state before it (the old record) and from `u`
-    /// (the new one).
-    fn touched(&self, u: &Update) -> Vec<Atom> {
+    /// (the new one), and the hosts to evaluate them for: the registered members of the
+    /// networks concerned, and a host whose membership changes.
+    fn touched(&self, u: &Update) -> (Vec<Atom>, BTreeSet<String>) {
         let mut atoms = BTreeSet::new();
+        let mut nets: BTreeSet<String> = BTreeSet::new();
+        let mut scope = BTreeSet::new();
+        // (network, host) of the old record and of the new: a host that joins or leaves.
+        let flips = |atoms: &mut BTreeSet<Atom>,
+                     scope: &mut BTreeSet<String>,
+                     old: Option<(&str, &str)>,
+                     new: Option<(&str, &str)>| {
+            for (n, h) in old.iter().chain(new.iter()) {
+                let had = self.holdings(n, h);
+                let has = had + usize::from(new == Some((n, h))) - usize::from(old == Some((n, h)));
+                if (had > 0) != (has > 0) {
+                    atoms.insert(Atom::Net(n.to_string()));
+                    if let Some(ip) = self.hosts.get(*h) {
+                        atoms.insert(Atom::Host(n.to_string(), *ip));
+                    }
+                    scope.insert(h.to_string());
+                }
+            }
+        };
         match u {
             Update::Network(id, _) | Update::Vni(id, _) => {
                 atoms.insert(Atom::Net(id.clone()));
+                nets.insert(id.clone());
             }
             Update::Endpoint(key, new) => {
                 let new = new.as_ref().map(ep_of);
-                for e in self.endpoints.get(key).into_iter().chain(new.as_ref()) {
+                let old = self.endpoints.get(key);
+                for e in old.into_iter().chain(new.as_ref()) {
+                    nets.insert(e.network.clone());
                     for ip in &e.ips {
                         atoms.insert(Atom::Ep(e.network.clone(), *ip));
                     }
                 }
+                fn pair(e: &Ep) -> (&str, &str) {
+                    (e.network.as_str(), e.host.as_str())
+                }
+                flips(
+                    &mut atoms,
+                    &mut scope,
+                    old.map(pair),
+                    new.as_ref().map(pair),
+                );
             }
             Update::Block(key, new) => {
                 let new = new.as_ref().map(blk_of);
-                for b in self.blocks.get(key).into_iter().chain(new.as_ref()) {
+                let old = self.blocks.get(key);
+                for b in old.into_iter().chain(new.as_ref()) {
+                    nets.insert(b.network.clone());
                     if let Some(ip) = self.hosts.get(&b.host) {
                         atoms.insert(Atom::Host(b.network.clone(), *ip));
                     }
                 }
+                fn pair(b: &Blk) -> (&str, &str) {
+                    (b.network.as_str(), b.host.as_str())
+                }
+                flips(
+                    &mut atoms,
+                    &mut scope,
+                    old.map(pair),
+                    new.as_ref().map(pair),
+                );
             }
             Update::Host(name, new) => {
-                let ips = self
+                let ips: Vec<IpAddr> = self
                     .hosts
                     .get(name)
                     .into_iter()
-                    .chain(new.as_ref().map(|h| &h.underlay_ip));
-                let ips: Vec<IpAddr> = ips.copied().collect();
-                for n in self.networks.keys() {
-                    atoms.insert(Atom::Net(n.clone()));
-                    for ip in &ips {
-                        atoms.insert(Atom::Host(n.clone(), *ip));
+                    .chain(new.as_ref().map(|h| &h.underlay_ip))
+                    .copied()
+                    .collect();
+                // The host itself, and any other claiming one of its addresses (the index's
+                // winner may change): their networks' remote host at those addresses.
+                let mut names: BTreeSet<&str> = BTreeSet::from([name.as_str()]);
+                if ips.iter().any(|ip| self.host_by_ip.contains_key(ip)) {
+                    names.extend(
+                        self.hosts
+                            .iter()
+                            .filter(|(_, ip)| ips.contains(ip))
+                            .map(|(h, _)| h.as_str()),
+                    );
+                }
+                for h in names {
+                    for n in self.member_of.get(h).into_iter().flatten() {
+                        nets.insert(n.clone());
+                        if h == name {
+                            atoms.insert(Atom::Net(n.clone()));
+                        }
+                        for ip in &ips {
+                            atoms.insert(Atom::Host(n.clone(), *ip));
+                        }
                     }
                 }
                 for key in self.eps_by_host.get(name).into_iter().flatten() {
@@ -434,16 +743,26 @@ impl Model {
                 }
             }
         }
-        atoms.into_iter().collect()
+        for n in &nets {
+            scope.extend(
+                self.members
+                    .get(n)
+                    .into_iter()
+                    .flat_map(|m| m.keys())
+                    .filter(|h| self.hosts.contains_key(*h))
+                    .cloned(),
+            );
+        }
+        (atoms.into_iter().collect(), scope)
     }
 
-    /// The changes for `host` between `before` (the atoms' values before the update) and now.
-    fn diff(&self, host: &str, atoms: &[Atom], before: &[Val]) -> Vec<Change> {
+    /// The changes for `host` from `before` (the atoms' values before the update) to `now`.
+    fn diff(&self, host: &str, atoms: &[Atom], before: &[Val], now: &[Val]) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut whole: BTreeSet<&str> = BTreeSet::new();
-        for (a, b) in atoms.iter().zip(before) {
+        for ((a, b), v) in atoms.iter().zip(before).zip(now) {
             let Atom::Net(n) = a else { continue };
-            if self.eval(host, a) == *b {
+            if v == b {
                 continue;
             }
             whole.insert(n);
@@ -455,41 +774,27 @@ impl Model {
                 None => {}
             }
         }
-        for (a, b) in atoms.iter().zip(before) {
-            match a {
-                Atom::Net(_) => {}
-                Atom::Ep(n, ip) if !whole.contains(n.as_str()) => {
-                    let now = self.ep_val(host, n, *ip);
-                    match (now, b) {
-                        (Some(e), Val::Ep(old)) if old.as_ref() != Some(&e) => {
-                            changes.push(Change::EndpointPut {
-                                network: n.clone(),
-                                endpoint: e,
-                            })
-                        }
-                        (None, Val::Ep(Some(_))) => changes.push(Change::EndpointDel {
-                            network: n.clone(),
-                            ip: *ip,
-                        }),
-                        _ => {}
-                    }
-                }
-                Atom::Host(n, ip) if !whole.contains(n.as_str()) => {
-                    let now = self.host_val(host, n, *ip);
-                    match (now, b) {
-                        (Some(h), Val::Host(old)) if old.as_ref() != Some(&h) => {
-                            changes.push(Change::HostPut {
-                                network: n.clone(),
-                                host: h,
-                            })
-                        }
-                        (None, Val::Host(Some(_))) => changes.push(Change::HostDel {
-                            network: n.clone(),
-                            underlay_ip: *ip,
-                        }),
-                        _ => {}
-                    }
-                }
+        for ((a, b), v) in atoms.iter().zip(before).zip(now) {
+            if whole.contains(a.network()) || v == b {
+                continue;
+            }
+            match (a, v) {
+                (Atom::Ep(n, _), Val::Ep(Some(e))) => changes.push(Change::EndpointPut {
+                    network: n.clone(),
+                    endpoint: e.clone(),
+                }),
+                (Atom::Ep(n, ip), Val::Ep(None)) => changes.push(Change::EndpointDel {
+                    network: n.clone(),
+                    ip: *ip,
+                }),
+                (Atom::Host(n, _), Val::Host(Some(h))) => changes.push(Change::HostPut {
+                    network: n.clone(),
+                    host: h.clone(),
+                }),
+                (Atom::Host(n, ip), Val::Host(None)) => changes.push(Change::HostDel {
+                    network: n.clone(),
+                    underlay_ip: *ip,
+                }),
                 _ => {}
             }
         }
@@ -498,6 +803,7 @@ impl Model {
 
     /// Applies `u` to the records and their indexes.
     fn mutate(&mut self, u: Update) {
+        self.forget_views(&u);
         match u {
             Update::Network(id, v) => match v.as_ref().and_then(net_of) {
                 Some(n) => {
@@ -528,6 +834,7 @@ impl Model {
             }
             Update::Block(key, v) => {
                 if let Some(old) = self.blocks.remove(&key) {
+                    self.leave(&old.network, &old.host);
                     if let Some(m) = self.blocks_by.get_mut(&old.network) {
                         if let Some(s) = m.get_mut(&old.host) {
                             s.remove(&old.cidr);
@@ -541,6 +848,7 @@ impl Model {
                     }
                 }
                 if let Some(b) = v.as_ref().map(blk_of) {
+                    self.join(&b.network, &b.host);
                     self.blocks_by
                         .entry(b.network.clone())
                         .or_default()
@@ -552,6 +860,7 @@ impl Model {
             }
             Update::Endpoint(key, v) => {
                 if let Some(old) = self.endpoints.remove(&key) {
+                    self.leave(&old.network, &old.host);
                     if let Some(m) = self.addrs.get_mut(&old.network) {
                         for ip in &old.ips {
                             if m.get(ip) == Some(&key) {
@@ -570,6 +879,7 @@ impl Model {
                     }
                 }
                 if let Some(e) = v.as_ref().map(ep_of) {
+                    self.join(&e.network, &e.host);
                     let m = self.addrs.entry(e.network.clone()).or_default();
                     for ip in &e.ips {
                         m.insert(*ip, key.clone());
@@ -580,6 +890,44 @@ impl Model {
                         .insert(key.clone());
                     self.endpoints.insert(key, e);
                 }
+            }
+        }
+    }
+}
+
+impl Model {
+    /// One more block or endpoint of `host` in `n`.
+    fn join(&mut self, n: &str, host: &str) {
+        *self
+            .members
+            .entry(n.to_string())
+            .or_default()
+            .entry(host.to_string())
+            .or_default() += 1;
+        self.member_of
+            .entry(host.to_string())
+            .or_default()
+            .insert(n.to_string());
+    }
+
+    /// One block or endpoint of `host` in `n` less.
+    fn leave(&mut self, n: &str, host: &str) {
+        let Some(m) = self.members.get_mut(n) else {
+            return;
+        };
+        let Some(c) = m.get_mut(host) else { return };
+        *c -= 1;
+        if *c > 0 {
+            return;
+        }
+        m.remove(host);
+        if m.is_empty() {
+            self.members.remove(n);
+        }
+        if let Some(s) = self.member_of.get_mut(host) {
+            s.remove(n);
+            if s.is_empty() {
+                self.member_of.remove(host);
             }
         }
     }

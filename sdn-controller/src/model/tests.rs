@@ -299,13 +299,17 @@ fn a_host_sees_the_other_hosts_endpoints_blocks_and_its_own_underlay() {
 }
 
 #[test]
-fn an_endpoint_put_concerns_every_other_host_and_only_its_addresses() {
+fn an_endpoint_put_concerns_every_other_member_and_only_its_addresses() {
     let mut m = loaded(vec![
         Update::Network("n1".into(), Some(network(1, true, true, false))),
         Update::Vni("n1".into(), Some(4096)),
         Update::Host("h0".into(), Some(host(0, false))),
         Update::Host("h1".into(), Some(host(1, false))),
         Update::Host("h2".into(), Some(host(2, false))),
+        // Members: each holds a block.
+        Update::Block("n1/b0".into(), Some(block(1, 0, 0))),
+        Update::Block("n1/b1".into(), Some(block(1, 1, 1))),
+        Update::Block("n1/b2".into(), Some(block(1, 2, 2))),
     ]);
     let out = m.apply(Update::Endpoint(
         "n1/e0".into(),
@@ -355,4 +359,37 @@ fn a_host_that_registers_or_goes_is_listed_even_without_networks() {
     let out = m.apply(Update::Host("h0".into(), None));
     assert_eq!(out.get("h0"), Some(&vec![]));
     assert!(!m.is_registered("h0"));
+}
+
+#[test]
+fn only_members_hold_a_network_and_joining_or_leaving_moves_it_whole() {
+    let mut m = loaded(vec![
+        Update::Network("n1".into(), Some(network(1, true, true, false))),
+        Update::Vni("n1".into(), Some(4096)),
+        Update::Host("h0".into(), Some(host(0, false))),
+        Update::Host("h1".into(), Some(host(1, false))),
+        Update::Host("h2".into(), Some(host(2, false))),
+        Update::Block("n1/b0".into(), Some(block(1, 0, 0))),
+        Update::Endpoint("n1/e0".into(), Some(endpoint(1, 0, 0, true, false))),
+    ]);
+    assert!(m.desired("h1").networks.is_empty(), "no block, no endpoint");
+    assert!(m.desired("h0").networks[0].hosts.is_empty(), "alone in n1");
+    // h1 claims a block: it gets the whole network, h0 gets h1; h2 (not a member) nothing.
+    let out = m.apply(Update::Block("n1/b1".into(), Some(block(1, 1, 1))));
+    assert_eq!(out.keys().collect::<Vec<_>>(), ["h0", "h1"]);
+    assert!(
+        matches!(&out["h1"][..], [Change::NetworkPut { network }] if network.endpoints.len() == 1)
+    );
+    assert!(matches!(&out["h0"][..], [Change::HostPut { .. }]));
+    // An endpoint of h0's concerns h1 only.
+    let out = m.apply(Update::Endpoint(
+        "n1/e1".into(),
+        Some(endpoint(1, 1, 0, true, false)),
+    ));
+    assert_eq!(out.keys().collect::<Vec<_>>(), ["h1"]);
+    // h1's last block goes: the network leaves h1, h0 loses h1.
+    let out = m.apply(Update::Block("n1/b1".into(), None));
+    assert_eq!(out["h1"], [Change::NetworkDel { id: "n1".into() }]);
+    assert!(matches!(&out["h0"][..], [Change::HostDel { .. }]));
+    assert!(!out.contains_key("h2"));
 }

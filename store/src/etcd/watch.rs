@@ -12,9 +12,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions, WatchStream};
+use etcd_client::{EventType, GetOptions, Txn, TxnOp, WatchOptions, WatchStream};
 
-use super::{AsyncEtcdStore, EtcdStore, Get, OP_TIMEOUT};
+use super::{AsyncEtcdStore, EtcdStore, OP_TIMEOUT};
 use crate::error::Error;
 
 /// A kind of record, watched as every key under its directory.
@@ -86,15 +86,63 @@ pub struct Watcher {
 
 impl AsyncEtcdStore {
     /// Every record of `kind` (keys relative to its directory) and the etcd revision read at.
+    ///
+    /// Read in pages of [`LIST_PAGE`] keys, all at the revision of the first page (one
+    /// consistent snapshot): a million endpoints are hundreds of MB, far above a gRPC
+    /// message's default 4 MiB.
     pub async fn list(&self, kind: Kind) -> Result<(Records, i64), Error> {
         let dir = self.keys.dir(kind.dir());
-        let r = self.read("list", vec![Get::Prefix(dir.clone())]).await?;
-        let records = r
-            .all(0)
-            .iter()
-            .map(|kv| (relative(&dir, kv.key()), kv.value().to_vec()))
-            .collect();
-        Ok((records, r.revision))
+        let end = prefix_end(dir.as_bytes());
+        let mut records = Records::new();
+        let mut from = dir.clone().into_bytes();
+        let mut revision = 0;
+        let mut kv = self.client.kv_client();
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let mut resp = self.call("list", kv.get(from.clone(), Some(opts))).await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            let Some(last) = kvs.last() else { break };
+            from = last.key().to_vec();
+            from.push(0);
+            records.extend(
+                kvs.iter()
+                    .map(|kv| (relative(&dir, kv.key()), kv.value().to_vec())),
+            );
+            if !more {
+                break;
+            }
+        }
+        Ok((records, revision))
+    }
+
+    /// Puts `records` (keys relative to `kind`'s directory, as [`Self::list`] returns them),
+    /// [`PUT_BATCH`] to a transaction, without any compare: loading a benchmark's cluster in
+    /// the key layout the daemons read, not a write of the store trait.
+    pub async fn put_records(
+        &self,
+        kind: Kind,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<(), Error> {
+        let dir = self.keys.dir(kind.dir());
+        let mut kv = self.client.kv_client();
+        for chunk in records.chunks(PUT_BATCH) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(k, v)| TxnOp::put(format!("{dir}{k}"), v.clone(), None))
+                .collect();
+            self.call("put records", kv.txn(Txn::new().and_then(ops)))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Watches `kind` from etcd revision `from_revision` (the revision of a [`Self::list`] plus
@@ -110,6 +158,20 @@ impl AsyncEtcdStore {
         }
     }
 
+    /// Deletes the records of `kind` at these keys (relative to its directory), in one
+    /// transaction without compare: [`Self::put_records`]'s counterpart.
+    pub async fn delete_records(&self, kind: Kind, keys: &[String]) -> Result<(), Error> {
+        let dir = self.keys.dir(kind.dir());
+        let ops: Vec<TxnOp> = keys
+            .iter()
+            .map(|k| TxnOp::delete(format!("{dir}{k}"), None))
+            .collect();
+        let mut kv = self.client.kv_client();
+        self.call("delete records", kv.txn(Txn::new().and_then(ops)))
+            .await
+            .map(|_| ())
+    }
+
     /// Compacts etcd's history up to `revision` (what an operator's or etcd's own periodic
     /// compaction does; here for tests and tools).
     pub async fn compact(&self, revision: i64) -> Result<(), Error> {
@@ -118,6 +180,23 @@ impl AsyncEtcdStore {
             .await
             .map(|_| ())
     }
+}
+
+/// Keys per page of [`AsyncEtcdStore::list`].
+pub const LIST_PAGE: i64 = 10_000;
+/// Puts per transaction of [`AsyncEtcdStore::put_records`] (etcd's `--max-txn-ops` is 128).
+pub const PUT_BATCH: usize = 128;
+
+/// The end of the key range of every key starting with `prefix` (etcd's `WithPrefix`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 fn relative(dir: &str, key: &[u8]) -> String {
@@ -262,6 +341,18 @@ impl EtcdStore {
             inner: Some(self.inner.watch(kind, from_revision)),
             rt: self.inner.rt.clone(),
         }
+    }
+
+    /// [`AsyncEtcdStore::put_records`].
+    pub fn put_records(&self, kind: Kind, records: &[(String, Vec<u8>)]) -> Result<(), Error> {
+        let records = records.to_vec();
+        self.run(move |s| async move { s.put_records(kind, &records).await })
+    }
+
+    /// [`AsyncEtcdStore::delete_records`].
+    pub fn delete_records(&self, kind: Kind, keys: &[String]) -> Result<(), Error> {
+        let keys = keys.to_vec();
+        self.run(move |s| async move { s.delete_records(kind, &keys).await })
     }
 
     /// Compacts etcd's history up to `revision`.

@@ -2,11 +2,12 @@
 //! processes through the harness's chain runner, each side in its own namespaces.
 //!
 //! `knit-bench [--cycles N] [--scale N] [--scale-ref] [--no-scale] [--ref DIR] [--knit DIR]
-//! [--cases LIST]`
+//! [--cases LIST] [--controller-hosts N,N]`
 //! Prints ADD, DEL and whole-cycle medians per side with knit/reference ratios, the kernel's own
 //! `ip link del` floor, a 1,000-container scale run, peak RSS, `docker run` on knit's agent
 //! against Docker's bridge (`docker`), `knit run` against netavark (`knit-run`), knit's DNS
-//! against unbound and aardvark-dns (`dns`), and a verdict per target.
+//! against unbound and aardvark-dns (`dns`), the SDN controller with 1,000 and 10,000 simulated
+//! agents (`controller-scale`), and a verdict per target.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use netns_tests::scenario::Side;
 use netns_tests::topology::TestNs;
 use serde_json::json;
 
+mod controller_scale;
 mod convergence;
 mod dns;
 mod docker;
@@ -56,6 +58,8 @@ struct Args {
     /// `--cases a,b`: measure only these (bridge, podman, ptp, macvlan, bandwidth, docker,
     /// knit-run, dns).
     only: Option<Vec<String>>,
+    /// `--controller-hosts 1000,10000`: the cluster sizes of `controller-scale`.
+    controller_hosts: Vec<usize>,
 }
 
 /// The cases that run the CNI plugins; the kernel floors and the scale run go with them.
@@ -81,6 +85,7 @@ fn parse_args() -> Result<Args> {
         ref_dir: netns_tests::reference_dir(),
         knit_dir: netns_tests::knit_dir(),
         only: None,
+        controller_hosts: vec![1000, 10_000],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -93,8 +98,14 @@ fn parse_args() -> Result<Args> {
             "--ref" => a.ref_dir = val()?.into(),
             "--knit" => a.knit_dir = val()?.into(),
             "--cases" => a.only = Some(val()?.split(',').map(str::to_string).collect()),
+            "--controller-hosts" => {
+                a.controller_hosts = val()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
             "-h" | "--help" => {
-                println!("knit-bench [--cycles N] [--scale N|--no-scale] [--scale-ref] [--ref DIR] [--knit DIR] [--cases bridge,podman,ptp,macvlan,bandwidth,docker,knit-run,dns,services,overlay]");
+                println!("knit-bench [--cycles N] [--scale N|--no-scale] [--scale-ref] [--ref DIR] [--knit DIR] [--cases bridge,podman,ptp,macvlan,bandwidth,docker,knit-run,dns,services,overlay,controller-scale] [--controller-hosts 1000,10000]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -486,6 +497,9 @@ fn run(a: &Args) -> Result<()> {
     }
     if a.wants("convergence") {
         convergence::report(&mut verdict)?;
+    }
+    if a.wants("controller-scale") {
+        controller_scale::report(&a.controller_hosts, &mut verdict)?;
     }
     if !a.wants_cni() {
         verdict.print();
