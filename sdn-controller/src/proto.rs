@@ -226,6 +226,41 @@ pub fn merge_part(acc: &mut HostDesired, part: HostDesired) {
     }
 }
 
+/// A full state arriving in [`ControllerMsg::FullPart`]s, put together for the agent.
+#[derive(Debug, Default)]
+pub struct FullAssembly(Option<(u64, HostDesired)>);
+
+impl FullAssembly {
+    /// Adds one part; returns the whole state (its version and the merged parts) with the
+    /// part marked `last`. A part of another version than the parts before it is an error:
+    /// the stream is out of order and the agent must resync.
+    pub fn add(
+        &mut self,
+        version: u64,
+        part: HostDesired,
+        last: bool,
+    ) -> Result<Option<(u64, HostDesired)>, String> {
+        let format = part.format;
+        let acc = self.0.get_or_insert_with(|| {
+            (
+                version,
+                HostDesired {
+                    format,
+                    networks: Vec::new(),
+                },
+            )
+        });
+        if acc.0 != version {
+            return Err(format!(
+                "a part of the full state at {version} after parts at {}",
+                acc.0
+            ));
+        }
+        merge_part(&mut acc.1, part);
+        Ok(if last { self.0.take() } else { None })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
     #[error("connection: {0}")]
@@ -421,10 +456,24 @@ mod tests {
             format: overlay_vxlan::FORMAT,
             networks: vec![],
         };
-        for p in parts {
+        for p in parts.clone() {
             merge_part(&mut got, p);
         }
         assert_eq!(got, state);
+        // As the agent receives them: nothing until the last part, then the whole state.
+        let mut asm = FullAssembly::default();
+        let n = parts.len();
+        let mut whole = None;
+        for (i, p) in parts.clone().into_iter().enumerate() {
+            let r = asm.add(9, p, i + 1 == n).unwrap();
+            assert_eq!(r.is_some(), i + 1 == n, "part {i}");
+            whole = r.or(whole);
+        }
+        assert_eq!(whole, Some((9, state)));
+        // A part of another version in the middle is refused.
+        let mut asm = FullAssembly::default();
+        assert_eq!(asm.add(9, parts[0].clone(), false), Ok(None));
+        assert!(asm.add(10, parts[1].clone(), false).is_err());
     }
 
     #[tokio::test]

@@ -2,15 +2,15 @@
 //! (`P/controller/leader`), connect, `Hello`, then apply the `Full` (or the `FullPart`s of a
 //! large one, merged and applied as one) and the `Delta`s in order and acknowledge each. On a
 //! lost stream, `NotLeader`, or a leader key that names another replica: reconcile the kernel
-//! to the state held, and connect again with backoff (100 ms doubling to 5 s). The kernel state stays meanwhile: traffic between existing containers
-//! never waits for the controller.
+//! to the state held, and connect again with backoff (100 ms doubling to 5 s). The kernel
+//! state stays meanwhile: traffic between existing containers never waits for the
+//! controller.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use overlay_vxlan::HostDesired;
 use sdn_controller::proto::{
-    merge_part, read_frame, write_frame, AgentMsg, ControllerMsg, PROTOCOL,
+    read_frame, write_frame, AgentMsg, ControllerMsg, FullAssembly, PROTOCOL,
 };
 use store::AsyncEtcdStore;
 use tokio::net::TcpStream;
@@ -102,8 +102,8 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
         }
     });
     let mut got_state = false;
-    // The parts of a full state received so far (version, state).
-    let mut parts: Option<(u64, HostDesired)> = None;
+    // The parts of a full state received so far.
+    let mut parts = FullAssembly::default();
     let mut tick = tokio::time::interval(LEADER_CHECK);
     tick.tick().await;
     let end = loop {
@@ -126,26 +126,11 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
                 version,
                 state,
                 last,
-            } => {
-                let acc = parts.get_or_insert_with(|| {
-                    let empty = HostDesired {
-                        format: state.format,
-                        networks: Vec::new(),
-                    };
-                    (version, empty)
-                });
-                if acc.0 != version {
-                    break End::Closed(format!(
-                        "a part of the full state at {version} after parts at {}",
-                        acc.0
-                    ));
-                }
-                merge_part(&mut acc.1, state);
-                match parts.take().filter(|_| last) {
-                    Some((version, state)) => ControllerMsg::Full { version, state },
-                    None => continue,
-                }
-            }
+            } => match parts.add(version, state, last) {
+                Ok(Some((version, state))) => ControllerMsg::Full { version, state },
+                Ok(None) => continue,
+                Err(e) => break End::Closed(e),
+            },
             other => other,
         };
         let ack = match msg {
