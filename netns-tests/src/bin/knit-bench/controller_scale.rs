@@ -27,7 +27,9 @@ use anyhow::{bail, Context, Result};
 use netns_tests::etcd::EtcdServer;
 use netns_tests::scenario::TempDir;
 use overlay_vxlan::HostDesired;
-use sdn_controller::proto::{read_frame, write_frame, AgentMsg, Change, ControllerMsg, PROTOCOL};
+use sdn_controller::proto::{
+    read_frame, write_frame, AgentMsg, Change, ControllerMsg, FullAssembly, PROTOCOL,
+};
 use store::etcd::{Block, Host, Kind, Records};
 use store::{Driver, Endpoint, EtcdStore, Network, Pool};
 use tokio::net::TcpStream as AsyncTcp;
@@ -261,17 +263,6 @@ impl SimState {
             .insert(n.id.clone(), SimNet { endpoints, hosts });
     }
 
-    /// Adds a part of a full state (a network may come in pieces).
-    fn merge(&mut self, part: &HostDesired) {
-        for n in &part.networks {
-            let s = self.networks.entry(n.id.clone()).or_default();
-            s.endpoints
-                .extend(n.endpoints.iter().map(|e| (v4(e.ip), v4(e.host))));
-            s.hosts.extend(n.hosts.iter().map(|h| v4(h.underlay_ip)));
-            s.hosts.sort_unstable();
-        }
-    }
-
     fn full(state: &HostDesired) -> SimState {
         let mut s = SimState::default();
         for n in &state.networks {
@@ -375,7 +366,8 @@ async fn agent_stream(
     let sample = host.trim_start_matches('h').parse::<usize>().unwrap_or(0) % 100 == 0;
     let mut state = SimState::default();
     let mut have: Option<u64> = None;
-    let mut parts: Option<(u64, SimState)> = None;
+    // A full state in parts is put together as the real agent does.
+    let mut parts = FullAssembly::default();
     loop {
         let Some(msg) = read_frame::<_, ControllerMsg>(&mut rd).await? else {
             bail!("closed by the controller");
@@ -389,15 +381,11 @@ async fn agent_stream(
                 if sample {
                     sh.part_max.fetch_max(json_len(&s), Ordering::Relaxed);
                 }
-                let acc = parts.get_or_insert_with(|| (version, SimState::default()));
-                if acc.0 != version {
-                    bail!("parts of versions {} and {version}", acc.0);
-                }
-                acc.1.merge(&s);
-                if !last {
+                let Some((_, whole)) = parts.add(version, s, last).map_err(anyhow::Error::msg)?
+                else {
                     continue;
-                }
-                state = parts.take().map(|p| p.1).unwrap_or_default();
+                };
+                state = SimState::full(&whole);
                 if have.is_none() {
                     sh.synced.fetch_add(1, Ordering::Relaxed);
                 }
