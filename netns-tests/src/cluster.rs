@@ -50,9 +50,7 @@ impl Underlay {
         crate::require_root();
         let ns = TestNs::new(tag)?;
         let gw = format!("{net}.1");
-        ns.run(&["ip", "link", "add", "ulbr", "type", "bridge"])?;
-        ns.run(&["ip", "addr", "add", &format!("{gw}/24"), "dev", "ulbr"])?;
-        ns.run(&["ip", "link", "set", "ulbr", "up"])?;
+        underlay_bridge(&ns, &gw)?;
         let etcd = EtcdServer::start_in(&ns, gw.parse()?)?;
         Ok(Underlay {
             etcd,
@@ -64,25 +62,8 @@ impl Underlay {
     /// A host namespace `tag` with `eth0` = `<net>.n/24` on the underlay bridge.
     pub fn host(&self, tag: &str, n: u8) -> Result<ClusterHost> {
         let k = KnitHost::new(tag)?;
-        let peer = format!("ul-{tag}");
         let ip = format!("{}.{n}", self.net);
-        k.ns.run(&[
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            self.ns.name(),
-        ])?;
-        k.ns.run(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-        k.ns.run(&["ip", "link", "set", "eth0", "up"])?;
-        self.ns
-            .run(&["ip", "link", "set", &peer, "master", "ulbr", "up"])?;
+        underlay_port(&k.ns, &self.ns, tag, &ip)?;
         Ok(ClusterHost {
             name: tag.to_string(),
             underlay: ip.parse()?,
@@ -91,6 +72,47 @@ impl Underlay {
             etcd: self.etcd.url.clone(),
         })
     }
+}
+
+/// The underlay's bridge `ulbr` in `ns`, holding `gw`/24, with a fixed MAC: a bridge without
+/// one takes the lowest of its ports', so adding a host could change it and leave the other
+/// hosts' neighbour entry of the gateway (etcd) pointing at the old one for up to a minute.
+pub fn underlay_bridge(ns: &TestNs, gw: &str) -> Result<()> {
+    ns.run(&[
+        "ip",
+        "link",
+        "add",
+        "ulbr",
+        "address",
+        "02:75:6c:00:00:01",
+        "type",
+        "bridge",
+    ])?;
+    ns.run(&["ip", "addr", "add", &format!("{gw}/24"), "dev", "ulbr"])?;
+    ns.run(&["ip", "link", "set", "ulbr", "up"])?;
+    Ok(())
+}
+
+/// A host's `eth0` = `ip`/24, its veth peer `ul-<tag>` a port of the underlay's bridge.
+pub fn underlay_port(host: &TestNs, underlay: &TestNs, tag: &str, ip: &str) -> Result<()> {
+    let peer = format!("ul-{tag}");
+    host.run(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+        "netns",
+        underlay.name(),
+    ])?;
+    host.run(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    host.run(&["ip", "link", "set", "eth0", "up"])?;
+    underlay.run(&["ip", "link", "set", &peer, "master", "ulbr", "up"])?;
+    Ok(())
 }
 
 /// One host of the cluster; its daemons die with it.

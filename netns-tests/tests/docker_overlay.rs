@@ -163,36 +163,20 @@ fn tail(h: &Host, log: &str) -> String {
 }
 
 /// The agent of `h` serving Docker as plugin `knit` from its host's plugin dir.
-fn start_agent(h: &mut Host, etcd: &str, engine: &Engine) -> Result<()> {
+fn start_agent(h: &mut Host, engine: &Engine) -> Result<()> {
     let plugins = h.k.dir.path().join("plugins");
-    let ip = h.underlay.to_string();
     let docker_host = format!("unix://{}", engine.sock().display());
-    let child = h.k.spawn(
-        &[
-            "--etcd",
-            etcd,
-            "agent",
-            "--host",
-            &h.name,
-            "--underlay-ip",
-            &ip,
-            "--lease-ttl",
-            "3",
-            "--reconcile-interval",
-            "1",
-            "--plugin-dir",
-            &plugins.display().to_string(),
-            "--docker-host",
-            &docker_host,
-        ],
-        "agent.log",
-    )?;
-    h.agent = Some(child);
+    h.start_agent_with(&[
+        "--plugin-dir",
+        &plugins.display().to_string(),
+        "--docker-host",
+        &docker_host,
+    ])?;
     let sock = plugins.join("knit.sock");
     within(
         20,
         &format!("the agent of {} serves Docker", h.name),
-        || Ok(sock.exists() && h.socket().exists()),
+        || Ok(sock.exists()),
     )
 }
 
@@ -219,7 +203,7 @@ fn docker_containers_on_two_hosts_share_a_knit_overlay() -> Result<()> {
         engines.push(Engine::start(h, &lab.etcd.url)?);
     }
     for (h, e) in hosts.iter_mut().zip(&engines) {
-        start_agent(h, &lab.etcd.url, e)?;
+        start_agent(h, e)?;
     }
     let (a, b) = (&engines[0], &engines[1]);
 

@@ -30,28 +30,7 @@ impl Lab {
     pub fn new() -> Result<Lab> {
         netns_tests::require_root();
         let ul = TestNs::new("ul")?;
-        // A fixed MAC: a bridge without one takes the lowest of its ports', so adding a host
-        // could change it and leave the hosts' neighbour entries of the gateway (etcd)
-        // pointing at the old one for up to a minute (agents then failed to reach etcd).
-        ul.run(&[
-            "ip",
-            "link",
-            "add",
-            "ulbr",
-            "address",
-            "02:75:6c:00:00:01",
-            "type",
-            "bridge",
-        ])?;
-        ul.run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{UNDERLAY_GW}/24"),
-            "dev",
-            "ulbr",
-        ])?;
-        ul.run(&["ip", "link", "set", "ulbr", "up"])?;
+        netns_tests::cluster::underlay_bridge(&ul, UNDERLAY_GW)?;
         let etcd = EtcdServer::start_in(&ul, UNDERLAY_GW.parse()?)?;
         Ok(Lab { ul, etcd })
     }
@@ -59,25 +38,8 @@ impl Lab {
     /// A host namespace with `eth0` = 192.168.77.N on the underlay.
     pub fn host(&self, tag: &str, n: u8) -> Result<Host> {
         let k = KnitHost::new(tag)?;
-        let peer = format!("ul-{tag}");
-        k.ns.run(&[
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            self.ul.name(),
-        ])?;
         let ip = format!("192.168.77.{n}");
-        k.ns.run(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-        k.ns.run(&["ip", "link", "set", "eth0", "up"])?;
-        self.ul
-            .run(&["ip", "link", "set", &peer, "master", "ulbr", "up"])?;
+        netns_tests::cluster::underlay_port(&k.ns, &self.ul, tag, &ip)?;
         Ok(Host {
             name: tag.to_string(),
             underlay: ip.parse()?,
@@ -157,25 +119,29 @@ impl Host {
 
     /// Starts the agent and waits for its API socket.
     pub fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with(&[])
+    }
+
+    /// [`Self::start_agent`] with more agent flags.
+    pub fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
         let ip = self.underlay.to_string();
-        let child = self.k.spawn(
-            &[
-                "--etcd",
-                &self.etcd,
-                "agent",
-                "--host",
-                &self.name,
-                "--underlay-ip",
-                &ip,
-                "--lease-ttl",
-                "3",
-                "--reconcile-interval",
-                "1",
-                "--metrics",
-                "127.0.0.1:9464",
-            ],
-            "agent.log",
-        )?;
+        let mut args = vec![
+            "--etcd",
+            &self.etcd,
+            "agent",
+            "--host",
+            &self.name,
+            "--underlay-ip",
+            &ip,
+            "--lease-ttl",
+            "3",
+            "--reconcile-interval",
+            "1",
+            "--metrics",
+            "127.0.0.1:9464",
+        ];
+        args.extend_from_slice(extra);
+        let child = self.k.spawn(&args, "agent.log")?;
         self.agent = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.socket().exists() {
