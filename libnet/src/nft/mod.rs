@@ -47,10 +47,11 @@
 //! so DEL never takes another attachment's element and costs no transaction when everything is
 //! already gone. The delete batch still uses `add element X; delete element X` pairs (nft 1.0.6
 //! and its kernel interface have no `destroy`), so an element vanishing meanwhile cannot fail
-//! it. After a successful ADD the elements are recorded in `<state dir>/<attachment
-//! id>.<feature>.json` (written to a temp file and renamed; not fsynced, see [`StateDir::write`])
-//! and DEL reads them from there, so DEL needs
-//! only (network, container id, ifname). [`Nft::gc`] uses the state files and, for elements
+//! it. The elements are recorded in `<state dir>/<attachment id>.<feature>.json` (written to a
+//! temp file and renamed; not fsynced, see [`StateDir::write`]) *before* the transaction that
+//! adds them (old and new together; after it, the new alone), so a process killed in between
+//! leaves no element its DEL cannot find; DEL reads them from there, so DEL needs only
+//! (network, container id, ifname). [`Nft::gc`] uses the state files and, for elements
 //! whose state file was lost, the comments (listing only our table).
 //!
 //! # How state grows
@@ -300,8 +301,34 @@ impl<A: NftApply> Nft<A> {
         let stale: Vec<Elem> = old.iter().filter(|e| !elems.contains(e)).cloned().collect();
         let stale = self.owned(att, &stale)?;
         let ops = plan::ops_replace(&stale, &elems);
+        if !fresh.is_empty() {
+            // Write ahead: the record names every element the transaction may leave (the old
+            // and the new), so a process killed between the transaction and the final record
+            // leaves nothing its DEL cannot find (DEL takes only what is still ours).
+            let mut ahead = old.clone();
+            ahead.extend(fresh.iter().cloned());
+            self.state.write(&Record {
+                attachment: att.clone(),
+                feature,
+                elems: ahead,
+            })?;
+        }
         if !ops.is_empty() {
-            self.elems_with_skeleton(&ops, &att.comment())?;
+            if let Err(e) = self.elems_with_skeleton(&ops, &att.comment()) {
+                // One transaction: none of it was applied, so the old record is true again.
+                // Should restoring it fail, the wider record is harmless: DEL and GC take only
+                // elements present and ours.
+                let _ = if old.is_empty() {
+                    self.state.remove(att, feature)
+                } else {
+                    self.state.write(&Record {
+                        attachment: att.clone(),
+                        feature,
+                        elems: old,
+                    })
+                };
+                return Err(e);
+            }
         }
         if elems.is_empty() {
             return self.state.remove(att, feature);

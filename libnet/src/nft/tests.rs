@@ -264,6 +264,11 @@ struct Fake {
     scripts: RefCell<Vec<String>>,
     tables: RefCell<std::collections::HashSet<String>>,
     elems: RefCell<std::collections::HashMap<Key, Found>>,
+    /// Die (panic) right after the kernel took an element transaction: a process killed
+    /// between the transaction and whatever it does next.
+    die_after: std::cell::Cell<bool>,
+    /// Refuse every element transaction (as the kernel would a bad batch).
+    refuse: std::cell::Cell<bool>,
 }
 
 impl NftApply for Fake {
@@ -281,6 +286,9 @@ impl NftApply for Fake {
 
     fn elems(&self, op: &'static str, ops: &[ElemOp], comment: &str) -> Result<(), NftError> {
         self.scripts.borrow_mut().push(render_ops(ops, comment));
+        if self.refuse.get() {
+            return Err(NftError::apply(op, "Error: Invalid argument"));
+        }
         let tables = self.tables.borrow();
         if ops
             .iter()
@@ -305,6 +313,9 @@ impl NftApply for Fake {
                     have.remove(&key);
                 }
             }
+        }
+        if self.die_after.get() {
+            panic!("killed after the transaction");
         }
         Ok(())
     }
@@ -463,5 +474,50 @@ fn elements_of_another_attachment_are_refused_and_never_deleted() {
     nft.check_masq(&a, &ips).unwrap();
     nft.del_masq(&a).unwrap();
     assert!(nft.check_masq(&a, &ips).is_err());
+    let _ = std::fs::remove_dir_all(nft.state.dir());
+}
+
+#[test]
+fn a_process_killed_after_its_transaction_leaves_nothing_del_cannot_find() {
+    let nft = Nft::with(Fake::default(), tmp_state("killed"));
+    let a = att();
+    let ips = [ip("10.244.1.5")];
+    nft.ensure_firewall(&a, "cni0", &ips, IngressPolicy::SameBridge)
+        .unwrap();
+    // A second ADD with one more address dies once its elements are in.
+    let more = [ip("10.244.1.5"), ip("10.244.1.6")];
+    nft.apply.die_after.set(true);
+    let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        nft.ensure_firewall(&a, "cni0", &more, IngressPolicy::SameBridge)
+    }));
+    assert!(died.is_err(), "the fake did not die");
+    nft.apply.die_after.set(false);
+    assert!(
+        nft.apply.elems.borrow().len() > 2,
+        "the new elements are in"
+    );
+    // A later process's DEL, from the state dir alone, takes them all.
+    nft.del_firewall(&a).unwrap();
+    assert!(
+        nft.apply.elems.borrow().is_empty(),
+        "left: {:?}",
+        nft.apply.elems.borrow().keys().collect::<Vec<_>>()
+    );
+    assert!(nft.state.read(&a, Feature::Firewall).unwrap().is_none());
+    // A transaction the kernel refuses restores the record it widened.
+    nft.ensure_firewall(&a, "cni0", &ips, IngressPolicy::SameBridge)
+        .unwrap();
+    let before = nft.state.read(&a, Feature::Firewall).unwrap();
+    nft.apply.refuse.set(true);
+    nft.ensure_firewall(&a, "cni0", &more, IngressPolicy::SameBridge)
+        .unwrap_err();
+    nft.apply.refuse.set(false);
+    assert_eq!(nft.state.read(&a, Feature::Firewall).unwrap(), before);
+    let b = Attachment::new("podman", "other", "eth0");
+    nft.apply.refuse.set(true);
+    nft.ensure_firewall(&b, "cni0", &[ip("10.244.1.7")], IngressPolicy::SameBridge)
+        .unwrap_err();
+    nft.apply.refuse.set(false);
+    assert!(nft.state.read(&b, Feature::Firewall).unwrap().is_none());
     let _ = std::fs::remove_dir_all(nft.state.dir());
 }
