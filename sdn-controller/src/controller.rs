@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 use crate::hub::{Hub, KEEP_DELTAS};
 use crate::metrics::Metrics;
 use crate::model::{Model, RecordKind, Update};
+use crate::server::Outlets;
 
 /// The leader lease's default TTL: a dead leader is replaced about this long after it died.
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
@@ -79,6 +80,8 @@ pub struct Shared {
     pub hub: Mutex<Option<Hub>>,
     pub role: watch::Sender<Role>,
     pub metrics: Arc<Metrics>,
+    /// The connected agents' sockets, for the fan-out after each batch.
+    pub outlets: Outlets,
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -110,6 +113,7 @@ pub fn run(cfg: Config) -> Result<(), ControllerError> {
             hub: Mutex::new(None),
             role: watch::channel(Role::default()).0,
             metrics,
+            outlets: Outlets::default(),
         });
         info!(listen = %cfg.listen, etcd = %url, prefix = %cfg.prefix, "knit controller started");
         tokio::spawn(crate::server::serve(listener, shared.clone()));
@@ -380,8 +384,8 @@ fn apply_event(shared: &Shared, kind: Kind, ev: WatchEvent) {
         return;
     };
     let started = Instant::now();
-    let mut hub = shared.hub.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(hub) = hub.as_mut() else { return };
+    let mut guard = shared.hub.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(hub) = guard.as_mut() else { return };
     let applied = match ev {
         WatchEvent::Put { key, value, .. } => match decode(kind, key, Some(&value)) {
             Some(u) => hub.apply(vec![u]),
@@ -407,6 +411,7 @@ fn apply_event(shared: &Shared, kind: Kind, ev: WatchEvent) {
             a
         }
     };
+    drop(guard);
     shared
         .metrics
         .compute
@@ -415,6 +420,8 @@ fn apply_event(shared: &Shared, kind: Kind, ev: WatchEvent) {
         .metrics
         .version
         .set(i64::try_from(applied.version).unwrap_or(i64::MAX));
+    // Outside the hub's lock: connections catching up meanwhile are not held.
+    shared.outlets.fan_out(&applied.moved, &shared.metrics);
 }
 
 #[cfg(test)]

@@ -17,9 +17,8 @@
 //! they have) until it registers again, then a `Full`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-use tokio::sync::watch;
 
 use crate::model::{merge, Model, Output, RecordKind, Update};
 use crate::proto::{Change, ControllerMsg};
@@ -34,15 +33,15 @@ const SHARED_MAX: usize = 8;
 /// (an endpoint put reaches every other member with the same `EndpointPut`) shares one.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Changes {
-    pub changes: Vec<Change>,
-    /// `changes` as JSON, spliced into each host's frame ([`crate::proto::write_delta`]).
+    pub changes: Arc<Vec<Change>>,
+    /// `changes` as JSON, spliced into each host's frame ([`crate::proto::delta_frame`]).
     pub json: Vec<u8>,
 }
 
 impl Changes {
-    fn new(changes: Vec<Change>) -> Changes {
+    fn new(changes: Arc<Vec<Change>>) -> Changes {
         // Plain data: serializing it cannot fail.
-        let json = serde_json::to_vec(&changes).unwrap_or_default();
+        let json = serde_json::to_vec(changes.as_slice()).unwrap_or_default();
         Changes { changes, json }
     }
 }
@@ -61,7 +60,7 @@ impl Delta {
         ControllerMsg::Delta {
             base: self.base,
             version: self.version,
-            changes: self.changes.changes.clone(),
+            changes: self.changes.changes.to_vec(),
         }
     }
 }
@@ -71,8 +70,9 @@ struct Stream {
     /// `None` while the host is not registered.
     version: Option<u64>,
     log: VecDeque<Delta>,
-    /// Wakes the host's connections: the stream moved.
-    tx: watch::Sender<u64>,
+    /// The version the stream last moved to, for its connections' lag (read without the
+    /// hub's lock).
+    now: Arc<AtomicU64>,
 }
 
 impl Stream {
@@ -80,7 +80,7 @@ impl Stream {
         Stream {
             version: None,
             log: VecDeque::new(),
-            tx: watch::channel(0).0,
+            now: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -97,7 +97,7 @@ pub enum CatchUp {
 }
 
 /// What one batch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// The version it made (unchanged when it concerned no host).
     pub version: u64,
@@ -105,6 +105,9 @@ pub struct Applied {
     pub hosts: usize,
     /// Changes over all hosts.
     pub changes: usize,
+    /// Each host whose stream moved, with the delta it got (`None`: its stream was reset,
+    /// its agents need a Full or nothing): what the server sends its connections.
+    pub moved: Vec<(String, Option<Delta>)>,
 }
 
 #[derive(Debug)]
@@ -161,6 +164,7 @@ impl Hub {
                 version: self.version,
                 hosts: 0,
                 changes: 0,
+                moved: Vec::new(),
             };
         }
         self.version += 1;
@@ -169,12 +173,20 @@ impl Hub {
             version: v,
             hosts: out.len(),
             changes: 0,
+            moved: Vec::with_capacity(out.len()),
         };
         // Distinct change lists of this batch: most hosts share one of very few.
         let mut shared: Vec<Arc<Changes>> = Vec::new();
-        for (h, changes) in out {
+        let registered = self.model.registered(out.keys(), out.len());
+        for ((h, changes), registered) in out.into_iter().zip(registered) {
             applied.changes += changes.len();
-            let changes = match shared.iter().find(|c| c.changes == changes) {
+            // The same list (every other member of an endpoint's network) is found by
+            // pointer; equal lists made apart (a batch of several updates) by value.
+            let changes = match shared
+                .iter()
+                .find(|c| Arc::ptr_eq(&c.changes, &changes))
+                .or_else(|| shared.iter().find(|c| c.changes == changes))
+            {
                 Some(c) => c.clone(),
                 None => {
                     let c = Arc::new(Changes::new(changes));
@@ -184,15 +196,20 @@ impl Hub {
                     c
                 }
             };
-            let registered = self.model.is_registered(&h);
-            let s = self.streams.entry(h).or_insert_with(Stream::new);
+            let s = match self.streams.get_mut(&h) {
+                Some(s) => s,
+                None => self.streams.entry(h.clone()).or_insert_with(Stream::new),
+            };
+            let mut delta = None;
             match (s.version, registered) {
                 (Some(base), true) => {
-                    s.log.push_back(Delta {
+                    let d = Delta {
                         base,
                         version: v,
                         changes,
-                    });
+                    };
+                    delta = Some(d.clone());
+                    s.log.push_back(d);
                     while s.log.len() > self.keep {
                         s.log.pop_front();
                     }
@@ -208,18 +225,19 @@ impl Hub {
                     s.version = None;
                 }
             }
-            s.tx.send_replace(v);
+            s.now.store(v, Ordering::Relaxed);
+            applied.moved.push((h, delta));
         }
         applied
     }
 
-    /// A receiver that changes whenever `host`'s stream moves.
-    pub fn subscribe(&mut self, host: &str) -> watch::Receiver<u64> {
+    /// The version `host`'s stream last moved to, kept up to date (for a connection's lag).
+    pub fn subscribe(&mut self, host: &str) -> Arc<AtomicU64> {
         self.streams
             .entry(host.to_string())
             .or_insert_with(Stream::new)
-            .tx
-            .subscribe()
+            .now
+            .clone()
     }
 
     /// The version `host`'s stream is at, if it is registered.
@@ -240,7 +258,8 @@ impl Hub {
             return CatchUp::Deltas(Vec::new());
         }
         if let Some(have) = have {
-            if let Some(i) = s.log.iter().position(|d| d.base == have) {
+            // From the newest: an agent is most often one delta behind.
+            if let Some(i) = s.log.iter().rposition(|d| d.base == have) {
                 return CatchUp::Deltas(s.log.iter().skip(i).cloned().collect());
             }
         }
@@ -337,6 +356,11 @@ mod tests {
         // h2's own endpoint concerns h1 only: h2's stream skips that version.
         let a = h.apply(vec![ep("e1", "h2", "10.1.0.5")]);
         assert_eq!((a.version, a.hosts, a.changes), (101, 1, 1));
+        assert!(
+            matches!(&a.moved[..], [(h, Some(d))] if h == "h1" && d.base == 100 && d.version == 101),
+            "{:?}",
+            a.moved
+        );
         assert_eq!(h.host_version("h2"), Some(100));
         let b = h.apply(vec![ep("e2", "h1", "10.1.0.6")]);
         assert_eq!(b.version, 102);
@@ -362,10 +386,15 @@ mod tests {
     #[test]
     fn a_host_that_goes_waits_and_gets_a_full_when_back() {
         let mut h = hub();
-        let rx = h.subscribe("h3");
+        let now = h.subscribe("h3");
         assert_eq!(h.catch_up("h3", None), CatchUp::Wait);
-        h.apply(vec![host("h3", "192.168.0.3")]);
-        assert!(rx.has_changed().unwrap());
+        let a = h.apply(vec![host("h3", "192.168.0.3")]);
+        assert_eq!(now.load(Ordering::Relaxed), a.version);
+        assert!(
+            a.moved.iter().any(|(h, d)| h == "h3" && d.is_none()),
+            "a host registering gets no delta: {:?}",
+            a.moved
+        );
         assert!(matches!(h.catch_up("h3", Some(100)), CatchUp::Full(_)));
         h.apply(vec![Update::Host("h3".into(), None)]);
         assert_eq!(h.catch_up("h3", Some(101)), CatchUp::Wait);

@@ -18,9 +18,10 @@
 //!    [`MAX_FRAME`], however large the cluster.
 //! 3. Then [`ControllerMsg::Delta`]s, each with the version it applies to (`base`) and the one
 //!    it makes (`version`; the controller splices a change list serialized once for every
-//!    host that gets it into each host's frame: [`write_delta`]); an agent that sees a `base` other than its version reconnects (and
-//!    gets a `Full`). The agent acknowledges what it applied ([`AgentMsg::Ack`]), which gives
-//!    the controller each agent's lag.
+//!    host that gets it into each host's frame: [`delta_frame`]); an agent that sees a `base` other than its version reconnects (and
+//!    gets a `Full`). The agent acknowledges what it applied ([`AgentMsg::Ack`]: a Full at
+//!    once, deltas together [`ack_delay`] after the first of them), which gives the
+//!    controller each agent's lag.
 //! 4. Either side may close at any time; the agent reconnects with backoff and, meanwhile,
 //!    keeps the kernel state it has (traffic between existing containers never stops).
 
@@ -33,6 +34,26 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// This layer's version (the payload carries its own `format`).
 pub const PROTOCOL: u32 = 1;
+/// An agent acknowledges its deltas together, [`ack_delay`] after the first one it has not
+/// acknowledged yet (a Full at once). Acks only feed the controller's lag gauge: one per
+/// change per host would double the packets of a change that reaches every host and compete
+/// with its sending, and a fixed delay would bring every host's ack back at one moment.
+pub const ACK_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How far past [`ACK_DELAY`] an ack may go (spread at random over the agents).
+pub const ACK_SPREAD: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// When to acknowledge a delta just applied: [`ACK_DELAY`] plus a random part of
+/// [`ACK_SPREAD`].
+pub fn ack_delay() -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A randomly keyed hasher: random enough to spread acks, no dependency.
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let spread = ACK_SPREAD.as_micros() as u64;
+    ACK_DELAY + std::time::Duration::from_micros(r % spread.max(1))
+}
+
 /// The largest frame either side accepts (a full state of a very large cluster fits).
 pub const MAX_FRAME: usize = 64 << 20;
 
@@ -271,52 +292,49 @@ pub enum ProtoError {
     Decode(#[from] serde_json::Error),
 }
 
-/// Write one frame.
-pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), ProtoError>
-where
-    W: AsyncWrite + Unpin,
-    T: Serialize,
-{
-    let body = serde_json::to_vec(msg)?;
-    if body.len() > MAX_FRAME {
-        return Err(ProtoError::TooLarge {
-            len: body.len(),
-            max: MAX_FRAME,
-        });
-    }
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&body);
-    w.write_all(&buf).await?;
-    w.flush().await?;
-    Ok(())
+/// One frame: the length, then `msg` as JSON.
+pub fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
+    let mut buf = vec![0u8; 4];
+    serde_json::to_writer(&mut buf, msg)?;
+    seal(buf)
 }
 
-/// Write a [`ControllerMsg::Delta`] whose `changes` are already JSON (`changes_json`): one
+/// A [`ControllerMsg::Delta`] frame whose `changes` are already JSON (`changes_json`): one
 /// change shared by thousands of hosts is serialized once, not once per connection.
-pub async fn write_delta<W>(
-    w: &mut W,
-    base: u64,
-    version: u64,
-    changes_json: &[u8],
-) -> Result<(), ProtoError>
-where
-    W: AsyncWrite + Unpin,
-{
-    let head = format!(r#"{{"type":"delta","base":{base},"version":{version},"changes":"#);
-    let len = head.len() + changes_json.len() + 1;
+pub fn delta_frame(base: u64, version: u64, changes_json: &[u8]) -> Result<Vec<u8>, ProtoError> {
+    use std::io::Write;
+    let mut buf = Vec::with_capacity(4 + 64 + changes_json.len());
+    buf.extend_from_slice(&[0; 4]);
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        buf,
+        r#"{{"type":"delta","base":{base},"version":{version},"changes":"#
+    );
+    buf.extend_from_slice(changes_json);
+    buf.push(b'}');
+    seal(buf)
+}
+
+/// Put the length of what follows the first 4 bytes of `buf` into them.
+fn seal(mut buf: Vec<u8>) -> Result<Vec<u8>, ProtoError> {
+    let len = buf.len() - 4;
     if len > MAX_FRAME {
         return Err(ProtoError::TooLarge {
             len,
             max: MAX_FRAME,
         });
     }
-    let mut buf = Vec::with_capacity(4 + len);
-    buf.extend_from_slice(&(len as u32).to_be_bytes());
-    buf.extend_from_slice(head.as_bytes());
-    buf.extend_from_slice(changes_json);
-    buf.push(b'}');
-    w.write_all(&buf).await?;
+    buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(buf)
+}
+
+/// Write one frame.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), ProtoError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    w.write_all(&frame(msg)?).await?;
     w.flush().await?;
     Ok(())
 }
@@ -344,6 +362,77 @@ where
     r.read_exact(&mut body).await?;
     Ok(Some(serde_json::from_slice(&body)?))
 }
+
+/// Reads frames, cancel-safe: what a read brings stays in the reader's buffer until a whole
+/// frame is there, so [`FrameReader::next`] can race a timer in `select!` without losing a
+/// frame cut in two (and one read may bring several frames: one syscall for all of them).
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    r: R,
+    buf: Vec<u8>,
+    /// Where the unread bytes of `buf` start.
+    at: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(r: R) -> FrameReader<R> {
+        FrameReader {
+            r,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of stream (between frames).
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtoError> {
+        loop {
+            let unread = &self.buf[self.at..];
+            let need = match unread.get(..4) {
+                Some(head) => {
+                    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                    if len > MAX_FRAME {
+                        return Err(ProtoError::TooLarge {
+                            len,
+                            max: MAX_FRAME,
+                        });
+                    }
+                    if unread.len() >= 4 + len {
+                        let msg = serde_json::from_slice(&unread[4..4 + len]);
+                        self.at += 4 + len;
+                        if self.at == self.buf.len() {
+                            // A large frame's buffer is not kept (10,000 connections each
+                            // holding the size of their Full would be gigabytes).
+                            if self.buf.capacity() > READ_CHUNK {
+                                self.buf = Vec::new();
+                            }
+                            self.buf.clear();
+                            self.at = 0;
+                        }
+                        return Ok(Some(msg?));
+                    }
+                    4 + len
+                }
+                None => 4,
+            };
+            if self.at > 0 {
+                self.buf.drain(..self.at);
+                self.at = 0;
+            }
+            self.buf
+                .reserve(need.saturating_sub(self.buf.len()).max(READ_CHUNK));
+            // Cancel-safe: a read either completes into `buf` or reads nothing.
+            if self.r.read_buf(&mut self.buf).await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+    }
+}
+
+/// What a [`FrameReader`] asks of the socket at least, per read.
+const READ_CHUNK: usize = 4 << 10;
 
 #[cfg(test)]
 mod tests {
@@ -483,23 +572,38 @@ mod tests {
             ip: "10.244.1.5".parse().unwrap(),
         }];
         let json = serde_json::to_vec(&changes).unwrap();
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        write_delta(&mut a, 7, 9, &json).await.unwrap();
         let msg = ControllerMsg::Delta {
             base: 7,
             version: 9,
             changes,
         };
-        write_frame(&mut a, &msg).await.unwrap();
-        let spliced: ControllerMsg = read_frame(&mut b).await.unwrap().unwrap();
-        assert_eq!(spliced, msg);
-        let mut one = vec![0u8; 4 + serde_json::to_vec(&msg).unwrap().len()];
-        b.read_exact(&mut one).await.unwrap();
-        assert_eq!(
-            &one[4..],
-            serde_json::to_vec(&msg).unwrap(),
-            "byte for byte"
+        let spliced = delta_frame(7, 9, &json).unwrap();
+        assert_eq!(spliced, frame(&msg).unwrap(), "byte for byte");
+        // Read back through a pipe of 3 bytes, racing a timer: frames cut anywhere and reads
+        // cancelled midway lose nothing.
+        let (mut a, b) = tokio::io::duplex(3);
+        let writer = tokio::spawn(async move {
+            for _ in 0..4 {
+                a.write_all(&spliced).await.unwrap();
+            }
+        });
+        let mut r = FrameReader::new(b);
+        let (mut got, mut cancelled) = (0, 0);
+        while got < 4 {
+            tokio::select! {
+                m = r.next::<ControllerMsg>() => {
+                    assert_eq!(m.unwrap().unwrap(), msg);
+                    got += 1;
+                }
+                _ = tokio::task::yield_now() => cancelled += 1,
+            }
+        }
+        writer.await.unwrap();
+        assert!(
+            r.next::<ControllerMsg>().await.unwrap().is_none(),
+            "clean end"
         );
+        assert!(cancelled > 0, "no read was cancelled midway");
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The stream from the leading controller ([`sdn_controller::proto`]): find the leader in etcd
 //! (`P/controller/leader`), connect, `Hello`, then apply the `Full` (or the `FullPart`s of a
-//! large one, merged and applied as one) and the `Delta`s in order and acknowledge each. On a
+//! large one, merged and applied as one) and the `Delta`s in order, acknowledging a Full at once
+//! and deltas together, a moment after the first of them ([`sdn_controller::proto::ack_delay`]). On a
 //! lost stream, `NotLeader`, or a leader key that names another replica: reconcile the kernel
 //! to the state held, and connect again with backoff (100 ms doubling to 5 s). The kernel
 //! state stays meanwhile: traffic between existing containers never waits for the
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sdn_controller::proto::{
-    read_frame, write_frame, AgentMsg, ControllerMsg, FullAssembly, PROTOCOL,
+    ack_delay, write_frame, AgentMsg, ControllerMsg, FrameReader, FullAssembly, PROTOCOL,
 };
 use store::AsyncEtcdStore;
 use tokio::net::TcpStream;
@@ -80,8 +81,6 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
     };
     let _ = conn.set_nodelay(true);
     let (rd, mut wr) = conn.into_split();
-    // Buffered: a frame's length and body in one read.
-    let mut rd = tokio::io::BufReader::new(rd);
     let hello = AgentMsg::Hello {
         protocol: PROTOCOL,
         host: host.to_string(),
@@ -90,25 +89,28 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
     if let Err(e) = write_frame(&mut wr, &hello).await {
         return (End::Closed(format!("sending hello: {e}")), false);
     }
-    // Frames are read by their own task: a read is not cancel-safe, the leader check is.
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let reader = tokio::spawn(async move {
-        loop {
-            let r = read_frame::<_, ControllerMsg>(&mut rd).await;
-            let last = !matches!(r, Ok(Some(_)));
-            if tx.send(r).await.is_err() || last {
-                return;
-            }
-        }
-    });
+    let mut frames = FrameReader::new(rd);
     let mut got_state = false;
     // The parts of a full state received so far.
     let mut parts = FullAssembly::default();
     let mut tick = tokio::time::interval(LEADER_CHECK);
     tick.tick().await;
+    // The version applied and not yet acknowledged, and when its ack goes.
+    let mut unacked: Option<(u64, tokio::time::Instant)> = None;
     let end = loop {
+        let ack_at = unacked.map(|(_, at)| at);
         let msg = tokio::select! {
-            m = rx.recv() => m,
+            // Cancel-safe: a frame cut short stays in the reader.
+            m = frames.next::<ControllerMsg>() => m,
+            _ = tokio::time::sleep_until(ack_at.unwrap_or_else(tokio::time::Instant::now)),
+                if ack_at.is_some() => {
+                if let Some((version, _)) = unacked.take() {
+                    if let Err(e) = write_frame(&mut wr, &AgentMsg::Ack { version }).await {
+                        break End::Closed(format!("sending ack: {e}"));
+                    }
+                }
+                continue;
+            }
             _ = tick.tick() => {
                 match leader(st).await {
                     Ok(Some(l)) if l != addr => break End::Closed(format!("the leader is now {l}")),
@@ -117,9 +119,9 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
             }
         };
         let msg = match msg {
-            Some(Ok(Some(m))) => m,
-            Some(Ok(None)) | None => break End::Closed("closed by the controller".into()),
-            Some(Err(e)) => break End::Closed(e.to_string()),
+            Ok(Some(m)) => m,
+            Ok(None) => break End::Closed("closed by the controller".into()),
+            Err(e) => break End::Closed(e.to_string()),
         };
         let msg = match msg {
             ControllerMsg::FullPart {
@@ -148,7 +150,12 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
                 got_state = true;
                 ov.metrics.connected.set(1);
                 info!(controller = %addr, version, "full state applied");
-                version
+                // A full state is acknowledged at once (it starts the stream).
+                unacked = None;
+                if let Err(e) = write_frame(&mut wr, &AgentMsg::Ack { version }).await {
+                    break End::Closed(format!("sending ack: {e}"));
+                }
+                continue;
             }
             ControllerMsg::Delta {
                 base,
@@ -169,11 +176,12 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
                 }
             }
         };
-        if let Err(e) = write_frame(&mut wr, &AgentMsg::Ack { version: ack }).await {
-            break End::Closed(format!("sending ack: {e}"));
-        }
+        // Deltas are acknowledged together, a while after the first one not yet acknowledged
+        // (`ack_delay`): a change that reaches every host is not followed by as many acks
+        // while the controller is still sending it.
+        let at = unacked.map_or_else(|| tokio::time::Instant::now() + ack_delay(), |(_, at)| at);
+        unacked = Some((ack, at));
     };
-    reader.abort();
     (end, got_state)
 }
 

@@ -71,8 +71,9 @@ pub enum RecordKind {
 }
 
 /// The changes of one update or batch, per host; a host whose registration changed is listed
-/// even when it has no change (the hub resets its stream).
-pub type Output = BTreeMap<String, Vec<Change>>;
+/// even when it has no change (the hub resets its stream). Hosts that get the same changes
+/// (every other member, for an endpoint) share one list: the hub serializes each list once.
+pub type Output = BTreeMap<String, Arc<Vec<Change>>>;
 
 /// An overlay network's own settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +237,22 @@ impl Model {
         self.hosts.contains_key(host)
     }
 
+    /// Whether each of `names` (sorted, `n` of them) is a registered host, in order: one walk
+    /// along the host list when the names are a good part of it (a wide network's members),
+    /// else a lookup each.
+    pub fn registered<'a>(&self, names: impl Iterator<Item = &'a String>, n: usize) -> Vec<bool> {
+        if n.saturating_mul(8) < self.hosts.len() {
+            return names.map(|h| self.hosts.contains_key(h)).collect();
+        }
+        let mut hosts = self.hosts.keys().peekable();
+        names
+            .map(|h| {
+                while hosts.next_if(|x| *x < h).is_some() {}
+                hosts.peek() == Some(&h)
+            })
+            .collect()
+    }
+
     /// Counts for logs and metrics: (overlay networks, hosts, endpoints).
     pub fn size(&self) -> (usize, usize, usize) {
         (self.networks.len(), self.hosts.len(), self.endpoints.len())
@@ -279,7 +296,7 @@ impl Model {
             }
             let changes = self.diff(h, &atoms, &before, &now);
             if !changes.is_empty() {
-                out.insert(h.clone(), changes);
+                out.insert(h.clone(), Arc::new(changes));
             }
         }
         if let (Some(h), Some(was)) = (registering, was) {
@@ -335,20 +352,23 @@ impl Model {
                 }),
             }
         }
-        let mut out = Output::new();
+        // `scope` is sorted: the map is built in one pass, not searched per host.
+        let mut out: Output = if common.is_empty() {
+            Output::new()
+        } else {
+            let common = Arc::new(common);
+            scope
+                .iter()
+                .filter(|h| !own.iter().any(|(o, _)| o == *h))
+                .map(|h| (h.clone(), common.clone()))
+                .collect()
+        };
         for (h, before) in &own {
             let now = self.vals(h, atoms, &after);
             if now != *before {
                 let changes = self.diff(h, atoms, before, &now);
                 if !changes.is_empty() {
-                    out.insert(h.clone(), changes);
-                }
-            }
-        }
-        if !common.is_empty() {
-            for h in scope {
-                if !own.iter().any(|(o, _)| o == h) {
-                    out.insert(h.clone(), common.clone());
+                    out.insert(h.clone(), Arc::new(changes));
                 }
             }
         }
@@ -743,15 +763,19 @@ impl Model {
                 }
             }
         }
-        for n in &nets {
-            scope.extend(
-                self.members
-                    .get(n)
-                    .into_iter()
-                    .flat_map(|m| m.keys())
-                    .filter(|h| self.hosts.contains_key(*h))
-                    .cloned(),
-            );
+        for m in nets.iter().filter_map(|n| self.members.get(n)) {
+            let registered = self.registered(m.keys(), m.len());
+            let members = m
+                .keys()
+                .zip(registered)
+                .filter(|(_, r)| *r)
+                .map(|(h, _)| h.clone());
+            if scope.is_empty() {
+                // Sorted: built in one pass, not searched per member.
+                scope = members.collect();
+            } else {
+                scope.extend(members);
+            }
         }
         (atoms.into_iter().collect(), scope)
     }
@@ -935,8 +959,13 @@ impl Model {
 
 /// Appends `more`'s changes to `out`'s, host by host.
 pub fn merge(out: &mut Output, more: Output) {
+    if out.is_empty() {
+        // The one update of a batch (the common case): nothing to merge with.
+        *out = more;
+        return;
+    }
     for (h, c) in more {
-        out.entry(h).or_default().extend(c);
+        Arc::make_mut(out.entry(h).or_default()).extend(c.iter().cloned());
     }
 }
 

@@ -317,7 +317,7 @@ fn an_endpoint_put_concerns_every_other_member_and_only_its_addresses() {
     ));
     assert_eq!(out.keys().collect::<Vec<_>>(), ["h1", "h2"]);
     assert_eq!(
-        out["h1"],
+        out["h1"][..],
         [Change::EndpointPut {
             network: "n1".into(),
             endpoint: RemoteEndpoint {
@@ -352,12 +352,12 @@ fn an_endpoint_put_concerns_every_other_member_and_only_its_addresses() {
 fn a_host_that_registers_or_goes_is_listed_even_without_networks() {
     let mut m = Model::new();
     let out = m.apply(Update::Host("h0".into(), Some(host(0, false))));
-    assert_eq!(out.get("h0"), Some(&vec![]));
+    assert_eq!(out.get("h0").map(|c| c.len()), Some(0));
     assert!(m
         .apply(Update::Host("h0".into(), Some(host(0, false))))
         .is_empty());
     let out = m.apply(Update::Host("h0".into(), None));
-    assert_eq!(out.get("h0"), Some(&vec![]));
+    assert_eq!(out.get("h0").map(|c| c.len()), Some(0));
     assert!(!m.is_registered("h0"));
 }
 
@@ -389,7 +389,7 @@ fn only_members_hold_a_network_and_joining_or_leaving_moves_it_whole() {
     assert_eq!(out.keys().collect::<Vec<_>>(), ["h1"]);
     // h1's last block goes: the network leaves h1, h0 loses h1.
     let out = m.apply(Update::Block("n1/b1".into(), None));
-    assert_eq!(out["h1"], [Change::NetworkDel { id: "n1".into() }]);
+    assert_eq!(out["h1"][..], [Change::NetworkDel { id: "n1".into() }]);
     assert!(matches!(&out["h0"][..], [Change::HostDel { .. }]));
     assert!(!out.contains_key("h2"));
 }

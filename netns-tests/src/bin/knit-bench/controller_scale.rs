@@ -28,7 +28,7 @@ use netns_tests::etcd::EtcdServer;
 use netns_tests::scenario::TempDir;
 use overlay_vxlan::HostDesired;
 use sdn_controller::proto::{
-    read_frame, write_frame, AgentMsg, Change, ControllerMsg, FullAssembly, PROTOCOL,
+    ack_delay, write_frame, AgentMsg, Change, ControllerMsg, FrameReader, FullAssembly, PROTOCOL,
 };
 use store::etcd::{Block, Host, Kind, Records};
 use store::{Driver, Endpoint, EtcdStore, Network, Pool};
@@ -353,8 +353,7 @@ async fn agent_stream(
     let conn = AsyncTcp::connect(addr).await.context("connecting")?;
     conn.set_nodelay(true)?;
     let (rd, mut wr) = conn.into_split();
-    // Buffered: a frame's length and body in one read.
-    let mut rd = tokio::io::BufReader::new(rd);
+    let mut frames = FrameReader::new(rd);
     let hello = AgentMsg::Hello {
         protocol: PROTOCOL,
         host: host.to_string(),
@@ -368,11 +367,24 @@ async fn agent_stream(
     let mut have: Option<u64> = None;
     // A full state in parts is put together as the real agent does.
     let mut parts = FullAssembly::default();
+    // Acks as the real agent sends them: a Full at once, deltas together ack_delay() later.
+    let mut unacked: Option<(u64, tokio::time::Instant)> = None;
     loop {
-        let Some(msg) = read_frame::<_, ControllerMsg>(&mut rd).await? else {
+        let ack_at = unacked.map(|(_, at)| at);
+        let msg = tokio::select! {
+            m = frames.next::<ControllerMsg>() => m?,
+            _ = tokio::time::sleep_until(ack_at.unwrap_or_else(tokio::time::Instant::now)),
+                if ack_at.is_some() => {
+                if let Some((version, _)) = unacked.take() {
+                    write_frame(&mut wr, &AgentMsg::Ack { version }).await?;
+                }
+                continue;
+            }
+        };
+        let Some(msg) = msg else {
             bail!("closed by the controller");
         };
-        let ack = match msg {
+        let full = match msg {
             ControllerMsg::FullPart {
                 version,
                 state: s,
@@ -386,22 +398,14 @@ async fn agent_stream(
                     continue;
                 };
                 state = SimState::full(&whole);
-                if have.is_none() {
-                    sh.synced.fetch_add(1, Ordering::Relaxed);
-                }
-                permit.take();
-                version
+                Some(version)
             }
             ControllerMsg::Full { version, state: s } => {
                 if sample {
                     sh.full_max.fetch_max(json_len(&s), Ordering::Relaxed);
                 }
                 state = SimState::full(&s);
-                if have.is_none() {
-                    sh.synced.fetch_add(1, Ordering::Relaxed);
-                }
-                permit.take();
-                version
+                Some(version)
             }
             ControllerMsg::Delta {
                 base,
@@ -413,12 +417,23 @@ async fn agent_stream(
                 }
                 state.apply(&changes);
                 probe(sh, &changes);
-                version
+                have = Some(version);
+                let at =
+                    unacked.map_or_else(|| tokio::time::Instant::now() + ack_delay(), |(_, at)| at);
+                unacked = Some((version, at));
+                None
             }
             other => bail!("unexpected {other:?}"),
         };
-        have = Some(ack);
-        write_frame(&mut wr, &AgentMsg::Ack { version: ack }).await?;
+        if let Some(version) = full {
+            if have.is_none() {
+                sh.synced.fetch_add(1, Ordering::Relaxed);
+            }
+            permit.take();
+            have = Some(version);
+            unacked = None;
+            write_frame(&mut wr, &AgentMsg::Ack { version }).await?;
+        }
     }
 }
 
