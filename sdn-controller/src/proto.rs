@@ -54,6 +54,50 @@ pub fn ack_delay() -> std::time::Duration {
     ACK_DELAY + std::time::Duration::from_micros(r % spread.max(1))
 }
 
+/// An agent's acks: a Full is acknowledged at once (by the caller, after [`Acks::clear`]),
+/// deltas together [`ack_delay`] after the first one not yet acknowledged. One timer, armed
+/// once per ack, not once per delta.
+#[derive(Debug)]
+pub struct Acks {
+    pending: Option<u64>,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Default for Acks {
+    fn default() -> Acks {
+        Acks {
+            pending: None,
+            timer: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
+        }
+    }
+}
+
+impl Acks {
+    /// A delta applied: `version` goes with the next ack.
+    pub fn applied(&mut self, version: u64) {
+        if self.pending.is_none() {
+            let at = tokio::time::Instant::now() + ack_delay();
+            self.timer.as_mut().reset(at);
+        }
+        self.pending = Some(version);
+    }
+
+    /// Nothing to acknowledge any more (a Full was, at once).
+    pub fn clear(&mut self) {
+        self.pending = None;
+    }
+
+    /// The version to acknowledge, when its time comes (never while none is pending).
+    /// Cancel-safe: the version is taken only when it is returned.
+    pub async fn due(&mut self) -> u64 {
+        if self.pending.is_none() {
+            std::future::pending::<()>().await;
+        }
+        self.timer.as_mut().await;
+        self.pending.take().unwrap_or_default()
+    }
+}
+
 /// The largest frame either side accepts (a full state of a very large cluster fits).
 pub const MAX_FRAME: usize = 64 << 20;
 
@@ -339,28 +383,36 @@ where
     Ok(())
 }
 
-/// Read one frame; `Ok(None)` at a clean end of stream (between frames).
-pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, ProtoError>
-where
-    R: AsyncRead + Unpin,
-    T: DeserializeOwned,
-{
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+/// A message as a frame's JSON is read back.
+pub trait Frame: DeserializeOwned {
+    fn decode(json: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(json)
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(ProtoError::TooLarge {
-            len,
-            max: MAX_FRAME,
-        });
+}
+
+impl Frame for AgentMsg {}
+
+impl Frame for ControllerMsg {
+    /// A delta (nearly every frame of a stream) is read as a plain struct: serde reads an
+    /// internally tagged enum by first copying the whole object into a tree of its own.
+    fn decode(json: &[u8]) -> serde_json::Result<Self> {
+        #[derive(Deserialize)]
+        struct DeltaBody {
+            base: u64,
+            version: u64,
+            changes: Vec<Change>,
+        }
+        if json.starts_with(br#"{"type":"delta","#) {
+            // `type` is skipped as an unknown field.
+            let d: DeltaBody = serde_json::from_slice(json)?;
+            return Ok(ControllerMsg::Delta {
+                base: d.base,
+                version: d.version,
+                changes: d.changes,
+            });
+        }
+        serde_json::from_slice(json)
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    Ok(Some(serde_json::from_slice(&body)?))
 }
 
 /// Reads frames, cancel-safe: what a read brings stays in the reader's buffer until a whole
@@ -384,7 +436,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The next frame; `Ok(None)` at a clean end of stream (between frames).
-    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtoError> {
+    pub async fn next<T: Frame>(&mut self) -> Result<Option<T>, ProtoError> {
         loop {
             let unread = &self.buf[self.at..];
             let need = match unread.get(..4) {
@@ -397,7 +449,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                         });
                     }
                     if unread.len() >= 4 + len {
-                        let msg = serde_json::from_slice(&unread[4..4 + len]);
+                        let msg = T::decode(&unread[4..4 + len]);
                         self.at += 4 + len;
                         if self.at == self.buf.len() {
                             // A large frame's buffer is not kept (10,000 connections each
@@ -608,14 +660,15 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_and_refuse_what_is_too_large() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut b = FrameReader::new(b);
         let hello = AgentMsg::Hello {
             protocol: PROTOCOL,
             host: "h1".into(),
             version: Some(7),
         };
         write_frame(&mut a, &hello).await.unwrap();
-        let got: AgentMsg = read_frame(&mut b).await.unwrap().unwrap();
+        let got: AgentMsg = b.next().await.unwrap().unwrap();
         assert_eq!(got, hello);
         let json = serde_json::to_string(&hello).unwrap();
         assert_eq!(
@@ -623,11 +676,15 @@ mod tests {
             r#"{"type":"hello","protocol":1,"host":"h1","version":7}"#
         );
         a.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
-        let e = read_frame::<_, AgentMsg>(&mut b).await.unwrap_err();
+        let e = b.next::<AgentMsg>().await.unwrap_err();
         assert!(matches!(e, ProtoError::TooLarge { .. }), "{e}");
         drop(a);
-        let (a2, mut b2) = tokio::io::duplex(64);
+        let (a2, b2) = tokio::io::duplex(64);
         drop(a2);
-        assert!(read_frame::<_, AgentMsg>(&mut b2).await.unwrap().is_none());
+        assert!(FrameReader::new(b2)
+            .next::<AgentMsg>()
+            .await
+            .unwrap()
+            .is_none());
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sdn_controller::proto::{
-    ack_delay, write_frame, AgentMsg, ControllerMsg, FrameReader, FullAssembly, PROTOCOL,
+    write_frame, Acks, AgentMsg, ControllerMsg, FrameReader, FullAssembly, PROTOCOL,
 };
 use store::AsyncEtcdStore;
 use tokio::net::TcpStream;
@@ -95,19 +95,14 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
     let mut parts = FullAssembly::default();
     let mut tick = tokio::time::interval(LEADER_CHECK);
     tick.tick().await;
-    // The version applied and not yet acknowledged, and when its ack goes.
-    let mut unacked: Option<(u64, tokio::time::Instant)> = None;
+    let mut acks = Acks::default();
     let end = loop {
-        let ack_at = unacked.map(|(_, at)| at);
         let msg = tokio::select! {
             // Cancel-safe: a frame cut short stays in the reader.
             m = frames.next::<ControllerMsg>() => m,
-            _ = tokio::time::sleep_until(ack_at.unwrap_or_else(tokio::time::Instant::now)),
-                if ack_at.is_some() => {
-                if let Some((version, _)) = unacked.take() {
-                    if let Err(e) = write_frame(&mut wr, &AgentMsg::Ack { version }).await {
-                        break End::Closed(format!("sending ack: {e}"));
-                    }
+            version = acks.due() => {
+                if let Err(e) = write_frame(&mut wr, &AgentMsg::Ack { version }).await {
+                    break End::Closed(format!("sending ack: {e}"));
                 }
                 continue;
             }
@@ -151,7 +146,7 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
                 ov.metrics.connected.set(1);
                 info!(controller = %addr, version, "full state applied");
                 // A full state is acknowledged at once (it starts the stream).
-                unacked = None;
+                acks.clear();
                 if let Err(e) = write_frame(&mut wr, &AgentMsg::Ack { version }).await {
                     break End::Closed(format!("sending ack: {e}"));
                 }
@@ -176,11 +171,10 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
                 }
             }
         };
-        // Deltas are acknowledged together, a while after the first one not yet acknowledged
-        // (`ack_delay`): a change that reaches every host is not followed by as many acks
-        // while the controller is still sending it.
-        let at = unacked.map_or_else(|| tokio::time::Instant::now() + ack_delay(), |(_, at)| at);
-        unacked = Some((ack, at));
+        // Deltas are acknowledged together, a while after the first one not yet acknowledged:
+        // a change that reaches every host is not followed by as many acks while the
+        // controller is still sending it.
+        acks.applied(ack);
     };
     (end, got_state)
 }

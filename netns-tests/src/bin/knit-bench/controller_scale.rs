@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -28,7 +28,7 @@ use netns_tests::etcd::EtcdServer;
 use netns_tests::scenario::TempDir;
 use overlay_vxlan::HostDesired;
 use sdn_controller::proto::{
-    ack_delay, write_frame, AgentMsg, Change, ControllerMsg, FrameReader, FullAssembly, PROTOCOL,
+    write_frame, Acks, AgentMsg, Change, ControllerMsg, FrameReader, FullAssembly, PROTOCOL,
 };
 use store::etcd::{Block, Host, Kind, Records};
 use store::{Driver, Endpoint, EtcdStore, Network, Pool};
@@ -226,8 +226,11 @@ struct Shared {
     first_error: Mutex<Option<String>>,
     /// The address of the change being measured (IPv4 as u32; 0: none).
     probe: AtomicU32,
-    /// Agents that got it, and when the last one did.
-    got: Mutex<(usize, Option<Instant>)>,
+    /// Agents that got it, and when the last one did (ns after `epoch`): atomics, so that
+    /// 10,000 agents recording an arrival do not queue on a lock the controller does not have.
+    got: AtomicUsize,
+    last_ns: AtomicU64,
+    epoch: OnceLock<Instant>,
     /// Largest Full and FullPart frames seen (bytes of JSON).
     full_max: AtomicUsize,
     part_max: AtomicUsize,
@@ -327,10 +330,10 @@ fn probe(sh: &Shared, changes: &[Change]) {
         _ => false,
     });
     if hit {
-        let now = Instant::now();
-        let mut g = sh.got.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 += 1;
-        g.1 = Some(now);
+        let ns = sh.epoch.get_or_init(Instant::now).elapsed().as_nanos() as u64;
+        sh.last_ns.fetch_max(ns, Ordering::Relaxed);
+        // Release: whoever sees the count sees the time.
+        sh.got.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -367,17 +370,13 @@ async fn agent_stream(
     let mut have: Option<u64> = None;
     // A full state in parts is put together as the real agent does.
     let mut parts = FullAssembly::default();
-    // Acks as the real agent sends them: a Full at once, deltas together ack_delay() later.
-    let mut unacked: Option<(u64, tokio::time::Instant)> = None;
+    // Acks as the real agent sends them: a Full at once, deltas together later.
+    let mut acks = Acks::default();
     loop {
-        let ack_at = unacked.map(|(_, at)| at);
         let msg = tokio::select! {
             m = frames.next::<ControllerMsg>() => m?,
-            _ = tokio::time::sleep_until(ack_at.unwrap_or_else(tokio::time::Instant::now)),
-                if ack_at.is_some() => {
-                if let Some((version, _)) = unacked.take() {
-                    write_frame(&mut wr, &AgentMsg::Ack { version }).await?;
-                }
+            version = acks.due() => {
+                write_frame(&mut wr, &AgentMsg::Ack { version }).await?;
                 continue;
             }
         };
@@ -418,9 +417,7 @@ async fn agent_stream(
                 state.apply(&changes);
                 probe(sh, &changes);
                 have = Some(version);
-                let at =
-                    unacked.map_or_else(|| tokio::time::Instant::now() + ack_delay(), |(_, at)| at);
-                unacked = Some((version, at));
+                acks.applied(version);
                 None
             }
             other => bail!("unexpected {other:?}"),
@@ -431,7 +428,7 @@ async fn agent_stream(
             }
             permit.take();
             have = Some(version);
-            unacked = None;
+            acks.clear();
             write_frame(&mut wr, &AgentMsg::Ack { version }).await?;
         }
     }
@@ -641,6 +638,7 @@ fn measure(hosts: usize) -> Result<(f64, f64)> {
     let leads = t.elapsed();
 
     let sh = Arc::new(Shared::default());
+    sh.epoch.get_or_init(Instant::now);
     let gate = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
     let t = Instant::now();
     let agents: Vec<_> = (0..hosts)
@@ -702,7 +700,8 @@ fn measure(hosts: usize) -> Result<(f64, f64)> {
             (key, b, addr, SPAN - 1)
         };
         for put in [true, false] {
-            *sh.got.lock().unwrap_or_else(|p| p.into_inner()) = (0, None);
+            sh.got.store(0, Ordering::Relaxed);
+            sh.last_ns.store(0, Ordering::Relaxed);
             sh.probe.store(addr, Ordering::Relaxed);
             let t0 = Instant::now();
             if put {
@@ -711,9 +710,10 @@ fn measure(hosts: usize) -> Result<(f64, f64)> {
                 rt.block_on(ast.delete_records(Kind::Endpoints, std::slice::from_ref(&key)))?;
             }
             let ms = loop {
-                let (n, last) = *sh.got.lock().unwrap_or_else(|p| p.into_inner());
-                if n >= interested {
-                    break last.map(|l| (l - t0).as_secs_f64() * 1e3);
+                if sh.got.load(Ordering::Acquire) >= interested {
+                    let epoch = *sh.epoch.get_or_init(Instant::now);
+                    let last = epoch + Duration::from_nanos(sh.last_ns.load(Ordering::Relaxed));
+                    break Some(last.saturating_duration_since(t0).as_secs_f64() * 1e3);
                 }
                 if t0.elapsed() > Duration::from_secs(10) {
                     break None;
