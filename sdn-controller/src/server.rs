@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use crate::controller::Shared;
-use crate::hub::{CatchUp, Delta};
+use crate::hub::{CatchUp, Changes, Delta};
 use crate::metrics::{HostLabel, Metrics};
 use crate::proto::{
     delta_frame, frame, split_full, AgentMsg, ControllerMsg, FrameReader, ProtoError, PART_ITEMS,
@@ -103,12 +103,12 @@ impl Outlet {
 
     /// The fan-out's part: write `d` now if the task is idle at its base, else wake the task.
     /// Returns whether the delta went out (whole, or begun and left for the task to finish).
-    fn offer(&self, d: Option<&Delta>) -> bool {
+    fn offer(&self, d: Option<&Delta>, frames: &mut FrameCache) -> bool {
         let mut s = self.state();
         if let Some(d) = d.filter(|d| s.idle && s.sent == Some(d.base)) {
             // A delta of a few changes: a frame far below MAX_FRAME.
-            if let Ok(f) = delta_frame(d.base, d.version, &d.changes.json) {
-                match self.wr.try_write(&f) {
+            if let Some(f) = frames.get(d) {
+                match self.wr.try_write(f) {
                     Ok(n) if n == f.len() => {
                         s.sent = Some(d.version);
                         return true;
@@ -147,6 +147,25 @@ impl Outlet {
     }
 }
 
+/// The last delta frame the fan-out built: most hosts of a wide change get the same changes
+/// at the same base, so most frames are the one before.
+#[derive(Default)]
+struct FrameCache {
+    key: Option<(*const Changes, u64, u64)>,
+    frame: Option<Vec<u8>>,
+}
+
+impl FrameCache {
+    fn get(&mut self, d: &Delta) -> Option<&[u8]> {
+        let key = (Arc::as_ptr(&d.changes), d.base, d.version);
+        if self.key != Some(key) {
+            self.key = Some(key);
+            self.frame = delta_frame(d.base, d.version, &d.changes.json).ok();
+        }
+        self.frame.as_deref()
+    }
+}
+
 /// The outlets of the connected agents, by host.
 #[derive(Debug, Default)]
 pub struct Outlets(Mutex<HashMap<String, Vec<Arc<Outlet>>>>);
@@ -181,8 +200,10 @@ impl Outlets {
                 .flat_map(|(os, d)| os.iter().map(move |o| (o.clone(), d)))
                 .collect()
         };
-        let offer =
-            |ts: &[(Arc<Outlet>, Option<&Delta>)]| ts.iter().filter(|(o, d)| o.offer(*d)).count();
+        let offer = |ts: &[(Arc<Outlet>, Option<&Delta>)]| {
+            let mut frames = FrameCache::default();
+            ts.iter().filter(|(o, d)| o.offer(*d, &mut frames)).count()
+        };
         // A large fan-out is one write per socket, most of it the kernel's work (on loopback
         // the receiver's too): split over two threads, as many as the controller's runtime.
         let sent = if targets.len() >= FAN_OUT_SPLIT {

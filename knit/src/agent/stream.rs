@@ -2,7 +2,7 @@
 //! (`P/controller/leader`), connect, `Hello`, then apply the `Full` (or the `FullPart`s of a
 //! large one, merged and applied as one) and the `Delta`s in order, acknowledging a Full at once
 //! and deltas together, a moment after the first of them ([`sdn_controller::proto::ack_delay`]). On a
-//! lost stream, `NotLeader`, or a leader key that names another replica: reconcile the kernel
+//! lost stream, `NotLeader`, or a leader key that names another replica (watched): reconcile the kernel
 //! to the state held, and connect again with backoff (100 ms doubling to 5 s). The kernel
 //! state stays meanwhile: traffic between existing containers never waits for the
 //! controller.
@@ -13,6 +13,7 @@ use std::time::Duration;
 use sdn_controller::proto::{
     write_frame, Acks, AgentMsg, ControllerMsg, FrameReader, FullAssembly, PROTOCOL,
 };
+use store::etcd::{Kind, WatchEvent};
 use store::AsyncEtcdStore;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -21,9 +22,10 @@ use super::overlay::{DeltaOutcome, Overlay};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often a connected agent re-reads the leader key (a leader that lost its lease may not
-/// have closed the connection).
-const LEADER_CHECK: Duration = Duration::from_secs(2);
+/// How long a stream opened on a `NotLeader` answer waits for the leader key to name it.
+const LEADER_GRACE: Duration = Duration::from_secs(2);
+/// Pause after a failed read or watch of the leader key.
+const LEADER_RETRY: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How a session ended.
@@ -93,8 +95,8 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
     let mut got_state = false;
     // The parts of a full state received so far.
     let mut parts = FullAssembly::default();
-    let mut tick = tokio::time::interval(LEADER_CHECK);
-    tick.tick().await;
+    // A leader that lost its lease may not have closed the connection: the leader key says.
+    let mut moved = Watching(tokio::spawn(leader_moved(st.clone(), addr.to_string())));
     let mut acks = Acks::default();
     let end = loop {
         let msg = tokio::select! {
@@ -106,12 +108,10 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
                 }
                 continue;
             }
-            _ = tick.tick() => {
-                match leader(st).await {
-                    Ok(Some(l)) if l != addr => break End::Closed(format!("the leader is now {l}")),
-                    _ => continue,
-                }
-            }
+            l = &mut moved.0 => match l {
+                Ok(l) => break End::Closed(format!("the leader is now {l}")),
+                Err(_) => break End::Closed("watching the leader key failed".into()),
+            },
         };
         let msg = match msg {
             Ok(Some(m)) => m,
@@ -177,6 +177,71 @@ async fn session(ov: &Arc<Overlay>, st: &AsyncEtcdStore, addr: &str, host: &str)
         acks.applied(ack);
     };
     (end, got_state)
+}
+
+/// Resolves with the leader key's value once it names a replica other than `addr`: one watch
+/// on the key from the revision it was read at (not every agent re-reading it every few
+/// seconds: 10,000 agents would be thousands of reads a second). A broken watch is resumed.
+async fn leader_moved(st: AsyncEtcdStore, addr: String) -> String {
+    let other = |v: &[u8]| {
+        let l = String::from_utf8_lossy(v).trim().to_string();
+        (!l.is_empty() && l != addr).then_some(l)
+    };
+    let mut grace = true;
+    let rev = loop {
+        match st.leader().await {
+            Ok((held, rev)) => match held.and_then(|(a, _)| other(a.as_bytes())) {
+                // Connected on a NotLeader answer ahead of the key: a newly elected leader
+                // writes it, so it gets a moment to catch up.
+                Some(_) if grace => {
+                    grace = false;
+                    tokio::time::sleep(LEADER_GRACE).await;
+                }
+                Some(l) => return l,
+                None => break rev,
+            },
+            Err(e) => {
+                warn!(error = %e, "reading the controller leader key");
+                tokio::time::sleep(LEADER_RETRY).await;
+            }
+        }
+    };
+    let mut w = st.watch(Kind::Controller, rev + 1);
+    loop {
+        match w.next().await {
+            Ok(WatchEvent::Put { key, value, .. }) if key == LEADER_KEY => {
+                if let Some(l) = other(&value) {
+                    return l;
+                }
+            }
+            Ok(WatchEvent::Resync { records, .. }) => {
+                if let Some(l) = records
+                    .iter()
+                    .find(|(k, _)| k == LEADER_KEY)
+                    .and_then(|(_, v)| other(v))
+                {
+                    return l;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "watching the controller leader key");
+                tokio::time::sleep(LEADER_RETRY).await;
+            }
+        }
+    }
+}
+
+/// The leader key, relative to `Kind::Controller`'s directory.
+const LEADER_KEY: &str = "leader";
+
+/// The session's leader watch, stopped with it.
+struct Watching(tokio::task::JoinHandle<String>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The leading controller's address from its election key, if one leads now.
