@@ -125,6 +125,49 @@ pub struct ClusterHost {
     etcd: String,
 }
 
+/// The API socket of the agent of host `k` (its `--run-dir` is `run`).
+pub fn agent_socket(k: &KnitHost) -> PathBuf {
+    k.dir.path().join("run/agent.sock")
+}
+
+/// `knit --etcd ETCD agent --host NAME --underlay-ip IP EXTRA..` in host `k`, in the
+/// background; waits (up to `wait`) for its API socket. The test lab's hosts and the bench
+/// cluster's start their agents here.
+pub fn spawn_agent(
+    k: &KnitHost,
+    etcd: &str,
+    name: &str,
+    underlay: IpAddr,
+    extra: &[&str],
+    wait: Duration,
+) -> Result<Child> {
+    let ip = underlay.to_string();
+    let mut args = vec![
+        "--etcd",
+        etcd,
+        "agent",
+        "--host",
+        name,
+        "--underlay-ip",
+        &ip,
+    ];
+    args.extend_from_slice(extra);
+    let mut c = k.spawn(&args, "agent.log")?;
+    let t = Instant::now();
+    while !agent_socket(k).exists() {
+        if t.elapsed() > wait {
+            let _ = c.kill();
+            let _ = c.wait();
+            bail!(
+                "the agent of {name} did not serve within {wait:?}: {}",
+                k.log("agent.log")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(c)
+}
+
 /// A container attached through the `knit` CNI plugin.
 pub struct Attached {
     pub id: String,
@@ -145,7 +188,7 @@ impl ClusterHost {
 
     /// The agent's API socket (what the `knit` plugin's `socket` names).
     pub fn socket(&self) -> PathBuf {
-        self.k.dir.path().join("run/agent.sock")
+        agent_socket(&self.k)
     }
 
     /// `knit controller --listen UNDERLAY:port` in the background.
@@ -162,30 +205,8 @@ impl ClusterHost {
     /// `knit agent --host NAME --underlay-ip IP EXTRA..` in the background; waits (up to
     /// `wait`) for its API socket.
     pub fn start_agent(&mut self, extra: &[&str], wait: Duration) -> Result<()> {
-        let ip = self.underlay.to_string();
-        let mut args = vec![
-            "--etcd",
-            &self.etcd,
-            "agent",
-            "--host",
-            &self.name,
-            "--underlay-ip",
-            &ip,
-        ];
-        args.extend_from_slice(extra);
-        let c = self.k.spawn(&args, "agent.log")?;
+        let c = spawn_agent(&self.k, &self.etcd, &self.name, self.underlay, extra, wait)?;
         self.procs.0.push(c);
-        let t = Instant::now();
-        while !self.socket().exists() {
-            if t.elapsed() > wait {
-                bail!(
-                    "the agent of {} did not serve within {wait:?}: {}",
-                    self.name,
-                    self.k.log("agent.log")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
         Ok(())
     }
 

@@ -114,7 +114,7 @@ impl Host {
     }
 
     pub fn socket(&self) -> std::path::PathBuf {
-        self.k.dir.path().join("run/agent.sock")
+        netns_tests::cluster::agent_socket(&self.k)
     }
 
     /// Starts the agent and waits for its API socket.
@@ -124,15 +124,7 @@ impl Host {
 
     /// [`Self::start_agent`] with more agent flags.
     pub fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
-        let ip = self.underlay.to_string();
-        let mut args = vec![
-            "--etcd",
-            &self.etcd,
-            "agent",
-            "--host",
-            &self.name,
-            "--underlay-ip",
-            &ip,
+        let mut flags = vec![
             "--lease-ttl",
             "3",
             "--reconcile-interval",
@@ -140,20 +132,17 @@ impl Host {
             "--metrics",
             "127.0.0.1:9464",
         ];
-        args.extend_from_slice(extra);
-        let child = self.k.spawn(&args, "agent.log")?;
+        flags.extend_from_slice(extra);
+        let wait = Duration::from_secs(20);
+        let child = netns_tests::cluster::spawn_agent(
+            &self.k,
+            &self.etcd,
+            &self.name,
+            self.underlay,
+            &flags,
+            wait,
+        )?;
         self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket().exists() {
-            if Instant::now() > deadline {
-                bail!(
-                    "agent of {} did not start: {}",
-                    self.name,
-                    self.k.log("agent.log")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
         Ok(())
     }
 
