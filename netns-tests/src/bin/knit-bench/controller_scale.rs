@@ -1,7 +1,7 @@
 //! The controller at scale, simulated: a real etcd loaded with a cluster, a real `knit
-//! controller` reading it through its list + watch, and N simulated agents (tasks of this
-//! process, one TCP connection each, speaking `sdn_controller::proto`: Hello, the Full, then
-//! Deltas, each acknowledged) that apply what they get to an in-memory state, no kernel.
+//! controller` reading it through its list + watch, and N simulated agents (one TCP connection
+//! each, speaking `sdn_controller::proto` as the real agent does, no kernel: see
+//! [`crate::sim_agents`], which also checks at the end that no delta was lost or misapplied).
 //!
 //! The cluster (see [`Shape`]): H hosts, 1,000,000 endpoints. Tenant networks of [`SPAN`]
 //! hosts each (network t on hosts 4t .. 4t+19, so every host is in 5 of them and no host holds
@@ -15,25 +15,19 @@
 //! agent holding the delta; (c) the controller's peak RSS (VmHWM); (d) how long all agents
 //! take to be synced (every Full received) after the controller leads.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use netns_tests::etcd::EtcdServer;
 use netns_tests::scenario::TempDir;
-use overlay_vxlan::HostDesired;
-use sdn_controller::proto::{
-    write_frame, Acks, AgentMsg, Change, ControllerMsg, FrameReader, FullAssembly, PROTOCOL,
-};
 use store::etcd::{Block, Host, Kind, Records};
 use store::{Driver, Endpoint, EtcdStore, Network, Pool};
-use tokio::net::TcpStream as AsyncTcp;
 
+use crate::sim_agents::Agents;
 use crate::{check_stop, Verdict};
 
 pub const ENDPOINTS: usize = 1_000_000;
@@ -47,8 +41,6 @@ const WIDE_EVERY: usize = 10;
 const CHANGES: usize = 200;
 /// Pause between measured changes.
 const PACE: Duration = Duration::from_millis(20);
-/// Agents connecting (and taking their Full) at once.
-const CONNECTING: usize = 256;
 const PREFIX: &str = "/knit-scale";
 /// Target: put → every interested agent, p99.
 const P99_MAX_MS: f64 = 100.0;
@@ -214,224 +206,6 @@ fn records(s: &Shape) -> Result<Vec<(Kind, Records)>> {
         (Kind::Blocks, blocks),
         (Kind::Endpoints, eps),
     ])
-}
-
-/// What the simulated agents report.
-#[derive(Default)]
-struct Shared {
-    /// Agents holding a Full.
-    synced: AtomicUsize,
-    /// Agents whose stream failed (the reason of the first kept).
-    failed: AtomicUsize,
-    first_error: Mutex<Option<String>>,
-    /// The address of the change being measured (IPv4 as u32; 0: none).
-    probe: AtomicU32,
-    /// Agents that got it, and when the last one did (ns after `epoch`): atomics, so that
-    /// 10,000 agents recording an arrival do not queue on a lock the controller does not have.
-    got: AtomicUsize,
-    last_ns: AtomicU64,
-    epoch: OnceLock<Instant>,
-    /// Largest Full and FullPart frames seen (bytes of JSON).
-    full_max: AtomicUsize,
-    part_max: AtomicUsize,
-}
-
-/// One network as a simulated agent holds it: endpoint address → its host's underlay IP; the
-/// other hosts' underlay IPs, sorted (u32: the bench is IPv4 only, and 10,000 agents each hold
-/// 10,000 hosts of the wide network).
-#[derive(Default)]
-struct SimNet {
-    endpoints: HashMap<u32, u32>,
-    hosts: Vec<u32>,
-}
-
-fn v4(a: IpAddr) -> u32 {
-    match a {
-        IpAddr::V4(a) => u32::from(a),
-        IpAddr::V6(_) => 0,
-    }
-}
-
-#[derive(Default)]
-struct SimState {
-    networks: HashMap<String, SimNet>,
-}
-
-impl SimState {
-    fn put_network(&mut self, n: &overlay_vxlan::NetworkDesired) {
-        let mut hosts: Vec<u32> = n.hosts.iter().map(|h| v4(h.underlay_ip)).collect();
-        hosts.sort_unstable();
-        let endpoints = n.endpoints.iter().map(|e| (v4(e.ip), v4(e.host))).collect();
-        self.networks
-            .insert(n.id.clone(), SimNet { endpoints, hosts });
-    }
-
-    fn full(state: &HostDesired) -> SimState {
-        let mut s = SimState::default();
-        for n in &state.networks {
-            s.put_network(n);
-        }
-        s
-    }
-
-    fn apply(&mut self, changes: &[Change]) {
-        for c in changes {
-            match c {
-                Change::NetworkPut { network } => self.put_network(network),
-                Change::NetworkDel { id } => {
-                    self.networks.remove(id);
-                }
-                Change::EndpointPut { network, endpoint } => {
-                    if let Some(n) = self.networks.get_mut(network) {
-                        n.endpoints.insert(v4(endpoint.ip), v4(endpoint.host));
-                    }
-                }
-                Change::EndpointDel { network, ip } => {
-                    if let Some(n) = self.networks.get_mut(network) {
-                        n.endpoints.remove(&v4(*ip));
-                    }
-                }
-                Change::HostPut { network, host } => {
-                    if let Some(n) = self.networks.get_mut(network) {
-                        let h = v4(host.underlay_ip);
-                        if let Err(at) = n.hosts.binary_search(&h) {
-                            n.hosts.insert(at, h);
-                        }
-                    }
-                }
-                Change::HostDel {
-                    network,
-                    underlay_ip,
-                } => {
-                    if let Some(n) = self.networks.get_mut(network) {
-                        if let Ok(at) = n.hosts.binary_search(&v4(*underlay_ip)) {
-                            n.hosts.remove(at);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn json_len(s: &HostDesired) -> usize {
-    serde_json::to_vec(s).map(|b| b.len()).unwrap_or(0)
-}
-
-/// Records the arrival of the measured change, if `changes` carry it.
-fn probe(sh: &Shared, changes: &[Change]) {
-    let p = sh.probe.load(Ordering::Relaxed);
-    if p == 0 {
-        return;
-    }
-    let hit = changes.iter().any(|c| match c {
-        Change::EndpointPut { endpoint, .. } => v4(endpoint.ip) == p,
-        Change::EndpointDel { ip, .. } => v4(*ip) == p,
-        _ => false,
-    });
-    if hit {
-        let ns = sh.epoch.get_or_init(Instant::now).elapsed().as_nanos() as u64;
-        sh.last_ns.fetch_max(ns, Ordering::Relaxed);
-        // Release: whoever sees the count sees the time.
-        sh.got.fetch_add(1, Ordering::Release);
-    }
-}
-
-/// One simulated agent: its stream until it fails (the failure is counted).
-async fn agent(addr: SocketAddr, host: String, sh: Arc<Shared>, gate: Arc<tokio::sync::Semaphore>) {
-    if let Err(e) = agent_stream(addr, &host, &sh, gate).await {
-        sh.failed.fetch_add(1, Ordering::Relaxed);
-        let mut first = sh.first_error.lock().unwrap_or_else(|p| p.into_inner());
-        first.get_or_insert_with(|| format!("{host}: {e:#}"));
-    }
-}
-
-async fn agent_stream(
-    addr: SocketAddr,
-    host: &str,
-    sh: &Shared,
-    gate: Arc<tokio::sync::Semaphore>,
-) -> Result<()> {
-    let mut permit = Some(gate.acquire_owned().await?);
-    let conn = AsyncTcp::connect(addr).await.context("connecting")?;
-    conn.set_nodelay(true)?;
-    let (rd, mut wr) = conn.into_split();
-    let mut frames = FrameReader::new(rd);
-    let hello = AgentMsg::Hello {
-        protocol: PROTOCOL,
-        host: host.to_string(),
-        version: None,
-    };
-    write_frame(&mut wr, &hello).await?;
-    // One agent in a hundred measures its full state's size (serializing it again costs as
-    // much as parsing it).
-    let sample = host.trim_start_matches('h').parse::<usize>().unwrap_or(0) % 100 == 0;
-    let mut state = SimState::default();
-    let mut have: Option<u64> = None;
-    // A full state in parts is put together as the real agent does.
-    let mut parts = FullAssembly::default();
-    // Acks as the real agent sends them: a Full at once, deltas together later.
-    let mut acks = Acks::default();
-    loop {
-        let msg = tokio::select! {
-            m = frames.next::<ControllerMsg>() => m?,
-            version = acks.due() => {
-                write_frame(&mut wr, &AgentMsg::Ack { version }).await?;
-                continue;
-            }
-        };
-        let Some(msg) = msg else {
-            bail!("closed by the controller");
-        };
-        let full = match msg {
-            ControllerMsg::FullPart {
-                version,
-                state: s,
-                last,
-            } => {
-                if sample {
-                    sh.part_max.fetch_max(json_len(&s), Ordering::Relaxed);
-                }
-                let Some((_, whole)) = parts.add(version, s, last).map_err(anyhow::Error::msg)?
-                else {
-                    continue;
-                };
-                state = SimState::full(&whole);
-                Some(version)
-            }
-            ControllerMsg::Full { version, state: s } => {
-                if sample {
-                    sh.full_max.fetch_max(json_len(&s), Ordering::Relaxed);
-                }
-                state = SimState::full(&s);
-                Some(version)
-            }
-            ControllerMsg::Delta {
-                base,
-                version,
-                changes,
-            } => {
-                if have != Some(base) {
-                    bail!("a delta from {base} while holding {have:?}");
-                }
-                state.apply(&changes);
-                probe(sh, &changes);
-                have = Some(version);
-                acks.applied(version);
-                None
-            }
-            other => bail!("unexpected {other:?}"),
-        };
-        if let Some(version) = full {
-            if have.is_none() {
-                sh.synced.fetch_add(1, Ordering::Relaxed);
-            }
-            permit.take();
-            have = Some(version);
-            acks.clear();
-            write_frame(&mut wr, &AgentMsg::Ack { version }).await?;
-        }
-    }
 }
 
 /// The controller process and its metrics endpoint.
@@ -637,25 +411,16 @@ fn measure(hosts: usize) -> Result<(f64, f64)> {
     }
     let leads = t.elapsed();
 
-    let sh = Arc::new(Shared::default());
-    sh.epoch.get_or_init(Instant::now);
-    let gate = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
     let t = Instant::now();
-    let agents: Vec<_> = (0..hosts)
-        .map(|i| rt.spawn(agent(listen, format!("h{i}"), sh.clone(), gate.clone())))
-        .collect();
+    let agents = Agents::start(listen, hosts)?;
+    let sh = agents.shared.clone();
     while sh.synced.load(Ordering::Relaxed) < hosts {
         check_stop()?;
         if sh.failed.load(Ordering::Relaxed) > 0 {
-            let e = sh
-                .first_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
             bail!(
                 "{} agents failed: {}\n{}",
                 sh.failed.load(Ordering::Relaxed),
-                e.unwrap_or_default(),
+                sh.first_error().unwrap_or_default(),
                 log_tail()
             );
         }
@@ -700,27 +465,16 @@ fn measure(hosts: usize) -> Result<(f64, f64)> {
             (key, b, addr, SPAN - 1)
         };
         for put in [true, false] {
-            sh.got.store(0, Ordering::Relaxed);
-            sh.last_ns.store(0, Ordering::Relaxed);
-            sh.probe.store(addr, Ordering::Relaxed);
+            sh.arm(addr, interested);
             let t0 = Instant::now();
             if put {
                 rt.block_on(ast.put_records(Kind::Endpoints, &[(key.clone(), body.clone())]))?;
             } else {
                 rt.block_on(ast.delete_records(Kind::Endpoints, std::slice::from_ref(&key)))?;
             }
-            let ms = loop {
-                if sh.got.load(Ordering::Acquire) >= interested {
-                    let epoch = *sh.epoch.get_or_init(Instant::now);
-                    let last = epoch + Duration::from_nanos(sh.last_ns.load(Ordering::Relaxed));
-                    break Some(last.saturating_duration_since(t0).as_secs_f64() * 1e3);
-                }
-                if t0.elapsed() > Duration::from_secs(10) {
-                    break None;
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            };
-            sh.probe.store(0, Ordering::Relaxed);
+            let ms = sh
+                .wait(Duration::from_secs(10))
+                .map(|last| last.saturating_duration_since(t0).as_secs_f64() * 1e3);
             match ms {
                 Some(ms) if on_wide => wide.push(ms),
                 Some(ms) => tenant.push(ms),
@@ -763,9 +517,12 @@ fn measure(hosts: usize) -> Result<(f64, f64)> {
         rss,
         sh.failed.load(Ordering::Relaxed)
     );
-    for a in agents {
-        a.abort();
-    }
+    let (checked, endpoints) = agents.stop()?;
+    println!(
+        "  {checked} sampled agents (1 in {}) end holding exactly what their Full gave them \
+         ({endpoints} endpoints in all): no delta lost or misapplied",
+        hosts.div_ceil(checked.max(1))
+    );
     rt.shutdown_timeout(Duration::from_secs(2));
     drop(ctl);
     drop(st);

@@ -30,6 +30,7 @@ mod hist;
 mod knit_run;
 mod overlay;
 mod services;
+mod sim_agents;
 use floors::{
     del_floor, fsync_floor, link_del_floor, DelFloor, BANDWIDTH_FLOOR, MACVLAN_FLOOR, VETH_FLOOR,
 };
