@@ -512,6 +512,17 @@ fn measure(hosts: usize) -> Result<(f64, f64)> {
         pct(&tenant, 0.5),
         pct(&tenant, 0.99),
     );
+    let slowest: Vec<String> = {
+        let mut v = both.clone();
+        v.sort_by(|a, b| b.total_cmp(a));
+        v.iter().take(5).map(|ms| format!("{ms:.0}")).collect()
+    };
+    println!(
+        "  slowest 5 changes (ms): {}; over {P99_MAX_MS} ms: {} of {}",
+        slowest.join(", "),
+        both.iter().filter(|&&ms| ms > P99_MAX_MS).count(),
+        both.len()
+    );
     println!(
         "  controller peak RSS (VmHWM) {:.2} GiB; agents failed: {}",
         rss,
