@@ -342,7 +342,7 @@ fn bad_input_is_refused_and_leaves_nothing() -> Result<()> {
         "10.99.0.0/29",
         "tiny",
     ])?;
-    let (id, _) = overlay_lab::network_id_vni(x, "tiny")?;
+    let (id, vni) = overlay_lab::network_id_vni(x, "tiny")?;
     let mut held = Vec::new();
     for i in 0..5 {
         held.push(cluster::add(&cl.hosts[0], "tiny", &format!("t{i}"))?);
@@ -377,6 +377,21 @@ fn bad_input_is_refused_and_leaves_nothing() -> Result<()> {
             e.stdout
         );
         ensure!(veths()? == v0, "a veth was left on {h}");
+        // bb holds no block of tiny, so the controller never sent it tiny: the links the
+        // ADD made for it go with the failed ADD (ba's stay: its containers use them).
+        let links = host.sh("ip -o link show")?;
+        let ours = [
+            overlay_vxlan::bridge_name(vni),
+            overlay_vxlan::vxlan_name(vni),
+        ];
+        let left: Vec<&String> = ours
+            .iter()
+            .filter(|l| links.contains(&format!(" {l}:")) || links.contains(&format!(" {l}@")))
+            .collect();
+        ensure!(
+            left.len() == if i == 0 { 2 } else { 0 },
+            "tiny's links on {h} after the failed ADD: {left:?}"
+        );
         let links = c.stdout(&["ip", "-o", "link", "show"])?;
         ensure!(
             !links.contains("eth0"),

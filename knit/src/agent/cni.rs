@@ -340,7 +340,8 @@ fn add(node: &Node, call: &CniCall) -> Result<Value, CniErr> {
             format!("the container's netns {:?}: {e}", call.netns),
         )
     })?;
-    node.overlay
+    let _adding = node
+        .overlay
         .ensure(&desired(node, &net, vni))
         .map_err(|e| {
             CniErr::kind(

@@ -291,7 +291,8 @@ fn create_endpoint(node: &Node, r: CreateEndpoint) -> Result<Value, ApiError> {
         ));
     };
     ep.host = node.host.name.clone();
-    node.overlay
+    let _adding = node
+        .overlay
         .ensure(&desired(node, &net, vni))
         .map_err(|e| anyhow::anyhow!("the links of network {:?}: {e}", net.name))?;
     let here = NetNs::current().map_err(|e| anyhow::anyhow!("the agent's netns: {e}"))?;

@@ -33,8 +33,13 @@ struct Held {
     fdb: BTreeMap<String, usize>,
     /// Networks an ADD made links for that the controller has not sent yet: a host holds a
     /// network only once it is a member (its first block there, claimed by that very ADD), so
-    /// a reconcile in between must not delete the links the ADD is attaching to.
+    /// a reconcile in between must not delete the links the ADD is attaching to. One stays
+    /// while an ADD on it is in flight ([`Adding`]) or a container is attached to its bridge;
+    /// after that (the ADD failed, or its container went before the network was ever sent,
+    /// as when the network is deleted first) its links go.
     pending: BTreeMap<String, NetworkDesired>,
+    /// ADDs in flight, by network.
+    adding: BTreeMap<String, usize>,
 }
 
 impl Held {
@@ -95,11 +100,10 @@ impl Overlay {
     }
 
     /// The network's links (bridge, vxlan device), made now if the controller has not yet:
-    /// under the same lock as deltas and reconciles.
-    pub fn ensure(
-        &self,
-        net: &NetworkDesired,
-    ) -> Result<overlay_vxlan::NetworkLinks, overlay_vxlan::OverlayError> {
+    /// under the same lock as deltas and reconciles. The ADD holds the returned guard until
+    /// it is done, failed or not: the links of a network the controller has not sent stay
+    /// while it is held (see `Held::pending`).
+    pub fn ensure(&self, net: &NetworkDesired) -> Result<Adding<'_>, overlay_vxlan::OverlayError> {
         let mut held = self.lock();
         let sent = held
             .desired
@@ -108,7 +112,62 @@ impl Overlay {
         if !sent {
             held.pending.insert(net.id.clone(), net.clone());
         }
-        overlay_vxlan::ensure_network(&self.nl, net)
+        *held.adding.entry(net.id.clone()).or_default() += 1;
+        let made = overlay_vxlan::ensure_network(&self.nl, net);
+        drop(held);
+        let adding = Adding {
+            overlay: self,
+            network: net.id.clone(),
+        };
+        // On failure the guard's drop (which takes the lock) takes back what was made.
+        made.map(|_| adding)
+    }
+
+    /// An ADD on `id` is done: if it was the last in flight and left no container on a
+    /// network the controller has not sent, the network's links go now.
+    fn added(&self, id: &str) {
+        let mut held = self.lock();
+        if let Some(n) = held.adding.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                held.adding.remove(id);
+            }
+        }
+        let Some(net) = held.pending.get(id).cloned() else {
+            return;
+        };
+        if self.unused(&held, &net) {
+            held.pending.remove(id);
+            match overlay_vxlan::remove_network(&self.nl, &net) {
+                Ok(_) => {
+                    info!(network = %id, "removed the links of a network never sent, its ADD gone")
+                }
+                Err(e) => {
+                    self.metrics.errors.inc();
+                    warn!(network = %id, error = %e, "removing the links of a network never sent; the next reconcile retries");
+                }
+            }
+        }
+    }
+
+    /// No ADD in flight on `net` and no container attached to its bridge (a port other than
+    /// its vxlan device). A bridge that cannot be read counts as used: links are kept, not
+    /// lost, when in doubt.
+    fn unused(&self, held: &Held, net: &NetworkDesired) -> bool {
+        if held.adding.contains_key(&net.id) {
+            return false;
+        }
+        let Ok(links) = self.nl.links() else {
+            return false;
+        };
+        let bridge = overlay_vxlan::bridge_name(net.vni);
+        let vxlan = overlay_vxlan::vxlan_name(net.vni);
+        let Some(br) = links.iter().find(|l| l.name == bridge) else {
+            return true;
+        };
+        !links
+            .iter()
+            .any(|l| l.master == Some(br.index) && l.name != vxlan)
     }
 
     /// A `Full`: the kernel brought to `state`, which replaces what was held.
@@ -195,8 +254,19 @@ impl Overlay {
     fn sync(&self, held: &mut Held, state: &HostDesired) {
         let started = Instant::now();
         forward_if_routed(state);
-        // The networks of ADDs in flight stay (see `Held::pending`).
+        // The networks of ADDs in flight, or with containers, stay (see `Held::pending`);
+        // the others are not listed, so their links go.
         let has = |s: &HostDesired, id: &str| s.networks.iter().any(|n| n.id == id);
+        let gone: Vec<String> = held
+            .pending
+            .values()
+            .filter(|n| !has(state, &n.id) && self.unused(held, n))
+            .map(|n| n.id.clone())
+            .collect();
+        for id in gone {
+            info!(network = %id, "a network set up for an ADD was never sent and has no container: removing its links");
+            held.pending.remove(&id);
+        }
         let merged;
         let state = if held.pending.keys().all(|id| has(state, id)) {
             state
@@ -234,6 +304,18 @@ impl Overlay {
         self.metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// An ADD on a network, from [`Overlay::ensure`] until it is dropped.
+pub struct Adding<'a> {
+    overlay: &'a Overlay,
+    network: String,
+}
+
+impl Drop for Adding<'_> {
+    fn drop(&mut self) {
+        self.overlay.added(&self.network);
     }
 }
 
