@@ -209,6 +209,14 @@ fn full_delta_and_restart() -> Result<()> {
          ip neigh replace 10.250.1.99 lladdr 02:00:00:00:00:99 dev {br} nud permanent"
     ))?;
     h1.start_agent()?;
+    // Its killed run's lease still held the name and address: ended at once (recorded in
+    // the state dir), not waited out.
+    let log = h1.k.log("agent.log");
+    ensure!(
+        log.contains("this host's previous run still holds its lease: revoking it")
+            && !log.contains("registering the host; retrying"),
+        "the restarted agent did not end its previous lease:\n{log}"
+    );
     assert_eq!(
         ctl.hello(&h1.name, 3)?,
         None,

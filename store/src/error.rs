@@ -218,10 +218,19 @@ pub enum Error {
     Contention { op: &'static str, attempts: u32 },
     #[error("host {name:?}: {detail}")]
     HostInvalid { name: String, detail: String },
+    /// `lease`: the holder's (a host restarted after a crash finds its previous run's).
     #[error("host name {name:?} is registered by a live host with underlay IP {underlay_ip}")]
-    HostExists { name: String, underlay_ip: IpAddr },
+    HostExists {
+        name: String,
+        underlay_ip: IpAddr,
+        lease: i64,
+    },
     #[error("underlay IP {ip} is registered by live host {host:?}")]
-    UnderlayIpInUse { ip: IpAddr, host: String },
+    UnderlayIpInUse {
+        ip: IpAddr,
+        host: String,
+        lease: i64,
+    },
     /// The host's lease expired (or was revoked): it holds no name, block or VNI any more and
     /// must register again.
     #[error("host {host:?}: its lease {lease:x} expired or was revoked, register again")]

@@ -114,14 +114,14 @@ fn a_live_hosts_name_or_underlay_ip_is_refused() {
 
     let e = b.register_host(&host("h1", "192.0.2.2"), ttl).unwrap_err();
     assert!(
-        matches!(&e, Error::HostExists { name, underlay_ip }
-        if name == "h1" && underlay_ip.to_string() == "192.0.2.1"),
+        matches!(&e, Error::HostExists { name, underlay_ip, lease }
+        if name == "h1" && underlay_ip.to_string() == "192.0.2.1" && *lease == h1.id()),
         "{e}"
     );
     assert_eq!(e.kind(), ErrorKind::Exists);
     let e = b.register_host(&host("h2", "192.0.2.1"), ttl).unwrap_err();
     assert!(
-        matches!(&e, Error::UnderlayIpInUse { host, .. } if host == "h1"),
+        matches!(&e, Error::UnderlayIpInUse { host, lease, .. } if host == "h1" && *lease == h1.id()),
         "{e}"
     );
     assert!(e.to_string().contains("192.0.2.1"), "{e}");
@@ -143,7 +143,12 @@ fn a_live_hosts_name_or_underlay_ip_is_refused() {
     let again = b.register_host(&host("h1", "192.0.2.1"), ttl).unwrap();
     let names: Vec<String> = a.hosts().unwrap().into_iter().map(|h| h.name).collect();
     assert_eq!(names, ["h1", "h2"]);
-    drop((again, h2));
+    // A lease revoked by its id alone (a restarted agent ending its killed run's) frees its
+    // host at once; revoking it again is no error.
+    a.revoke_lease(h2.id()).unwrap();
+    let h2_again = a.register_host(&host("h2", "192.0.2.2"), ttl).unwrap();
+    a.revoke_lease(h2.id()).unwrap();
+    drop((again, h2, h2_again));
 }
 
 #[test]

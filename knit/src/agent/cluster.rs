@@ -11,7 +11,7 @@
 //! cluster share one machine's `/run/docker/plugins`).
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +38,8 @@ pub struct Node {
     pub lease_ttl: Duration,
     pub overlay: Arc<Overlay>,
     pub dirs: Dirs,
+    /// Where the live lease's id is recorded (see [`LEASE_FILE`]).
+    pub lease_file: PathBuf,
     /// This host's IPAM blocks per network (cleared when the lease is renewed: blocks go
     /// with the lease that held them).
     pub blocks: Mutex<super::cni::Blocks>,
@@ -92,7 +94,8 @@ pub fn run(
         vtep_mac: vtep_mac(underlay),
     };
     let ttl = Duration::from_secs(a.lease_ttl.max(2));
-    let lease = register(&store, &host, ttl)?;
+    let lease_file = state_dir.join(LEASE_FILE);
+    let lease = register(&store, &host, ttl, &lease_file)?;
     info!(host = %host.name, underlay = %host.underlay_ip, lease = lease.id(), "host registered");
     let nl = libnet::netlink::Handle::new().context("opening a netlink socket")?;
     let node = Arc::new(Node {
@@ -102,6 +105,7 @@ pub fn run(
         lease: Mutex::new(lease),
         lease_ttl: ttl,
         dirs,
+        lease_file,
         blocks: Mutex::new(Default::default()),
     });
     super::cni_ipam::reclaim_blocks(&node);
@@ -134,18 +138,64 @@ pub fn run(
     Ok(0)
 }
 
-/// Registers the host, waiting out a previous run's lease (a `kill -9` leaves it live for up
-/// to its TTL) and an etcd that is not up yet, for at most three TTLs.
-fn register(store: &EtcdStore, host: &Host, ttl: Duration) -> Result<HostLease> {
+/// The state dir's record of the host's live lease id: a run that restarts after a crash
+/// finds its previous run's lease still holding the host's name and address, and revokes it
+/// instead of waiting out its TTL.
+pub const LEASE_FILE: &str = "host-lease";
+
+fn record_lease(file: &Path, id: i64) {
+    let tmp = file.with_extension("tmp");
+    let r = std::fs::write(&tmp, format!("{id}\n")).and_then(|_| std::fs::rename(&tmp, file));
+    if let Err(e) = r {
+        warn!(error = %e, file = %file.display(), "recording the host's lease id");
+    }
+}
+
+/// Registers the host. A conflict held by the lease this host recorded (its previous run,
+/// killed) is ended at once; one with another live host (this name at another address, this
+/// address under another name) is refused at once; this very name and address under an
+/// unrecorded lease (a previous run killed before it recorded it), or an etcd not up yet,
+/// are waited out, for at most three TTLs.
+fn register(store: &EtcdStore, host: &Host, ttl: Duration, file: &Path) -> Result<HostLease> {
+    let mut previous: Option<i64> = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
     let deadline = std::time::Instant::now() + 3 * ttl;
+    let fail =
+        |e: store::Error| Err(e).with_context(|| format!("registering host {:?}", host.name));
     loop {
-        match store.register_host(host, ttl) {
-            Ok(l) => return Ok(l),
-            Err(e) if std::time::Instant::now() < deadline => {
+        let e = match store.register_host(host, ttl) {
+            Ok(l) => {
+                record_lease(file, l.id());
+                return Ok(l);
+            }
+            Err(e) => e,
+        };
+        let (holder, same) = match &e {
+            store::Error::HostExists {
+                underlay_ip, lease, ..
+            } => (Some(*lease), *underlay_ip == host.underlay_ip),
+            store::Error::UnderlayIpInUse { lease, .. } => (Some(*lease), false),
+            _ => (None, false),
+        };
+        match holder {
+            Some(l) if l != 0 && previous == Some(l) => {
+                info!(
+                    lease = l,
+                    "this host's previous run still holds its lease: revoking it"
+                );
+                previous = None;
+                if let Err(e) = store.revoke_lease(l) {
+                    warn!(error = %e, "revoking the previous run's lease");
+                }
+                continue;
+            }
+            Some(_) if !same => return fail(e),
+            _ if std::time::Instant::now() < deadline => {
                 warn!(error = %e, "registering the host; retrying");
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(e) => return Err(e).with_context(|| format!("registering host {:?}", host.name)),
+            _ => return fail(e),
         }
     }
 }
@@ -165,6 +215,7 @@ async fn keep_registered(node: Arc<Node>) {
         match r {
             Ok(Ok(l)) => {
                 info!(lease = l.id(), "host registered again");
+                record_lease(&node.lease_file, l.id());
                 *node.lease.lock().unwrap_or_else(|p| p.into_inner()) = l;
                 node.blocks().clear();
                 let n = node.clone();

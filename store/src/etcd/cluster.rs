@@ -167,16 +167,16 @@ impl AsyncEtcdStore {
                 return Err(Error::HostExists {
                     name: host.name.clone(),
                     underlay_ip: holder.underlay_ip,
+                    lease: kv.lease(),
                 });
             }
-            let holder = got
-                .get(1)
-                .and_then(|v| v.first())
-                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
-                .unwrap_or_default();
+            let ip = got.get(1).and_then(|v| v.first());
             return Err(Error::UnderlayIpInUse {
                 ip: host.underlay_ip,
-                host: holder,
+                host: ip
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                    .unwrap_or_default(),
+                lease: ip.map_or(0, |kv| kv.lease()),
             });
         }
         let ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(1));
@@ -336,6 +336,19 @@ impl EtcdStore {
         self.run(move |s| async move {
             let mut leases = s.client.lease_client();
             s.call("revoke lease", leases.revoke(id)).await.map(|_| ())
+        })
+    }
+
+    /// Revokes lease `id` whoever holds it (its keys go with it): a host restarted after a
+    /// crash ends its previous run's lease instead of waiting out its TTL. Revoking a lease
+    /// that is already gone is success.
+    pub fn revoke_lease(&self, id: i64) -> Result<(), Error> {
+        self.run(move |s| async move {
+            let mut leases = s.client.lease_client();
+            match s.call("revoke lease", leases.revoke(id)).await {
+                Err(Error::Etcd { detail, .. }) if detail.contains("lease not found") => Ok(()),
+                r => r.map(|_| ()),
+            }
         })
     }
 
