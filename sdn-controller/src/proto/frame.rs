@@ -95,6 +95,34 @@ impl Frame for ControllerMsg {
     }
 }
 
+/// Where the first frame of `buf` stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Split<'a> {
+    /// Whole: its JSON, and the bytes it takes with its length.
+    Whole { json: &'a [u8], len: usize },
+    /// Not yet: the bytes it needs in all (its length's 4 while that is not there).
+    Need(usize),
+}
+
+/// The first frame of `buf` (a length over [`MAX_FRAME`] is an error): for readers that
+/// gather bytes their own way, as [`FrameReader`] does.
+pub fn split(buf: &[u8]) -> Result<Split<'_>, ProtoError> {
+    let Some(head) = buf.get(..4) else {
+        return Ok(Split::Need(4));
+    };
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(ProtoError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    Ok(match buf.get(4..4 + len) {
+        Some(json) => Split::Whole { json, len: 4 + len },
+        None => Split::Need(4 + len),
+    })
+}
+
 /// Reads frames, cancel-safe: what a read brings stays in the reader's buffer until a whole
 /// frame is there, so [`FrameReader::next`] can race a timer in `select!` without losing a
 /// frame cut in two (and one read may bring several frames: one syscall for all of them).
@@ -118,33 +146,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame; `Ok(None)` at a clean end of stream (between frames).
     pub async fn next<T: Frame>(&mut self) -> Result<Option<T>, ProtoError> {
         loop {
-            let unread = &self.buf[self.at..];
-            let need = match unread.get(..4) {
-                Some(head) => {
-                    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-                    if len > MAX_FRAME {
-                        return Err(ProtoError::TooLarge {
-                            len,
-                            max: MAX_FRAME,
-                        });
-                    }
-                    if unread.len() >= 4 + len {
-                        let msg = T::decode(&unread[4..4 + len]);
-                        self.at += 4 + len;
-                        if self.at == self.buf.len() {
-                            // A large frame's buffer is not kept (10,000 connections each
-                            // holding the size of their Full would be gigabytes).
-                            if self.buf.capacity() > READ_CHUNK {
-                                self.buf = Vec::new();
-                            }
-                            self.buf.clear();
-                            self.at = 0;
+            let need = match split(&self.buf[self.at..])? {
+                Split::Whole { json, len } => {
+                    let msg = T::decode(json);
+                    self.at += len;
+                    if self.at == self.buf.len() {
+                        // A large frame's buffer is not kept (10,000 connections each
+                        // holding the size of their Full would be gigabytes).
+                        if self.buf.capacity() > READ_CHUNK {
+                            self.buf = Vec::new();
                         }
-                        return Ok(Some(msg?));
+                        self.buf.clear();
+                        self.at = 0;
                     }
-                    4 + len
+                    return Ok(Some(msg?));
                 }
-                None => 4,
+                Split::Need(need) => need,
             };
             if self.at > 0 {
                 self.buf.drain(..self.at);

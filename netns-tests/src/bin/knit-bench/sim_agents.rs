@@ -12,7 +12,7 @@
 //! its Full gave it.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use overlay_vxlan::HostDesired;
 use sdn_controller::proto::{
-    ack_delay, frame, AgentMsg, Change, ControllerMsg, Frame, FullAssembly, MAX_FRAME, PROTOCOL,
+    ack_delay, apply_changes, frame, split, AgentMsg, Change, ControllerMsg, Frame, FullAssembly,
+    Split, PROTOCOL,
 };
 
 /// Threads running the agents: as many as the machine's cores.
@@ -143,88 +144,31 @@ fn v4(a: IpAddr) -> u32 {
     }
 }
 
-/// One network as a sampled agent holds it: endpoint address → its host's underlay IP; the
-/// other hosts' underlay IPs, sorted (u32: the bench is IPv4 only).
-#[derive(Default, Clone, PartialEq, Debug)]
-struct SimNet {
-    endpoints: HashMap<u32, u32>,
-    hosts: Vec<u32>,
+/// Its endpoints, over every network.
+fn count_endpoints(s: &HostDesired) -> usize {
+    s.networks.iter().map(|n| n.endpoints.len()).sum()
 }
 
-#[derive(Default, Clone, PartialEq, Debug)]
-struct SimState {
-    networks: HashMap<String, SimNet>,
-}
-
-impl SimState {
-    fn put_network(&mut self, n: &overlay_vxlan::NetworkDesired) {
-        let mut hosts: Vec<u32> = n.hosts.iter().map(|h| v4(h.underlay_ip)).collect();
-        hosts.sort_unstable();
-        let endpoints = n.endpoints.iter().map(|e| (v4(e.ip), v4(e.host))).collect();
-        self.networks
-            .insert(n.id.clone(), SimNet { endpoints, hosts });
+/// `s` in one order: deltas append what they put, a Full lists in the controller's order.
+fn normal(mut s: HostDesired) -> HostDesired {
+    s.networks.sort_by(|a, b| a.id.cmp(&b.id));
+    for n in &mut s.networks {
+        n.endpoints.sort_by_key(|e| e.ip);
+        n.hosts.sort_by_key(|h| h.underlay_ip);
     }
-
-    fn full(state: &HostDesired) -> SimState {
-        let mut s = SimState::default();
-        for n in &state.networks {
-            s.put_network(n);
-        }
-        s
-    }
-
-    fn endpoints(&self) -> usize {
-        self.networks.values().map(|n| n.endpoints.len()).sum()
-    }
-
-    fn apply(&mut self, changes: &[Change]) {
-        for c in changes {
-            match c {
-                Change::NetworkPut { network } => self.put_network(network),
-                Change::NetworkDel { id } => {
-                    self.networks.remove(id);
-                }
-                Change::EndpointPut { network, endpoint } => {
-                    if let Some(n) = self.networks.get_mut(network) {
-                        n.endpoints.insert(v4(endpoint.ip), v4(endpoint.host));
-                    }
-                }
-                Change::EndpointDel { network, ip } => {
-                    if let Some(n) = self.networks.get_mut(network) {
-                        n.endpoints.remove(&v4(*ip));
-                    }
-                }
-                Change::HostPut { network, host } => {
-                    if let Some(n) = self.networks.get_mut(network) {
-                        let h = v4(host.underlay_ip);
-                        if let Err(at) = n.hosts.binary_search(&h) {
-                            n.hosts.insert(at, h);
-                        }
-                    }
-                }
-                Change::HostDel {
-                    network,
-                    underlay_ip,
-                } => {
-                    if let Some(n) = self.networks.get_mut(network) {
-                        if let Ok(at) = n.hosts.binary_search(&v4(*underlay_ip)) {
-                            n.hosts.remove(at);
-                        }
-                    }
-                }
-            }
-        }
-    }
+    s
 }
 
 fn json_len(s: &HostDesired) -> usize {
     serde_json::to_vec(s).map(|b| b.len()).unwrap_or(0)
 }
 
-/// A sampled host's state as its first Full gave it, and as its deltas made it since.
+/// A sampled host's state as its first Full gave it, and as its deltas made it since (by
+/// the agent's own `proto::apply_changes`).
+#[derive(Default)]
 struct Sample {
-    first: Option<SimState>,
-    now: SimState,
+    first: Option<HostDesired>,
+    now: Option<HostDesired>,
 }
 
 /// One simulated agent's connection.
@@ -269,10 +213,7 @@ impl Conn {
             have: None,
             parts: FullAssembly::default(),
             ack: None,
-            sample: host.is_multiple_of(SAMPLE_EVERY).then(|| Sample {
-                first: None,
-                now: SimState::default(),
-            }),
+            sample: host.is_multiple_of(SAMPLE_EVERY).then(Sample::default),
         })
     }
 
@@ -313,16 +254,9 @@ impl Conn {
     /// Handles the whole frames at the start of `data`; returns the bytes they took.
     fn frames(&mut self, data: &[u8], sh: &Shared, out: &mut Arrival) -> Result<usize> {
         let mut at = 0;
-        while let Some(head) = data.get(at..at + 4) {
-            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-            if len > MAX_FRAME {
-                bail!("a frame of {len} bytes");
-            }
-            let Some(json) = data.get(at + 4..at + 4 + len) else {
-                break;
-            };
+        while let Split::Whole { json, len } = split(&data[at..])? {
             self.handle(ControllerMsg::decode(json)?, sh, out)?;
-            at += 4 + len;
+            at += len;
         }
         Ok(at)
     }
@@ -360,8 +294,8 @@ impl Conn {
                 if self.have != Some(base) {
                     bail!("a delta from {base} while holding {:?}", self.have);
                 }
-                if let Some(s) = &mut self.sample {
-                    s.now.apply(&changes);
+                if let Some(now) = self.sample.as_mut().and_then(|s| s.now.as_mut()) {
+                    apply_changes(now, &changes);
                 }
                 sh.probe(&changes);
                 self.have = Some(version);
@@ -373,8 +307,8 @@ impl Conn {
         };
         let (version, state) = full;
         if let Some(s) = &mut self.sample {
-            s.now = SimState::full(&state);
-            s.first.get_or_insert_with(|| s.now.clone());
+            s.first.get_or_insert_with(|| state.clone());
+            s.now = Some(state);
         }
         if self.have.is_none() {
             sh.synced.fetch_add(1, Ordering::Relaxed);
@@ -450,7 +384,7 @@ impl Drop for Epoll {
 }
 
 /// What a sampled host found at the end: its name, its state after its first Full and now.
-type Found = (String, Option<SimState>, SimState);
+type Found = (String, Option<HostDesired>, Option<HostDesired>);
 
 /// One thread's agents until told to stop.
 fn run(addr: SocketAddr, hosts: Vec<usize>, sh: Arc<Shared>) -> Vec<Found> {
@@ -582,19 +516,20 @@ impl Agents {
         }
         let (mut checked, mut endpoints) = (0, 0);
         for (host, first, now) in found {
-            let Some(first) = first else {
+            let (Some(first), Some(now)) = (first, now) else {
                 bail!("{host} never got a Full");
             };
+            let (first, now) = (normal(first), normal(now));
             if first != now {
                 bail!(
                     "{host} ends with {} endpoints where its Full had {}: a delta was lost or \
                      wrong",
-                    now.endpoints(),
-                    first.endpoints()
+                    count_endpoints(&now),
+                    count_endpoints(&first)
                 );
             }
             checked += 1;
-            endpoints += now.endpoints();
+            endpoints += count_endpoints(&now);
         }
         Ok((checked, endpoints))
     }
