@@ -56,9 +56,11 @@ pub struct Shared {
     /// must get it.
     probe: AtomicU32,
     want: AtomicUsize,
-    /// Agents that got it, and when the last one did (ns after `epoch`): atomics, so that
-    /// 10,000 agents recording an arrival do not queue on a lock the controller does not have.
+    /// Agents that got it, and when the first and the last one did (ns after `epoch`):
+    /// atomics, so that 10,000 agents recording an arrival do not queue on a lock the
+    /// controller does not have.
     got: AtomicUsize,
+    first_ns: AtomicU64,
     last_ns: AtomicU64,
     epoch: OnceLock<Instant>,
     /// Signalled by the arrival that makes `got` reach `want`.
@@ -92,13 +94,15 @@ impl Shared {
     /// get: call before making it, then [`Shared::wait`].
     pub fn arm(&self, addr: u32, want: usize) {
         self.got.store(0, Ordering::Relaxed);
+        self.first_ns.store(u64::MAX, Ordering::Relaxed);
         self.last_ns.store(0, Ordering::Relaxed);
         self.want.store(want, Ordering::Relaxed);
         self.probe.store(addr, Ordering::Release);
     }
 
-    /// When the last of the armed change's agents got it, if they all did within `limit`.
-    pub fn wait(&self, limit: Duration) -> Option<Instant> {
+    /// When the first and the last of the armed change's agents got it, if they all did
+    /// within `limit`.
+    pub fn wait(&self, limit: Duration) -> Option<(Instant, Instant)> {
         let want = self.want.load(Ordering::Relaxed);
         let g = self.done.lock().unwrap_or_else(|p| p.into_inner());
         let (_g, timeout) = self
@@ -110,7 +114,8 @@ impl Shared {
             return None;
         }
         let epoch = *self.epoch.get_or_init(Instant::now);
-        Some(epoch + Duration::from_nanos(self.last_ns.load(Ordering::Relaxed)))
+        let at = |ns: &AtomicU64| epoch + Duration::from_nanos(ns.load(Ordering::Relaxed));
+        Some((at(&self.first_ns), at(&self.last_ns)))
     }
 
     /// Records the arrival of the measured change, if `changes` carry it.
@@ -127,7 +132,9 @@ impl Shared {
         if !hit {
             return;
         }
-        self.last_ns.fetch_max(self.now_ns(), Ordering::Relaxed);
+        let now = self.now_ns();
+        self.first_ns.fetch_min(now, Ordering::Relaxed);
+        self.last_ns.fetch_max(now, Ordering::Relaxed);
         // Release: whoever sees the count sees the time.
         let got = self.got.fetch_add(1, Ordering::Release) + 1;
         if got == self.want.load(Ordering::Relaxed) {
