@@ -6,7 +6,10 @@
 //! They stand for 10,000 machines but run on the controller's own cores, so they are kept
 //! lean: [`THREADS`] threads, each a plain edge-triggered epoll loop over its share of the
 //! connections (one read per arrival, no task to wake), each frame decoded with the agent's
-//! own decoder. One host in [`SAMPLE_EVERY`] also applies every change to an in-memory copy
+//! own decoder, except that a thread decodes a delta's changes only when they differ from the
+//! last ones it decoded ([`LastChanges`]): a change on the wide network reaches thousands of
+//! them in the same bytes, which remote agents would each decode on their own CPU, not on
+//! the controller's. Each still checks its delta's base and version. One host in [`SAMPLE_EVERY`] also applies every change to an in-memory copy
 //! of its state, and that copy is checked at the end ([`Agents::stop`]): the measured changes
 //! are puts each undone by a delete, so every sampled host must end with exactly the state
 //! its Full gave it.
@@ -192,6 +195,42 @@ struct Conn {
     sample: Option<Sample>,
 }
 
+/// The changes of the last delta a thread decoded, by their JSON.
+#[derive(Default)]
+struct LastChanges {
+    json: Vec<u8>,
+    changes: Vec<Change>,
+}
+
+impl LastChanges {
+    /// A delta frame's base, version and changes, the changes decoded only when their bytes
+    /// differ from the last ones. `None`: not a delta laid out as the controller writes them
+    /// (`proto::delta_frame`), for the agent's own decoder.
+    fn delta(&mut self, json: &[u8]) -> Result<Option<(u64, u64, &[Change])>> {
+        fn number(b: &[u8]) -> Option<(u64, &[u8])> {
+            let n = b.iter().take_while(|c| c.is_ascii_digit()).count();
+            Some((std::str::from_utf8(&b[..n]).ok()?.parse().ok()?, &b[n..]))
+        }
+        let parts = json
+            .strip_prefix(br#"{"type":"delta","base":"#)
+            .and_then(number)
+            .and_then(|(base, r)| Some((base, number(r.strip_prefix(br#","version":"#)?)?)))
+            .and_then(|(base, (version, r))| {
+                let changes = r.strip_prefix(br#","changes":"#)?.strip_suffix(b"}")?;
+                Some((base, version, changes))
+            });
+        let Some((base, version, changes)) = parts else {
+            return Ok(None);
+        };
+        if changes != self.json.as_slice() {
+            self.changes = serde_json::from_slice(changes).context("a delta's changes")?;
+            self.json.clear();
+            self.json.extend_from_slice(changes);
+        }
+        Ok(Some((base, version, &self.changes)))
+    }
+}
+
 /// What one arrival did.
 #[derive(Default)]
 struct Arrival {
@@ -226,7 +265,12 @@ impl Conn {
 
     /// Reads what the socket holds (edge-triggered: until a short read) and handles every
     /// whole frame.
-    fn readable(&mut self, chunk: &mut [u8], sh: &Shared) -> Result<Arrival> {
+    fn readable(
+        &mut self,
+        chunk: &mut [u8],
+        last: &mut LastChanges,
+        sh: &Shared,
+    ) -> Result<Arrival> {
         let mut out = Arrival::default();
         loop {
             let n = match self.sock.read(chunk) {
@@ -238,12 +282,12 @@ impl Conn {
             };
             if self.buf.is_empty() {
                 // Nearly every time: whole frames straight from the read.
-                let used = self.frames(&chunk[..n], sh, &mut out)?;
+                let used = self.frames(&chunk[..n], last, sh, &mut out)?;
                 self.buf.extend_from_slice(&chunk[used..n]);
             } else {
                 self.buf.extend_from_slice(&chunk[..n]);
                 let buf = std::mem::take(&mut self.buf);
-                let used = self.frames(&buf, sh, &mut out)?;
+                let used = self.frames(&buf, last, sh, &mut out)?;
                 self.buf = buf;
                 self.buf.drain(..used);
                 if self.buf.is_empty() && self.buf.capacity() > READ_CHUNK {
@@ -259,13 +303,43 @@ impl Conn {
     }
 
     /// Handles the whole frames at the start of `data`; returns the bytes they took.
-    fn frames(&mut self, data: &[u8], sh: &Shared, out: &mut Arrival) -> Result<usize> {
+    fn frames(
+        &mut self,
+        data: &[u8],
+        last: &mut LastChanges,
+        sh: &Shared,
+        out: &mut Arrival,
+    ) -> Result<usize> {
         let mut at = 0;
         while let Split::Whole { json, len } = split(&data[at..])? {
-            self.handle(ControllerMsg::decode(json)?, sh, out)?;
+            match last.delta(json)? {
+                Some((base, version, changes)) => self.delta(base, version, changes, sh, out)?,
+                None => self.handle(ControllerMsg::decode(json)?, sh, out)?,
+            }
             at += len;
         }
         Ok(at)
+    }
+
+    fn delta(
+        &mut self,
+        base: u64,
+        version: u64,
+        changes: &[Change],
+        sh: &Shared,
+        out: &mut Arrival,
+    ) -> Result<()> {
+        if self.have != Some(base) {
+            bail!("a delta from {base} while holding {:?}", self.have);
+        }
+        if let Some(now) = self.sample.as_mut().and_then(|s| s.now.as_mut()) {
+            apply_changes(now, changes);
+        }
+        sh.probe(changes);
+        self.have = Some(version);
+        out.ack_timer |= self.ack.is_none();
+        self.ack = Some(version);
+        Ok(())
     }
 
     fn handle(&mut self, msg: ControllerMsg, sh: &Shared, out: &mut Arrival) -> Result<()> {
@@ -297,19 +371,7 @@ impl Conn {
                 base,
                 version,
                 changes,
-            } => {
-                if self.have != Some(base) {
-                    bail!("a delta from {base} while holding {:?}", self.have);
-                }
-                if let Some(now) = self.sample.as_mut().and_then(|s| s.now.as_mut()) {
-                    apply_changes(now, &changes);
-                }
-                sh.probe(&changes);
-                self.have = Some(version);
-                out.ack_timer |= self.ack.is_none();
-                self.ack = Some(version);
-                return Ok(());
-            }
+            } => return self.delta(base, version, &changes, sh, out),
             other => bail!("unexpected {other:?}"),
         };
         let (version, state) = full;
@@ -405,6 +467,7 @@ fn run(addr: SocketAddr, hosts: Vec<usize>, sh: Arc<Shared>) -> Vec<Found> {
     let mut conns: Vec<Option<Conn>> = Vec::with_capacity(hosts.len());
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut chunk = vec![0u8; READ_CHUNK];
+    let mut last = LastChanges::default();
     let mut timers: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
     let mut connecting = 0;
     let gate = CONNECTING / THREADS;
@@ -445,7 +508,7 @@ fn run(addr: SocketAddr, hosts: Vec<usize>, sh: Arc<Shared>) -> Vec<Found> {
             let Some(c) = conns.get_mut(i).and_then(Option::as_mut) else {
                 continue;
             };
-            match c.readable(&mut chunk, &sh) {
+            match c.readable(&mut chunk, &mut last, &sh) {
                 Ok(a) => {
                     if a.synced {
                         connecting -= 1;
@@ -607,6 +670,52 @@ mod tests {
             version: base + 1,
             changes: vec![change],
         }
+    }
+
+    /// The JSON of a frame as the controller writes it.
+    fn body(f: &[u8]) -> &[u8] {
+        let Ok(Split::Whole { json, .. }) = split(f) else {
+            panic!("not a whole frame")
+        };
+        json
+    }
+
+    #[test]
+    fn last_changes_decodes_once_and_leaves_other_frames_to_the_decoder() {
+        let put = Change::EndpointPut {
+            network: "wide".into(),
+            endpoint: endpoint("10.9.0.7"),
+        };
+        let json = serde_json::to_vec(std::slice::from_ref(&put)).unwrap();
+        let mut last = LastChanges::default();
+        let f = sdn_controller::proto::delta_frame(5, 6, &json).unwrap();
+        let (base, version, changes) = last.delta(body(&f)).unwrap().unwrap();
+        assert_eq!((base, version, changes), (5, 6, &[put.clone()][..]));
+        let decoded = last.changes.as_ptr();
+        // The same changes at another base: not decoded again.
+        let f = sdn_controller::proto::delta_frame(6, 9, &json).unwrap();
+        let (base, version, changes) = last.delta(body(&f)).unwrap().unwrap();
+        assert_eq!((base, version, changes), (6, 9, &[put][..]));
+        assert_eq!(last.changes.as_ptr(), decoded);
+        // Other changes are decoded; damaged ones are an error.
+        let del = Change::EndpointDel {
+            network: "wide".into(),
+            ip: "10.9.0.7".parse().unwrap(),
+        };
+        let json = serde_json::to_vec(std::slice::from_ref(&del)).unwrap();
+        let f = sdn_controller::proto::delta_frame(9, 10, &json).unwrap();
+        assert_eq!(last.delta(body(&f)).unwrap().unwrap().2, &[del][..]);
+        let f = sdn_controller::proto::delta_frame(10, 11, b"[{\"op\":").unwrap();
+        assert!(last.delta(body(&f)).is_err());
+        // Not a delta in the controller's layout: for the agent's decoder.
+        assert!(last
+            .delta(body(&frame(&full(3)).unwrap()))
+            .unwrap()
+            .is_none());
+        assert!(last
+            .delta(br#"{"base":1,"type":"delta"}"#)
+            .unwrap()
+            .is_none());
     }
 
     fn until(what: &str, ok: impl Fn() -> bool) {
