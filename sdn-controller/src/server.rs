@@ -30,7 +30,7 @@ use crate::proto::{
     PROTOCOL,
 };
 
-/// A fan-out to at least this many sockets is split over two threads.
+/// A fan-out to at least this many hosts is split over two threads.
 const FAN_OUT_SPLIT: usize = 512;
 /// How long an agent has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -195,30 +195,33 @@ impl Outlets {
 
     /// After a batch: each moved host's delta to its connections (see the module's doc).
     /// Called in batch order, by one task: a socket gets its deltas in order.
+    ///
+    /// The map stays locked throughout, and each thread looks up its own half of the hosts:
+    /// no list of 10,000 outlets is built (a lookup and a reference count each) before the
+    /// first write. A connection that comes or goes meanwhile waits for the fan-out.
     pub fn fan_out(&self, moved: &[(String, Option<Delta>)], metrics: &Metrics) {
-        let targets: Vec<(Arc<Outlet>, Option<&Delta>)> = {
-            let m = self.map();
-            moved
+        let m = self.map();
+        let offer = |hosts: &[(String, Option<Delta>)]| {
+            let mut frames = FrameCache::default();
+            hosts
                 .iter()
                 .filter_map(|(h, d)| m.get(h).map(|os| (os, d.as_ref())))
-                .flat_map(|(os, d)| os.iter().map(move |o| (o.clone(), d)))
-                .collect()
-        };
-        let offer = |ts: &[(Arc<Outlet>, Option<&Delta>)]| {
-            let mut frames = FrameCache::default();
-            ts.iter().filter(|(o, d)| o.offer(*d, &mut frames)).count()
+                .flat_map(|(os, d)| os.iter().map(move |o| (o, d)))
+                .filter(|(o, d)| o.offer(*d, &mut frames))
+                .count()
         };
         // A large fan-out is one write per socket, most of it the kernel's work (on loopback
         // the receiver's too): split over two threads, as many as the controller's runtime.
-        let sent = if targets.len() >= FAN_OUT_SPLIT {
-            let (a, b) = targets.split_at(targets.len() / 2);
+        let sent = if moved.len() >= FAN_OUT_SPLIT {
+            let (a, b) = moved.split_at(moved.len() / 2);
             std::thread::scope(|s| {
                 let other = s.spawn(|| offer(b));
                 offer(a) + other.join().unwrap_or(0)
             })
         } else {
-            offer(&targets)
+            offer(moved)
         };
+        drop(m);
         metrics.deltas.inc_by(sent as u64);
     }
 }
