@@ -9,10 +9,10 @@
 //! own decoder, except that a thread decodes a delta's changes only when they differ from the
 //! last ones it decoded ([`LastChanges`]): a change on the wide network reaches thousands of
 //! them in the same bytes, which remote agents would each decode on their own CPU, not on
-//! the controller's. Each still checks its delta's base and version. One host in [`SAMPLE_EVERY`] also applies every change to an in-memory copy
-//! of its state, and that copy is checked at the end ([`Agents::stop`]): the measured changes
-//! are puts each undone by a delete, so every sampled host must end with exactly the state
-//! its Full gave it.
+//! the controller's. Each still checks its delta's base and version. One host in
+//! [`SAMPLE_EVERY`] also applies every change to an in-memory copy of its state, and that
+//! copy is checked at the end ([`Agents::stop`]): the measured changes are puts each undone
+//! by a delete, so every sampled host must end with exactly the state its Full gave it.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
