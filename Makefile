@@ -25,15 +25,25 @@ lint:
 test-unit:
 	$(CARGO) test --workspace
 
+# The release suites (kernel tests, then the netns integration tests, which run the shipped
+# binaries of `build`): one cargo selection compiles both (scripts/release-tests.sh), so the
+# tree is built once for them rather than once per suite.
 test-kernel:
 	scripts/require-root.sh
-	$(CARGO) test --release -p libnet -p cni-plugins -p overlay-vxlan --features root-tests -- --test-threads=2
+	CARGO=$(CARGO) scripts/release-tests.sh build
+	scripts/release-tests.sh run kernel
 
-test-netns: build
+test-netns:
 	scripts/require-root.sh
-	$(CARGO) test --release -p netns-tests --features root-tests -- --test-threads=1 --nocapture
+	CARGO=$(CARGO) scripts/release-tests.sh build
+	$(MAKE) build
+	scripts/release-tests.sh run netns
 
-test: deps lint test-unit test-kernel test-netns
+test: deps lint test-unit
+	scripts/require-root.sh
+	CARGO=$(CARGO) scripts/release-tests.sh build
+	$(MAKE) build
+	scripts/release-tests.sh run kernel netns
 
 bench: deps build
 	scripts/require-root.sh
