@@ -39,6 +39,19 @@ pub fn delta_frame(base: u64, version: u64, changes_json: &[u8]) -> Result<Vec<u
     seal(buf)
 }
 
+/// A delta's JSON as [`delta_frame`] lays it out: its base, version and the changes' JSON
+/// (unparsed). `None` for any other message or layout (decode those whole).
+pub fn delta_parts(json: &[u8]) -> Option<(u64, u64, &[u8])> {
+    fn number(b: &[u8]) -> Option<(u64, &[u8])> {
+        let n = b.iter().take_while(|c| c.is_ascii_digit()).count();
+        Some((std::str::from_utf8(&b[..n]).ok()?.parse().ok()?, &b[n..]))
+    }
+    let (base, rest) = number(json.strip_prefix(br#"{"type":"delta","base":"#)?)?;
+    let (version, rest) = number(rest.strip_prefix(br#","version":"#)?)?;
+    let changes = rest.strip_prefix(br#","changes":"#)?.strip_suffix(b"}")?;
+    Some((base, version, changes))
+}
+
 /// Put the length of what follows the first 4 bytes of `buf` into them.
 fn seal(mut buf: Vec<u8>) -> Result<Vec<u8>, ProtoError> {
     let len = buf.len() - 4;
@@ -202,6 +215,19 @@ mod tests {
         };
         let spliced = delta_frame(7, 9, &json).unwrap();
         assert_eq!(spliced, frame(&msg).unwrap(), "byte for byte");
+        let Ok(Split::Whole { json: whole, .. }) = split(&spliced) else {
+            panic!("a whole frame")
+        };
+        assert_eq!(delta_parts(whole), Some((7, 9, &json[..])));
+        let full = ControllerMsg::Full {
+            version: 3,
+            state: overlay_vxlan::HostDesired {
+                format: overlay_vxlan::FORMAT,
+                networks: vec![],
+            },
+        };
+        assert_eq!(delta_parts(&frame(&full).unwrap()[4..]), None);
+        assert_eq!(delta_parts(br#"{"type":"delta","base":x"#), None);
         // Read back through a pipe of 3 bytes, racing a timer: frames cut anywhere and reads
         // cancelled midway lose nothing.
         let (mut a, b) = tokio::io::duplex(3);

@@ -34,7 +34,9 @@ mod acks;
 mod frame;
 
 pub use acks::{ack_delay, Acks, ACK_DELAY, ACK_SPREAD};
-pub use frame::{delta_frame, frame, split, write_frame, Frame, FrameReader, ProtoError, Split};
+pub use frame::{
+    delta_frame, delta_parts, frame, split, write_frame, Frame, FrameReader, ProtoError, Split,
+};
 
 /// This layer's version (the payload carries its own `format`).
 pub const PROTOCOL: u32 = 1;

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use overlay_vxlan::HostDesired;
 use sdn_controller::proto::{
-    ack_delay, apply_changes, frame, split, AgentMsg, Change, ControllerMsg, Frame, FullAssembly,
-    Split, PROTOCOL,
+    ack_delay, apply_changes, delta_parts, frame, split, AgentMsg, Change, ControllerMsg, Frame,
+    FullAssembly, Split, PROTOCOL,
 };
 
 /// Threads running the agents: as many as the machine's cores.
@@ -205,21 +205,9 @@ struct LastChanges {
 impl LastChanges {
     /// A delta frame's base, version and changes, the changes decoded only when their bytes
     /// differ from the last ones. `None`: not a delta laid out as the controller writes them
-    /// (`proto::delta_frame`), for the agent's own decoder.
+    /// ([`delta_parts`]), for the agent's own decoder.
     fn delta(&mut self, json: &[u8]) -> Result<Option<(u64, u64, &[Change])>> {
-        fn number(b: &[u8]) -> Option<(u64, &[u8])> {
-            let n = b.iter().take_while(|c| c.is_ascii_digit()).count();
-            Some((std::str::from_utf8(&b[..n]).ok()?.parse().ok()?, &b[n..]))
-        }
-        let parts = json
-            .strip_prefix(br#"{"type":"delta","base":"#)
-            .and_then(number)
-            .and_then(|(base, r)| Some((base, number(r.strip_prefix(br#","version":"#)?)?)))
-            .and_then(|(base, (version, r))| {
-                let changes = r.strip_prefix(br#","changes":"#)?.strip_suffix(b"}")?;
-                Some((base, version, changes))
-            });
-        let Some((base, version, changes)) = parts else {
+        let Some((base, version, changes)) = delta_parts(json) else {
             return Ok(None);
         };
         if changes != self.json.as_slice() {
